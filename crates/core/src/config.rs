@@ -1,0 +1,266 @@
+//! Keyspace configuration and its validation.
+//!
+//! A keyspace names its replication model and that model's settings. `validate` rejects every
+//! impossible combination with an error naming the setting, so that a mistyped `CREATE` fails at
+//! the door instead of producing a keyspace that can never reach quorum.
+
+use crate::limits::KEYSPACE_NAME_BYTES_MAX;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Where a write becomes authoritative (docs/architecture.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Model {
+    /// One Raft-elected primary orders every write.
+    PrimaryBackup,
+    /// Each region's leader accepts writes; regions reconcile asynchronously.
+    MultiLeader,
+    /// Any W of a key's N replicas (Dynamo).
+    Leaderless,
+}
+
+impl Model {
+    pub const ALL: [Model; 3] = [Model::PrimaryBackup, Model::MultiLeader, Model::Leaderless];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Model::PrimaryBackup => "primary-backup",
+            Model::MultiLeader => "multi-leader",
+            Model::Leaderless => "leaderless",
+        }
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Model {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        Model::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ConfigError::UnknownModel(s.to_string()))
+    }
+}
+
+/// How concurrent writes to one key are reconciled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MergePolicy {
+    /// Last writer wins on hybrid-logical-clock timestamps; the loser is counted.
+    Lww,
+    /// Concurrent values are kept as siblings (dotted version vectors).
+    Siblings,
+    /// PN-counter.
+    Counter,
+    /// Add-wins observed-remove set.
+    Set,
+    /// Map of last-writer-wins registers.
+    Map,
+}
+
+impl MergePolicy {
+    pub const ALL: [MergePolicy; 5] = [
+        MergePolicy::Lww,
+        MergePolicy::Siblings,
+        MergePolicy::Counter,
+        MergePolicy::Set,
+        MergePolicy::Map,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MergePolicy::Lww => "lww",
+            MergePolicy::Siblings => "siblings",
+            MergePolicy::Counter => "counter",
+            MergePolicy::Set => "set",
+            MergePolicy::Map => "map",
+        }
+    }
+}
+
+impl fmt::Display for MergePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for MergePolicy {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        MergePolicy::ALL
+            .into_iter()
+            .find(|m| m.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ConfigError::UnknownMergePolicy(s.to_string()))
+    }
+}
+
+/// A keyspace's definition, as stored in the catalog and replicated to every node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyspaceConfig {
+    pub name: String,
+    pub model: Model,
+    /// Replicas per key (leaderless) or members of the replication group (primary-backup).
+    pub n: u8,
+    /// Replies a read waits for (leaderless only).
+    pub r: u8,
+    /// Acknowledgements a write waits for (leaderless only).
+    pub w: u8,
+    pub merge: MergePolicy,
+}
+
+impl KeyspaceConfig {
+    /// The keyspace that owns keys with no `name:` prefix naming an existing keyspace.
+    pub const DEFAULT_NAME: &'static str = "default";
+
+    /// Leaderless, N=3, R=2, W=2, last-writer-wins: the default keyspace.
+    pub fn leaderless(name: &str) -> Self {
+        KeyspaceConfig {
+            name: name.to_string(),
+            model: Model::Leaderless,
+            n: 3,
+            r: 2,
+            w: 2,
+            merge: MergePolicy::Lww,
+        }
+    }
+
+    /// Defaults for `model` where the user gave no settings; `nodes` caps N on small clusters.
+    pub fn with_defaults(name: &str, model: Model, nodes: usize) -> Self {
+        let n = 3.min(nodes.max(1)) as u8;
+        let majority = n / 2 + 1;
+        let merge = match model {
+            Model::MultiLeader => MergePolicy::Lww,
+            Model::PrimaryBackup | Model::Leaderless => MergePolicy::Lww,
+        };
+        KeyspaceConfig { name: name.to_string(), model, n, r: majority, w: majority, merge }
+    }
+
+    /// Checks the settings against a cluster of `nodes` nodes.
+    pub fn validate(&self, nodes: usize) -> Result<(), ConfigError> {
+        validate_name(&self.name)?;
+        if self.n == 0 {
+            return Err(ConfigError::Invalid { setting: "N", reason: "must be at least 1".into() });
+        }
+        if usize::from(self.n) > nodes {
+            return Err(ConfigError::Invalid {
+                setting: "N",
+                reason: format!("N={} exceeds the {} node(s) in the cluster", self.n, nodes),
+            });
+        }
+        if self.model == Model::Leaderless {
+            for (setting, v) in [("R", self.r), ("W", self.w)] {
+                if v == 0 {
+                    return Err(ConfigError::Invalid { setting, reason: "must be at least 1".into() });
+                }
+                if v > self.n {
+                    return Err(ConfigError::Invalid {
+                        setting,
+                        reason: format!("{setting}={v} exceeds N={}", self.n),
+                    });
+                }
+            }
+        }
+        if self.model == Model::PrimaryBackup && self.merge != MergePolicy::Lww {
+            return Err(ConfigError::Invalid {
+                setting: "MERGE",
+                reason: "primary-backup keyspaces order every write and never merge; omit MERGE"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether reads and writes at the configured quorums always intersect (R + W > N).
+    pub fn quorums_overlap(&self) -> bool {
+        u16::from(self.r) + u16::from(self.w) > u16::from(self.n)
+    }
+}
+
+/// Keyspace names: 1 to 64 bytes of `[A-Za-z0-9_-]`, so that `name:key` routing is unambiguous.
+pub fn validate_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= KEYSPACE_NAME_BYTES_MAX
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            setting: "name",
+            reason: format!(
+                "{name:?} must be 1 to {KEYSPACE_NAME_BYTES_MAX} characters of letters, digits, '_' or '-'"
+            ),
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {setting}: {reason}")]
+    Invalid { setting: &'static str, reason: String },
+    #[error("unknown model {0:?} (expected primary-backup, multi-leader or leaderless)")]
+    UnknownModel(String),
+    #[error("unknown merge policy {0:?} (expected lww, siblings, counter, set or map)")]
+    UnknownMergePolicy(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ks(n: u8, r: u8, w: u8) -> KeyspaceConfig {
+        KeyspaceConfig { n, r, w, ..KeyspaceConfig::leaderless("prefs") }
+    }
+
+    #[test]
+    fn default_keyspace_is_leaderless_n3_r2_w2() {
+        let d = KeyspaceConfig::leaderless(KeyspaceConfig::DEFAULT_NAME);
+        assert_eq!((d.model, d.n, d.r, d.w), (Model::Leaderless, 3, 2, 2));
+        assert!(d.quorums_overlap());
+        d.validate(3).unwrap();
+    }
+
+    #[test]
+    fn rejects_w_greater_than_n_naming_w() {
+        let e = ks(3, 2, 4).validate(5).unwrap_err();
+        assert_eq!(e.to_string(), "invalid W: W=4 exceeds N=3");
+    }
+
+    #[test]
+    fn rejects_r_greater_than_n_naming_r() {
+        let e = ks(3, 4, 2).validate(5).unwrap_err();
+        assert!(e.to_string().starts_with("invalid R:"), "{e}");
+    }
+
+    #[test]
+    fn rejects_n_greater_than_nodes_naming_n() {
+        let e = ks(5, 3, 3).validate(3).unwrap_err();
+        assert_eq!(e.to_string(), "invalid N: N=5 exceeds the 3 node(s) in the cluster");
+    }
+
+    #[test]
+    fn rejects_zero_quorums_and_bad_names() {
+        assert!(ks(3, 0, 2).validate(3).is_err());
+        assert!(ks(3, 2, 0).validate(3).is_err());
+        assert!(ks(0, 0, 0).validate(3).is_err());
+        for bad in ["", "a:b", "with space", &"x".repeat(65)] {
+            let mut c = ks(3, 2, 2);
+            c.name = bad.to_string();
+            assert!(c.validate(3).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn parses_models_and_policies_case_insensitively_and_names_bad_ones() {
+        assert_eq!("Primary-Backup".parse::<Model>().unwrap(), Model::PrimaryBackup);
+        assert_eq!("SET".parse::<MergePolicy>().unwrap(), MergePolicy::Set);
+        let e = "paxos".parse::<Model>().unwrap_err();
+        assert!(e.to_string().contains("paxos"));
+    }
+}

@@ -1,0 +1,26 @@
+//! Triarch's shared vocabulary.
+//!
+//! Everything here is sans-IO: no clock is read (time arrives as [`Instant`] or a wall-clock
+//! reading passed in by the driver), no random source is used except an injected [`DetRng`],
+//! and nothing touches a socket or a file. Every replication model and the simulator build on
+//! these types.
+
+pub mod config;
+pub mod hash;
+pub mod hlc;
+pub mod ids;
+pub mod limits;
+pub mod rng;
+pub mod time;
+
+pub use config::{ConfigError, KeyspaceConfig, MergePolicy, Model};
+pub use hlc::{Hlc, HlcTimestamp};
+pub use ids::{NodeId, RequestId};
+pub use rng::DetRng;
+pub use time::Instant;
+
+/// Keys and values are opaque bytes. `Bytes` makes the many clones along a replication path
+/// (coordinator, N replica messages, read repair) reference-count bumps instead of copies.
+pub type Key = bytes::Bytes;
+/// See [`Key`].
+pub type Value = bytes::Bytes;

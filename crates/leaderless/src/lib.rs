@@ -1,0 +1,1 @@
+//! Leaderless (Dynamo-style) replication: ring, preference lists, quorum coordinator, replica, read repair. Sans-IO.
