@@ -17,7 +17,7 @@ pub use config::{ConfigError, KeyspaceConfig, MergePolicy, Model};
 pub use hlc::{Hlc, HlcTimestamp};
 pub use ids::{NodeId, RequestId};
 pub use rng::DetRng;
-pub use time::Instant;
+pub use time::{Instant, Now};
 
 /// Keys and values are opaque bytes. `Bytes` makes the many clones along a replication path
 /// (coordinator, N replica messages, read repair) reference-count bumps instead of copies.

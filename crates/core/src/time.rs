@@ -9,7 +9,9 @@ use std::ops::{Add, Sub};
 use std::time::Duration;
 
 /// Microseconds on a monotonic clock whose origin the driver chooses.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Instant(pub u64);
 
 impl Instant {
@@ -54,5 +56,20 @@ mod tests {
         assert_eq!(b.as_micros(), 1_010);
         assert_eq!(b - a, Duration::from_micros(1_000));
         assert_eq!(a - b, Duration::ZERO);
+    }
+}
+
+/// What the driver knows of time when it steps a machine: the monotonic instant (for timers and
+/// latencies) and the wall clock in ms since the Unix epoch (for hybrid logical clocks; it may be
+/// skewed or jump, and the simulator makes it do both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    pub instant: Instant,
+    pub wall_ms: u64,
+}
+
+impl Now {
+    pub fn new(instant: Instant, wall_ms: u64) -> Self {
+        Now { instant, wall_ms }
     }
 }

@@ -1,0 +1,180 @@
+use super::*;
+use triarch_core::limits::KEY_BYTES_MAX;
+use triarch_storage::SimDisk;
+
+fn now() -> Now {
+    Now::new(Instant(0), 1_000)
+}
+
+fn members(n: u32) -> Vec<Member> {
+    (1..=n)
+        .map(|i| Member {
+            id: NodeId(i),
+            region: "r1".into(),
+        })
+        .collect()
+}
+
+fn node(n: u32) -> Node<SimDisk> {
+    let config = NodeConfig::new(NodeId(1), members(n));
+    Node::new(config, SimDisk::new(), DetRng::seed_from_u64(1), now()).unwrap()
+}
+
+fn call(node: &mut Node<SimDisk>, req: Request) -> Reply {
+    node.handle_request(now(), RequestId(9), req);
+    let mut reply = None;
+    while let Some(o) = node.poll_output() {
+        if let Output::Reply {
+            request: RequestId(9),
+            reply: r,
+        } = o
+        {
+            reply = Some(r);
+        }
+    }
+    reply.expect("request answered at once")
+}
+
+fn spec(name: &str, model: Model) -> KeyspaceSpec {
+    KeyspaceSpec {
+        name: name.into(),
+        model,
+        n: None,
+        r: None,
+        w: None,
+        merge: None,
+    }
+}
+
+#[test]
+fn keys_route_to_their_prefix_keyspace_or_default() {
+    let mut n = node(3);
+    assert_eq!(
+        call(
+            &mut n,
+            Request::CreateKeyspace(spec("prefs", Model::Leaderless))
+        ),
+        Reply::Created
+    );
+    assert_eq!(n.route(b"prefs:alice").name, "prefs");
+    assert_eq!(n.route(b"nope:alice").name, "default");
+    assert_eq!(n.route(b"plain").name, "default");
+    assert_eq!(n.route(b"\xff:x").name, "default");
+}
+
+#[test]
+fn a_single_node_cluster_serves_reads_and_writes_with_a_shrunk_default() {
+    let mut n = node(1);
+    let key = Bytes::from_static(b"k");
+    let set = Request::Set {
+        key: key.clone(),
+        value: Bytes::from_static(b"v"),
+        w: None,
+    };
+    assert_eq!(call(&mut n, set), Reply::Written { existed: false });
+    assert_eq!(
+        call(&mut n, Request::Get { key, r: None }),
+        Reply::Value(Some(Bytes::from_static(b"v")))
+    );
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_change_nothing() {
+    let mut n = node(3);
+    let big = Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]);
+    let r = call(
+        &mut n,
+        Request::Set {
+            key: big,
+            value: Bytes::new(),
+            w: None,
+        },
+    );
+    assert!(
+        matches!(r, Reply::Error(RequestError::KeyTooLarge { .. })),
+        "{r:?}"
+    );
+    let r = call(
+        &mut n,
+        Request::Get {
+            key: Bytes::from_static(b"k"),
+            r: Some(4),
+        },
+    );
+    assert_eq!(
+        r,
+        Reply::Error(RequestError::InvalidQuorum {
+            setting: "R",
+            value: 4,
+            n: 3
+        })
+    );
+    let mut s = spec("x", Model::Leaderless);
+    s.w = Some(5);
+    let r = call(&mut n, Request::CreateKeyspace(s));
+    let Reply::Error(e) = r else { panic!("{r:?}") };
+    assert_eq!(e.to_string(), "invalid W: W=5 exceeds N=3");
+    let r = call(
+        &mut n,
+        Request::CreateKeyspace(spec("balance", Model::PrimaryBackup)),
+    );
+    assert_eq!(
+        r,
+        Reply::Error(RequestError::ModelNotAvailable(Model::PrimaryBackup))
+    );
+    call(
+        &mut n,
+        Request::CreateKeyspace(spec("dup", Model::Leaderless)),
+    );
+    let r = call(
+        &mut n,
+        Request::CreateKeyspace(spec("dup", Model::Leaderless)),
+    );
+    assert_eq!(r, Reply::Error(RequestError::KeyspaceExists("dup".into())));
+    let Reply::Keyspaces(all) = call(&mut n, Request::ListKeyspaces) else {
+        panic!()
+    };
+    let names: Vec<&str> = all.iter().map(|k| k.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["default", "dup"],
+        "failed creates left nothing behind"
+    );
+}
+
+#[test]
+fn created_keyspaces_are_broadcast_and_survive_a_restart() {
+    let mut n = node(3);
+    n.handle_request(
+        now(),
+        RequestId(1),
+        Request::CreateKeyspace(spec("cart", Model::Leaderless)),
+    );
+    let sends: Vec<NodeId> = std::iter::from_fn(|| n.poll_output())
+        .filter_map(|o| match o {
+            Output::Send { to, .. } => Some(to),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sends, [NodeId(2), NodeId(3)]);
+    let mut disk = n.into_storage();
+    disk.sync().unwrap();
+    disk.crash();
+    let config = NodeConfig::new(NodeId(1), members(3));
+    let n = Node::new(config, disk, DetRng::seed_from_u64(1), now()).unwrap();
+    assert!(n.catalog().get("cart").is_some());
+}
+
+#[test]
+fn wire_frames_round_trip_and_garbage_is_an_error() {
+    let msgs = vec![Message::Catalog(CatalogMessage::Entries(vec![]))];
+    let mut buf = Vec::new();
+    encode_messages(&msgs, &mut buf);
+    assert_eq!(decode_messages(&buf).unwrap(), msgs);
+    assert!(matches!(decode_messages(&[]), Err(WireError::Empty)));
+    assert!(matches!(
+        decode_messages(&[99, 1]),
+        Err(WireError::Version(99))
+    ));
+    assert!(decode_messages(&[WIRE_VERSION, 0xff, 0xff, 0xff]).is_err());
+}
