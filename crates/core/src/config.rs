@@ -139,14 +139,24 @@ impl KeyspaceConfig {
             Model::MultiLeader => MergePolicy::Lww,
             Model::PrimaryBackup | Model::Leaderless => MergePolicy::Lww,
         };
-        KeyspaceConfig { name: name.to_string(), model, n, r: majority, w: majority, merge }
+        KeyspaceConfig {
+            name: name.to_string(),
+            model,
+            n,
+            r: majority,
+            w: majority,
+            merge,
+        }
     }
 
     /// Checks the settings against a cluster of `nodes` nodes.
     pub fn validate(&self, nodes: usize) -> Result<(), ConfigError> {
         validate_name(&self.name)?;
         if self.n == 0 {
-            return Err(ConfigError::Invalid { setting: "N", reason: "must be at least 1".into() });
+            return Err(ConfigError::Invalid {
+                setting: "N",
+                reason: "must be at least 1".into(),
+            });
         }
         if usize::from(self.n) > nodes {
             return Err(ConfigError::Invalid {
@@ -157,7 +167,10 @@ impl KeyspaceConfig {
         if self.model == Model::Leaderless {
             for (setting, v) in [("R", self.r), ("W", self.w)] {
                 if v == 0 {
-                    return Err(ConfigError::Invalid { setting, reason: "must be at least 1".into() });
+                    return Err(ConfigError::Invalid {
+                        setting,
+                        reason: "must be at least 1".into(),
+                    });
                 }
                 if v > self.n {
                     return Err(ConfigError::Invalid {
@@ -187,7 +200,9 @@ impl KeyspaceConfig {
 pub fn validate_name(name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= KEYSPACE_NAME_BYTES_MAX
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {
@@ -203,7 +218,10 @@ pub fn validate_name(name: &str) -> Result<(), ConfigError> {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid {setting}: {reason}")]
-    Invalid { setting: &'static str, reason: String },
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
     #[error("unknown model {0:?} (expected primary-backup, multi-leader or leaderless)")]
     UnknownModel(String),
     #[error("unknown merge policy {0:?} (expected lww, siblings, counter, set or map)")]
@@ -215,7 +233,12 @@ mod tests {
     use super::*;
 
     fn ks(n: u8, r: u8, w: u8) -> KeyspaceConfig {
-        KeyspaceConfig { n, r, w, ..KeyspaceConfig::leaderless("prefs") }
+        KeyspaceConfig {
+            n,
+            r,
+            w,
+            ..KeyspaceConfig::leaderless("prefs")
+        }
     }
 
     #[test]
@@ -241,7 +264,10 @@ mod tests {
     #[test]
     fn rejects_n_greater_than_nodes_naming_n() {
         let e = ks(5, 3, 3).validate(3).unwrap_err();
-        assert_eq!(e.to_string(), "invalid N: N=5 exceeds the 3 node(s) in the cluster");
+        assert_eq!(
+            e.to_string(),
+            "invalid N: N=5 exceeds the 3 node(s) in the cluster"
+        );
     }
 
     #[test]
@@ -258,7 +284,10 @@ mod tests {
 
     #[test]
     fn parses_models_and_policies_case_insensitively_and_names_bad_ones() {
-        assert_eq!("Primary-Backup".parse::<Model>().unwrap(), Model::PrimaryBackup);
+        assert_eq!(
+            "Primary-Backup".parse::<Model>().unwrap(),
+            Model::PrimaryBackup
+        );
         assert_eq!("SET".parse::<MergePolicy>().unwrap(), MergePolicy::Set);
         let e = "paxos".parse::<Model>().unwrap_err();
         assert!(e.to_string().contains("paxos"));

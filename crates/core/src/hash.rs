@@ -32,7 +32,10 @@ mod tests {
     fn hash_values_are_pinned() {
         // If this fails, every key moves to other nodes: never change the hash.
         assert_eq!(stable_hash64(b""), mix64(0xcbf2_9ce4_8422_2325));
-        assert_eq!(stable_hash64(b"balance:alice"), stable_hash64(b"balance:alice"));
+        assert_eq!(
+            stable_hash64(b"balance:alice"),
+            stable_hash64(b"balance:alice")
+        );
         assert_ne!(stable_hash64(b"a"), stable_hash64(b"b"));
         assert_eq!(stable_hash64(b"triarch"), 2_637_163_428_010_562_234);
     }

@@ -20,7 +20,11 @@ pub struct HlcTimestamp {
 
 impl HlcTimestamp {
     /// Smaller than every timestamp a clock issues.
-    pub const MIN: HlcTimestamp = HlcTimestamp { wall_ms: 0, logical: 0, node: NodeId(0) };
+    pub const MIN: HlcTimestamp = HlcTimestamp {
+        wall_ms: 0,
+        logical: 0,
+        node: NodeId(0),
+    };
 }
 
 impl fmt::Display for HlcTimestamp {
@@ -31,7 +35,9 @@ impl fmt::Display for HlcTimestamp {
 
 /// A remote timestamp ran further ahead of our physical clock than the configured bound.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("timestamp {remote_wall_ms} ms is {ahead_ms} ms ahead of the local clock (bound {bound_ms} ms)")]
+#[error(
+    "timestamp {remote_wall_ms} ms is {ahead_ms} ms ahead of the local clock (bound {bound_ms} ms)"
+)]
 pub struct ClockAhead {
     pub remote_wall_ms: u64,
     pub ahead_ms: u64,
@@ -50,7 +56,15 @@ pub struct Hlc {
 
 impl Hlc {
     pub fn new(node: NodeId, max_forward_ms: u64) -> Self {
-        Hlc { node, last: HlcTimestamp { wall_ms: 0, logical: 0, node }, max_forward_ms }
+        Hlc {
+            node,
+            last: HlcTimestamp {
+                wall_ms: 0,
+                logical: 0,
+                node,
+            },
+            max_forward_ms,
+        }
     }
 
     pub fn node(&self) -> NodeId {
@@ -65,10 +79,22 @@ impl Hlc {
     /// Issues a new timestamp for a local event at physical time `wall_ms`.
     pub fn now(&mut self, wall_ms: u64) -> HlcTimestamp {
         let next = if wall_ms > self.last.wall_ms {
-            HlcTimestamp { wall_ms, logical: 0, node: self.node }
+            HlcTimestamp {
+                wall_ms,
+                logical: 0,
+                node: self.node,
+            }
         } else {
-            let logical = self.last.logical.checked_add(1).expect("HLC logical counter overflow");
-            HlcTimestamp { wall_ms: self.last.wall_ms, logical, node: self.node }
+            let logical = self
+                .last
+                .logical
+                .checked_add(1)
+                .expect("HLC logical counter overflow");
+            HlcTimestamp {
+                wall_ms: self.last.wall_ms,
+                logical,
+                node: self.node,
+            }
         };
         assert!(next > self.last, "HLC must strictly increase");
         self.last = next;
@@ -89,7 +115,11 @@ impl Hlc {
         }
         let merged = (remote.wall_ms, remote.logical).max((self.last.wall_ms, self.last.logical));
         if merged > (self.last.wall_ms, self.last.logical) {
-            self.last = HlcTimestamp { wall_ms: merged.0, logical: merged.1, node: self.node };
+            self.last = HlcTimestamp {
+                wall_ms: merged.0,
+                logical: merged.1,
+                node: self.node,
+            };
         }
         Ok(())
     }
@@ -122,10 +152,17 @@ mod tests {
     #[test]
     fn refuses_a_timestamp_beyond_the_forward_bound() {
         let mut c = Hlc::new(NodeId(1), 500);
-        let far = HlcTimestamp { wall_ms: 10_000, logical: 0, node: NodeId(2) };
+        let far = HlcTimestamp {
+            wall_ms: 10_000,
+            logical: 0,
+            node: NodeId(2),
+        };
         let err = c.observe(far, 1_000).unwrap_err();
         assert_eq!(err.ahead_ms, 9_000);
-        assert!(c.now(1_000) < far, "a refused timestamp must not move the clock");
+        assert!(
+            c.now(1_000) < far,
+            "a refused timestamp must not move the clock"
+        );
     }
 
     proptest! {
