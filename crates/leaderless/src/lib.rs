@@ -448,7 +448,7 @@ impl Leaderless {
 
     fn on_read_reply<S: Storage>(
         &mut self,
-        _env: &mut Env<'_, S>,
+        env: &mut Env<'_, S>,
         from: NodeId,
         op: OpId,
         record: Option<Record>,
@@ -470,12 +470,13 @@ impl Leaderless {
             return;
         };
         if p.replies.len() == p.replicas.len() {
-            self.finish_read(op);
+            self.finish_read(env, op);
         }
     }
 
-    /// Read repair: sends the newest record seen to every replica that answered with less.
-    fn finish_read(&mut self, op: OpId) {
+    /// Read repair: sends the newest record seen to every replica that answered with less, and
+    /// applies it to the local replica directly.
+    fn finish_read<S: Storage>(&mut self, env: &mut Env<'_, S>, op: OpId) {
         let Some(Pending::Read(p)) = self.remove_op(op) else {
             return;
         };
@@ -487,7 +488,12 @@ impl Leaderless {
             let stale = record
                 .as_ref()
                 .is_none_or(|r| r.timestamp < newest.timestamp);
-            if stale {
+            if stale && node == self.node {
+                repairs += 1;
+                if let Err(e) = apply(env.storage, &p.keyspace, &p.key, &newest) {
+                    tracing::error!(keyspace = p.keyspace, error = %e, "local read repair failed");
+                }
+            } else if stale {
                 repairs += 1;
                 let message = Message::Repair {
                     keyspace: p.keyspace.clone(),
@@ -534,7 +540,7 @@ impl Leaderless {
                     self.stats_mut(&keyspace).quorum_failures += 1;
                     self.fail_op(op, outcome);
                 }
-                Some(Pending::Read(p)) if p.replied => self.finish_read(op),
+                Some(Pending::Read(p)) if p.replied => self.finish_read(env, op),
                 Some(Pending::Read(p)) => {
                     let outcome = Outcome::QuorumFailed {
                         acks: p.replies.len() as u8,

@@ -234,3 +234,21 @@ fn planted_bug_acknowledges_before_quorum() {
     c.down.insert(NodeId(3));
     assert_eq!(c.set(1, "k", "v"), Outcome::Written { existed: false });
 }
+
+#[test]
+fn a_coordinator_repairs_its_own_stale_replica() {
+    let mut c = Cluster::new(3, LeaderlessConfig::default());
+    c.down.insert(NodeId(2));
+    c.set(1, "k", "v");
+    c.down.clear();
+    let req = RequestId(42);
+    c.step(NodeId(2), |e, env| e.read(env, req, &ks(), Bytes::from_static(b"k"), 1));
+    // R=1: the coordinator's own (stale) replica answers first...
+    assert_eq!(c.finish(req), Outcome::Read { value: None });
+    // ...and once every replica has answered, read repair fixed it in place.
+    assert_eq!(c.stored(2, "k").unwrap().value.as_deref(), Some(&b"v"[..]));
+    assert!(
+        c.in_flight.iter().all(|(_, to, _)| *to != NodeId(2)),
+        "a node never sends messages to itself"
+    );
+}

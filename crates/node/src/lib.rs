@@ -23,6 +23,7 @@ pub mod api;
 pub mod catalog;
 
 pub use api::{KeyspaceInfo, KeyspaceSpec, Reply, Request, RequestError};
+pub use triarch_leaderless::KeyspaceStats;
 use bytes::Bytes;
 use catalog::{Catalog, CatalogEntry, CatalogMessage};
 use serde::{Deserialize, Serialize};
@@ -33,7 +34,7 @@ use triarch_core::{
     DetRng, Hlc, HlcTimestamp, Instant, KeyspaceConfig, MergePolicy, Model, NodeId,
 };
 use triarch_core::{Now, RequestId};
-use triarch_leaderless::{Effect, Env, KeyspaceStats, Leaderless, LeaderlessConfig, Outcome};
+use triarch_leaderless::{Effect, Env, Leaderless, LeaderlessConfig, Outcome};
 use triarch_storage::{Storage, StorageError};
 
 /// Version of the peer message encoding. A peer that sends another version is disconnected.

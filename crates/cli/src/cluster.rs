@@ -1,0 +1,279 @@
+//! A local cluster of real node processes on 127.0.0.1 (`triarch up`, `triarch demo`, tests).
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use triarch_server::config::{KeyspaceFileConfig, MemberConfig, ServerConfig};
+
+pub struct NodeProcess {
+    pub id: u32,
+    pub region: String,
+    pub config_path: PathBuf,
+    pub resp: SocketAddr,
+    pub http: SocketAddr,
+    pub peer: SocketAddr,
+    pub child: Option<Child>,
+}
+
+pub struct LocalCluster {
+    pub dir: PathBuf,
+    pub nodes: Vec<NodeProcess>,
+    binary: PathBuf,
+}
+
+#[derive(Serialize)]
+struct ClusterFile<'a> {
+    nodes: Vec<ClusterFileNode<'a>>,
+}
+
+#[derive(Serialize)]
+struct ClusterFileNode<'a> {
+    id: u32,
+    region: &'a str,
+    resp: String,
+    http: String,
+    peer: String,
+    pid: Option<u32>,
+}
+
+/// Ports for node `i` (1-based): RESP `base + i - 1`, HTTP `base + 100 + i - 1`, peers
+/// `base + 200 + i - 1`.
+fn addr(base: u16, offset: u16, i: u32) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], base + offset + i as u16 - 1))
+}
+
+/// A base port whose whole block (3 x `nodes` ports) is free right now.
+pub fn free_base_port(nodes: u32) -> Result<u16> {
+    let start = 20_000 + (std::process::id() % 200) as u16 * 100;
+    for attempt in 0..200u16 {
+        let base = 20_000 + (start - 20_000 + attempt * 300) % 40_000;
+        let all_free = (1..=nodes).all(|i| {
+            [0, 100, 200].iter().all(|off| TcpListener::bind(addr(base, *off, i)).is_ok())
+        });
+        if all_free {
+            return Ok(base);
+        }
+    }
+    bail!("no free block of ports found")
+}
+
+impl LocalCluster {
+    /// Writes one configuration file per node under `dir` (nodes spread round-robin over
+    /// `regions` regions) with the canonical keyspaces available in this version.
+    pub fn configure(
+        dir: &Path,
+        nodes: u32,
+        regions: u32,
+        base_port: u16,
+        keyspaces: Vec<KeyspaceFileConfig>,
+    ) -> Result<LocalCluster> {
+        if nodes == 0 || nodes > 99 {
+            bail!("--nodes must be between 1 and 99");
+        }
+        if regions == 0 || regions > nodes {
+            bail!("--regions must be between 1 and the number of nodes");
+        }
+        if u32::from(base_port) + 300 > u32::from(u16::MAX) {
+            bail!("--base-port leaves no room for {nodes} nodes");
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let dir = dir.canonicalize()?;
+        let region = |i: u32| format!("r{}", (i - 1) % regions + 1);
+        let members: Vec<MemberConfig> = (1..=nodes)
+            .map(|i| MemberConfig { id: i, region: region(i), peer_addr: addr(base_port, 200, i) })
+            .collect();
+        let mut procs = Vec::new();
+        for i in 1..=nodes {
+            let config = ServerConfig {
+                node_id: i,
+                region: region(i),
+                data_dir: dir.join(format!("n{i}")),
+                peer_addr: addr(base_port, 200, i),
+                resp_addr: addr(base_port, 0, i),
+                http_addr: addr(base_port, 100, i),
+                members: members.clone(),
+                keyspaces: keyspaces.clone(),
+                request_timeout_ms: 1_000,
+                value_bytes_max: triarch_core::limits::VALUE_BYTES_MAX_DEFAULT,
+                clock_forward_bound_ms: 60_000,
+                max_clients: 10_000,
+                bug_ack_before_quorum: false,
+            };
+            config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let config_path = dir.join(format!("n{i}.toml"));
+            std::fs::write(&config_path, config.to_toml())?;
+            procs.push(NodeProcess {
+                id: i,
+                region: region(i),
+                config_path,
+                resp: config.resp_addr,
+                http: config.http_addr,
+                peer: config.peer_addr,
+                child: None,
+            });
+        }
+        let binary = std::env::current_exe().context("locating the triarch binary")?;
+        Ok(LocalCluster { dir, nodes: procs, binary })
+    }
+
+    /// Uses `binary` to run nodes instead of the current executable (tests).
+    pub fn with_binary(mut self, binary: PathBuf) -> Self {
+        self.binary = binary;
+        self
+    }
+
+    pub fn node(&self, id: u32) -> &NodeProcess {
+        &self.nodes[id as usize - 1]
+    }
+
+    /// Starts node `id` and waits until it answers PING.
+    pub fn start(&mut self, id: u32) -> Result<()> {
+        let binary = self.binary.clone();
+        let dir = self.dir.clone();
+        let node = &mut self.nodes[id as usize - 1];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("n{id}.log")))?;
+        let child = Command::new(&binary)
+            .arg("serve")
+            .arg("--config")
+            .arg(&node.config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        node.child = Some(child);
+        wait_for_ping(node)?;
+        Ok(())
+    }
+
+    pub fn start_all(&mut self) -> Result<()> {
+        for id in 1..=self.nodes.len() as u32 {
+            self.start(id)?;
+        }
+        self.write_cluster_file()?;
+        self.wait_for_links(Duration::from_secs(20))
+    }
+
+    /// Waits until every running node reports every other running node's link up.
+    pub fn wait_for_links(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let running: Vec<u32> =
+            self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect();
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            loop {
+                let info = info(n).unwrap_or_default();
+                let all_up = running
+                    .iter()
+                    .filter(|&&p| p != n.id)
+                    .all(|p| info.lines().any(|l| l.starts_with(&format!("peer_n{p}:")) && l.contains("link=up")));
+                if all_up {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!("node {} did not connect to its peers within {timeout:?}", n.id);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self, id: u32) -> Result<()> {
+        if let Some(mut child) = self.nodes[id as usize - 1].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then wait for the process to exit (SIGKILL after 10 s).
+    pub fn stop(&mut self, id: u32) -> Result<()> {
+        if let Some(mut child) = self.nodes[id as usize - 1].child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if child.try_wait()?.is_some() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    child.kill()?;
+                    child.wait()?;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn stop_all(&mut self) {
+        for id in 1..=self.nodes.len() as u32 {
+            let _ = self.stop(id);
+        }
+    }
+
+    pub fn write_cluster_file(&self) -> Result<()> {
+        let file = ClusterFile {
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| ClusterFileNode {
+                    id: n.id,
+                    region: &n.region,
+                    resp: n.resp.to_string(),
+                    http: n.http.to_string(),
+                    peer: n.peer.to_string(),
+                    pid: n.child.as_ref().map(Child::id),
+                })
+                .collect(),
+        };
+        std::fs::write(self.dir.join("cluster.json"), serde_json::to_string_pretty(&file)?)?;
+        Ok(())
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+fn wait_for_ping(node: &mut NodeProcess) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(child) = node.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            bail!("node {} exited during start-up ({status}); see its log", node.id);
+        }
+        if let Ok(mut c) = triarch_client::Client::connect(node.resp)
+            && c.call(&["PING"]).is_ok()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("node {} did not answer PING on {} within 30 s", node.id, node.resp);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn info(node: &NodeProcess) -> Result<String> {
+    let mut c = triarch_client::Client::connect(node.resp)?;
+    match c.call(&["INFO"])? {
+        triarch_client::Value::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        other => bail!("INFO answered {other:?}"),
+    }
+}

@@ -1,0 +1,235 @@
+//! The node's configuration file (TOML).
+//!
+//! ```toml
+//! node_id = 1
+//! region = "r1"
+//! data_dir = "data/n1"
+//! peer_addr = "127.0.0.1:7101"     # where peers reach this node
+//! resp_addr = "127.0.0.1:6379"     # redis-cli, redis-py, redis-benchmark
+//! http_addr = "127.0.0.1:8080"     # curl, Prometheus (/metrics)
+//!
+//! [[members]]                      # every node of the cluster, this one included
+//! id = 1
+//! region = "r1"
+//! peer_addr = "127.0.0.1:7101"
+//!
+//! [[keyspaces]]                    # created on first start if absent
+//! name = "prefs"
+//! model = "leaderless"
+//! n = 3
+//! r = 2
+//! w = 2
+//! merge = "lww"
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use triarch_core::limits::{VALUE_BYTES_LIMIT, VALUE_BYTES_MAX_DEFAULT};
+use triarch_core::{KeyspaceConfig, MergePolicy, Model, NodeId};
+use triarch_node::{Member, NodeConfig};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub node_id: u32,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub data_dir: PathBuf,
+    pub peer_addr: SocketAddr,
+    pub resp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub members: Vec<MemberConfig>,
+    #[serde(default)]
+    pub keyspaces: Vec<KeyspaceFileConfig>,
+    /// How long a coordinator waits for its quorum.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Largest value accepted, in bytes (at most 512 MiB).
+    #[serde(default = "default_value_bytes_max")]
+    pub value_bytes_max: usize,
+    /// How far ahead of this node's clock a peer's timestamp may run before it is refused.
+    #[serde(default = "default_clock_forward_bound_ms")]
+    pub clock_forward_bound_ms: u64,
+    /// Most client connections served at once (RESP and HTTP each).
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// PLANTED BUG for checker tests only: acknowledge writes before W replicas hold them.
+    #[serde(default)]
+    pub bug_ack_before_quorum: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberConfig {
+    pub id: u32,
+    #[serde(default = "default_region")]
+    pub region: String,
+    pub peer_addr: SocketAddr,
+}
+
+/// A keyspace in the file: settings left out take the model's defaults.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyspaceFileConfig {
+    pub name: String,
+    pub model: Model,
+    pub n: Option<u8>,
+    pub r: Option<u8>,
+    pub w: Option<u8>,
+    pub merge: Option<MergePolicy>,
+}
+
+fn default_region() -> String {
+    "r1".into()
+}
+fn default_request_timeout_ms() -> u64 {
+    1_000
+}
+fn default_value_bytes_max() -> usize {
+    VALUE_BYTES_MAX_DEFAULT
+}
+fn default_clock_forward_bound_ms() -> u64 {
+    60_000
+}
+fn default_max_clients() -> usize {
+    10_000
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    pub fn load(path: &std::path::Path) -> Result<ServerConfig, ConfigFileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigFileError::Read { path: path.to_path_buf(), source })?;
+        let config: ServerConfig = toml::from_str(&text)
+            .map_err(|e| ConfigFileError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a ServerConfig always serialises")
+    }
+
+    /// Checks everything that can be checked before starting.
+    pub fn validate(&self) -> Result<(), ConfigFileError> {
+        let invalid = |m: String| Err(ConfigFileError::Invalid(m));
+        if !self.members.iter().any(|m| m.id == self.node_id) {
+            return invalid(format!("node_id {} is not listed in members", self.node_id));
+        }
+        let mut ids: Vec<u32> = self.members.iter().map(|m| m.id).collect();
+        ids.sort();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return invalid("members lists the same id twice".into());
+        }
+        if self.value_bytes_max == 0 || self.value_bytes_max > VALUE_BYTES_LIMIT {
+            return invalid(format!("value_bytes_max must be between 1 and {VALUE_BYTES_LIMIT}"));
+        }
+        if self.request_timeout_ms == 0 {
+            return invalid("request_timeout_ms must be at least 1".into());
+        }
+        for k in &self.keyspaces {
+            let ks = self.keyspace_config(k);
+            ks.validate(self.members.len())
+                .map_err(|e| ConfigFileError::Invalid(format!("keyspace {}: {e}", k.name)))?;
+            if ks.model != Model::Leaderless || ks.merge != MergePolicy::Lww {
+                return invalid(format!(
+                    "keyspace {}: only leaderless keyspaces with merge = \"lww\" are available in this version",
+                    k.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn keyspace_config(&self, k: &KeyspaceFileConfig) -> KeyspaceConfig {
+        let mut ks = KeyspaceConfig::with_defaults(&k.name, k.model, self.members.len());
+        if let Some(n) = k.n {
+            ks.n = n;
+            ks.r = n / 2 + 1;
+            ks.w = n / 2 + 1;
+        }
+        ks.r = k.r.unwrap_or(ks.r);
+        ks.w = k.w.unwrap_or(ks.w);
+        ks.merge = k.merge.unwrap_or(ks.merge);
+        ks
+    }
+
+    /// The sans-IO node's configuration.
+    pub fn node_config(&self) -> NodeConfig {
+        let members = self
+            .members
+            .iter()
+            .map(|m| Member { id: NodeId(m.id), region: m.region.clone() })
+            .collect();
+        let mut config = NodeConfig::new(NodeId(self.node_id), members);
+        config.keyspaces = self.keyspaces.iter().map(|k| self.keyspace_config(k)).collect();
+        config.leaderless.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        config.leaderless.bug_ack_before_quorum = self.bug_ack_before_quorum;
+        config.clock_forward_bound_ms = self.clock_forward_bound_ms;
+        config.value_bytes_max = self.value_bytes_max;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = r#"
+node_id = 1
+data_dir = "d"
+peer_addr = "127.0.0.1:7101"
+resp_addr = "127.0.0.1:6379"
+http_addr = "127.0.0.1:8080"
+[[members]]
+id = 1
+peer_addr = "127.0.0.1:7101"
+[[members]]
+id = 2
+peer_addr = "127.0.0.1:7102"
+[[members]]
+id = 3
+peer_addr = "127.0.0.1:7103"
+[[keyspaces]]
+name = "prefs"
+model = "leaderless"
+w = 3
+"#;
+
+    #[test]
+    fn parses_with_defaults_and_round_trips() {
+        let c: ServerConfig = toml::from_str(SAMPLE).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.region, "r1");
+        assert_eq!(c.request_timeout_ms, 1_000);
+        let ks = &c.node_config().keyspaces[0];
+        assert_eq!((ks.n, ks.r, ks.w), (3, 2, 3));
+        let again: ServerConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn rejects_impossible_settings_naming_them() {
+        let bad = SAMPLE.replace("w = 3", "w = 4");
+        let c: ServerConfig = toml::from_str(&bad).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("keyspace prefs") && e.contains("W=4 exceeds N=3"), "{e}");
+        let c: ServerConfig = toml::from_str(&SAMPLE.replace("node_id = 1", "node_id = 9")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("node_id 9"));
+        let e = toml::from_str::<ServerConfig>(&SAMPLE.replace("data_dir", "dta_dir")).unwrap_err();
+        assert!(e.to_string().contains("dta_dir"), "{e}");
+        let e = toml::from_str::<ServerConfig>(&SAMPLE.replace("leaderless", "paxos")).unwrap_err();
+        assert!(e.to_string().contains("paxos"), "{e}");
+    }
+}

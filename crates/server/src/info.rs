@@ -1,0 +1,59 @@
+//! The text of the RESP `INFO` command.
+
+use crate::core::Snapshot;
+use crate::server::Shared;
+use std::fmt::Write;
+
+pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Server\r");
+    let _ = writeln!(s, "triarch_version:{}\r", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(s, "redis_version:7.2.0\r");
+    let _ = writeln!(s, "node_id:{}\r", shared.node_id.0);
+    let _ = writeln!(s, "region:{}\r", shared.region);
+    let _ = writeln!(s, "process_id:{}\r", std::process::id());
+    let _ = writeln!(s, "uptime_in_seconds:{}\r", shared.started.elapsed().as_secs());
+    let _ = writeln!(s, "\r\n# Cluster\r");
+    let _ = writeln!(s, "members:{}\r", shared.members.len());
+    for m in &shared.members {
+        if m.id == shared.node_id.0 {
+            continue;
+        }
+        let up = shared.peers.is_connected(triarch_core::NodeId(m.id));
+        let _ = writeln!(
+            s,
+            "peer_n{}:addr={},region={},link={}\r",
+            m.id,
+            m.peer_addr,
+            m.region,
+            if up { "up" } else { "down" }
+        );
+    }
+    if let Some(snap) = snapshot {
+        let _ = writeln!(s, "\r\n# Core\r");
+        let _ = writeln!(s, "in_flight_operations:{}\r", snap.in_flight);
+        let _ = writeln!(s, "batches:{}\r", snap.batches);
+        let _ = writeln!(s, "syncs:{}\r", snap.syncs);
+        let _ = writeln!(s, "\r\n# Keyspaces\r");
+        for k in &snap.keyspaces {
+            let st = snap.leaderless.get(&k.name).cloned().unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "keyspace_{}:model={},n={},r={},w={},merge={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},write_restamps={}\r",
+                k.name,
+                k.model,
+                k.n,
+                k.r,
+                k.w,
+                k.merge,
+                st.reads,
+                st.writes,
+                st.read_repairs,
+                st.quorum_failures,
+                st.lww_discarded,
+                st.write_restamps
+            );
+        }
+    }
+    s
+}

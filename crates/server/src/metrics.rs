@@ -1,0 +1,151 @@
+//! Metrics in Prometheus format (`GET /metrics`).
+//!
+//! The core records one counter increment and one histogram sample per reply; the handles are
+//! looked up once per (keyspace, operation, outcome) and cached, so the hot path does no label
+//! hashing or allocation. Model counters (read repairs, quorum failures, LWW discards) are copied
+//! from the node's own counters after each batch.
+
+use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use triarch_core::NodeId;
+use triarch_node::KeyspaceStats;
+use triarch_node::{Node, Reply, Request};
+use triarch_storage::Storage;
+
+/// Installs the process-wide recorder once and returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("buckets are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // A second recorder in the same process (tests running several nodes) is fine to lose.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Op {
+    Get,
+    Set,
+    Delete,
+    Admin,
+}
+
+impl Op {
+    fn as_str(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Set => "set",
+            Op::Delete => "delete",
+            Op::Admin => "admin",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct OpLabel {
+    keyspace: Arc<str>,
+    model: &'static str,
+    op: Op,
+}
+
+struct OpHandles {
+    ok: Counter,
+    error: Counter,
+    latency: Histogram,
+}
+
+/// The core's metrics; owned by the core task.
+#[derive(Default)]
+pub struct OpMetrics {
+    keyspaces: BTreeMap<String, (Arc<str>, &'static str)>,
+    handles: HashMap<(Arc<str>, Op), OpHandles>,
+    stats_seen: BTreeMap<String, KeyspaceStats>,
+}
+
+impl OpMetrics {
+    pub fn label_for<S: Storage>(&mut self, node: &Node<S>, request: &Request) -> OpLabel {
+        let (key, op) = match request {
+            Request::Get { key, .. } => (Some(key), Op::Get),
+            Request::Set { key, .. } => (Some(key), Op::Set),
+            Request::Delete { key, .. } => (Some(key), Op::Delete),
+            _ => (None, Op::Admin),
+        };
+        let Some(key) = key else {
+            return OpLabel { keyspace: Arc::from(""), model: "", op };
+        };
+        let ks = node.route(key);
+        let (keyspace, model) = match self.keyspaces.get(ks.name.as_str()) {
+            Some(v) => v.clone(),
+            None => {
+                let v = (Arc::<str>::from(ks.name.as_str()), ks.model.as_str());
+                self.keyspaces.insert(ks.name.clone(), v.clone());
+                v
+            }
+        };
+        OpLabel { keyspace, model, op }
+    }
+
+    pub fn record_reply(&mut self, label: &OpLabel, reply: &Reply, elapsed: Duration) {
+        if label.op == Op::Admin {
+            return;
+        }
+        let handles = self.handles.entry((label.keyspace.clone(), label.op)).or_insert_with(|| {
+            let ks = label.keyspace.to_string();
+            let counter = |outcome: &'static str| {
+                counter!("triarch_operations_total", "keyspace" => ks.clone(), "model" => label.model, "op" => label.op.as_str(), "outcome" => outcome)
+            };
+            OpHandles {
+                ok: counter("ok"),
+                error: counter("error"),
+                latency: histogram!("triarch_operation_duration_seconds", "keyspace" => ks.clone(), "op" => label.op.as_str()),
+            }
+        });
+        match reply {
+            Reply::Error(_) => handles.error.increment(1),
+            _ => handles.ok.increment(1),
+        }
+        handles.latency.record(elapsed.as_secs_f64());
+    }
+
+    /// Publishes the node's model counters (cheap when nothing changed).
+    pub fn observe_stats(&mut self, stats: &BTreeMap<String, KeyspaceStats>) {
+        for (ks, s) in stats {
+            if self.stats_seen.get(ks) == Some(s) {
+                continue;
+            }
+            let ks_label = ks.clone();
+            counter!("triarch_read_repairs_total", "keyspace" => ks_label.clone()).absolute(s.read_repairs);
+            counter!("triarch_quorum_failures_total", "keyspace" => ks_label.clone()).absolute(s.quorum_failures);
+            counter!("triarch_lww_discarded_total", "keyspace" => ks_label.clone()).absolute(s.lww_discarded);
+            counter!("triarch_write_restamps_total", "keyspace" => ks_label).absolute(s.write_restamps);
+            self.stats_seen.insert(ks.clone(), s.clone());
+        }
+    }
+}
+
+pub fn record_sync(elapsed: Duration, batch_outputs: usize) {
+    histogram!("triarch_sync_duration_seconds").record(elapsed.as_secs_f64());
+    histogram!("triarch_sync_batch_outputs").record(batch_outputs as f64);
+}
+
+pub fn peer_link(peer: NodeId, up: bool) {
+    gauge!("triarch_peer_connected", "peer" => peer.to_string()).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn peer_batch_dropped(peer: NodeId) {
+    counter!("triarch_peer_batches_dropped_total", "peer" => peer.to_string()).increment(1);
+}

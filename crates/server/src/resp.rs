@@ -1,0 +1,574 @@
+//! The RESP port: what redis-cli, redis-py and redis-benchmark talk to.
+//!
+//! One task per connection decodes commands, hands data commands to the core and writes replies
+//! in command order. Pipelining is honoured: every command that has arrived is submitted before
+//! the first reply is awaited, so a pipelined burst lands in one core batch (one fsync). A
+//! connection has at most [`PIPELINE_MAX`] commands in flight; beyond that it stops reading, which
+//! pushes back on the client through TCP.
+//!
+//! Bad input never takes the connection down silently: unknown commands, wrong arity and invalid
+//! arguments get a `-ERR` reply and change nothing; a malformed frame gets `-ERR Protocol error`
+//! and the connection is closed, as redis does, because the stream cannot be resynchronised.
+
+use crate::core::{CoreInput, ReplyTo};
+use crate::info::render_info;
+use crate::server::Shared;
+use bytes::{Bytes, BytesMut};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use triarch_core::{MergePolicy, Model};
+use triarch_node::{KeyspaceSpec, Reply as NodeReply, Request};
+use triarch_resp::{Command, Decoder, Limits, Protocol, Reply};
+
+/// Commands in flight per connection before the connection stops reading.
+pub const PIPELINE_MAX: usize = 1024;
+
+/// How a pipelined command's parts combine into its reply.
+#[derive(Clone, Copy, Debug)]
+enum Combine {
+    /// GET: the value or null.
+    Get,
+    /// SET: +OK.
+    Set,
+    /// DEL: number of keys that existed.
+    Del,
+    /// EXISTS: number of keys present.
+    Exists,
+    /// MGET: array of values.
+    Mget,
+    /// MSET: +OK once every part succeeded.
+    Mset,
+    /// Admin commands: rendered by `admin_reply`.
+    Admin(AdminKind),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum AdminKind {
+    Create,
+    List,
+    Info,
+}
+
+struct Slot {
+    seq: u64,
+    combine: Combine,
+    parts: Vec<Option<NodeReply>>,
+    remaining: usize,
+    /// Set for commands answered without the core (PING, errors, ...).
+    ready: Option<Reply>,
+}
+
+/// Per-connection settings a client can change.
+struct Session {
+    protocol: Protocol,
+    read_quorum: Option<u8>,
+    write_quorum: Option<u8>,
+    name: Option<Bytes>,
+}
+
+pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().ok();
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, u32, NodeReply)>();
+    let limits = Limits { max_bulk_len: shared.value_bytes_max.max(triarch_core::limits::KEY_BYTES_MAX) + 1024, ..Limits::default() };
+    let mut decoder = Decoder::new(limits);
+    let mut inbuf = BytesMut::with_capacity(16 * 1024);
+    let mut outbuf = BytesMut::with_capacity(16 * 1024);
+    let mut slots: VecDeque<Slot> = VecDeque::new();
+    let mut next_seq: u64 = 0;
+    let mut session = Session { protocol: Protocol::Resp2, read_quorum: None, write_quorum: None, name: None };
+    let mut closing = false;
+    loop {
+        if !closing {
+            // Decode and submit everything that has arrived.
+            loop {
+                if slots.len() >= PIPELINE_MAX {
+                    break;
+                }
+                match decoder.decode(&mut inbuf) {
+                    Ok(Some(command)) => {
+                        let seq = next_seq;
+                        next_seq += 1;
+                        let action = dispatch(&command, &mut session, &shared, seq, &tx).await;
+                        match action {
+                            Action::Slot(slot) => slots.push_back(slot),
+                            Action::Quit => {
+                                slots.push_back(ready_slot(seq, Reply::ok()));
+                                closing = true;
+                                break;
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        slots.push_back(ready_slot(next_seq, Reply::protocol_error(&e)));
+                        tracing::debug!(?peer, error = %e, "protocol error; closing");
+                        closing = true;
+                        break;
+                    }
+                }
+            }
+        }
+        // Write every reply that is ready, in order.
+        while slots.front().is_some_and(|s| s.ready.is_some()) {
+            let slot = slots.pop_front().expect("checked");
+            slot.ready.expect("checked").encode(&mut outbuf, session.protocol);
+        }
+        if !outbuf.is_empty() {
+            if writer.write_all(&outbuf).await.is_err() {
+                return;
+            }
+            outbuf.clear();
+        }
+        if closing && slots.is_empty() {
+            let _ = writer.shutdown().await;
+            return;
+        }
+        let can_read = !closing && slots.len() < PIPELINE_MAX;
+        tokio::select! {
+            r = reader.read_buf(&mut inbuf), if can_read => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            },
+            Some((seq, part, reply)) = rx.recv() => {
+                fill(&mut slots, seq, part, reply);
+                while let Ok((seq, part, reply)) = rx.try_recv() {
+                    fill(&mut slots, seq, part, reply);
+                }
+            }
+        }
+    }
+}
+
+fn ready_slot(seq: u64, reply: Reply) -> Slot {
+    Slot { seq, combine: Combine::Set, parts: Vec::new(), remaining: 0, ready: Some(reply) }
+}
+
+fn fill(slots: &mut VecDeque<Slot>, seq: u64, part: u32, reply: NodeReply) {
+    let Some(front) = slots.front() else { return };
+    let Some(index) = seq.checked_sub(front.seq) else { return };
+    let Some(slot) = slots.get_mut(index as usize) else { return };
+    debug_assert_eq!(slot.seq, seq);
+    if let Some(p) = slot.parts.get_mut(part as usize)
+        && p.is_none()
+    {
+        *p = Some(reply);
+        slot.remaining -= 1;
+        if slot.remaining == 0 {
+            slot.ready = Some(combine(slot.combine, std::mem::take(&mut slot.parts)));
+        }
+    }
+}
+
+enum Action {
+    Slot(Slot),
+    Quit,
+}
+
+fn error_reply(code: &str, message: impl std::fmt::Display) -> Reply {
+    Reply::error(format!("{code} {message}"))
+}
+
+fn node_error(e: &triarch_node::RequestError) -> Reply {
+    error_reply(e.code(), e)
+}
+
+fn wrong_arity(name: &str) -> Reply {
+    Reply::error(format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()))
+}
+
+fn combine(kind: Combine, parts: Vec<Option<NodeReply>>) -> Reply {
+    let mut parts = parts.into_iter().map(|p| p.expect("all parts filled"));
+    // The first error decides the reply of multi-part commands.
+    let collected: Vec<NodeReply> = parts.by_ref().collect();
+    if let Some(NodeReply::Error(e)) = collected.iter().find(|r| matches!(r, NodeReply::Error(_))) {
+        if !matches!(kind, Combine::Mget) {
+            return node_error(e);
+        }
+    }
+    match kind {
+        Combine::Get => match collected.into_iter().next() {
+            Some(NodeReply::Value(v)) => Reply::bulk_or_null(v),
+            other => unexpected(other),
+        },
+        Combine::Set | Combine::Mset => Reply::ok(),
+        Combine::Del => Reply::Integer(
+            collected.iter().filter(|r| matches!(r, NodeReply::Written { existed: true })).count() as i64,
+        ),
+        Combine::Exists => Reply::Integer(
+            collected.iter().filter(|r| matches!(r, NodeReply::Value(Some(_)))).count() as i64,
+        ),
+        Combine::Mget => Reply::array(collected.into_iter().map(|r| match r {
+            NodeReply::Value(v) => Reply::bulk_or_null(v),
+            NodeReply::Error(e) => node_error(&e),
+            other => unexpected(Some(other)),
+        })),
+        Combine::Admin(kind) => match collected.into_iter().next() {
+            Some(r) => admin_reply(kind, r),
+            None => unexpected(None),
+        },
+    }
+}
+
+fn unexpected(r: Option<NodeReply>) -> Reply {
+    tracing::error!(?r, "unexpected reply from the node");
+    Reply::error("ERR internal error: unexpected reply")
+}
+
+fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
+    match (kind, r) {
+        (_, NodeReply::Error(e)) => node_error(&e),
+        (AdminKind::Create, NodeReply::Created) => Reply::ok(),
+        (AdminKind::List, NodeReply::Keyspaces(all)) => {
+            Reply::array(all.into_iter().map(|k| Reply::bulk(k.name)))
+        }
+        (AdminKind::Info, NodeReply::KeyspaceInfo(info)) => {
+            let c = &info.config;
+            let s = &info.stats;
+            let field = |k: &str, v: String| (Reply::bulk(k.to_string()), Reply::bulk(v));
+            Reply::Map(vec![
+                field("name", c.name.clone()),
+                field("model", c.model.to_string()),
+                field("n", c.n.to_string()),
+                field("r", c.r.to_string()),
+                field("w", c.w.to_string()),
+                field("merge", c.merge.to_string()),
+                field("members", info.members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(",")),
+                field("reads", s.reads.to_string()),
+                field("writes", s.writes.to_string()),
+                field("read_repairs", s.read_repairs.to_string()),
+                field("quorum_failures", s.quorum_failures.to_string()),
+                field("lww_discarded", s.lww_discarded.to_string()),
+                field("write_restamps", s.write_restamps.to_string()),
+            ])
+        }
+        (_, other) => unexpected(Some(other)),
+    }
+}
+
+/// Handles one command: answers it at once or submits its parts to the core.
+async fn dispatch(
+    cmd: &Command,
+    session: &mut Session,
+    shared: &Arc<Shared>,
+    seq: u64,
+    tx: &mpsc::UnboundedSender<(u64, u32, NodeReply)>,
+) -> Action {
+    let args = &cmd.args;
+    let name = cmd.name_upper().map(|n| n.into_owned()).unwrap_or_default();
+    let argc = args.len();
+    let ready = |r: Reply| Action::Slot(ready_slot(seq, r));
+    // Submits `requests` as the parts of one slot.
+    let submit = |combine: Combine, requests: Vec<Request>| async move {
+        let n = requests.len();
+        for (part, request) in requests.into_iter().enumerate() {
+            let reply_to = ReplyTo::Conn { tx: tx.clone(), slot: seq, part: part as u32 };
+            if shared.core.send(CoreInput::Request { request, reply_to }).await.is_err() {
+                return Action::Slot(ready_slot(seq, Reply::error("ERR node is shutting down")));
+            }
+        }
+        Action::Slot(Slot { seq, combine, parts: vec![None; n], remaining: n, ready: None })
+    };
+    let r = session.read_quorum;
+    let w = session.write_quorum;
+    match name.as_str() {
+        "PING" => match argc {
+            1 => ready(Reply::pong()),
+            2 => ready(Reply::bulk(args[1].clone())),
+            _ => ready(wrong_arity(&name)),
+        },
+        "ECHO" if argc == 2 => ready(Reply::bulk(args[1].clone())),
+        "QUIT" => Action::Quit,
+        "HELLO" => ready(hello(args, session, shared)),
+        "SELECT" if argc == 2 => {
+            if args[1].as_ref() == b"0" {
+                ready(Reply::ok())
+            } else {
+                ready(Reply::error("ERR DB index is out of range"))
+            }
+        }
+        "CLIENT" => ready(client(args, session)),
+        "CONFIG" => ready(config(args, shared)),
+        "COMMAND" => ready(Reply::array(Vec::new())),
+        "INFO" => {
+            let snapshot = shared.snapshot().await;
+            ready(Reply::verbatim_text(render_info(shared, snapshot.as_ref())))
+        }
+        "GET" if argc == 2 => {
+            submit(Combine::Get, vec![Request::Get { key: args[1].clone(), r }]).await
+        }
+        "SET" if argc == 3 => {
+            let request = Request::Set { key: args[1].clone(), value: args[2].clone(), w };
+            submit(Combine::Set, vec![request]).await
+        }
+        "SET" if argc > 3 => ready(Reply::error(
+            "ERR SET options (EX, PX, NX, XX, GET, KEEPTTL) are not supported by Triarch",
+        )),
+        "DEL" | "UNLINK" if argc >= 2 => {
+            let requests = args[1..].iter().map(|k| Request::Delete { key: k.clone(), w }).collect();
+            submit(Combine::Del, requests).await
+        }
+        "EXISTS" if argc >= 2 => {
+            let requests = args[1..].iter().map(|k| Request::Get { key: k.clone(), r }).collect();
+            submit(Combine::Exists, requests).await
+        }
+        "MGET" if argc >= 2 => {
+            let requests = args[1..].iter().map(|k| Request::Get { key: k.clone(), r }).collect();
+            submit(Combine::Mget, requests).await
+        }
+        "MSET" if argc >= 3 && argc % 2 == 1 => {
+            let requests = args[1..]
+                .chunks(2)
+                .map(|kv| Request::Set { key: kv[0].clone(), value: kv[1].clone(), w })
+                .collect();
+            submit(Combine::Mset, requests).await
+        }
+        "TRIARCH.KEYSPACE" => match keyspace_command(args) {
+            Ok((kind, request)) => submit(Combine::Admin(kind), vec![request]).await,
+            Err(reply) => ready(reply),
+        },
+        "TRIARCH.CONSISTENCY" => ready(consistency(args, session)),
+        "GET" | "SET" | "ECHO" | "SELECT" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "MSET" => {
+            ready(wrong_arity(&name))
+        }
+        _ => ready(unknown_command(args)),
+    }
+}
+
+/// Redis's wording, so that client libraries recognise it.
+fn unknown_command(args: &[Bytes]) -> Reply {
+    let shown = |b: &Bytes| String::from_utf8_lossy(&b[..b.len().min(128)]).into_owned();
+    let name = args.first().map(shown).unwrap_or_default();
+    let rest: Vec<String> = args.iter().skip(1).take(8).map(|a| format!("'{}'", shown(a))).collect();
+    Reply::error(format!(
+        "ERR unknown command '{name}', with args beginning with: {}",
+        rest.join(" ")
+    ))
+}
+
+fn upper(b: &Bytes) -> String {
+    String::from_utf8_lossy(b).to_ascii_uppercase()
+}
+
+fn hello(args: &[Bytes], session: &mut Session, shared: &Shared) -> Reply {
+    let mut i = 1;
+    if let Some(v) = args.get(1) {
+        let version = std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok());
+        match version.and_then(Protocol::from_version) {
+            Some(p) => session.protocol = p,
+            None => return Reply::error("NOPROTO unsupported protocol version"),
+        }
+        i = 2;
+    }
+    while i < args.len() {
+        match upper(&args[i]).as_str() {
+            "AUTH" if i + 2 < args.len() => i += 3,
+            "SETNAME" if i + 1 < args.len() => {
+                session.name = Some(args[i + 1].clone());
+                i += 2;
+            }
+            _ => return Reply::error("ERR syntax error in HELLO"),
+        }
+    }
+    let s = |v: &str| Reply::bulk(v.to_string());
+    Reply::Map(vec![
+        (s("server"), s("triarch")),
+        (s("version"), s(env!("CARGO_PKG_VERSION"))),
+        (s("proto"), Reply::Integer(i64::from(session.protocol.version()))),
+        (s("id"), Reply::Integer(i64::from(shared.node_id.0))),
+        (s("mode"), s("standalone")),
+        (s("role"), s("master")),
+        (s("modules"), Reply::array(Vec::new())),
+    ])
+}
+
+fn client(args: &[Bytes], session: &mut Session) -> Reply {
+    let Some(sub) = args.get(1) else { return wrong_arity("client") };
+    match upper(sub).as_str() {
+        "SETINFO" if args.len() == 4 => Reply::ok(),
+        "SETNAME" if args.len() == 3 => {
+            session.name = Some(args[2].clone());
+            Reply::ok()
+        }
+        "GETNAME" => match &session.name {
+            Some(n) => Reply::bulk(n.clone()),
+            None => Reply::Null,
+        },
+        "ID" => Reply::Integer(1),
+        "NO-EVICT" | "NO-TOUCH" | "REPLY" => Reply::ok(),
+        _ => Reply::error(format!(
+            "ERR unknown subcommand '{}'. Try CLIENT HELP.",
+            String::from_utf8_lossy(sub)
+        )),
+    }
+}
+
+/// `CONFIG GET` answers the parameters clients probe on connect (redis-benchmark asks for `save`
+/// and `appendonly`); `CONFIG SET` is refused: configuration lives in the node's file.
+fn config(args: &[Bytes], shared: &Shared) -> Reply {
+    let Some(sub) = args.get(1) else { return wrong_arity("config") };
+    match upper(sub).as_str() {
+        "GET" if args.len() >= 3 => {
+            let known = [
+                ("save", String::new()),
+                ("appendonly", "yes".to_string()),
+                ("appendfsync", "always".to_string()),
+                ("databases", "1".to_string()),
+                ("proto-max-bulk-len", shared.value_bytes_max.to_string()),
+            ];
+            let mut pairs = Vec::new();
+            for pattern in &args[2..] {
+                let p = String::from_utf8_lossy(pattern).to_ascii_lowercase();
+                for (k, v) in &known {
+                    if glob_match(&p, k) && !pairs.iter().any(|(kk, _): &(String, String)| kk == k) {
+                        pairs.push((k.to_string(), v.clone()));
+                    }
+                }
+            }
+            Reply::Map(pairs.into_iter().map(|(k, v)| (Reply::bulk(k), Reply::bulk(v))).collect())
+        }
+        "GET" => wrong_arity("config|get"),
+        "SET" | "RESETSTAT" | "REWRITE" => {
+            Reply::error("ERR CONFIG SET is not supported: Triarch is configured by its TOML file")
+        }
+        _ => Reply::error(format!(
+            "ERR unknown subcommand '{}'. Try CONFIG HELP.",
+            String::from_utf8_lossy(sub)
+        )),
+    }
+}
+
+/// `*` and `?` globbing, enough for CONFIG GET patterns.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    fn go(p: &[u8], t: &[u8]) -> bool {
+        match (p.first(), t.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => go(&p[1..], t) || (!t.is_empty() && go(p, &t[1..])),
+            (Some(b'?'), Some(_)) => go(&p[1..], &t[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &t[1..]),
+            _ => false,
+        }
+    }
+    go(pattern.as_bytes(), text.as_bytes())
+}
+
+fn parse_u8(v: &Bytes, what: &str) -> Result<u8, Reply> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.parse::<u8>().ok())
+        .ok_or_else(|| Reply::error(format!("ERR {what} must be an integer between 1 and 255")))
+}
+
+/// `TRIARCH.CONSISTENCY [R r] [W w] | DEFAULT`: this connection's quorum overrides.
+fn consistency(args: &[Bytes], session: &mut Session) -> Reply {
+    if args.len() == 2 && upper(&args[1]) == "DEFAULT" {
+        session.read_quorum = None;
+        session.write_quorum = None;
+        return Reply::ok();
+    }
+    if args.len() < 3 || args.len() % 2 == 0 {
+        return Reply::error("ERR usage: TRIARCH.CONSISTENCY [R <r>] [W <w>] | DEFAULT");
+    }
+    let (mut r, mut w) = (session.read_quorum, session.write_quorum);
+    for pair in args[1..].chunks(2) {
+        let value = match parse_u8(&pair[1], &upper(&pair[0])) {
+            Ok(v) => v,
+            Err(e) => return e,
+        };
+        match upper(&pair[0]).as_str() {
+            "R" => r = Some(value),
+            "W" => w = Some(value),
+            other => return Reply::error(format!("ERR unknown consistency setting '{other}' (expected R or W)")),
+        }
+    }
+    session.read_quorum = r;
+    session.write_quorum = w;
+    Reply::ok()
+}
+
+/// `TRIARCH.KEYSPACE CREATE <name> MODEL <model> [N n] [R r] [W w] [MERGE policy] | LIST | INFO <name>`
+fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
+    let usage = || {
+        Reply::error(
+            "ERR usage: TRIARCH.KEYSPACE CREATE <name> MODEL <leaderless|primary-backup|multi-leader> [N n] [R r] [W w] [MERGE policy] | LIST | INFO <name>",
+        )
+    };
+    let sub = args.get(1).map(upper).ok_or_else(usage)?;
+    match sub.as_str() {
+        "LIST" if args.len() == 2 => Ok((AdminKind::List, Request::ListKeyspaces)),
+        "INFO" if args.len() == 3 => {
+            let name = String::from_utf8_lossy(&args[2]).into_owned();
+            Ok((AdminKind::Info, Request::KeyspaceInfo { name }))
+        }
+        "CREATE" if args.len() >= 5 && args.len() % 2 == 1 => {
+            let name = String::from_utf8(args[2].to_vec())
+                .map_err(|_| Reply::error("ERR keyspace names are ASCII letters, digits, '_' or '-'"))?;
+            let mut spec = KeyspaceSpec { name, model: Model::Leaderless, n: None, r: None, w: None, merge: None };
+            let mut model = None;
+            for pair in args[3..].chunks(2) {
+                let value = &pair[1];
+                match upper(&pair[0]).as_str() {
+                    "MODEL" => {
+                        let m: Model = String::from_utf8_lossy(value)
+                            .parse()
+                            .map_err(|e| Reply::error(format!("ERR {e}")))?;
+                        model = Some(m);
+                    }
+                    "N" => spec.n = Some(parse_u8(value, "N")?),
+                    "R" => spec.r = Some(parse_u8(value, "R")?),
+                    "W" => spec.w = Some(parse_u8(value, "W")?),
+                    "MERGE" => {
+                        let m: MergePolicy = String::from_utf8_lossy(value)
+                            .parse()
+                            .map_err(|e| Reply::error(format!("ERR {e}")))?;
+                        spec.merge = Some(m);
+                    }
+                    other => return Err(Reply::error(format!("ERR unknown keyspace setting '{other}'"))),
+                }
+            }
+            spec.model = model.ok_or_else(|| Reply::error("ERR MODEL is required"))?;
+            Ok((AdminKind::Create, Request::CreateKeyspace(spec)))
+        }
+        _ => Err(usage()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<Bytes> {
+        words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
+    }
+
+    #[test]
+    fn keyspace_create_parses_and_names_bad_settings() {
+        let (_, r) = keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "prefs", "MODEL", "leaderless", "W", "3"])).unwrap();
+        let Request::CreateKeyspace(spec) = r else { panic!() };
+        assert_eq!((spec.name.as_str(), spec.model, spec.w), ("prefs", Model::Leaderless, Some(3)));
+        let e = keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "x", "MODEL", "paxos"])).unwrap_err();
+        assert!(format!("{e:?}").contains("paxos"));
+        let e = keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "x", "MODEL", "leaderless", "Q", "1"])).unwrap_err();
+        assert!(format!("{e:?}").contains("unknown keyspace setting 'Q'"));
+        assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "x", "N", "3"])).is_err());
+        assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE"])).is_err());
+    }
+
+    #[test]
+    fn glob_matches_config_patterns() {
+        assert!(glob_match("*", "save"));
+        assert!(glob_match("app*", "appendonly"));
+        assert!(glob_match("sav?", "save"));
+        assert!(!glob_match("sav", "save"));
+    }
+
+    #[test]
+    fn unknown_commands_use_redis_wording() {
+        let r = unknown_command(&args(&["FOO", "a", "b"]));
+        assert_eq!(r, Reply::error("ERR unknown command 'FOO', with args beginning with: 'a' 'b'"));
+    }
+}
