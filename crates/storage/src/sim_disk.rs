@@ -30,6 +30,26 @@ impl SimDisk {
         self.current = self.durable.clone();
     }
 
+    /// A crash that keeps the first `keep` staged writes and loses the rest: what a real disk
+    /// does when part of the unsynced journal tail had already reached the OS (fjall writes its
+    /// journal buffer out in order, so survivors are always a prefix).
+    pub fn crash_keeping_prefix(&mut self, keep: usize) {
+        let keep = keep.min(self.staged.len());
+        self.staged.truncate(keep);
+        self.apply_staged();
+        self.current = self.durable.clone();
+    }
+
+    fn apply_staged(&mut self) {
+        for (table, key, value) in self.staged.drain(..) {
+            let t = self.durable.entry(table).or_default();
+            match value {
+                Some(v) => t.insert(key, v),
+                None => t.remove(&key),
+            };
+        }
+    }
+
     /// Makes the next syncs fail until called again with `false`.
     pub fn set_fail_sync(&mut self, fail: bool) {
         self.fail_sync = fail;
@@ -79,13 +99,7 @@ impl Storage for SimDisk {
         if self.fail_sync {
             return Err(StorageError::Injected);
         }
-        for (table, key, value) in self.staged.drain(..) {
-            let t = self.durable.entry(table).or_default();
-            match value {
-                Some(v) => t.insert(key, v),
-                None => t.remove(&key),
-            };
-        }
+        self.apply_staged();
         self.syncs += 1;
         Ok(())
     }
@@ -107,6 +121,18 @@ mod tests {
         d.crash();
         assert_eq!(d.get("t", b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(d.get("t", b"b").unwrap(), None);
+    }
+
+    #[test]
+    fn a_partial_crash_keeps_a_prefix_of_the_unsynced_writes() {
+        let mut d = SimDisk::new();
+        d.put("t", b"a", b"1").unwrap();
+        d.put("t", b"b", b"2").unwrap();
+        d.put("t", b"c", b"3").unwrap();
+        d.crash_keeping_prefix(2);
+        assert_eq!(d.get("t", b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(d.get("t", b"c").unwrap(), None);
+        assert_eq!(d.unsynced_writes(), 0);
     }
 
     #[test]
