@@ -5,7 +5,9 @@
 //! and nothing touches a socket or a file. Every replication model and the simulator build on
 //! these types.
 
+pub mod causal;
 pub mod config;
+pub mod crdt;
 pub mod hash;
 pub mod hlc;
 pub mod ids;
