@@ -47,6 +47,25 @@ pub enum Message {
     Leaderless(triarch_leaderless::message::Message),
 }
 
+impl Message {
+    /// Whether the message may leave before the writes staged in the same batch are durable.
+    ///
+    /// Persist-then-send protects what a message *vouches for*: an acknowledgement, a read
+    /// result, a catalog entry. A coordinator's request to replicas (write this record, send me
+    /// yours, repair this key) vouches for nothing about the sender's disk: the coordinator
+    /// acknowledges its client only after W replies and after its own batch's sync, so sending
+    /// these early takes the coordinator's fsync off the write's critical path without letting
+    /// anything unsynced be acknowledged.
+    pub fn may_precede_sync(&self) -> bool {
+        use triarch_leaderless::message::Message as L;
+        match self {
+            Message::Leaderless(L::Write { .. } | L::Read { .. } | L::Repair { .. }) => true,
+            Message::Leaderless(L::WriteAck { .. } | L::ReadReply { .. }) => false,
+            Message::Catalog(_) => false,
+        }
+    }
+}
+
 /// What the node asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {

@@ -184,8 +184,15 @@ pub async fn run(
         }
         core.batches += 1;
         let dirty = core.node.storage_mut().take_dirty();
+        let mut early = Vec::new();
         while let Some(o) = core.node.poll_output() {
-            core.waiting.push(o);
+            match o {
+                Output::Send { ref message, .. } if message.may_precede_sync() => early.push(o),
+                o => core.waiting.push(o),
+            }
+        }
+        if !early.is_empty() {
+            core.release(early);
         }
         core.waiting_dirty |= dirty;
         if sync_task.is_none() {
