@@ -104,9 +104,9 @@ struct Core {
     pending: HashMap<RequestId, (ReplyTo, std::time::Instant, OpLabel)>,
     /// Outputs of the batch whose sync is running.
     syncing: Vec<Output>,
-    /// Outputs of later batches, waiting for the running sync (and their own if `waiting_dirty`).
+    /// Outputs of later batches, waiting for the running sync (and for their own, if writes are
+    /// staged that the running sync does not cover).
     waiting: Vec<Output>,
-    waiting_dirty: bool,
     /// Per-peer message batches being assembled while releasing outputs (reused buffers).
     outbound: BTreeMap<NodeId, Vec<Message>>,
     batches: u64,
@@ -132,7 +132,6 @@ pub async fn run(
         pending: HashMap::new(),
         syncing: Vec::new(),
         waiting: Vec::new(),
-        waiting_dirty: false,
         outbound: BTreeMap::new(),
         batches: 0,
         syncs: 0,
@@ -144,7 +143,6 @@ pub async fn run(
         tokio::select! {
             biased;
             done = async { sync_task.as_mut().expect("guarded").await }, if sync_task.is_some() => {
-                sync_task = None;
                 match done {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => fatal(&e.to_string()),
@@ -153,16 +151,7 @@ pub async fn run(
                 core.syncs += 1;
                 let released = std::mem::take(&mut core.syncing);
                 core.release(released);
-                if !core.waiting.is_empty() {
-                    if core.waiting_dirty {
-                        core.syncing = std::mem::take(&mut core.waiting);
-                        core.waiting_dirty = false;
-                        sync_task = Some(core.start_sync());
-                    } else {
-                        let released = std::mem::take(&mut core.waiting);
-                        core.release(released);
-                    }
-                }
+                sync_task = core.sync_or_release();
                 continue;
             }
             n = inputs.recv_many(&mut batch, BATCH_INPUTS_MAX) => {
@@ -183,7 +172,6 @@ pub async fn run(
             }
         }
         core.batches += 1;
-        let dirty = core.node.storage_mut().take_dirty();
         let mut early = Vec::new();
         while let Some(o) = core.node.poll_output() {
             match o {
@@ -194,16 +182,8 @@ pub async fn run(
         if !early.is_empty() {
             core.release(early);
         }
-        core.waiting_dirty |= dirty;
         if sync_task.is_none() {
-            if core.waiting_dirty {
-                core.syncing = std::mem::take(&mut core.waiting);
-                core.waiting_dirty = false;
-                sync_task = Some(core.start_sync());
-            } else if !core.waiting.is_empty() {
-                let released = std::mem::take(&mut core.waiting);
-                core.release(released);
-            }
+            sync_task = core.sync_or_release();
         }
     }
     if let Some(task) = sync_task
@@ -226,6 +206,24 @@ fn fatal(error: &str) -> ! {
 }
 
 impl Core {
+    /// With no sync running: if writes are staged, hands them to the engine and starts a sync
+    /// that the waiting outputs ride on; otherwise everything staged is durable, so the waiting
+    /// outputs go now.
+    fn sync_or_release(&mut self) -> Option<JoinHandle<Result<(), StorageError>>> {
+        match self.node.storage_mut().flush_to_engine() {
+            Ok(true) => {
+                self.syncing = std::mem::take(&mut self.waiting);
+                Some(self.start_sync())
+            }
+            Ok(false) => {
+                let released = std::mem::take(&mut self.waiting);
+                self.release(released);
+                None
+            }
+            Err(e) => fatal(&e.to_string()),
+        }
+    }
+
     fn start_sync(&mut self) -> JoinHandle<Result<(), StorageError>> {
         let syncer = self.syncer.clone();
         let outputs = self.syncing.len();
