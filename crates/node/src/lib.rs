@@ -529,3 +529,15 @@ pub fn decode_messages(frame: &[u8]) -> Result<Vec<Message>, WireError> {
 
 #[cfg(test)]
 mod tests;
+
+/// The body of the `peer_frame` fuzz target (also run by the unit tests): decoding never panics,
+/// and whatever decodes re-encodes to a frame that decodes to the same messages.
+#[doc(hidden)]
+pub fn fuzz_decode_frame(data: &[u8]) {
+    if let Ok(messages) = decode_messages(data) {
+        let mut again = Vec::new();
+        encode_messages(&messages, &mut again);
+        let round = decode_messages(&again).expect("a re-encoded frame decodes");
+        assert_eq!(round, messages);
+    }
+}

@@ -178,3 +178,32 @@ fn wire_frames_round_trip_and_garbage_is_an_error() {
     ));
     assert!(decode_messages(&[WIRE_VERSION, 0xff, 0xff, 0xff]).is_err());
 }
+
+mod frames {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn random_bytes_never_panic_the_frame_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            fuzz_decode_frame(&bytes);
+            let mut versioned = vec![WIRE_VERSION];
+            versioned.extend_from_slice(&bytes);
+            fuzz_decode_frame(&versioned);
+        }
+    }
+
+    #[test]
+    fn real_frames_survive_the_fuzz_body() {
+        let mut buf = Vec::new();
+        let entry = catalog::CatalogEntry {
+            config: KeyspaceConfig::leaderless("prefs"),
+            version: HlcTimestamp::MIN,
+        };
+        encode_messages(&[Message::Catalog(CatalogMessage::Entries(vec![entry]))], &mut buf);
+        fuzz_decode_frame(&buf);
+        for cut in 0..buf.len() {
+            fuzz_decode_frame(&buf[..cut]);
+        }
+    }
+}
