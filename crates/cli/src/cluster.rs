@@ -51,7 +51,9 @@ pub fn free_base_port(nodes: u32) -> Result<u16> {
     for attempt in 0..200u16 {
         let base = 20_000 + (start - 20_000 + attempt * 300) % 40_000;
         let all_free = (1..=nodes).all(|i| {
-            [0, 100, 200].iter().all(|off| TcpListener::bind(addr(base, *off, i)).is_ok())
+            [0, 100, 200]
+                .iter()
+                .all(|off| TcpListener::bind(addr(base, *off, i)).is_ok())
         });
         if all_free {
             return Ok(base);
@@ -83,7 +85,11 @@ impl LocalCluster {
         let dir = dir.canonicalize()?;
         let region = |i: u32| format!("r{}", (i - 1) % regions + 1);
         let members: Vec<MemberConfig> = (1..=nodes)
-            .map(|i| MemberConfig { id: i, region: region(i), peer_addr: addr(base_port, 200, i) })
+            .map(|i| MemberConfig {
+                id: i,
+                region: region(i),
+                peer_addr: addr(base_port, 200, i),
+            })
             .collect();
         let mut procs = Vec::new();
         for i in 1..=nodes {
@@ -116,7 +122,11 @@ impl LocalCluster {
             });
         }
         let binary = std::env::current_exe().context("locating the triarch binary")?;
-        Ok(LocalCluster { dir, nodes: procs, binary })
+        Ok(LocalCluster {
+            dir,
+            nodes: procs,
+            binary,
+        })
     }
 
     /// Uses `binary` to run nodes instead of the current executable (tests).
@@ -163,20 +173,27 @@ impl LocalCluster {
     /// Waits until every running node reports every other running node's link up.
     pub fn wait_for_links(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let running: Vec<u32> =
-            self.nodes.iter().filter(|n| n.child.is_some()).map(|n| n.id).collect();
+        let running: Vec<u32> = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect();
         for n in self.nodes.iter().filter(|n| n.child.is_some()) {
             loop {
                 let info = info(n).unwrap_or_default();
-                let all_up = running
-                    .iter()
-                    .filter(|&&p| p != n.id)
-                    .all(|p| info.lines().any(|l| l.starts_with(&format!("peer_n{p}:")) && l.contains("link=up")));
+                let all_up = running.iter().filter(|&&p| p != n.id).all(|p| {
+                    info.lines()
+                        .any(|l| l.starts_with(&format!("peer_n{p}:")) && l.contains("link=up"))
+                });
                 if all_up {
                     break;
                 }
                 if Instant::now() > deadline {
-                    bail!("node {} did not connect to its peers within {timeout:?}", n.id);
+                    bail!(
+                        "node {} did not connect to its peers within {timeout:?}",
+                        n.id
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -196,7 +213,10 @@ impl LocalCluster {
     /// SIGTERM, then wait for the process to exit (SIGKILL after 10 s).
     pub fn stop(&mut self, id: u32) -> Result<()> {
         if let Some(mut child) = self.nodes[id as usize - 1].child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 if child.try_wait()?.is_some() {
@@ -234,7 +254,10 @@ impl LocalCluster {
                 })
                 .collect(),
         };
-        std::fs::write(self.dir.join("cluster.json"), serde_json::to_string_pretty(&file)?)?;
+        std::fs::write(
+            self.dir.join("cluster.json"),
+            serde_json::to_string_pretty(&file)?,
+        )?;
         Ok(())
     }
 }
@@ -256,7 +279,10 @@ fn wait_for_ping(node: &mut NodeProcess) -> Result<()> {
         if let Some(child) = node.child.as_mut()
             && let Some(status) = child.try_wait()?
         {
-            bail!("node {} exited during start-up ({status}); see its log", node.id);
+            bail!(
+                "node {} exited during start-up ({status}); see its log",
+                node.id
+            );
         }
         if let Ok(mut c) = triarch_client::Client::connect(node.resp)
             && c.call(&["PING"]).is_ok()
@@ -264,7 +290,11 @@ fn wait_for_ping(node: &mut NodeProcess) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("node {} did not answer PING on {} within 30 s", node.id, node.resp);
+            bail!(
+                "node {} did not answer PING on {} within 30 s",
+                node.id,
+                node.resp
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }

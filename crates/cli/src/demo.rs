@@ -38,57 +38,155 @@ impl Session<'_> {
         let mut c = Client::connect(self.cluster.node(id).resp)?;
         c.call_ok(setting)?;
         let v = c.call(args)?;
-        println!("  n{id}> {:<60} {}", format!("[{}] {}", setting[1..].join(" "), args.join(" ")), show(&v));
+        println!(
+            "  n{id}> {:<60} {}",
+            format!("[{}] {}", setting[1..].join(" "), args.join(" ")),
+            show(&v)
+        );
         Ok(v)
     }
 }
 
 fn expect(v: &Value, want: &Value, what: &str) -> Result<()> {
     if v != want {
-        bail!("demo check failed: {what}: expected {}, got {}", show(want), show(v));
+        bail!(
+            "demo check failed: {what}: expected {}, got {}",
+            show(want),
+            show(v)
+        );
     }
     Ok(())
 }
 
 pub fn run(dir: &Path) -> Result<()> {
     let base = free_base_port(3)?;
-    println!("Starting a local 3-node cluster in {} (RESP ports {}..{})", dir.display(), base, base + 2);
+    println!(
+        "Starting a local 3-node cluster in {} (RESP ports {}..{})",
+        dir.display(),
+        base,
+        base + 2
+    );
     let mut cluster = LocalCluster::configure(dir, 3, 1, base, Vec::new())?;
     cluster.start_all()?;
     let s = Session { cluster: &cluster };
     let ok = Value::Simple("OK".into());
     let bulk = |b: &str| Value::Bulk(b.as_bytes().to_vec());
 
-    println!("\n1. The canonical keyspaces. prefs is leaderless (N=3, R=2, W=2, last-writer-wins):");
-    expect(&s.run(1, &["TRIARCH.KEYSPACE", "CREATE", "prefs", "MODEL", "leaderless", "N", "3", "R", "2", "W", "2", "MERGE", "lww"])?, &ok, "create prefs")?;
-    println!("   balance (primary-backup) and cart (multi-leader) answer a clear error until those models land:");
-    s.run(1, &["TRIARCH.KEYSPACE", "CREATE", "balance", "MODEL", "primary-backup"])?;
-    s.run(1, &["TRIARCH.KEYSPACE", "CREATE", "cart", "MODEL", "multi-leader", "MERGE", "set"])?;
+    println!(
+        "\n1. The canonical keyspaces. prefs is leaderless (N=3, R=2, W=2, last-writer-wins):"
+    );
+    expect(
+        &s.run(
+            1,
+            &[
+                "TRIARCH.KEYSPACE",
+                "CREATE",
+                "prefs",
+                "MODEL",
+                "leaderless",
+                "N",
+                "3",
+                "R",
+                "2",
+                "W",
+                "2",
+                "MERGE",
+                "lww",
+            ],
+        )?,
+        &ok,
+        "create prefs",
+    )?;
+    println!(
+        "   balance (primary-backup) and cart (multi-leader) answer a clear error until those models land:"
+    );
+    s.run(
+        1,
+        &[
+            "TRIARCH.KEYSPACE",
+            "CREATE",
+            "balance",
+            "MODEL",
+            "primary-backup",
+        ],
+    )?;
+    s.run(
+        1,
+        &[
+            "TRIARCH.KEYSPACE",
+            "CREATE",
+            "cart",
+            "MODEL",
+            "multi-leader",
+            "MERGE",
+            "set",
+        ],
+    )?;
 
     println!("\n2. A write through node 1 is read through node 3:");
-    expect(&s.run(1, &["SET", "prefs:alice:theme", "dark"])?, &ok, "SET")?;
-    expect(&s.run(3, &["GET", "prefs:alice:theme"])?, &bulk("dark"), "GET on another node")?;
-    s.run(2, &["MSET", "prefs:bob:theme", "light", "prefs:bob:lang", "fr"])?;
-    s.run(3, &["MGET", "prefs:bob:theme", "prefs:bob:lang", "prefs:nobody"])?;
+    expect(
+        &s.run(1, &["SET", "prefs:alice:theme", "dark"])?,
+        &ok,
+        "SET",
+    )?;
+    expect(
+        &s.run(3, &["GET", "prefs:alice:theme"])?,
+        &bulk("dark"),
+        "GET on another node",
+    )?;
+    s.run(
+        2,
+        &["MSET", "prefs:bob:theme", "light", "prefs:bob:lang", "fr"],
+    )?;
+    s.run(
+        3,
+        &["MGET", "prefs:bob:theme", "prefs:bob:lang", "prefs:nobody"],
+    )?;
 
     println!("\n3. kill -9 node 2; with W=2 and R=2 the other two still serve reads and writes:");
     cluster.kill(2)?;
     let s = Session { cluster: &cluster };
-    expect(&s.run(1, &["SET", "prefs:alice:theme", "solarized"])?, &ok, "SET with a node down")?;
-    expect(&s.run(3, &["GET", "prefs:alice:theme"])?, &bulk("solarized"), "GET with a node down")?;
-    println!("   W=3 cannot be met with a node down, and says so (the write may still have reached the");
-    println!("   replicas that answered: a failed quorum write is 'unknown', not 'did not happen'):");
-    s.run_with(1, &["TRIARCH.CONSISTENCY", "W", "3"], &["SET", "prefs:alice:font", "mono"])?;
+    expect(
+        &s.run(1, &["SET", "prefs:alice:theme", "solarized"])?,
+        &ok,
+        "SET with a node down",
+    )?;
+    expect(
+        &s.run(3, &["GET", "prefs:alice:theme"])?,
+        &bulk("solarized"),
+        "GET with a node down",
+    )?;
+    println!(
+        "   W=3 cannot be met with a node down, and says so (the write may still have reached the"
+    );
+    println!(
+        "   replicas that answered: a failed quorum write is 'unknown', not 'did not happen'):"
+    );
+    s.run_with(
+        1,
+        &["TRIARCH.CONSISTENCY", "W", "3"],
+        &["SET", "prefs:alice:font", "mono"],
+    )?;
 
-    println!("\n4. Restart node 2. Its own replica missed the write; a read at R=1 answers from it first,");
+    println!(
+        "\n4. Restart node 2. Its own replica missed the write; a read at R=1 answers from it first,"
+    );
     println!("   then read repair brings it up to date:");
     cluster.start(2)?;
     cluster.wait_for_links(std::time::Duration::from_secs(20))?;
     let s = Session { cluster: &cluster };
-    let first = s.run_with(2, &["TRIARCH.CONSISTENCY", "R", "1"], &["GET", "prefs:alice:theme"])?;
+    let first = s.run_with(
+        2,
+        &["TRIARCH.CONSISTENCY", "R", "1"],
+        &["GET", "prefs:alice:theme"],
+    )?;
     let mut caught_up = false;
     for _ in 0..50 {
-        let v = s.run_with(2, &["TRIARCH.CONSISTENCY", "R", "1"], &["GET", "prefs:alice:theme"])?;
+        let v = s.run_with(
+            2,
+            &["TRIARCH.CONSISTENCY", "R", "1"],
+            &["GET", "prefs:alice:theme"],
+        )?;
         if v == bulk("solarized") {
             caught_up = true;
             break;
@@ -96,14 +194,30 @@ pub fn run(dir: &Path) -> Result<()> {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     if !caught_up {
-        bail!("node 2 did not catch up after read repair (first read: {})", show(&first));
+        bail!(
+            "node 2 did not catch up after read repair (first read: {})",
+            show(&first)
+        );
     }
     s.run(2, &["TRIARCH.KEYSPACE", "INFO", "prefs"])?;
 
     println!("\n5. Bad input gets a clear error and changes nothing:");
     s.run(1, &["SET", "k"])?;
     s.run(1, &["FLUSHALL"])?;
-    s.run(1, &["TRIARCH.KEYSPACE", "CREATE", "bad", "MODEL", "leaderless", "N", "3", "W", "4"])?;
+    s.run(
+        1,
+        &[
+            "TRIARCH.KEYSPACE",
+            "CREATE",
+            "bad",
+            "MODEL",
+            "leaderless",
+            "N",
+            "3",
+            "W",
+            "4",
+        ],
+    )?;
 
     println!("\nThe demo passed. Logs and data are in {}.", dir.display());
     cluster.stop_all();

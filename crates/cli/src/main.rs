@@ -6,7 +6,11 @@ use std::path::PathBuf;
 use triarch_cli::cluster::LocalCluster;
 
 #[derive(Parser)]
-#[command(name = "triarch", version, about = "A replicated key-value store where each keyspace chooses its replication model")]
+#[command(
+    name = "triarch",
+    version,
+    about = "A replicated key-value store where each keyspace chooses its replication model"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -59,10 +63,16 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Serve { config } => serve(config),
-        Cmd::Up { nodes, regions, dir, base_port } => up(nodes, regions, dir, base_port),
+        Cmd::Up {
+            nodes,
+            regions,
+            dir,
+            base_port,
+        } => up(nodes, regions, dir, base_port),
         Cmd::Demo { dir } => {
             if dir.exists() {
-                std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+                std::fs::remove_dir_all(&dir)
+                    .with_context(|| format!("clearing {}", dir.display()))?;
             }
             triarch_cli::demo::run(&dir)
         }
@@ -73,13 +83,18 @@ fn main() -> Result<()> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRIARCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 fn serve(config: PathBuf) -> Result<()> {
     init_logging();
     let config = triarch_server::ServerConfig::load(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         triarch_server::start(config).await?;
         wait_for_signal().await;
@@ -103,12 +118,26 @@ async fn wait_for_signal() {
 fn up(nodes: u32, regions: u32, dir: PathBuf, base_port: u16) -> Result<()> {
     let mut cluster = LocalCluster::configure(&dir, nodes, regions, base_port, Vec::new())?;
     cluster.start_all()?;
-    println!("{} nodes up; cluster file {}", nodes, cluster.dir.join("cluster.json").display());
+    println!(
+        "{} nodes up; cluster file {}",
+        nodes,
+        cluster.dir.join("cluster.json").display()
+    );
     for n in &cluster.nodes {
-        println!("  node {} ({}): resp {}  http {}  peer {}  pid {}", n.id, n.region, n.resp, n.http, n.peer, n.child.as_ref().map_or(0, |c| c.id()));
+        println!(
+            "  node {} ({}): resp {}  http {}  peer {}  pid {}",
+            n.id,
+            n.region,
+            n.resp,
+            n.http,
+            n.peer,
+            n.child.as_ref().map_or(0, |c| c.id())
+        );
     }
     println!("Ctrl-C stops every node.");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(wait_for_signal());
     println!("stopping");
     cluster.stop_all();

@@ -46,7 +46,11 @@ fn acknowledged_writes_survive_kill_9_of_every_node() {
     // Wait for a few hundred acknowledgements, then kill every node at once.
     let mut acked = Vec::new();
     while acked.len() < 300 {
-        acked.push(acked_rx.recv_timeout(Duration::from_secs(30)).expect("writes stalled"));
+        acked.push(
+            acked_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("writes stalled"),
+        );
     }
     for id in 1..=3 {
         c.kill(id).unwrap();
@@ -60,7 +64,11 @@ fn acknowledged_writes_survive_kill_9_of_every_node() {
     let mut reader = Client::connect(c.node(2).resp).unwrap();
     for i in &acked {
         let got = reader.get(format!("durable:{i}")).unwrap();
-        assert_eq!(got, Some(format!("v{i}").into_bytes()), "acknowledged write {i} lost");
+        assert_eq!(
+            got,
+            Some(format!("v{i}").into_bytes()),
+            "acknowledged write {i} lost"
+        );
     }
 }
 
@@ -76,7 +84,11 @@ fn the_demo_passes() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("The demo passed."));
 }
 
@@ -87,7 +99,8 @@ fn raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     // Read until the server closes, or until it has been quiet for a moment after replying.
-    s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     loop {
         match s.read(&mut buf) {
             Ok(0) => break,
@@ -109,23 +122,58 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         Value::Error(e) => e,
         other => panic!("expected an error, got {other:?}"),
     };
-    assert!(err(client.call(&["NOSUCH", "x"]).unwrap()).starts_with("ERR unknown command 'NOSUCH'"));
+    assert!(
+        err(client.call(&["NOSUCH", "x"]).unwrap()).starts_with("ERR unknown command 'NOSUCH'")
+    );
     assert!(err(client.call(&["GET"]).unwrap()).contains("wrong number of arguments for 'get'"));
     assert!(err(client.call(&["SET", "k", "v", "EX", "10"]).unwrap()).contains("not supported"));
     let big_key = vec![b'k'; 70_000];
-    assert!(err(client.call(&[b"SET".as_ref(), &big_key, b"v"]).unwrap()).contains("key is 70000 bytes"));
-    assert!(err(client.call(&["TRIARCH.KEYSPACE", "CREATE", "x", "MODEL", "leaderless", "W", "9"]).unwrap()).contains("W=9 exceeds N=3"));
-    assert!(err(client.call(&["TRIARCH.KEYSPACE", "CREATE", "x", "MODEL", "raft"]).unwrap()).contains("unknown model"));
-    assert!(err(client.call(&["TRIARCH.KEYSPACE", "INFO", "nope"]).unwrap()).contains("unknown keyspace"));
+    assert!(
+        err(client.call(&[b"SET".as_ref(), &big_key, b"v"]).unwrap())
+            .contains("key is 70000 bytes")
+    );
+    assert!(
+        err(client
+            .call(&[
+                "TRIARCH.KEYSPACE",
+                "CREATE",
+                "x",
+                "MODEL",
+                "leaderless",
+                "W",
+                "9"
+            ])
+            .unwrap())
+        .contains("W=9 exceeds N=3")
+    );
+    assert!(
+        err(client
+            .call(&["TRIARCH.KEYSPACE", "CREATE", "x", "MODEL", "raft"])
+            .unwrap())
+        .contains("unknown model")
+    );
+    assert!(
+        err(client.call(&["TRIARCH.KEYSPACE", "INFO", "nope"]).unwrap())
+            .contains("unknown keyspace")
+    );
     // Nothing above changed anything, and the connection still works.
-    assert_eq!(client.call(&["TRIARCH.KEYSPACE", "LIST"]).unwrap(), Value::Array(vec![Value::Bulk(b"default".to_vec())]));
+    assert_eq!(
+        client.call(&["TRIARCH.KEYSPACE", "LIST"]).unwrap(),
+        Value::Array(vec![Value::Bulk(b"default".to_vec())])
+    );
     assert_eq!(client.get("k").unwrap(), None);
     // A malformed frame: answered with a protocol error, then the connection is closed.
     let reply = raw(n1, b"*1\r\n$x\r\n");
     assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");
     // Garbage on the peer port is refused; the node keeps serving.
     let _ = raw(c.node(1).peer, b"GET / HTTP/1.1\r\n\r\n\x00\x01\x02garbage");
-    let _ = raw(c.node(1).peer, b"TRCH\x01\x00\x00\x00\x02\xff\xff\xff\xff\xff\xff");
+    let _ = raw(
+        c.node(1).peer,
+        b"TRCH\x01\x00\x00\x00\x02\xff\xff\xff\xff\xff\xff",
+    );
     client.set("k", "v").unwrap();
-    assert_eq!(Client::connect(c.node(3).resp).unwrap().get("k").unwrap(), Some(b"v".to_vec()));
+    assert_eq!(
+        Client::connect(c.node(3).resp).unwrap().get("k").unwrap(),
+        Some(b"v".to_vec())
+    );
 }

@@ -55,7 +55,10 @@ impl Client {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(Client { reader: BufReader::new(stream.try_clone()?), writer: stream })
+        Ok(Client {
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
     }
 
     /// Sends one command and reads its reply (error replies are returned as `Value::Error`).
@@ -87,7 +90,11 @@ impl Client {
         }
     }
 
-    pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), ClientError> {
+    pub fn set(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<(), ClientError> {
         match self.call_ok(&[b"SET".as_ref(), key.as_ref(), value.as_ref()])? {
             Value::Simple(s) if s == "OK" => Ok(()),
             other => Err(ClientError::Protocol(format!("SET answered {other:?}"))),
@@ -109,7 +116,10 @@ impl Client {
     fn read_value(&mut self) -> Result<Value, ClientError> {
         let line = self.read_line()?;
         let (kind, rest) = line.split_at(line.chars().next().map_or(0, char::len_utf8));
-        let int = |s: &str| s.parse::<i64>().map_err(|_| ClientError::Protocol(format!("bad length {s:?}")));
+        let int = |s: &str| {
+            s.parse::<i64>()
+                .map_err(|_| ClientError::Protocol(format!("bad length {s:?}")))
+        };
         match kind {
             "+" => Ok(Value::Simple(rest.to_string())),
             "-" => Ok(Value::Error(rest.to_string())),
@@ -129,9 +139,14 @@ impl Client {
                 if n < 0 {
                     return Ok(Value::Nil);
                 }
-                (0..n).map(|_| self.read_value()).collect::<Result<_, _>>().map(Value::Array)
+                (0..n)
+                    .map(|_| self.read_value())
+                    .collect::<Result<_, _>>()
+                    .map(Value::Array)
             }
-            _ => Err(ClientError::Protocol(format!("unexpected reply line {line:?}"))),
+            _ => Err(ClientError::Protocol(format!(
+                "unexpected reply line {line:?}"
+            ))),
         }
     }
 }

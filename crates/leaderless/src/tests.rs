@@ -242,7 +242,9 @@ fn a_coordinator_repairs_its_own_stale_replica() {
     c.set(1, "k", "v");
     c.down.clear();
     let req = RequestId(42);
-    c.step(NodeId(2), |e, env| e.read(env, req, &ks(), Bytes::from_static(b"k"), 1));
+    c.step(NodeId(2), |e, env| {
+        e.read(env, req, &ks(), Bytes::from_static(b"k"), 1)
+    });
     // R=1: the coordinator's own (stale) replica answers first...
     assert_eq!(c.finish(req), Outcome::Read { value: None });
     // ...and once every replica has answered, read repair fixed it in place.

@@ -23,7 +23,6 @@ pub mod api;
 pub mod catalog;
 
 pub use api::{KeyspaceInfo, KeyspaceSpec, Reply, Request, RequestError};
-pub use triarch_leaderless::KeyspaceStats;
 use bytes::Bytes;
 use catalog::{Catalog, CatalogEntry, CatalogMessage};
 use serde::{Deserialize, Serialize};
@@ -34,6 +33,7 @@ use triarch_core::{
     DetRng, Hlc, HlcTimestamp, Instant, KeyspaceConfig, MergePolicy, Model, NodeId,
 };
 use triarch_core::{Now, RequestId};
+pub use triarch_leaderless::KeyspaceStats;
 use triarch_leaderless::{Effect, Env, Leaderless, LeaderlessConfig, Outcome};
 use triarch_storage::{Storage, StorageError};
 

@@ -200,7 +200,10 @@ mod frames {
             config: KeyspaceConfig::leaderless("prefs"),
             version: HlcTimestamp::MIN,
         };
-        encode_messages(&[Message::Catalog(CatalogMessage::Entries(vec![entry]))], &mut buf);
+        encode_messages(
+            &[Message::Catalog(CatalogMessage::Entries(vec![entry]))],
+            &mut buf,
+        );
         fuzz_decode_frame(&buf);
         for cut in 0..buf.len() {
             fuzz_decode_frame(&buf[..cut]);

@@ -100,7 +100,10 @@ fn default_max_clients() -> usize {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid configuration: {0}")]
@@ -109,10 +112,14 @@ pub enum ConfigFileError {
 
 impl ServerConfig {
     pub fn load(path: &std::path::Path) -> Result<ServerConfig, ConfigFileError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigFileError::Read { path: path.to_path_buf(), source })?;
-        let config: ServerConfig = toml::from_str(&text)
-            .map_err(|e| ConfigFileError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config: ServerConfig = toml::from_str(&text).map_err(|e| ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -133,7 +140,9 @@ impl ServerConfig {
             return invalid("members lists the same id twice".into());
         }
         if self.value_bytes_max == 0 || self.value_bytes_max > VALUE_BYTES_LIMIT {
-            return invalid(format!("value_bytes_max must be between 1 and {VALUE_BYTES_LIMIT}"));
+            return invalid(format!(
+                "value_bytes_max must be between 1 and {VALUE_BYTES_LIMIT}"
+            ));
         }
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms must be at least 1".into());
@@ -170,10 +179,17 @@ impl ServerConfig {
         let members = self
             .members
             .iter()
-            .map(|m| Member { id: NodeId(m.id), region: m.region.clone() })
+            .map(|m| Member {
+                id: NodeId(m.id),
+                region: m.region.clone(),
+            })
             .collect();
         let mut config = NodeConfig::new(NodeId(self.node_id), members);
-        config.keyspaces = self.keyspaces.iter().map(|k| self.keyspace_config(k)).collect();
+        config.keyspaces = self
+            .keyspaces
+            .iter()
+            .map(|k| self.keyspace_config(k))
+            .collect();
         config.leaderless.request_timeout = Duration::from_millis(self.request_timeout_ms);
         config.leaderless.bug_ack_before_quorum = self.bug_ack_before_quorum;
         config.clock_forward_bound_ms = self.clock_forward_bound_ms;
@@ -224,8 +240,12 @@ w = 3
         let bad = SAMPLE.replace("w = 3", "w = 4");
         let c: ServerConfig = toml::from_str(&bad).unwrap();
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("keyspace prefs") && e.contains("W=4 exceeds N=3"), "{e}");
-        let c: ServerConfig = toml::from_str(&SAMPLE.replace("node_id = 1", "node_id = 9")).unwrap();
+        assert!(
+            e.contains("keyspace prefs") && e.contains("W=4 exceeds N=3"),
+            "{e}"
+        );
+        let c: ServerConfig =
+            toml::from_str(&SAMPLE.replace("node_id = 1", "node_id = 9")).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("node_id 9"));
         let e = toml::from_str::<ServerConfig>(&SAMPLE.replace("data_dir", "dta_dir")).unwrap_err();
         assert!(e.to_string().contains("dta_dir"), "{e}");

@@ -8,13 +8,13 @@
 
 use crate::metrics::{OpLabel, OpMetrics};
 use crate::peer::PeerSenders;
+use crate::storage::NodeStorage;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use triarch_core::{Instant as CoreInstant, NodeId, Now, RequestId};
 use triarch_node::{Message, Node, Output, Reply, Request};
-use crate::storage::NodeStorage;
 use triarch_storage::{FjallSyncer, StorageError};
 
 /// Most inputs stepped before the batch is synced: bounds how long replies of the first input of a
@@ -28,7 +28,11 @@ pub enum ReplyTo {
     /// A RESP connection: `(slot, part)` names the pipelined command and the part of a
     /// multi-key command. The channel is unbounded because each connection caps its own number
     /// of commands in flight, so the core never waits on a slow client.
-    Conn { tx: mpsc::UnboundedSender<(u64, u32, Reply)>, slot: u64, part: u32 },
+    Conn {
+        tx: mpsc::UnboundedSender<(u64, u32, Reply)>,
+        slot: u64,
+        part: u32,
+    },
     /// An HTTP request.
     Once(oneshot::Sender<Reply>),
 }
@@ -48,8 +52,14 @@ impl ReplyTo {
 }
 
 pub enum CoreInput {
-    Request { request: Request, reply_to: ReplyTo },
-    Peer { from: NodeId, messages: Vec<Message> },
+    Request {
+        request: Request,
+        reply_to: ReplyTo,
+    },
+    Peer {
+        from: NodeId,
+        messages: Vec<Message>,
+    },
     Snapshot(oneshot::Sender<Snapshot>),
 }
 
@@ -71,7 +81,9 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        Clock { origin: std::time::Instant::now() }
+        Clock {
+            origin: std::time::Instant::now(),
+        }
     }
 
     pub fn now(&self) -> Now {
@@ -201,7 +213,10 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 }
 
 fn fatal(error: &str) -> ! {
-    tracing::error!(error, "storage sync failed; stopping so that nothing unsynced is acknowledged");
+    tracing::error!(
+        error,
+        "storage sync failed; stopping so that nothing unsynced is acknowledged"
+    );
     std::process::exit(70);
 }
 
@@ -241,7 +256,8 @@ impl Core {
                 let id = RequestId(self.next_request);
                 self.next_request += 1;
                 let label = self.metrics.label_for(&self.node, &request);
-                self.pending.insert(id, (reply_to, std::time::Instant::now(), label));
+                self.pending
+                    .insert(id, (reply_to, std::time::Instant::now(), label));
                 self.node.handle_request(now, id, request);
             }
             CoreInput::Peer { from, messages } => {
@@ -252,7 +268,12 @@ impl Core {
             CoreInput::Snapshot(tx) => {
                 let _ = tx.send(Snapshot {
                     node: self.node.id(),
-                    keyspaces: self.node.catalog().entries().map(|e| e.config.clone()).collect(),
+                    keyspaces: self
+                        .node
+                        .catalog()
+                        .entries()
+                        .map(|e| e.config.clone())
+                        .collect(),
                     leaderless: self.node.leaderless_stats().clone(),
                     in_flight: self.node.in_flight(),
                     batches: self.batches,

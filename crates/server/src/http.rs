@@ -32,7 +32,10 @@ use triarch_node::{KeyspaceSpec, Reply, Request, RequestError};
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let body_limit = shared.value_bytes_max + 1024;
     let app = Router::new()
-        .route("/v1/kv/{keyspace}/{*key}", get(get_key).put(put_key).delete(delete_key))
+        .route(
+            "/v1/kv/{keyspace}/{*key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
         .route("/v1/keyspaces", get(list_keyspaces).post(create_keyspace))
         .route("/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
@@ -51,28 +54,45 @@ struct Quorum {
 
 async fn call(shared: &Shared, request: Request) -> Reply {
     let (tx, rx) = oneshot::channel();
-    let input = CoreInput::Request { request, reply_to: ReplyTo::Once(tx) };
+    let input = CoreInput::Request {
+        request,
+        reply_to: ReplyTo::Once(tx),
+    };
     if shared.core.send(input).await.is_err() {
         return Reply::Error(RequestError::Storage("node is shutting down".into()));
     }
-    rx.await.unwrap_or(Reply::Error(RequestError::Storage("node is shutting down".into())))
+    rx.await.unwrap_or(Reply::Error(RequestError::Storage(
+        "node is shutting down".into(),
+    )))
 }
 
 fn error_response(e: &RequestError) -> Response {
     let status = match e {
-        RequestError::QuorumFailed { .. } | RequestError::Superseded => StatusCode::SERVICE_UNAVAILABLE,
+        RequestError::QuorumFailed { .. } | RequestError::Superseded => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         RequestError::UnknownKeyspace(_) => StatusCode::NOT_FOUND,
         RequestError::KeyspaceExists(_) => StatusCode::CONFLICT,
-        RequestError::KeyTooLarge { .. } | RequestError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        RequestError::KeyTooLarge { .. } | RequestError::ValueTooLarge { .. } => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
         RequestError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     };
-    (status, axum::Json(json!({ "error": e.to_string(), "code": e.code() }))).into_response()
+    (
+        status,
+        axum::Json(json!({ "error": e.to_string(), "code": e.code() })),
+    )
+        .into_response()
 }
 
 fn unexpected(r: Reply) -> Response {
     tracing::error!(?r, "unexpected reply from the node");
-    (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": "unexpected reply"}))).into_response()
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        axum::Json(json!({"error": "unexpected reply"})),
+    )
+        .into_response()
 }
 
 /// The stored key for `key` in `keyspace`, after checking the keyspace exists.
@@ -80,7 +100,14 @@ async fn stored_key(shared: &Shared, keyspace: &str, key: &str) -> Result<bytes:
     if keyspace == KeyspaceConfig::DEFAULT_NAME {
         return Ok(bytes::Bytes::copy_from_slice(key.as_bytes()));
     }
-    match call(shared, Request::KeyspaceInfo { name: keyspace.to_string() }).await {
+    match call(
+        shared,
+        Request::KeyspaceInfo {
+            name: keyspace.to_string(),
+        },
+    )
+    .await
+    {
         Reply::KeyspaceInfo(_) => Ok(bytes::Bytes::from(format!("{keyspace}:{key}"))),
         Reply::Error(e) => Err(error_response(&e)),
         other => Err(unexpected(other)),
@@ -97,8 +124,14 @@ async fn get_key(
         Err(r) => return r,
     };
     match call(&shared, Request::Get { key, r: q.r }).await {
-        Reply::Value(Some(v)) => ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response(),
-        Reply::Value(None) => (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not found"}))).into_response(),
+        Reply::Value(Some(v)) => {
+            ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()
+        }
+        Reply::Value(None) => (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "not found"})),
+        )
+            .into_response(),
         Reply::Error(e) => error_response(&e),
         other => unexpected(other),
     }
@@ -114,7 +147,16 @@ async fn put_key(
         Ok(k) => k,
         Err(r) => return r,
     };
-    match call(&shared, Request::Set { key, value: body, w: q.w }).await {
+    match call(
+        &shared,
+        Request::Set {
+            key,
+            value: body,
+            w: q.w,
+        },
+    )
+    .await
+    {
         Reply::Written { .. } => StatusCode::NO_CONTENT.into_response(),
         Reply::Error(e) => error_response(&e),
         other => unexpected(other),
@@ -144,7 +186,8 @@ fn keyspace_json(k: &KeyspaceConfig) -> serde_json::Value {
 async fn list_keyspaces(State(shared): State<Arc<Shared>>) -> Response {
     match call(&shared, Request::ListKeyspaces).await {
         Reply::Keyspaces(all) => {
-            axum::Json(json!({ "keyspaces": all.iter().map(keyspace_json).collect::<Vec<_>>() })).into_response()
+            axum::Json(json!({ "keyspaces": all.iter().map(keyspace_json).collect::<Vec<_>>() }))
+                .into_response()
         }
         Reply::Error(e) => error_response(&e),
         other => unexpected(other),
@@ -166,13 +209,25 @@ async fn create_keyspace(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
     let b: CreateBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
         Err(e) => {
-            return (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": e.to_string(), "code": "ERR" })))
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": e.to_string(), "code": "ERR" })),
+            )
                 .into_response();
         }
     };
-    let spec = KeyspaceSpec { name: b.name, model: b.model, n: b.n, r: b.r, w: b.w, merge: b.merge };
+    let spec = KeyspaceSpec {
+        name: b.name,
+        model: b.model,
+        n: b.n,
+        r: b.r,
+        w: b.w,
+        merge: b.merge,
+    };
     match call(&shared, Request::CreateKeyspace(spec)).await {
-        Reply::Created => (StatusCode::CREATED, axum::Json(json!({ "created": true }))).into_response(),
+        Reply::Created => {
+            (StatusCode::CREATED, axum::Json(json!({ "created": true }))).into_response()
+        }
         Reply::Error(e) => error_response(&e),
         other => unexpected(other),
     }
@@ -188,11 +243,16 @@ async fn cluster(State(shared): State<Arc<Shared>>) -> Response {
             json!({ "id": m.id, "region": m.region, "peer_addr": m.peer_addr.to_string(), "link": link })
         })
         .collect();
-    axum::Json(json!({ "node": shared.node_id.0, "region": shared.region, "members": members })).into_response()
+    axum::Json(json!({ "node": shared.node_id.0, "region": shared.region, "members": members }))
+        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     // Refresh the model counters, then render.
     let _ = shared.snapshot().await;
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], shared.prometheus.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.prometheus.render(),
+    )
+        .into_response()
 }

@@ -12,7 +12,11 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
     let _ = writeln!(s, "node_id:{}\r", shared.node_id.0);
     let _ = writeln!(s, "region:{}\r", shared.region);
     let _ = writeln!(s, "process_id:{}\r", std::process::id());
-    let _ = writeln!(s, "uptime_in_seconds:{}\r", shared.started.elapsed().as_secs());
+    let _ = writeln!(
+        s,
+        "uptime_in_seconds:{}\r",
+        shared.started.elapsed().as_secs()
+    );
     let _ = writeln!(s, "\r\n# Cluster\r");
     let _ = writeln!(s, "members:{}\r", shared.members.len());
     for m in &shared.members {

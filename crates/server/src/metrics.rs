@@ -85,7 +85,11 @@ impl OpMetrics {
             _ => (None, Op::Admin),
         };
         let Some(key) = key else {
-            return OpLabel { keyspace: Arc::from(""), model: "", op };
+            return OpLabel {
+                keyspace: Arc::from(""),
+                model: "",
+                op,
+            };
         };
         let ks = node.route(key);
         let (keyspace, model) = match self.keyspaces.get(ks.name.as_str()) {
@@ -96,7 +100,11 @@ impl OpMetrics {
                 v
             }
         };
-        OpLabel { keyspace, model, op }
+        OpLabel {
+            keyspace,
+            model,
+            op,
+        }
     }
 
     pub fn record_reply(&mut self, label: &OpLabel, reply: &Reply, elapsed: Duration) {
@@ -128,10 +136,14 @@ impl OpMetrics {
                 continue;
             }
             let ks_label = ks.clone();
-            counter!("triarch_read_repairs_total", "keyspace" => ks_label.clone()).absolute(s.read_repairs);
-            counter!("triarch_quorum_failures_total", "keyspace" => ks_label.clone()).absolute(s.quorum_failures);
-            counter!("triarch_lww_discarded_total", "keyspace" => ks_label.clone()).absolute(s.lww_discarded);
-            counter!("triarch_write_restamps_total", "keyspace" => ks_label).absolute(s.write_restamps);
+            counter!("triarch_read_repairs_total", "keyspace" => ks_label.clone())
+                .absolute(s.read_repairs);
+            counter!("triarch_quorum_failures_total", "keyspace" => ks_label.clone())
+                .absolute(s.quorum_failures);
+            counter!("triarch_lww_discarded_total", "keyspace" => ks_label.clone())
+                .absolute(s.lww_discarded);
+            counter!("triarch_write_restamps_total", "keyspace" => ks_label)
+                .absolute(s.write_restamps);
             self.stats_seen.insert(ks.clone(), s.clone());
         }
     }

@@ -61,7 +61,9 @@ impl PeerSenders {
     }
 
     pub fn is_connected(&self, peer: NodeId) -> bool {
-        self.links.get(&peer).is_some_and(|l| l.connected.load(Ordering::Relaxed))
+        self.links
+            .get(&peer)
+            .is_some_and(|l| l.connected.load(Ordering::Relaxed))
     }
 }
 
@@ -80,16 +82,33 @@ pub async fn start(
     for (peer, addr) in peers {
         let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         queues.insert(peer, tx);
-        links.insert(peer, PeerLink { addr, connected: AtomicBool::new(false) });
+        links.insert(
+            peer,
+            PeerLink {
+                addr,
+                connected: AtomicBool::new(false),
+            },
+        );
         let (in_tx, in_rx) = mpsc::channel::<TcpStream>(4);
         if me > peer {
             inbound_routes.insert(peer, in_tx);
         }
         setups.push((peer, addr, rx, in_rx));
     }
-    let senders = PeerSenders { queues: Arc::new(queues), links: Arc::new(links) };
+    let senders = PeerSenders {
+        queues: Arc::new(queues),
+        links: Arc::new(links),
+    };
     for (peer, addr, rx, in_rx) in setups {
-        let link = LinkTask { me, peer, addr, outbound: rx, inbound: in_rx, core: core.clone(), senders: senders.clone() };
+        let link = LinkTask {
+            me,
+            peer,
+            addr,
+            outbound: rx,
+            inbound: in_rx,
+            core: core.clone(),
+            senders: senders.clone(),
+        };
         tokio::spawn(link.run());
     }
     tokio::spawn(accept_loop(me, listener, inbound_routes));
@@ -113,12 +132,18 @@ async fn accept_loop(
         let routes = routes.clone();
         tokio::spawn(async move {
             let mut hello = [0u8; HELLO_LEN];
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut hello)).await;
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut hello)).await;
             let from = match read {
                 Ok(Ok(_)) => parse_hello(&hello),
                 _ => Err("no hello within 5 s".to_string()),
             };
-            match from.and_then(|id| routes.get(&id).map(|r| (id, r.clone())).ok_or(format!("{id} is not a peer that dials {me}"))) {
+            match from.and_then(|id| {
+                routes
+                    .get(&id)
+                    .map(|r| (id, r.clone()))
+                    .ok_or(format!("{id} is not a peer that dials {me}"))
+            }) {
                 Ok((id, route)) => {
                     let _ = stream.set_nodelay(true);
                     if route.send(stream).await.is_err() {
@@ -144,7 +169,10 @@ fn parse_hello(h: &[u8; HELLO_LEN]) -> Result<NodeId, String> {
         return Err("bad magic: not a Triarch peer".into());
     }
     if h[4] != WIRE_VERSION {
-        return Err(format!("wire version {} (this node speaks {WIRE_VERSION})", h[4]));
+        return Err(format!(
+            "wire version {} (this node speaks {WIRE_VERSION})",
+            h[4]
+        ));
     }
     Ok(NodeId(u32::from_be_bytes([h[5], h[6], h[7], h[8]])))
 }
@@ -271,7 +299,14 @@ async fn read_frames(
             let frame = buf.split_to(len);
             match decode_messages(&frame) {
                 Ok(messages) => {
-                    if core.send(CoreInput::Peer { from: peer, messages }).await.is_err() {
+                    if core
+                        .send(CoreInput::Peer {
+                            from: peer,
+                            messages,
+                        })
+                        .await
+                        .is_err()
+                    {
                         return "node shutting down".into();
                     }
                 }

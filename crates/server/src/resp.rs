@@ -74,13 +74,24 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let peer = stream.peer_addr().ok();
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, u32, NodeReply)>();
-    let limits = Limits { max_bulk_len: shared.value_bytes_max.max(triarch_core::limits::KEY_BYTES_MAX) + 1024, ..Limits::default() };
+    let limits = Limits {
+        max_bulk_len: shared
+            .value_bytes_max
+            .max(triarch_core::limits::KEY_BYTES_MAX)
+            + 1024,
+        ..Limits::default()
+    };
     let mut decoder = Decoder::new(limits);
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
     let mut outbuf = BytesMut::with_capacity(16 * 1024);
     let mut slots: VecDeque<Slot> = VecDeque::new();
     let mut next_seq: u64 = 0;
-    let mut session = Session { protocol: Protocol::Resp2, read_quorum: None, write_quorum: None, name: None };
+    let mut session = Session {
+        protocol: Protocol::Resp2,
+        read_quorum: None,
+        write_quorum: None,
+        name: None,
+    };
     let mut closing = false;
     loop {
         if !closing {
@@ -116,7 +127,9 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         // Write every reply that is ready, in order.
         while slots.front().is_some_and(|s| s.ready.is_some()) {
             let slot = slots.pop_front().expect("checked");
-            slot.ready.expect("checked").encode(&mut outbuf, session.protocol);
+            slot.ready
+                .expect("checked")
+                .encode(&mut outbuf, session.protocol);
         }
         if !outbuf.is_empty() {
             if writer.write_all(&outbuf).await.is_err() {
@@ -145,13 +158,23 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
 }
 
 fn ready_slot(seq: u64, reply: Reply) -> Slot {
-    Slot { seq, combine: Combine::Set, parts: Vec::new(), remaining: 0, ready: Some(reply) }
+    Slot {
+        seq,
+        combine: Combine::Set,
+        parts: Vec::new(),
+        remaining: 0,
+        ready: Some(reply),
+    }
 }
 
 fn fill(slots: &mut VecDeque<Slot>, seq: u64, part: u32, reply: NodeReply) {
     let Some(front) = slots.front() else { return };
-    let Some(index) = seq.checked_sub(front.seq) else { return };
-    let Some(slot) = slots.get_mut(index as usize) else { return };
+    let Some(index) = seq.checked_sub(front.seq) else {
+        return;
+    };
+    let Some(slot) = slots.get_mut(index as usize) else {
+        return;
+    };
     debug_assert_eq!(slot.seq, seq);
     if let Some(p) = slot.parts.get_mut(part as usize)
         && p.is_none()
@@ -178,17 +201,23 @@ fn node_error(e: &triarch_node::RequestError) -> Reply {
 }
 
 fn wrong_arity(name: &str) -> Reply {
-    Reply::error(format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()))
+    Reply::error(format!(
+        "ERR wrong number of arguments for '{}' command",
+        name.to_ascii_lowercase()
+    ))
 }
 
 fn combine(kind: Combine, parts: Vec<Option<NodeReply>>) -> Reply {
-    let mut parts = parts.into_iter().map(|p| p.expect("all parts filled"));
-    // The first error decides the reply of multi-part commands.
-    let collected: Vec<NodeReply> = parts.by_ref().collect();
-    if let Some(NodeReply::Error(e)) = collected.iter().find(|r| matches!(r, NodeReply::Error(_))) {
-        if !matches!(kind, Combine::Mget) {
-            return node_error(e);
-        }
+    let collected: Vec<NodeReply> = parts
+        .into_iter()
+        .map(|p| p.expect("all parts filled"))
+        .collect();
+    // The first error decides the reply of a multi-part command (MGET reports errors per key).
+    if !matches!(kind, Combine::Mget)
+        && let Some(NodeReply::Error(e)) =
+            collected.iter().find(|r| matches!(r, NodeReply::Error(_)))
+    {
+        return node_error(e);
     }
     match kind {
         Combine::Get => match collected.into_iter().next() {
@@ -197,10 +226,16 @@ fn combine(kind: Combine, parts: Vec<Option<NodeReply>>) -> Reply {
         },
         Combine::Set | Combine::Mset => Reply::ok(),
         Combine::Del => Reply::Integer(
-            collected.iter().filter(|r| matches!(r, NodeReply::Written { existed: true })).count() as i64,
+            collected
+                .iter()
+                .filter(|r| matches!(r, NodeReply::Written { existed: true }))
+                .count() as i64,
         ),
         Combine::Exists => Reply::Integer(
-            collected.iter().filter(|r| matches!(r, NodeReply::Value(Some(_)))).count() as i64,
+            collected
+                .iter()
+                .filter(|r| matches!(r, NodeReply::Value(Some(_))))
+                .count() as i64,
         ),
         Combine::Mget => Reply::array(collected.into_iter().map(|r| match r {
             NodeReply::Value(v) => Reply::bulk_or_null(v),
@@ -237,7 +272,14 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                 field("r", c.r.to_string()),
                 field("w", c.w.to_string()),
                 field("merge", c.merge.to_string()),
-                field("members", info.members.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(",")),
+                field(
+                    "members",
+                    info.members
+                        .iter()
+                        .map(|m| m.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
                 field("reads", s.reads.to_string()),
                 field("writes", s.writes.to_string()),
                 field("read_repairs", s.read_repairs.to_string()),
@@ -266,12 +308,27 @@ async fn dispatch(
     let submit = |combine: Combine, requests: Vec<Request>| async move {
         let n = requests.len();
         for (part, request) in requests.into_iter().enumerate() {
-            let reply_to = ReplyTo::Conn { tx: tx.clone(), slot: seq, part: part as u32 };
-            if shared.core.send(CoreInput::Request { request, reply_to }).await.is_err() {
+            let reply_to = ReplyTo::Conn {
+                tx: tx.clone(),
+                slot: seq,
+                part: part as u32,
+            };
+            if shared
+                .core
+                .send(CoreInput::Request { request, reply_to })
+                .await
+                .is_err()
+            {
                 return Action::Slot(ready_slot(seq, Reply::error("ERR node is shutting down")));
             }
         }
-        Action::Slot(Slot { seq, combine, parts: vec![None; n], remaining: n, ready: None })
+        Action::Slot(Slot {
+            seq,
+            combine,
+            parts: vec![None; n],
+            remaining: n,
+            ready: None,
+        })
     };
     let r = session.read_quorum;
     let w = session.write_quorum;
@@ -299,31 +356,55 @@ async fn dispatch(
             ready(Reply::verbatim_text(render_info(shared, snapshot.as_ref())))
         }
         "GET" if argc == 2 => {
-            submit(Combine::Get, vec![Request::Get { key: args[1].clone(), r }]).await
+            submit(
+                Combine::Get,
+                vec![Request::Get {
+                    key: args[1].clone(),
+                    r,
+                }],
+            )
+            .await
         }
         "SET" if argc == 3 => {
-            let request = Request::Set { key: args[1].clone(), value: args[2].clone(), w };
+            let request = Request::Set {
+                key: args[1].clone(),
+                value: args[2].clone(),
+                w,
+            };
             submit(Combine::Set, vec![request]).await
         }
         "SET" if argc > 3 => ready(Reply::error(
             "ERR SET options (EX, PX, NX, XX, GET, KEEPTTL) are not supported by Triarch",
         )),
         "DEL" | "UNLINK" if argc >= 2 => {
-            let requests = args[1..].iter().map(|k| Request::Delete { key: k.clone(), w }).collect();
+            let requests = args[1..]
+                .iter()
+                .map(|k| Request::Delete { key: k.clone(), w })
+                .collect();
             submit(Combine::Del, requests).await
         }
         "EXISTS" if argc >= 2 => {
-            let requests = args[1..].iter().map(|k| Request::Get { key: k.clone(), r }).collect();
+            let requests = args[1..]
+                .iter()
+                .map(|k| Request::Get { key: k.clone(), r })
+                .collect();
             submit(Combine::Exists, requests).await
         }
         "MGET" if argc >= 2 => {
-            let requests = args[1..].iter().map(|k| Request::Get { key: k.clone(), r }).collect();
+            let requests = args[1..]
+                .iter()
+                .map(|k| Request::Get { key: k.clone(), r })
+                .collect();
             submit(Combine::Mget, requests).await
         }
-        "MSET" if argc >= 3 && argc % 2 == 1 => {
+        "MSET" if argc >= 3 && !argc.is_multiple_of(2) => {
             let requests = args[1..]
                 .chunks(2)
-                .map(|kv| Request::Set { key: kv[0].clone(), value: kv[1].clone(), w })
+                .map(|kv| Request::Set {
+                    key: kv[0].clone(),
+                    value: kv[1].clone(),
+                    w,
+                })
                 .collect();
             submit(Combine::Mset, requests).await
         }
@@ -343,7 +424,12 @@ async fn dispatch(
 fn unknown_command(args: &[Bytes]) -> Reply {
     let shown = |b: &Bytes| String::from_utf8_lossy(&b[..b.len().min(128)]).into_owned();
     let name = args.first().map(shown).unwrap_or_default();
-    let rest: Vec<String> = args.iter().skip(1).take(8).map(|a| format!("'{}'", shown(a))).collect();
+    let rest: Vec<String> = args
+        .iter()
+        .skip(1)
+        .take(8)
+        .map(|a| format!("'{}'", shown(a)))
+        .collect();
     Reply::error(format!(
         "ERR unknown command '{name}', with args beginning with: {}",
         rest.join(" ")
@@ -357,7 +443,9 @@ fn upper(b: &Bytes) -> String {
 fn hello(args: &[Bytes], session: &mut Session, shared: &Shared) -> Reply {
     let mut i = 1;
     if let Some(v) = args.get(1) {
-        let version = std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok());
+        let version = std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok());
         match version.and_then(Protocol::from_version) {
             Some(p) => session.protocol = p,
             None => return Reply::error("NOPROTO unsupported protocol version"),
@@ -378,7 +466,10 @@ fn hello(args: &[Bytes], session: &mut Session, shared: &Shared) -> Reply {
     Reply::Map(vec![
         (s("server"), s("triarch")),
         (s("version"), s(env!("CARGO_PKG_VERSION"))),
-        (s("proto"), Reply::Integer(i64::from(session.protocol.version()))),
+        (
+            s("proto"),
+            Reply::Integer(i64::from(session.protocol.version())),
+        ),
         (s("id"), Reply::Integer(i64::from(shared.node_id.0))),
         (s("mode"), s("standalone")),
         (s("role"), s("master")),
@@ -387,7 +478,9 @@ fn hello(args: &[Bytes], session: &mut Session, shared: &Shared) -> Reply {
 }
 
 fn client(args: &[Bytes], session: &mut Session) -> Reply {
-    let Some(sub) = args.get(1) else { return wrong_arity("client") };
+    let Some(sub) = args.get(1) else {
+        return wrong_arity("client");
+    };
     match upper(sub).as_str() {
         "SETINFO" if args.len() == 4 => Reply::ok(),
         "SETNAME" if args.len() == 3 => {
@@ -410,7 +503,9 @@ fn client(args: &[Bytes], session: &mut Session) -> Reply {
 /// `CONFIG GET` answers the parameters clients probe on connect (redis-benchmark asks for `save`
 /// and `appendonly`); `CONFIG SET` is refused: configuration lives in the node's file.
 fn config(args: &[Bytes], shared: &Shared) -> Reply {
-    let Some(sub) = args.get(1) else { return wrong_arity("config") };
+    let Some(sub) = args.get(1) else {
+        return wrong_arity("config");
+    };
     match upper(sub).as_str() {
         "GET" if args.len() >= 3 => {
             let known = [
@@ -424,12 +519,18 @@ fn config(args: &[Bytes], shared: &Shared) -> Reply {
             for pattern in &args[2..] {
                 let p = String::from_utf8_lossy(pattern).to_ascii_lowercase();
                 for (k, v) in &known {
-                    if glob_match(&p, k) && !pairs.iter().any(|(kk, _): &(String, String)| kk == k) {
+                    if glob_match(&p, k) && !pairs.iter().any(|(kk, _): &(String, String)| kk == k)
+                    {
                         pairs.push((k.to_string(), v.clone()));
                     }
                 }
             }
-            Reply::Map(pairs.into_iter().map(|(k, v)| (Reply::bulk(k), Reply::bulk(v))).collect())
+            Reply::Map(
+                pairs
+                    .into_iter()
+                    .map(|(k, v)| (Reply::bulk(k), Reply::bulk(v)))
+                    .collect(),
+            )
         }
         "GET" => wrong_arity("config|get"),
         "SET" | "RESETSTAT" | "REWRITE" => {
@@ -470,7 +571,7 @@ fn consistency(args: &[Bytes], session: &mut Session) -> Reply {
         session.write_quorum = None;
         return Reply::ok();
     }
-    if args.len() < 3 || args.len() % 2 == 0 {
+    if args.len() < 3 || args.len().is_multiple_of(2) {
         return Reply::error("ERR usage: TRIARCH.CONSISTENCY [R <r>] [W <w>] | DEFAULT");
     }
     let (mut r, mut w) = (session.read_quorum, session.write_quorum);
@@ -482,7 +583,11 @@ fn consistency(args: &[Bytes], session: &mut Session) -> Reply {
         match upper(&pair[0]).as_str() {
             "R" => r = Some(value),
             "W" => w = Some(value),
-            other => return Reply::error(format!("ERR unknown consistency setting '{other}' (expected R or W)")),
+            other => {
+                return Reply::error(format!(
+                    "ERR unknown consistency setting '{other}' (expected R or W)"
+                ));
+            }
         }
     }
     session.read_quorum = r;
@@ -504,10 +609,18 @@ fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
             let name = String::from_utf8_lossy(&args[2]).into_owned();
             Ok((AdminKind::Info, Request::KeyspaceInfo { name }))
         }
-        "CREATE" if args.len() >= 5 && args.len() % 2 == 1 => {
-            let name = String::from_utf8(args[2].to_vec())
-                .map_err(|_| Reply::error("ERR keyspace names are ASCII letters, digits, '_' or '-'"))?;
-            let mut spec = KeyspaceSpec { name, model: Model::Leaderless, n: None, r: None, w: None, merge: None };
+        "CREATE" if args.len() >= 5 && !args.len().is_multiple_of(2) => {
+            let name = String::from_utf8(args[2].to_vec()).map_err(|_| {
+                Reply::error("ERR keyspace names are ASCII letters, digits, '_' or '-'")
+            })?;
+            let mut spec = KeyspaceSpec {
+                name,
+                model: Model::Leaderless,
+                n: None,
+                r: None,
+                w: None,
+                merge: None,
+            };
             let mut model = None;
             for pair in args[3..].chunks(2) {
                 let value = &pair[1];
@@ -527,7 +640,11 @@ fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
                             .map_err(|e| Reply::error(format!("ERR {e}")))?;
                         spec.merge = Some(m);
                     }
-                    other => return Err(Reply::error(format!("ERR unknown keyspace setting '{other}'"))),
+                    other => {
+                        return Err(Reply::error(format!(
+                            "ERR unknown keyspace setting '{other}'"
+                        )));
+                    }
                 }
             }
             spec.model = model.ok_or_else(|| Reply::error("ERR MODEL is required"))?;
@@ -542,17 +659,50 @@ mod tests {
     use super::*;
 
     fn args(words: &[&str]) -> Vec<Bytes> {
-        words.iter().map(|w| Bytes::copy_from_slice(w.as_bytes())).collect()
+        words
+            .iter()
+            .map(|w| Bytes::copy_from_slice(w.as_bytes()))
+            .collect()
     }
 
     #[test]
     fn keyspace_create_parses_and_names_bad_settings() {
-        let (_, r) = keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "prefs", "MODEL", "leaderless", "W", "3"])).unwrap();
-        let Request::CreateKeyspace(spec) = r else { panic!() };
-        assert_eq!((spec.name.as_str(), spec.model, spec.w), ("prefs", Model::Leaderless, Some(3)));
-        let e = keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "x", "MODEL", "paxos"])).unwrap_err();
+        let (_, r) = keyspace_command(&args(&[
+            "TRIARCH.KEYSPACE",
+            "CREATE",
+            "prefs",
+            "MODEL",
+            "leaderless",
+            "W",
+            "3",
+        ]))
+        .unwrap();
+        let Request::CreateKeyspace(spec) = r else {
+            panic!()
+        };
+        assert_eq!(
+            (spec.name.as_str(), spec.model, spec.w),
+            ("prefs", Model::Leaderless, Some(3))
+        );
+        let e = keyspace_command(&args(&[
+            "TRIARCH.KEYSPACE",
+            "CREATE",
+            "x",
+            "MODEL",
+            "paxos",
+        ]))
+        .unwrap_err();
         assert!(format!("{e:?}").contains("paxos"));
-        let e = keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "x", "MODEL", "leaderless", "Q", "1"])).unwrap_err();
+        let e = keyspace_command(&args(&[
+            "TRIARCH.KEYSPACE",
+            "CREATE",
+            "x",
+            "MODEL",
+            "leaderless",
+            "Q",
+            "1",
+        ]))
+        .unwrap_err();
         assert!(format!("{e:?}").contains("unknown keyspace setting 'Q'"));
         assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "x", "N", "3"])).is_err());
         assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE"])).is_err());
@@ -569,6 +719,9 @@ mod tests {
     #[test]
     fn unknown_commands_use_redis_wording() {
         let r = unknown_command(&args(&["FOO", "a", "b"]));
-        assert_eq!(r, Reply::error("ERR unknown command 'FOO', with args beginning with: 'a' 'b'"));
+        assert_eq!(
+            r,
+            Reply::error("ERR unknown command 'FOO', with args beginning with: 'a' 'b'")
+        );
     }
 }

@@ -36,11 +36,18 @@ impl Shared {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open storage in {path}: {source}")]
-    Storage { path: std::path::PathBuf, source: triarch_storage::StorageError },
+    Storage {
+        path: std::path::PathBuf,
+        source: triarch_storage::StorageError,
+    },
     #[error("cannot start the node: {0}")]
     Node(#[from] triarch_node::NodeError),
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { addr: SocketAddr, what: &'static str, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        what: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// The running node's addresses.
@@ -52,12 +59,19 @@ pub struct Running {
 
 /// Starts every part of the node on the current tokio runtime and returns once it listens.
 pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
-    let storage = FjallStorage::open(&config.data_dir)
-        .map_err(|source| StartError::Storage { path: config.data_dir.clone(), source })?;
+    let storage = FjallStorage::open(&config.data_dir).map_err(|source| StartError::Storage {
+        path: config.data_dir.clone(),
+        source,
+    })?;
     let clock = core::Clock::new();
     let now = clock.now();
     let seed = u64::from(config.node_id) ^ now.wall_ms;
-    let node = Node::new(config.node_config(), crate::storage::NodeStorage::new(storage), DetRng::seed_from_u64(seed), now)?;
+    let node = Node::new(
+        config.node_config(),
+        crate::storage::NodeStorage::new(storage),
+        DetRng::seed_from_u64(seed),
+        now,
+    )?;
     let prometheus = crate::metrics::install();
     let (core_tx, core_rx) = mpsc::channel(INPUT_CHANNEL_CAPACITY);
     let me = NodeId(config.node_id);
@@ -69,13 +83,25 @@ pub async fn start(config: ServerConfig) -> Result<Running, StartError> {
         .collect();
     let peers = peer::start(me, config.peer_addr, peer_list, core_tx.clone())
         .await
-        .map_err(|source| StartError::Bind { addr: config.peer_addr, what: "peers", source })?;
+        .map_err(|source| StartError::Bind {
+            addr: config.peer_addr,
+            what: "peers",
+            source,
+        })?;
     let resp = TcpListener::bind(config.resp_addr)
         .await
-        .map_err(|source| StartError::Bind { addr: config.resp_addr, what: "RESP", source })?;
+        .map_err(|source| StartError::Bind {
+            addr: config.resp_addr,
+            what: "RESP",
+            source,
+        })?;
     let http = TcpListener::bind(config.http_addr)
         .await
-        .map_err(|source| StartError::Bind { addr: config.http_addr, what: "HTTP", source })?;
+        .map_err(|source| StartError::Bind {
+            addr: config.http_addr,
+            what: "HTTP",
+            source,
+        })?;
     let running = Running {
         resp_addr: resp.local_addr().expect("bound"),
         http_addr: http.local_addr().expect("bound"),
@@ -120,7 +146,9 @@ async fn resp_accept_loop(listener: TcpListener, shared: Arc<Shared>, max_client
                 tokio::spawn(async move {
                     use tokio::io::AsyncWriteExt;
                     let mut stream = stream;
-                    let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                    let _ = stream
+                        .write_all(b"-ERR max number of clients reached\r\n")
+                        .await;
                 });
             }
         }

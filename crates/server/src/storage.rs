@@ -20,7 +20,11 @@ pub struct NodeStorage {
 
 impl NodeStorage {
     pub fn new(inner: FjallStorage) -> Self {
-        NodeStorage { inner, staged: HashMap::new(), dirty: false }
+        NodeStorage {
+            inner,
+            staged: HashMap::new(),
+            dirty: false,
+        }
     }
 
     pub fn syncer(&self) -> FjallSyncer {
@@ -53,7 +57,10 @@ impl NodeStorage {
     fn stage(&mut self, table: &str, key: &[u8], value: Option<&[u8]>) -> Result<(), StorageError> {
         // Validate now, so that a bad table or key fails the step that made it, not the flush.
         if key.len() > FjallStorage::MAX_KEY_LEN {
-            return Err(StorageError::Engine(format!("key of {} bytes is too long", key.len())));
+            return Err(StorageError::Engine(format!(
+                "key of {} bytes is too long",
+                key.len()
+            )));
         }
         if !self.staged.contains_key(table) {
             self.staged.insert(table.to_string(), BTreeMap::new());
@@ -87,8 +94,11 @@ impl Storage for NodeStorage {
         };
         // fjall's entries, overridden by staged writes (and staged deletes), in key order. Staged
         // deletes may hide up to `staged.len()` of fjall's entries, so ask fjall for that many more.
-        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> =
-            self.inner.scan(table, from, limit.saturating_add(staged.len()))?.into_iter().collect();
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = self
+            .inner
+            .scan(table, from, limit.saturating_add(staged.len()))?
+            .into_iter()
+            .collect();
         for (k, v) in staged.range(from.to_vec()..) {
             match v {
                 Some(v) => merged.insert(k.clone(), v.clone()),
@@ -123,15 +133,25 @@ mod tests {
         assert_eq!(s.get("t", b"b").unwrap(), None);
         assert_eq!(s.get("t", b"c").unwrap(), Some(b"C".to_vec()));
         let keys = |s: &NodeStorage, limit| -> Vec<Vec<u8>> {
-            s.scan("t", b"", limit).unwrap().into_iter().map(|e| e.0).collect()
+            s.scan("t", b"", limit)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.0)
+                .collect()
         };
-        assert_eq!(keys(&s, 10), [b"a".to_vec(), b"c".to_vec(), b"d".to_vec(), b"e".to_vec()]);
+        assert_eq!(
+            keys(&s, 10),
+            [b"a".to_vec(), b"c".to_vec(), b"d".to_vec(), b"e".to_vec()]
+        );
         assert_eq!(keys(&s, 2), [b"a".to_vec(), b"c".to_vec()]);
         assert!(s.flush_to_engine().unwrap());
         assert!(!s.flush_to_engine().unwrap(), "nothing left to flush");
         s.syncer().sync().unwrap();
         drop(s);
         let s = NodeStorage::new(FjallStorage::open(dir.path()).unwrap());
-        assert_eq!(keys(&s, 10), [b"a".to_vec(), b"c".to_vec(), b"d".to_vec(), b"e".to_vec()]);
+        assert_eq!(
+            keys(&s, 10),
+            [b"a".to_vec(), b"c".to_vec(), b"d".to_vec(), b"e".to_vec()]
+        );
     }
 }

@@ -72,8 +72,12 @@ impl Storage for SimDisk {
     }
 
     fn put(&mut self, table: &str, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.current.entry(table.to_string()).or_default().insert(key.to_vec(), value.to_vec());
-        self.staged.push((table.to_string(), key.to_vec(), Some(value.to_vec())));
+        self.current
+            .entry(table.to_string())
+            .or_default()
+            .insert(key.to_vec(), value.to_vec());
+        self.staged
+            .push((table.to_string(), key.to_vec(), Some(value.to_vec())));
         Ok(())
     }
 
@@ -90,7 +94,10 @@ impl Storage for SimDisk {
             .current
             .get(table)
             .map(|t| {
-                t.range(from.to_vec()..).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect()
+                t.range(from.to_vec()..)
+                    .take(limit)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
             })
             .unwrap_or_default())
     }
@@ -117,7 +124,11 @@ mod tests {
         d.put("t", b"b", b"2").unwrap();
         d.delete("t", b"a").unwrap();
         assert_eq!(d.get("t", b"a").unwrap(), None, "reads see staged deletes");
-        assert_eq!(d.get("t", b"b").unwrap(), Some(b"2".to_vec()), "reads see staged puts");
+        assert_eq!(
+            d.get("t", b"b").unwrap(),
+            Some(b"2".to_vec()),
+            "reads see staged puts"
+        );
         d.crash();
         assert_eq!(d.get("t", b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(d.get("t", b"b").unwrap(), None);
@@ -151,7 +162,12 @@ mod tests {
         for k in [b"c", b"a", b"b", b"d"] {
             d.put("t", k, k).unwrap();
         }
-        let got: Vec<Vec<u8>> = d.scan("t", b"b", 2).unwrap().into_iter().map(|e| e.0).collect();
+        let got: Vec<Vec<u8>> = d
+            .scan("t", b"b", 2)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.0)
+            .collect();
         assert_eq!(got, vec![b"b".to_vec(), b"c".to_vec()]);
     }
 }
