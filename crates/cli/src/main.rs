@@ -49,11 +49,29 @@ struct SimArgs {
     /// Number of seeds to run, starting at --first-seed.
     #[arg(long, default_value_t = 100)]
     seeds: u64,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 0)]
     first_seed: u64,
-    /// Run exactly this seed (replay).
+    /// Run exactly this seed (replay); prints its fault timeline and checker verdicts.
     #[arg(long)]
     seed: Option<u64>,
+    #[arg(long, default_value_t = 5)]
+    nodes: u32,
+    #[arg(long, default_value_t = 8)]
+    keys: u64,
+    #[arg(long, default_value_t = 1_000)]
+    ops: u64,
+    #[arg(long, default_value_t = 20_000)]
+    duration_ms: u64,
+    #[arg(long)]
+    no_partitions: bool,
+    #[arg(long)]
+    no_loss: bool,
+    #[arg(long)]
+    no_duplication: bool,
+    #[arg(long)]
+    no_crashes: bool,
+    #[arg(long)]
+    no_clock_skew: bool,
     /// Plant a bug (acknowledge writes before W replicas hold them) to see the checkers catch it.
     #[arg(long)]
     planted_bug: bool,
@@ -145,6 +163,53 @@ fn up(nodes: u32, regions: u32, dir: PathBuf, base_port: u16) -> Result<()> {
 }
 
 fn sim(args: SimArgs) -> Result<()> {
-    let _ = args;
-    anyhow::bail!("the simulator command is not wired yet")
+    let options = triarch_sim::SimOptions {
+        nodes: args.nodes,
+        keys: args.keys,
+        ops: args.ops,
+        duration: std::time::Duration::from_millis(args.duration_ms),
+        partitions: !args.no_partitions,
+        packet_loss: !args.no_loss,
+        duplication: !args.no_duplication,
+        crashes: !args.no_crashes,
+        clock_skew: !args.no_clock_skew,
+        planted_bug: args.planted_bug,
+    };
+    options.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(seed) = args.seed {
+        let report = triarch_sim::run_seed(seed, &options);
+        for entry in &report.timeline {
+            println!("  {entry}");
+        }
+        println!("{report}");
+        if !report.passed() {
+            std::process::exit(1);
+        }
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let summary = triarch_sim::run_seeds(args.first_seed, args.seeds, &options, |report| {
+        if !report.passed() {
+            println!("{report}");
+        }
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{} seeds, {} failed; ops ok/fail/info {}/{}/{}; {} events in {:.1} s ({:.0} events/s)",
+        summary.seeds,
+        summary.failed.len(),
+        summary.ops_ok,
+        summary.ops_fail,
+        summary.ops_info,
+        summary.events,
+        elapsed,
+        summary.events as f64 / elapsed.max(1e-9),
+    );
+    for failed in &summary.failed {
+        println!("replay: {}", failed.replay_command());
+    }
+    if !summary.passed() {
+        std::process::exit(1);
+    }
+    Ok(())
 }

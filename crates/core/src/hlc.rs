@@ -101,6 +101,19 @@ impl Hlc {
         next
     }
 
+    /// Raises the clock to at least `floor_wall_ms` (the ceiling persisted before a restart),
+    /// whatever the physical clock says: a restarted node must never issue a timestamp it issued
+    /// before.
+    pub fn restore_floor(&mut self, floor_wall_ms: u64) {
+        if floor_wall_ms > self.last.wall_ms {
+            self.last = HlcTimestamp {
+                wall_ms: floor_wall_ms,
+                logical: 0,
+                node: self.node,
+            };
+        }
+    }
+
     /// Merges a timestamp received from another node, so that later local timestamps order after
     /// it. Refuses (and leaves the clock unchanged) when `remote` is more than the bound ahead of
     /// `wall_ms`.

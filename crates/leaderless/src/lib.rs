@@ -607,8 +607,7 @@ fn load<S: Storage>(
     }
 }
 
-/// Last-writer-wins at a replica: stores `record` unless the replica holds a newer one. A record
-/// with the timestamp already held is a duplicate delivery and acknowledged as accepted.
+/// Last-writer-wins at a replica: stores `record` unless the replica holds a newer one.
 fn apply<S: Storage>(
     storage: &mut S,
     keyspace: &str,
@@ -622,8 +621,17 @@ fn apply<S: Storage>(
             current: e.timestamp,
             existed: e.value.is_some(),
         }),
-        Some(e) if e.timestamp == record.timestamp => Ok(Applied {
+        // The same record again: a duplicate delivery, acknowledged as accepted.
+        Some(e) if e.timestamp == record.timestamp && e.value == record.value => Ok(Applied {
             accepted: true,
+            current: e.timestamp,
+            existed: e.value.is_some(),
+        }),
+        // A different record under the same timestamp: a timestamp was reused (the node's clock
+        // ceiling exists so that it never is). Refuse, so the coordinator re-stamps past it,
+        // rather than acknowledge a write this replica does not hold.
+        Some(e) if e.timestamp == record.timestamp => Ok(Applied {
+            accepted: false,
             current: e.timestamp,
             existed: e.value.is_some(),
         }),

@@ -254,3 +254,29 @@ fn a_coordinator_repairs_its_own_stale_replica() {
         "a node never sends messages to itself"
     );
 }
+
+#[test]
+fn a_different_record_under_a_timestamp_already_held_is_refused() {
+    let mut disk = SimDisk::new();
+    let ts = HlcTimestamp {
+        wall_ms: 5,
+        logical: 0,
+        node: NodeId(1),
+    };
+    let one = Record {
+        timestamp: ts,
+        value: Some(Bytes::from_static(b"1")),
+    };
+    let two = Record {
+        timestamp: ts,
+        value: Some(Bytes::from_static(b"2")),
+    };
+    assert!(apply(&mut disk, "default", b"k", &one).unwrap().accepted);
+    assert!(
+        apply(&mut disk, "default", b"k", &one).unwrap().accepted,
+        "duplicate delivery"
+    );
+    let refused = apply(&mut disk, "default", b"k", &two).unwrap();
+    assert!(!refused.accepted && refused.current == ts);
+    assert_eq!(load(&disk, "default", b"k").unwrap(), Some(one));
+}

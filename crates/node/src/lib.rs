@@ -37,6 +37,12 @@ pub use triarch_leaderless::KeyspaceStats;
 use triarch_leaderless::{Effect, Env, Leaderless, LeaderlessConfig, Outcome};
 use triarch_storage::{Storage, StorageError};
 
+/// How far above the largest timestamp issued so far the persisted clock ceiling is set. A
+/// restarted node starts its clock at the ceiling, so it never reuses a timestamp even if its wall
+/// clock went back; the window makes the ceiling write rare (one staged write per window).
+pub const HLC_CEILING_WINDOW_MS: u64 = 10_000;
+const HLC_CEILING_KEY: &[u8] = b"hlc/ceiling";
+
 /// Version of the peer message encoding. A peer that sends another version is disconnected.
 pub const WIRE_VERSION: u8 = 1;
 
@@ -127,6 +133,8 @@ pub struct Node<S: Storage> {
     outputs: VecDeque<Output>,
     next_gossip: Instant,
     peers: Vec<NodeId>,
+    /// The persisted clock ceiling (see [`HLC_CEILING_WINDOW_MS`]).
+    hlc_ceiling_ms: u64,
 }
 
 impl<S: Storage> Node<S> {
@@ -167,7 +175,17 @@ impl<S: Storage> Node<S> {
             }
         }
         let mut hlc = Hlc::new(config.id, config.clock_forward_bound_ms);
-        // Never issue a timestamp below one this node issued before the restart.
+        // Never issue a timestamp this node may have issued before the restart.
+        let hlc_ceiling_ms = match storage.get(catalog::META_TABLE, HLC_CEILING_KEY)? {
+            Some(bytes) => {
+                let raw: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                    StorageError::Engine("corrupt clock ceiling in the meta table".into())
+                })?;
+                u64::from_be_bytes(raw)
+            }
+            None => 0,
+        };
+        hlc.restore_floor(hlc_ceiling_ms);
         for e in catalog.entries() {
             let _ = hlc.observe(e.version, now.wall_ms);
         }
@@ -187,6 +205,7 @@ impl<S: Storage> Node<S> {
             leaderless,
             outputs: VecDeque::new(),
             peers,
+            hlc_ceiling_ms,
         })
     }
 
@@ -459,7 +478,25 @@ impl<S: Storage> Node<S> {
         self.drain_leaderless();
     }
 
+    /// Persists a new clock ceiling once the clock has reached the old one. It is staged in the
+    /// same batch as the writes that carry the new timestamps, so it is durable before any of them
+    /// is acknowledged.
+    fn raise_hlc_ceiling(&mut self) {
+        let last = self.hlc.last().wall_ms;
+        if last >= self.hlc_ceiling_ms {
+            let ceiling = last + HLC_CEILING_WINDOW_MS;
+            match self
+                .storage
+                .put(catalog::META_TABLE, HLC_CEILING_KEY, &ceiling.to_be_bytes())
+            {
+                Ok(()) => self.hlc_ceiling_ms = ceiling,
+                Err(e) => tracing::error!(error = %e, "cannot persist the clock ceiling"),
+            }
+        }
+    }
+
     fn drain_leaderless(&mut self) {
+        self.raise_hlc_ceiling();
         while let Some(effect) = self.leaderless.poll_effect() {
             let output = match effect {
                 Effect::Send { to, message } => Output::Send {

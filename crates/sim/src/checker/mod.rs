@@ -1,0 +1,85 @@
+//! Checkers: pure functions from what a run produced (its history, the replicas' final records)
+//! to the violations found. Each is trusted only because its unit tests feed it a broken input
+//! and see it fail, and because `tests/leaderless_seeds.rs` shows it catching the leaderless
+//! engine's planted acknowledge-before-quorum bug.
+
+pub mod convergence;
+pub mod single_writer;
+
+use std::fmt;
+
+/// What one checker concluded about one run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckerResult {
+    pub checker: &'static str,
+    pub violations: Vec<Violation>,
+}
+
+impl CheckerResult {
+    pub fn is_ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+impl fmt::Display for CheckerResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_ok() {
+            return write!(f, "{}: ok", self.checker);
+        }
+        write!(
+            f,
+            "{}: {} violation(s)",
+            self.checker,
+            self.violations.len()
+        )?;
+        for v in &self.violations {
+            write!(f, "\n  {v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The kinds of violation the checkers report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ViolationKind {
+    /// A read returned a value that was never written, written only after the read completed, or
+    /// written by a write that definitely failed.
+    Unexpected,
+    /// A read returned a value older than a write acknowledged before the read began.
+    Stale,
+    /// A final read (after heal and settle) returned a value older than the last acknowledged
+    /// write: an acknowledged write was lost.
+    Lost,
+    /// No final read of a key with acknowledged writes succeeded, so loss could not be ruled out.
+    Unverified,
+    /// Replicas of a key hold different records after the final reads repaired them.
+    Diverged,
+}
+
+impl fmt::Display for ViolationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ViolationKind::Unexpected => "unexpected",
+            ViolationKind::Stale => "stale",
+            ViolationKind::Lost => "lost",
+            ViolationKind::Unverified => "unverified",
+            ViolationKind::Diverged => "diverged",
+        })
+    }
+}
+
+/// One violation: its kind, the key, and the evidence (history indices, values, replicas).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub key: u64,
+    /// History index of the completion that exposed it, when an operation did.
+    pub index: Option<usize>,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}] key {}: {}", self.kind, self.key, self.detail)
+    }
+}

@@ -1,0 +1,156 @@
+//! The simulated network between nodes: a latency distribution per directed link, loss,
+//! duplication, and partitions expressed as a set of blocked directed links (so one-way
+//! partitions are simply asymmetric sets).
+//!
+//! Clients are not on this network: a simulated client talks to its node as if co-located, so a
+//! client operation's fate depends only on the cluster, which is what the checkers judge.
+
+use crate::latency::LatencyDistribution;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+use triarch_core::{DetRng, NodeId};
+
+/// A directed link `(from, to)`.
+pub type Link = (NodeId, NodeId);
+
+pub(crate) struct Network {
+    links: BTreeMap<Link, LatencyDistribution>,
+    blocked: BTreeSet<Link>,
+    /// Loss and duplication outside fault windows (zero when the seed's options disable them).
+    loss_baseline: f64,
+    duplicate_baseline: f64,
+    loss_probability: f64,
+    duplicate_probability: f64,
+    rng: DetRng,
+}
+
+impl Network {
+    /// A network whose every link draws its own parameters from `rng`. One distribution kind is
+    /// chosen for the whole seed so that each kind is exercised on its own by some seeds.
+    pub fn new(
+        nodes: &[NodeId],
+        mut rng: DetRng,
+        loss_baseline: f64,
+        duplicate_baseline: f64,
+    ) -> Self {
+        let kind = rng.below(4);
+        let mut links = BTreeMap::new();
+        for &from in nodes {
+            for &to in nodes {
+                if from != to {
+                    links.insert((from, to), LatencyDistribution::random(kind, &mut rng));
+                }
+            }
+        }
+        Network {
+            links,
+            blocked: BTreeSet::new(),
+            loss_baseline,
+            duplicate_baseline,
+            loss_probability: loss_baseline,
+            duplicate_probability: duplicate_baseline,
+            rng,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let kind = match self.links.values().next() {
+            Some(LatencyDistribution::Constant { .. }) => "constant",
+            Some(LatencyDistribution::Uniform { .. }) => "uniform",
+            Some(LatencyDistribution::Exponential { .. }) => "exponential",
+            Some(LatencyDistribution::LogNormal { .. }) => "log-normal",
+            None => "none",
+        };
+        format!(
+            "{kind} latency, loss {:.3}, duplication {:.3}",
+            self.loss_baseline, self.duplicate_baseline
+        )
+    }
+
+    pub fn block(&mut self, links: impl IntoIterator<Item = Link>) {
+        self.blocked.extend(links);
+    }
+
+    pub fn is_blocked(&self, from: NodeId, to: NodeId) -> bool {
+        self.blocked.contains(&(from, to))
+    }
+
+    pub fn set_loss(&mut self, probability: f64) {
+        assert!((0.0..=1.0).contains(&probability));
+        self.loss_probability = probability;
+    }
+
+    /// Ends a fault window: every link open, loss and duplication back to the baseline.
+    pub fn heal(&mut self) {
+        self.blocked.clear();
+        self.loss_probability = self.loss_baseline;
+        self.duplicate_probability = self.duplicate_baseline;
+    }
+
+    /// The final heal: additionally a reliable network from now on. Read repair is the only
+    /// convergence mechanism so far (there is no anti-entropy yet) and its messages are not
+    /// acknowledged, so convergence can only be required of a network that stops losing them.
+    pub fn make_reliable(&mut self) {
+        self.loss_baseline = 0.0;
+        self.duplicate_baseline = 0.0;
+        self.heal();
+    }
+
+    /// The latencies of the copies of one message that will arrive: none (blocked or lost), one,
+    /// or two (duplicated). Each copy draws its own latency, so a duplicate may arrive first.
+    pub fn transmit(&mut self, from: NodeId, to: NodeId) -> [Option<Duration>; 2] {
+        if self.is_blocked(from, to) || self.rng.chance(self.loss_probability) {
+            return [None, None];
+        }
+        let link = self
+            .links
+            .get(&(from, to))
+            .expect("a link between two members");
+        let first = link.sample(&mut self.rng);
+        let second = if self.rng.chance(self.duplicate_probability) {
+            Some(link.sample(&mut self.rng))
+        } else {
+            None
+        };
+        [Some(first), second]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u32) -> Vec<NodeId> {
+        (1..=n).map(NodeId).collect()
+    }
+
+    #[test]
+    fn blocked_links_are_directed_and_heal_reopens_them() {
+        let mut net = Network::new(&ids(3), DetRng::seed_from_u64(1), 0.0, 0.0);
+        net.block([(NodeId(1), NodeId(2))]);
+        assert_eq!(net.transmit(NodeId(1), NodeId(2)), [None, None]);
+        assert!(net.transmit(NodeId(2), NodeId(1))[0].is_some(), "one-way");
+        net.heal();
+        assert!(net.transmit(NodeId(1), NodeId(2))[0].is_some());
+    }
+
+    #[test]
+    fn loss_and_duplication_happen_at_their_rates() {
+        let mut net = Network::new(&ids(2), DetRng::seed_from_u64(2), 0.25, 0.5);
+        let (mut lost, mut duplicated) = (0, 0);
+        for _ in 0..10_000 {
+            match net.transmit(NodeId(1), NodeId(2)) {
+                [None, _] => lost += 1,
+                [Some(_), Some(_)] => duplicated += 1,
+                [Some(_), None] => {}
+            }
+        }
+        assert!((2_200..2_800).contains(&lost), "{lost}");
+        assert!((3_400..4_100).contains(&duplicated), "{duplicated}");
+        net.make_reliable();
+        for _ in 0..1_000 {
+            let copies = net.transmit(NodeId(1), NodeId(2));
+            assert!(copies[0].is_some() && copies[1].is_none());
+        }
+    }
+}

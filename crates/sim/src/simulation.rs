@@ -1,0 +1,885 @@
+//! The simulation: nodes, disks, network, clocks, clients and the nemesis, all stepped by one
+//! event queue in virtual time. See the crate documentation for the phases of a run and the
+//! durability model.
+
+use crate::checker::convergence::{self, ReplicaRecords};
+use crate::checker::single_writer;
+use crate::history::{EventType, Function, History, ProcessId};
+use crate::nemesis::{Action, Nemesis};
+use crate::network::Network;
+use crate::workload::{PlannedOp, Role, Workload};
+use crate::{SeedReport, SimOptions, TimelineEntry};
+use bytes::Bytes;
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BinaryHeap};
+use std::fmt::Write as _;
+use std::time::Duration;
+use triarch_core::{DetRng, Instant, NodeId, Now, RequestId};
+use triarch_leaderless::record::Record;
+use triarch_leaderless::ring::{self, Ring};
+use triarch_leaderless::{LeaderlessConfig, table_name};
+use triarch_node::{Member, Message, Node, NodeConfig, Output, Reply, Request};
+use triarch_storage::{SimDisk, Storage};
+
+/// Every node's wall clock starts here (ms since the Unix epoch, November 2023), plus its offset.
+pub const WALL_CLOCK_START_MS: u64 = 1_700_000_000_000;
+/// How long a client waits for a reply before recording `info` and retiring. Longer than the
+/// coordinator's own timeout (1 s) plus the slowest round trip, so that a client times out only
+/// when its coordinator crashed or lost the reply, not merely because a quorum was slow.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// From the final heal to the final reads: every client operation completes or times out, every
+/// coordinator's operation expires, every message in flight lands (latency is bounded by
+/// [`crate::latency::LATENCY_MAX`]).
+pub const SETTLE: Duration = Duration::from_secs(5);
+/// From the final reads to the convergence snapshot: the reads complete and their repairs land.
+pub const FINAL_READ_SETTLE: Duration = Duration::from_secs(3);
+/// A quiet start before the first fault window.
+const QUIET_START: Duration = Duration::from_secs(1);
+/// A simulated fsync takes this long (µs), drawn uniformly per sync.
+const DISK_SYNC_MICROS_MIN: u64 = 50;
+const DISK_SYNC_MICROS_MAX: u64 = 500;
+/// A run that processes more events than this is livelocked (a timer that never advances).
+const EVENTS_MAX: u64 = 20_000_000;
+
+/// A node's process and disk.
+enum HostState {
+    Up(Box<Node<SimDisk>>),
+    Down(SimDisk),
+}
+
+struct Host {
+    id: NodeId,
+    state: HostState,
+    /// Bumped at every crash and restart; events scheduled for an earlier incarnation are void.
+    incarnation: u64,
+    /// When the one live timer event of this node is due (only the latest scheduled matters).
+    timer_at: Option<Instant>,
+    /// A simulated fsync has been started and not completed.
+    sync_in_flight: bool,
+    /// Outputs waiting for the in-flight sync (persist-then-send).
+    held: Vec<Output>,
+    clock_offset_ms: i64,
+    clock_baseline_ms: i64,
+    /// While set, the wall clock reads this (ms) whatever the time.
+    clock_frozen_ms: Option<u64>,
+    /// A crash waiting for the node's next sync (then restart this long after it).
+    crash_armed: Option<Duration>,
+}
+
+enum Input {
+    Request(RequestId, Request),
+    Message(NodeId, Message),
+    Timeout,
+}
+
+enum Event {
+    Deliver {
+        from: NodeId,
+        to: NodeId,
+        message: Message,
+    },
+    Timer {
+        node: NodeId,
+        incarnation: u64,
+    },
+    SyncDone {
+        node: NodeId,
+        incarnation: u64,
+    },
+    ClientWake {
+        process: ProcessId,
+    },
+    ClientTimeout {
+        process: ProcessId,
+        request: RequestId,
+    },
+    Crash {
+        node: NodeId,
+        incarnation: u64,
+        window: u64,
+        restart_after: Duration,
+    },
+    FaultsOn,
+    FaultsOff,
+    Restart {
+        node: NodeId,
+        incarnation: u64,
+    },
+    FinalHeal,
+    FinalReads,
+    Finish,
+}
+
+/// An event in the queue. Ordered by (time, sequence number): ties between events due at the
+/// same instant go in scheduling order, so a run is a function of the seed alone.
+struct Scheduled {
+    at: Instant,
+    seq: u64,
+    event: Event,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+
+impl Eq for Scheduled {}
+
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Scheduled {
+    /// Reversed, so that `BinaryHeap` (a max-heap) pops the earliest event first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Clients run and the nemesis injects faults.
+    Main,
+    /// Final heal done; no new client operations; waiting for the system to go quiet.
+    Settling,
+    /// Final reads issued.
+    FinalReads,
+    Done,
+}
+
+/// A client request in flight.
+struct InFlight {
+    process: ProcessId,
+    f: Function,
+    value: Option<u64>,
+}
+
+/// One seeded run. Build it with [`Simulation::new`], [`Simulation::run`] it, then inspect its
+/// [`Simulation::history`] and [`Simulation::replica_records`].
+pub struct Simulation {
+    seed: u64,
+    options: SimOptions,
+    now: Instant,
+    queue: BinaryHeap<Scheduled>,
+    next_seq: u64,
+    members: Vec<Member>,
+    hosts: Vec<Host>,
+    network: Network,
+    nemesis: Nemesis,
+    workload: Workload,
+    history: History,
+    requests: BTreeMap<RequestId, InFlight>,
+    next_request: u64,
+    /// Forked for each node start and restart.
+    node_rng: DetRng,
+    disk_rng: DetRng,
+    phase: Phase,
+    /// The number of the fault window in progress (`None` while healed).
+    fault_window: Option<u64>,
+    fault_windows: u64,
+    events: u64,
+    timeline: Vec<TimelineEntry>,
+    replicas: Option<ReplicaRecords>,
+}
+
+impl Simulation {
+    /// Builds the cluster and schedules the run. Every random choice comes from `seed`, through
+    /// independent streams per concern (network, nemesis, clients, nodes, disks) so that a change
+    /// to one concern's use of randomness leaves the others' choices alone.
+    pub fn new(seed: u64, options: &SimOptions) -> Self {
+        options
+            .validate()
+            .unwrap_or_else(|e| panic!("invalid options: {e}"));
+        let mut root = DetRng::seed_from_u64(seed);
+        let network_rng = root.fork();
+        let nemesis_rng = root.fork();
+        let workload_rng = root.fork();
+        let node_rng = root.fork();
+        let disk_rng = root.fork();
+        let mut setup_rng = root.fork();
+
+        let ids: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
+        let members: Vec<Member> = ids
+            .iter()
+            .map(|&id| Member {
+                id,
+                region: "r1".into(),
+            })
+            .collect();
+        let loss = if options.packet_loss {
+            0.02 * setup_rng.unit_f64()
+        } else {
+            0.0
+        };
+        let duplication = if options.duplication {
+            0.03 * setup_rng.unit_f64()
+        } else {
+            0.0
+        };
+        let network = Network::new(&ids, network_rng, loss, duplication);
+        let hosts = ids
+            .iter()
+            .map(|&id| {
+                // Clocks disagree a little even when healthy.
+                let clock_baseline_ms = if options.clock_skew {
+                    setup_rng.between(0, 200) as i64 - 100
+                } else {
+                    0
+                };
+                Host {
+                    id,
+                    state: HostState::Down(SimDisk::new()),
+                    incarnation: 0,
+                    timer_at: None,
+                    sync_in_flight: false,
+                    held: Vec::new(),
+                    clock_offset_ms: clock_baseline_ms,
+                    clock_baseline_ms,
+                    clock_frozen_ms: None,
+                    crash_armed: None,
+                }
+            })
+            .collect();
+        let nemesis = Nemesis::new(options.faults(), nemesis_rng);
+        let workload = Workload::new(
+            options.keys,
+            ids.len(),
+            options.ops,
+            options.duration,
+            workload_rng,
+        );
+        let mut sim = Simulation {
+            seed,
+            options: options.clone(),
+            now: Instant::ZERO,
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            members,
+            hosts,
+            network,
+            nemesis,
+            workload,
+            history: History::new(),
+            requests: BTreeMap::new(),
+            next_request: 1,
+            node_rng,
+            disk_rng,
+            phase: Phase::Main,
+            fault_window: None,
+            fault_windows: 0,
+            events: 0,
+            timeline: Vec::new(),
+            replicas: None,
+        };
+        let network = sim.network.describe();
+        sim.log(format!("start: {} nodes, {network}", options.nodes));
+        for id in ids {
+            sim.start_node(id);
+        }
+        for (process, delay) in sim.workload.start() {
+            sim.schedule(delay, Event::ClientWake { process });
+        }
+        if !sim.nemesis.is_idle() {
+            sim.schedule(QUIET_START, Event::FaultsOn);
+        }
+        sim.schedule(options.duration, Event::FinalHeal);
+        sim
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Runs to the end and reports. A node's failed invariant panics (the caller,
+    /// [`crate::run_seed`], turns that into a failed report).
+    pub fn run(&mut self) -> SeedReport {
+        assert_ne!(self.phase, Phase::Done, "a simulation runs once");
+        while let Some(Scheduled { at, event, .. }) = self.queue.pop() {
+            assert!(at >= self.now, "virtual time goes forward");
+            self.now = at;
+            self.events += 1;
+            assert!(self.events < EVENTS_MAX, "livelock: {EVENTS_MAX} events");
+            self.dispatch(event);
+            if self.phase == Phase::Done {
+                break;
+            }
+        }
+        assert_eq!(
+            self.phase,
+            Phase::Done,
+            "the run ends with its Finish event"
+        );
+        self.report()
+    }
+
+    fn report(&self) -> SeedReport {
+        let replicas = self.replicas.as_ref().expect("snapshot taken at Finish");
+        let checkers = vec![
+            single_writer::check(&self.history),
+            convergence::check(replicas),
+        ];
+        let (ops_ok, ops_fail, ops_info) = self.history.outcome_counts();
+        SeedReport {
+            seed: self.seed,
+            options: self.options.clone(),
+            ops_ok,
+            ops_fail,
+            ops_info,
+            events: self.events,
+            virtual_duration: Duration::from_micros(self.now.as_micros()),
+            fingerprint: self.history.fingerprint(),
+            history_events: self.history.len(),
+            checkers,
+            panic: None,
+            timeline: self.timeline.clone(),
+        }
+    }
+
+    /// For each key, the record each replica of its preference list holds on its disk (staged
+    /// writes included), read directly rather than through the protocol.
+    pub fn replica_records(&self) -> ReplicaRecords {
+        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        let ring = Ring::new(&ids, ring::VNODES_PER_NODE_DEFAULT);
+        let router = self
+            .hosts
+            .iter()
+            .find_map(|h| match &h.state {
+                HostState::Up(node) => Some(node),
+                HostState::Down(_) => None,
+            })
+            .expect("a node is up to say where keys live");
+        let mut out = ReplicaRecords::new();
+        for key in 0..self.options.keys {
+            let bytes = key_bytes(key);
+            let keyspace = router.route(&bytes);
+            let table = table_name(&keyspace.name);
+            let replicas =
+                ring.preference_list(Ring::position(&keyspace.name, &bytes), keyspace.n.into());
+            let mut records = BTreeMap::new();
+            for node in replicas {
+                let host = &self.hosts[index(node)];
+                let stored = match &host.state {
+                    HostState::Up(n) => n.storage().get(&table, &bytes),
+                    HostState::Down(disk) => disk.get(&table, &bytes),
+                }
+                .expect("SimDisk reads do not fail");
+                let record = stored.map(|b| {
+                    Record::decode(&b).unwrap_or_else(|e| panic!("{node} key {key}: {e}"))
+                });
+                records.insert(node, record);
+            }
+            out.insert(key, records);
+        }
+        out
+    }
+
+    fn schedule(&mut self, delay: Duration, event: Event) {
+        let at = self.now + delay;
+        self.schedule_at(at, event);
+    }
+
+    fn schedule_at(&mut self, at: Instant, event: Event) {
+        assert!(at >= self.now, "events are scheduled in the future");
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Scheduled { at, seq, event });
+    }
+
+    fn log(&mut self, what: String) {
+        self.timeline.push(TimelineEntry { at: self.now, what });
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        match event {
+            Event::Deliver { from, to, message } => {
+                // A link cut while the message was in flight drops it too.
+                if !self.network.is_blocked(from, to) {
+                    self.step(to, Input::Message(from, message));
+                }
+            }
+            Event::Timer { node, incarnation } => {
+                let host = &mut self.hosts[index(node)];
+                if host.incarnation == incarnation && host.timer_at == Some(self.now) {
+                    host.timer_at = None;
+                    self.step(node, Input::Timeout);
+                }
+            }
+            Event::SyncDone { node, incarnation } => self.sync_done(node, incarnation),
+            Event::ClientWake { process } => self.client_wake(process),
+            Event::ClientTimeout { process, request } => {
+                if self.requests.remove(&request).is_some() {
+                    let error = Some("client timeout".to_string());
+                    self.complete(process, EventType::Info, None, error);
+                }
+            }
+            Event::Crash {
+                node,
+                incarnation,
+                window,
+                restart_after,
+            } => {
+                // Only within the fault window that planned it: a heal in between cancels it.
+                if self.hosts[index(node)].incarnation == incarnation
+                    && self.fault_window == Some(window)
+                {
+                    self.crash_node(node, restart_after, "mid-sync");
+                }
+            }
+            Event::FaultsOn => self.faults_on(),
+            Event::FaultsOff => {
+                if self.phase == Phase::Main {
+                    self.heal();
+                    let healed = self.nemesis.window();
+                    self.schedule(healed, Event::FaultsOn);
+                }
+            }
+            Event::Restart { node, incarnation } => {
+                if self.hosts[index(node)].incarnation == incarnation {
+                    self.restart_node(node);
+                }
+            }
+            Event::FinalHeal => {
+                self.phase = Phase::Settling;
+                self.heal();
+                self.network.make_reliable();
+                self.log("final heal: network reliable from now on".into());
+                self.schedule(SETTLE, Event::FinalReads);
+            }
+            Event::FinalReads => self.final_reads(),
+            Event::Finish => {
+                self.history.close_open(self.now, "run ended");
+                self.replicas = Some(self.replica_records());
+                self.phase = Phase::Done;
+            }
+        }
+    }
+
+    // ---- nodes, disks and the durability contract ----
+
+    fn wall_ms(&self, node: NodeId) -> u64 {
+        let host = &self.hosts[index(node)];
+        if let Some(frozen) = host.clock_frozen_ms {
+            return frozen;
+        }
+        let offset = host.clock_offset_ms;
+        let ms = (WALL_CLOCK_START_MS + self.now.as_micros() / 1_000) as i64 + offset;
+        ms.max(0) as u64
+    }
+
+    fn node_config(&self, id: NodeId) -> NodeConfig {
+        let mut config = NodeConfig::new(id, self.members.clone());
+        config.leaderless = LeaderlessConfig {
+            bug_ack_before_quorum: self.options.planted_bug,
+            ..LeaderlessConfig::default()
+        };
+        config
+    }
+
+    fn start_node(&mut self, id: NodeId) {
+        let now = Now::new(self.now, self.wall_ms(id));
+        let config = self.node_config(id);
+        let rng = self.node_rng.fork();
+        let host = &mut self.hosts[index(id)];
+        let disk = match std::mem::replace(&mut host.state, HostState::Down(SimDisk::new())) {
+            HostState::Down(disk) => disk,
+            HostState::Up(_) => panic!("{id} started twice"),
+        };
+        let node = Node::new(config, disk, rng, now)
+            .unwrap_or_else(|e| panic!("{id} failed to recover from its disk: {e}"));
+        node.check_invariants();
+        host.state = HostState::Up(Box::new(node));
+        host.incarnation += 1;
+        self.after_step(id, Vec::new());
+    }
+
+    fn restart_node(&mut self, id: NodeId) {
+        if matches!(self.hosts[index(id)].state, HostState::Down(_)) {
+            self.log(format!("restart {id}"));
+            self.start_node(id);
+        }
+    }
+
+    /// The process dies: unsynced writes are lost (`SimDisk::crash`), and so are the outputs
+    /// waiting for the sync that would have made them durable. Messages already released stay
+    /// on the network. It restarts `restart_after` later unless a heal restarts it first.
+    fn crash_node(&mut self, id: NodeId, restart_after: Duration, when: &str) {
+        let host = &mut self.hosts[index(id)];
+        let HostState::Up(node) =
+            std::mem::replace(&mut host.state, HostState::Down(SimDisk::new()))
+        else {
+            panic!("{id} crashed while down");
+        };
+        let unsynced = node.storage().unsynced_writes();
+        let mut disk = node.into_storage();
+        // Half the crashes lose every unsynced write; the others keep a prefix of them, as a real
+        // journal does when part of its unsynced tail had already reached the OS.
+        let kept = if self.disk_rng.chance(0.5) {
+            self.disk_rng.below(unsynced as u64 + 1) as usize
+        } else {
+            0
+        };
+        disk.crash_keeping_prefix(kept);
+        let lost = unsynced - kept;
+        host.state = HostState::Down(disk);
+        host.incarnation += 1;
+        host.timer_at = None;
+        host.sync_in_flight = false;
+        host.crash_armed = None;
+        let held = std::mem::take(&mut host.held).len();
+        let incarnation = host.incarnation;
+        self.log(format!(
+            "crash {id} ({when}): {lost} unsynced write(s) and {held} held output(s) lost"
+        ));
+        self.schedule(
+            restart_after,
+            Event::Restart {
+                node: id,
+                incarnation,
+            },
+        );
+    }
+
+    /// One step of one node; a step on a down node is a message or request that found nobody.
+    fn step(&mut self, id: NodeId, input: Input) {
+        let now = Now::new(self.now, self.wall_ms(id));
+        let HostState::Up(node) = &mut self.hosts[index(id)].state else {
+            return;
+        };
+        match input {
+            Input::Request(request, req) => node.handle_request(now, request, req),
+            Input::Message(from, message) => node.handle_message(now, from, message),
+            Input::Timeout => node.handle_timeout(now),
+        }
+        node.check_invariants();
+        let mut outputs = Vec::new();
+        while let Some(output) = node.poll_output() {
+            outputs.push(output);
+        }
+        self.after_step(id, outputs);
+    }
+
+    /// Persist-then-send: a step's outputs leave only once its staged writes are durable. If
+    /// nothing is staged and no sync is in flight they leave at once; otherwise they wait for
+    /// the in-flight sync, or start one. A sync covers every write staged when it completes, so
+    /// steps taken while it runs share it (group commit). Outputs of a step that staged nothing
+    /// still wait behind an in-flight sync: they may reveal staged state (a read reply carrying
+    /// a record not yet durable).
+    ///
+    /// Coordinator requests to replicas (`Message::may_precede_sync`) leave at once, as in the
+    /// server: they vouch for nothing on this node's disk.
+    fn after_step(&mut self, id: NodeId, outputs: Vec<Output>) {
+        let (early, outputs): (Vec<Output>, Vec<Output>) = outputs
+            .into_iter()
+            .partition(|o| matches!(o, Output::Send { message, .. } if message.may_precede_sync()));
+        if !early.is_empty() {
+            self.release(id, early);
+        }
+        let now = self.now;
+        let host = &mut self.hosts[index(id)];
+        let HostState::Up(node) = &host.state else {
+            unreachable!("after_step on a running node");
+        };
+        let unsynced = node.storage().unsynced_writes() > 0;
+        let timer = node.poll_timeout().map(|t| t.max(now));
+        let incarnation = host.incarnation;
+        let schedule_timer = timer.filter(|_| timer != host.timer_at);
+        host.timer_at = timer;
+        let mut start_sync = false;
+        let mut crash = None;
+        let release = if host.sync_in_flight || unsynced {
+            host.held.extend(outputs);
+            start_sync = !host.sync_in_flight;
+            host.sync_in_flight = true;
+            if start_sync {
+                crash = host.crash_armed.take();
+            }
+            Vec::new()
+        } else {
+            assert!(host.held.is_empty(), "outputs are held only behind a sync");
+            outputs
+        };
+        if let Some(at) = schedule_timer {
+            self.schedule_at(
+                at,
+                Event::Timer {
+                    node: id,
+                    incarnation,
+                },
+            );
+        }
+        if start_sync {
+            let micros = self
+                .disk_rng
+                .between(DISK_SYNC_MICROS_MIN, DISK_SYNC_MICROS_MAX);
+            let event = Event::SyncDone {
+                node: id,
+                incarnation,
+            };
+            self.schedule(Duration::from_micros(micros), event);
+            if let Some(restart_after) = crash {
+                // Strictly before the sync completes.
+                let before = self.disk_rng.below(micros);
+                let event = Event::Crash {
+                    node: id,
+                    incarnation,
+                    window: self
+                        .fault_window
+                        .expect("crashes are armed in a fault window"),
+                    restart_after,
+                };
+                self.schedule(Duration::from_micros(before), event);
+            }
+        }
+        self.release(id, release);
+    }
+
+    fn sync_done(&mut self, id: NodeId, incarnation: u64) {
+        let host = &mut self.hosts[index(id)];
+        if host.incarnation != incarnation {
+            return; // the node crashed before the sync completed
+        }
+        let HostState::Up(node) = &mut host.state else {
+            unreachable!("a live incarnation is up");
+        };
+        assert!(host.sync_in_flight);
+        node.storage_mut()
+            .sync()
+            .expect("the simulator never makes SimDisk syncs fail");
+        host.sync_in_flight = false;
+        let held = std::mem::take(&mut host.held);
+        self.release(id, held);
+    }
+
+    fn release(&mut self, from: NodeId, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Send { to, message } => match self.network.transmit(from, to) {
+                    [None, _] => {}
+                    [Some(latency), None] => {
+                        self.schedule(latency, Event::Deliver { from, to, message })
+                    }
+                    [Some(first), Some(second)] => {
+                        let copy = message.clone();
+                        self.schedule(first, Event::Deliver { from, to, message });
+                        let message = copy;
+                        self.schedule(second, Event::Deliver { from, to, message });
+                    }
+                },
+                Output::Reply { request, reply } => self.on_reply(request, reply),
+            }
+        }
+    }
+
+    // ---- clients ----
+
+    fn client_wake(&mut self, process: ProcessId) {
+        if self.phase != Phase::Main {
+            return;
+        }
+        if let Some(op) = self.workload.next_op(process) {
+            self.invoke(process, op);
+        }
+    }
+
+    fn invoke(&mut self, process: ProcessId, op: PlannedOp) {
+        let node = self.members[op.node_index].id;
+        self.history
+            .invoke(process, op.f, op.key, op.value, node, self.now);
+        if matches!(self.hosts[op.node_index].state, HostState::Down(_)) {
+            // Connection refused: the operation certainly did not happen.
+            let error = Some(format!("{node} is down"));
+            self.complete(process, EventType::Fail, None, error);
+            return;
+        }
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        let in_flight = InFlight {
+            process,
+            f: op.f,
+            value: op.value,
+        };
+        self.requests.insert(request, in_flight);
+        self.workload.set_waiting(process, Some(request));
+        self.schedule(CLIENT_TIMEOUT, Event::ClientTimeout { process, request });
+        let key = Bytes::from(key_bytes(op.key));
+        let req = match op.f {
+            Function::Read => Request::Get { key, r: None },
+            Function::Write => {
+                let value = op.value.expect("writes carry a value").to_string();
+                Request::Set {
+                    key,
+                    value: Bytes::from(value),
+                    w: None,
+                }
+            }
+        };
+        self.step(node, Input::Request(request, req));
+    }
+
+    fn on_reply(&mut self, request: RequestId, reply: Reply) {
+        let Some(InFlight { process, f, value }) = self.requests.remove(&request) else {
+            return; // the client gave up already: its operation is recorded as info
+        };
+        let (kind, value, error) = match (f, reply) {
+            (Function::Write, Reply::Written { .. }) => (EventType::Ok, value, None),
+            (Function::Read, Reply::Value(v)) => (EventType::Ok, v.map(|b| parse(&b)), None),
+            (_, Reply::Error(e)) if e.is_definite() => (EventType::Fail, None, Some(e.to_string())),
+            (_, Reply::Error(e)) => (EventType::Info, None, Some(e.to_string())),
+            (f, other) => panic!("reply {other:?} to a {f:?}"),
+        };
+        self.complete(process, kind, value, error);
+    }
+
+    /// Records a completion; an `info` retires the process, and whoever continues thinks first.
+    fn complete(
+        &mut self,
+        process: ProcessId,
+        kind: EventType,
+        value: Option<u64>,
+        error: Option<String>,
+    ) {
+        self.history.complete(process, kind, value, self.now, error);
+        let next = if kind == EventType::Info {
+            self.workload.retire(process)
+        } else {
+            self.workload.set_waiting(process, None);
+            let role = self.workload.process(process).map(|p| p.role);
+            (role != Some(Role::FinalReader)).then_some(process)
+        };
+        if let Some(next) = next
+            && self.phase == Phase::Main
+        {
+            let think = self.workload.think_time();
+            self.schedule(think, Event::ClientWake { process: next });
+        }
+    }
+
+    /// Reads every key through every node. Besides checking for lost writes, these reads repair
+    /// every replica that missed a write, which the convergence check then requires.
+    fn final_reads(&mut self) {
+        self.phase = Phase::FinalReads;
+        self.history.mark_final_phase();
+        for key in 0..self.options.keys {
+            for node_index in 0..self.members.len() {
+                let process = self.workload.final_reader();
+                let op = PlannedOp {
+                    f: Function::Read,
+                    key,
+                    value: None,
+                    node_index,
+                };
+                self.invoke(process, op);
+            }
+        }
+        self.schedule(FINAL_READ_SETTLE, Event::Finish);
+    }
+
+    // ---- the nemesis ----
+
+    fn faults_on(&mut self) {
+        if self.phase != Phase::Main {
+            return;
+        }
+        self.fault_windows += 1;
+        self.fault_window = Some(self.fault_windows);
+        let window = self.nemesis.window();
+        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        for action in self.nemesis.plan(window, &ids) {
+            match action {
+                Action::Block {
+                    fault,
+                    links,
+                    description,
+                } => {
+                    self.log(format!("{fault}: {description}"));
+                    self.network.block(links);
+                }
+                Action::Loss(p) => {
+                    self.log(format!("loss-burst: {:.0}% of messages lost", p * 100.0));
+                    self.network.set_loss(p);
+                }
+                Action::Crash {
+                    node,
+                    mid_sync: false,
+                    restart_after,
+                } => self.crash_node(node, restart_after, "now"),
+                Action::Crash {
+                    node,
+                    mid_sync: true,
+                    restart_after,
+                } => {
+                    self.log(format!(
+                        "crash-restart: {node} crashes during its next sync"
+                    ));
+                    self.hosts[index(node)].crash_armed = Some(restart_after);
+                }
+                Action::FreezeClock { node } => {
+                    let wall_ms = self.wall_ms(node);
+                    self.hosts[index(node)].clock_frozen_ms = Some(wall_ms);
+                    self.log(format!("clock-freeze: {node} stuck at {wall_ms} ms"));
+                }
+                Action::BumpClock { node, delta_ms } => {
+                    let host = &mut self.hosts[index(node)];
+                    host.clock_offset_ms += delta_ms;
+                    let offset = host.clock_offset_ms;
+                    self.log(format!(
+                        "clock-bump: {node} {delta_ms:+} ms (offset now {offset:+} ms)"
+                    ));
+                }
+            }
+        }
+        self.schedule(window, Event::FaultsOff);
+    }
+
+    /// Ends a fault window: links reopen, loss returns to the baseline, crashed nodes restart and
+    /// clocks return to their baseline offsets.
+    fn heal(&mut self) {
+        self.fault_window = None;
+        self.network.heal();
+        let mut restarted = String::new();
+        for i in 0..self.hosts.len() {
+            let host = &mut self.hosts[i];
+            host.clock_offset_ms = host.clock_baseline_ms;
+            host.clock_frozen_ms = None;
+            host.crash_armed = None;
+            if matches!(host.state, HostState::Down(_)) {
+                let id = host.id;
+                let _ = write!(restarted, " {id}");
+                self.start_node(id);
+            }
+        }
+        self.log(format!(
+            "heal{}",
+            if restarted.is_empty() {
+                String::new()
+            } else {
+                format!(", restart{restarted}")
+            }
+        ));
+    }
+}
+
+/// Node ids are 1..=nodes; hosts are stored in that order.
+fn index(node: NodeId) -> usize {
+    node.0 as usize - 1
+}
+
+/// The key of register `key`: no `name:` prefix, so it belongs to the `default` keyspace
+/// (leaderless, N=3, R=2, W=2).
+pub fn key_bytes(key: u64) -> Vec<u8> {
+    format!("r{key}").into_bytes()
+}
+
+fn parse(value: &[u8]) -> u64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a register holds a decimal integer, not {value:?}"))
+}
