@@ -156,12 +156,20 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         err(client.call(&["TRIARCH.KEYSPACE", "INFO", "nope"]).unwrap())
             .contains("unknown keyspace")
     );
+    // A value over the 16 MiB limit: a precise error, and the connection goes on.
+    let big_value = vec![b'v'; 16 * 1024 * 1024 + 1];
+    let reply = err(client.call(&[b"SET".as_ref(), b"big", &big_value]).unwrap());
+    assert!(
+        reply.contains("value is 16777217 bytes; the limit is 16777216"),
+        "{reply}"
+    );
     // Nothing above changed anything, and the connection still works.
     assert_eq!(
         client.call(&["TRIARCH.KEYSPACE", "LIST"]).unwrap(),
         Value::Array(vec![Value::Bulk(b"default".to_vec())])
     );
     assert_eq!(client.get("k").unwrap(), None);
+    assert_eq!(client.get("big").unwrap(), None);
     // A malformed frame: answered with a protocol error, then the connection is closed.
     let reply = raw(n1, b"*1\r\n$x\r\n");
     assert!(reply.starts_with("-ERR Protocol error"), "{reply:?}");

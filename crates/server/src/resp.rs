@@ -75,10 +75,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, u32, NodeReply)>();
     let limits = Limits {
-        max_bulk_len: shared
-            .value_bytes_max
-            .max(triarch_core::limits::KEY_BYTES_MAX)
-            + 1024,
+        max_bulk_len: bulk_bytes_max(shared.value_bytes_max),
         ..Limits::default()
     };
     let mut decoder = Decoder::new(limits);
@@ -155,6 +152,19 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
             }
         }
     }
+}
+
+/// The largest bulk string a connection reads. Up to twice the value limit is read in full so
+/// that a value that is a little too large gets a precise `value is N bytes; the limit is M`
+/// error and the connection goes on; beyond that the frame is refused as a protocol error and
+/// the connection closed, as Redis does past `proto-max-bulk-len`, so that one client cannot make
+/// the node buffer an unbounded amount.
+fn bulk_bytes_max(value_bytes_max: usize) -> usize {
+    value_bytes_max
+        .saturating_mul(2)
+        .max(triarch_core::limits::KEY_BYTES_MAX)
+        .saturating_add(1024)
+        .min(triarch_core::limits::VALUE_BYTES_LIMIT)
 }
 
 fn ready_slot(seq: u64, reply: Reply) -> Slot {
