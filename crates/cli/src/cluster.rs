@@ -5,6 +5,7 @@ use serde::Serialize;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use triarch_server::config::{KeyspaceFileConfig, MemberConfig, ServerConfig};
 
@@ -45,11 +46,16 @@ fn addr(base: u16, offset: u16, i: u32) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], base + offset + i as u16 - 1))
 }
 
-/// A base port whose whole block (3 x `nodes` ports) is free right now.
+/// A base port whose whole block (3 x `nodes` ports) is free right now. Successive calls in one
+/// process start from different blocks, so that concurrent tests do not pick the same one between
+/// the check and the bind.
 pub fn free_base_port(nodes: u32) -> Result<u16> {
-    let start = 20_000 + (std::process::id() % 200) as u16 * 100;
-    for attempt in 0..200u16 {
-        let base = 20_000 + (start - 20_000 + attempt * 300) % 40_000;
+    static CALLS: AtomicU32 = AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    let blocks = 130; // 20_000 + 130 * 300 stays below 60_000
+    for attempt in 0..blocks {
+        let block = (std::process::id() * 7 + call * 11 + attempt) % blocks;
+        let base = 20_000 + (block * 300) as u16;
         let all_free = (1..=nodes).all(|i| {
             [0, 100, 200]
                 .iter()
@@ -273,8 +279,11 @@ impl Drop for LocalCluster {
     }
 }
 
+/// Waits until the node answers on its RESP port, and checks that the answer comes from the
+/// process just started (not from another cluster that holds the port).
 fn wait_for_ping(node: &mut NodeProcess) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let pid = node.child.as_ref().map(Child::id);
     loop {
         if let Some(child) = node.child.as_mut()
             && let Some(status) = child.try_wait()?
@@ -284,14 +293,23 @@ fn wait_for_ping(node: &mut NodeProcess) -> Result<()> {
                 node.id
             );
         }
-        if let Ok(mut c) = triarch_client::Client::connect(node.resp)
-            && c.call(&["PING"]).is_ok()
-        {
-            return Ok(());
+        if let Ok(info) = info(node) {
+            let serving_pid = info
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|p| p.trim().parse::<u32>().ok());
+            if serving_pid == pid {
+                return Ok(());
+            }
+            bail!(
+                "port {} is served by process {serving_pid:?}, not by node {} (pid {pid:?})",
+                node.resp,
+                node.id
+            );
         }
         if Instant::now() > deadline {
             bail!(
-                "node {} did not answer PING on {} within 30 s",
+                "node {} did not answer on {} within 30 s",
                 node.id,
                 node.resp
             );

@@ -29,33 +29,41 @@ fn acknowledged_writes_survive_kill_9_of_every_node() {
     let (_dir, mut c) = cluster(3);
     let addr = c.node(1).resp;
     let (acked_tx, acked_rx) = mpsc::channel::<u32>();
-    // The writer keeps writing until its connection breaks (the kill), reporting each ack.
+    // The writer keeps writing until its connection breaks (the kill), reporting each ack. A
+    // write answered with an error reply is not acknowledged, so it is not checked; the errors
+    // are kept for the failure message.
     let writer = std::thread::spawn(move || {
         let mut client = Client::connect(addr).unwrap();
+        let mut errors = Vec::new();
         for i in 0u32.. {
             match client.set(format!("durable:{i}"), format!("v{i}")) {
                 Ok(()) => {
                     if acked_tx.send(i).is_err() {
-                        return;
+                        break;
                     }
                 }
-                Err(_) => return,
+                Err(e @ triarch_client::ClientError::Server(_)) => errors.push(e.to_string()),
+                Err(e) => {
+                    errors.push(e.to_string());
+                    break;
+                }
             }
         }
+        errors
     });
     // Wait for a few hundred acknowledgements, then kill every node at once.
     let mut acked = Vec::new();
     while acked.len() < 300 {
-        acked.push(
-            acked_rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("writes stalled"),
-        );
+        match acked_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(i) => acked.push(i),
+            Err(e) => panic!("writes stalled ({e}); writer errors: {:?}", writer.join()),
+        }
     }
     for id in 1..=3 {
         c.kill(id).unwrap();
     }
-    writer.join().unwrap();
+    let errors = writer.join().unwrap();
+    eprintln!("{} acknowledged; errors: {errors:?}", acked.len());
     acked.extend(acked_rx.try_iter());
     for id in 1..=3 {
         c.start(id).unwrap();
