@@ -101,6 +101,16 @@ impl FromStr for MergePolicy {
     }
 }
 
+/// The settings a user may give when creating a keyspace; `None` takes the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyspaceSettings {
+    pub n: Option<u8>,
+    pub r: Option<u8>,
+    pub w: Option<u8>,
+    pub merge: Option<MergePolicy>,
+}
+
 /// A keyspace's definition, as stored in the catalog and replicated to every node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyspaceConfig {
@@ -133,19 +143,27 @@ impl KeyspaceConfig {
 
     /// Defaults for `model` where the user gave no settings; `nodes` caps N on small clusters.
     pub fn with_defaults(name: &str, model: Model, nodes: usize) -> Self {
-        let n = 3.min(nodes.max(1)) as u8;
+        KeyspaceConfig::from_settings(name, model, KeyspaceSettings::default(), nodes)
+    }
+
+    /// The keyspace a user asked for: every setting left out takes its default. N defaults to 3
+    /// (capped by `nodes`), R and W to a majority of N, MERGE to `lww`. Not validated: call
+    /// [`KeyspaceConfig::validate`].
+    pub fn from_settings(
+        name: &str,
+        model: Model,
+        settings: KeyspaceSettings,
+        nodes: usize,
+    ) -> Self {
+        let n = settings.n.unwrap_or(3.min(nodes.max(1)) as u8);
         let majority = n / 2 + 1;
-        let merge = match model {
-            Model::MultiLeader => MergePolicy::Lww,
-            Model::PrimaryBackup | Model::Leaderless => MergePolicy::Lww,
-        };
         KeyspaceConfig {
             name: name.to_string(),
             model,
             n,
-            r: majority,
-            w: majority,
-            merge,
+            r: settings.r.unwrap_or(majority),
+            w: settings.w.unwrap_or(majority),
+            merge: settings.merge.unwrap_or(MergePolicy::Lww),
         }
     }
 
@@ -247,6 +265,15 @@ mod tests {
         assert_eq!((d.model, d.n, d.r, d.w), (Model::Leaderless, 3, 2, 2));
         assert!(d.quorums_overlap());
         d.validate(3).unwrap();
+    }
+
+    #[test]
+    fn settings_left_out_take_defaults_from_n() {
+        let given = KeyspaceSettings { n: Some(5), w: Some(4), ..KeyspaceSettings::default() };
+        let c = KeyspaceConfig::from_settings("x", Model::Leaderless, given, 7);
+        assert_eq!((c.n, c.r, c.w, c.merge), (5, 3, 4, MergePolicy::Lww));
+        let small = KeyspaceConfig::with_defaults("x", Model::Leaderless, 2);
+        assert_eq!((small.n, small.r, small.w), (2, 2, 2));
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod limits;
 pub mod rng;
 pub mod time;
 
-pub use config::{ConfigError, KeyspaceConfig, MergePolicy, Model};
+pub use config::{ConfigError, KeyspaceConfig, KeyspaceSettings, MergePolicy, Model};
 pub use hlc::{Hlc, HlcTimestamp};
 pub use ids::{NodeId, RequestId};
 pub use rng::DetRng;
