@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use triarch_core::limits::{VALUE_BYTES_LIMIT, VALUE_BYTES_MAX_DEFAULT};
-use triarch_core::{KeyspaceConfig, MergePolicy, Model, NodeId};
+use triarch_core::{KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, NodeId};
 use triarch_node::{Member, NodeConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,10 +75,8 @@ pub struct MemberConfig {
 pub struct KeyspaceFileConfig {
     pub name: String,
     pub model: Model,
-    pub n: Option<u8>,
-    pub r: Option<u8>,
-    pub w: Option<u8>,
-    pub merge: Option<MergePolicy>,
+    #[serde(flatten)]
+    pub settings: KeyspaceSettings,
 }
 
 fn default_region() -> String {
@@ -162,16 +160,7 @@ impl ServerConfig {
     }
 
     fn keyspace_config(&self, k: &KeyspaceFileConfig) -> KeyspaceConfig {
-        let mut ks = KeyspaceConfig::with_defaults(&k.name, k.model, self.members.len());
-        if let Some(n) = k.n {
-            ks.n = n;
-            ks.r = n / 2 + 1;
-            ks.w = n / 2 + 1;
-        }
-        ks.r = k.r.unwrap_or(ks.r);
-        ks.w = k.w.unwrap_or(ks.w);
-        ks.merge = k.merge.unwrap_or(ks.merge);
-        ks
+        KeyspaceConfig::from_settings(&k.name, k.model, k.settings, self.members.len())
     }
 
     /// The sans-IO node's configuration.
