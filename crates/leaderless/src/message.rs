@@ -1,9 +1,11 @@
 //! Messages between leaderless replicas and coordinators.
 
+use crate::Outcome;
 use crate::record::Record;
+use crate::state::{Operation, State, Update};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use triarch_core::HlcTimestamp;
+use triarch_core::{HlcTimestamp, KeyspaceConfig};
 
 /// A coordinator's name for one client operation in flight; unique per coordinator process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -40,5 +42,50 @@ pub enum Message {
         keyspace: String,
         key: Bytes,
         record: Record,
+    },
+    // ---- keyspaces whose merge policy is not lww (crate::state) ----
+    /// Coordinator -> replica: send me your state of `key`.
+    ReadState {
+        op: OpId,
+        keyspace: String,
+        key: Bytes,
+    },
+    /// Replica -> coordinator (`None`: never written here).
+    StateReply { op: OpId, state: Option<State> },
+    /// Coordinating replica -> replica: merge `update` into your state, then acknowledge.
+    Merge {
+        op: OpId,
+        keyspace: String,
+        key: Bytes,
+        update: Update,
+    },
+    /// Replica -> coordinator: the update is merged (and durable once this is delivered).
+    MergeAck { op: OpId },
+    /// Coordinator -> stale replica: merge this state (read repair; not acknowledged).
+    RepairState {
+        keyspace: String,
+        key: Bytes,
+        state: State,
+    },
+    /// A node outside the key's preference list -> a replica of the key: coordinate `operation`
+    /// for me (only replicas issue dots; see `crate::state`). `sent` is the forwarder's hybrid
+    /// logical clock when it sent this: unique per forwarder, and what the replica uses to run
+    /// each forward at most once (`crate::forward`). The keyspace travels with the operation so
+    /// that a replica whose catalog lags still applies the forwarder's settings.
+    Forward {
+        op: OpId,
+        sent: HlcTimestamp,
+        keyspace: KeyspaceConfig,
+        key: Bytes,
+        operation: Operation,
+        r: u8,
+        w: u8,
+    },
+    /// Coordinating replica -> forwarder: the operation's outcome; `clock` is the replica's
+    /// clock, which the forwarder observes so that its next forward is not refused as stale.
+    ForwardReply {
+        op: OpId,
+        outcome: Outcome,
+        clock: HlcTimestamp,
     },
 }

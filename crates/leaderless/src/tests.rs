@@ -280,3 +280,414 @@ fn a_different_record_under_a_timestamp_already_held_is_refused() {
     assert!(!refused.accepted && refused.current == ts);
     assert_eq!(load(&disk, "default", b"k").unwrap(), Some(one));
 }
+
+// ---- keyspaces whose merge policy is not lww ----
+
+mod merged {
+    use super::*;
+    use crate::state::{SiblingsView, View};
+    use triarch_core::MergePolicy;
+    use triarch_core::causal::VersionVector;
+
+    fn keyspace(policy: MergePolicy) -> KeyspaceConfig {
+        KeyspaceConfig {
+            merge: policy,
+            ..KeyspaceConfig::leaderless(policy.as_str())
+        }
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    impl Cluster {
+        /// Starts `operation` through node `via` without delivering anything.
+        fn start_apply(
+            &mut self,
+            via: u32,
+            ks: &KeyspaceConfig,
+            key: &str,
+            op: Operation,
+        ) -> RequestId {
+            let req = RequestId(self.issued());
+            let (ks, key) = (ks.clone(), b(key));
+            self.step(NodeId(via), |e, env| e.apply(env, req, &ks, key, op, 2, 2));
+            req
+        }
+
+        fn issued(&mut self) -> u64 {
+            self.now = self.now + Duration::from_micros(1);
+            5_000 + self.now.as_micros()
+        }
+
+        fn apply_op(&mut self, via: u32, ks: &KeyspaceConfig, key: &str, op: Operation) -> Outcome {
+            let req = self.start_apply(via, ks, key, op);
+            self.finish(req)
+        }
+
+        fn read_view(&mut self, via: u32, ks: &KeyspaceConfig, key: &str) -> Option<View> {
+            let req = RequestId(self.issued());
+            let (ks, key) = (ks.clone(), b(key));
+            self.step(NodeId(via), |e, env| e.read_state(env, req, &ks, key, 2));
+            match self.finish(req) {
+                Outcome::State(view) => view,
+                other => panic!("read through n{via}: {other:?}"),
+            }
+        }
+
+        /// Delivers the first message in flight that `pick` accepts; false if none does.
+        fn deliver_one(&mut self, pick: impl Fn(NodeId, NodeId, &Message) -> bool) -> bool {
+            let Some(i) = self
+                .in_flight
+                .iter()
+                .position(|(from, to, m)| pick(*from, *to, m))
+            else {
+                return false;
+            };
+            let (from, to, message) = self.in_flight.remove(i).expect("found");
+            self.step(to, |e, env| e.handle_message(env, from, message));
+            true
+        }
+
+        /// Delivers everything, each message twice (the copy right after the original).
+        fn deliver_all_twice(&mut self) {
+            while let Some((from, to, message)) = self.in_flight.pop_front() {
+                let copy = message.clone();
+                self.step(to, |e, env| e.handle_message(env, from, message));
+                self.step(to, |e, env| e.handle_message(env, from, copy));
+            }
+        }
+
+        fn state_at(&self, id: u32, ks: &KeyspaceConfig, key: &str) -> Option<State> {
+            load_state(&self.nodes[&NodeId(id)].disk, &ks.name, key.as_bytes()).unwrap()
+        }
+    }
+
+    fn set(members: &[&str]) -> Option<View> {
+        Some(View::Set(members.iter().map(|m| b(m)).collect()))
+    }
+
+    #[test]
+    fn concurrent_sadd_and_srem_through_different_coordinators_add_wins() {
+        let cart = keyspace(MergePolicy::Set);
+        let mut c = Cluster::new(3, LeaderlessConfig::default());
+        assert_eq!(
+            c.apply_op(1, &cart, "alice", Operation::SetAdd(vec![b("book")])),
+            Outcome::Applied(OperationResult::Changed(1))
+        );
+        // n2 starts SREM book: it reads first, from itself and n1.
+        let remove = c.start_apply(2, &cart, "alice", Operation::SetRemove(vec![b("book")]));
+        while c.deliver_one(|_, _, m| {
+            matches!(m, Message::ReadState { .. } | Message::StateReply { .. })
+        }) {}
+        // Its read is done; meanwhile n3 adds book again, concurrently (the remove never saw it).
+        let add = c.start_apply(3, &cart, "alice", Operation::SetAdd(vec![b("book")]));
+        assert_eq!(
+            c.finish(remove),
+            Outcome::Applied(OperationResult::Changed(1))
+        );
+        assert_eq!(c.finish(add), Outcome::Applied(OperationResult::Changed(0)));
+        for via in 1..=3 {
+            assert_eq!(
+                c.read_view(via, &cart, "alice"),
+                set(&["book"]),
+                "add wins, via n{via}"
+            );
+        }
+        // A remove that observed every add removes the element everywhere.
+        assert_eq!(
+            c.apply_op(
+                1,
+                &cart,
+                "alice",
+                Operation::SetRemove(vec![b("book"), b("pen")])
+            ),
+            Outcome::Applied(OperationResult::Changed(1))
+        );
+        for via in 1..=3 {
+            assert_eq!(c.read_view(via, &cart, "alice"), set(&[]));
+        }
+        let states: Vec<_> = (1..=3).map(|id| c.state_at(id, &cart, "alice")).collect();
+        assert!(states.iter().all(|s| *s == states[0]), "replicas converged");
+    }
+
+    #[test]
+    fn a_remove_of_what_nobody_observed_changes_nothing_and_ships_nothing() {
+        let cart = keyspace(MergePolicy::Set);
+        let mut c = Cluster::new(3, LeaderlessConfig::default());
+        let req = c.start_apply(1, &cart, "k", Operation::SetRemove(vec![b("ghost")]));
+        while c.deliver_one(|_, _, m| {
+            matches!(m, Message::ReadState { .. } | Message::StateReply { .. })
+        }) {}
+        assert_eq!(c.finish(req), Outcome::Applied(OperationResult::Changed(0)));
+        assert!((1..=3).all(|id| c.state_at(id, &cart, "k").is_none()));
+    }
+
+    #[test]
+    fn counters_are_exact_under_duplicated_messages_and_forwarding() {
+        let hits = KeyspaceConfig {
+            merge: MergePolicy::Counter,
+            ..KeyspaceConfig::leaderless("hits")
+        };
+        // Five nodes, N=3: two nodes are not replicas of the key and forward to one that is.
+        let mut c = Cluster::new(5, LeaderlessConfig::default());
+        let replicas = c.nodes[&NodeId(1)].engine.replicas(&hits, b"page");
+        let mut expected = 0i64;
+        for (i, via) in (1..=5).cycle().take(20).enumerate() {
+            let amount = i as i64 * 3 - 7;
+            expected += amount;
+            let req = c.start_apply(via, &hits, "page", Operation::CounterAdd(amount));
+            c.deliver_all_twice();
+            let Outcome::Applied(OperationResult::Counter(_)) = c.finish(req) else {
+                panic!("increment through n{via}")
+            };
+        }
+        let forwarded: u64 = (1..=5)
+            .map(|id| {
+                c.nodes[&NodeId(id)]
+                    .engine
+                    .stats()
+                    .get("hits")
+                    .map_or(0, |s| s.forwarded)
+            })
+            .sum();
+        assert_eq!(
+            forwarded, 8,
+            "the two non-replicas forwarded each of their 4 increments"
+        );
+        for via in 1..=5 {
+            assert_eq!(
+                c.read_view(via, &hits, "page"),
+                Some(View::Counter(i128::from(expected))),
+                "via n{via}"
+            );
+        }
+        let states: Vec<_> = replicas
+            .iter()
+            .map(|n| c.state_at(n.0, &hits, "page"))
+            .collect();
+        assert!(states.iter().all(|s| *s == states[0]), "replicas converged");
+    }
+
+    #[test]
+    fn a_forward_delivered_twice_runs_once() {
+        let hits = KeyspaceConfig {
+            merge: MergePolicy::Counter,
+            ..KeyspaceConfig::leaderless("hits")
+        };
+        let mut c = Cluster::new(5, LeaderlessConfig::default());
+        let replicas = c.nodes[&NodeId(1)].engine.replicas(&hits, b"page");
+        let outsider = (1..=5).find(|i| !replicas.contains(&NodeId(*i))).unwrap();
+        let req = c.start_apply(outsider, &hits, "page", Operation::CounterAdd(5));
+        let (from, to, forward) = c.in_flight.pop_front().unwrap();
+        assert!(matches!(forward, Message::Forward { .. }));
+        // The same forward, delivered twice before anything else happens.
+        c.in_flight.push_back((from, to, forward.clone()));
+        c.in_flight.push_back((from, to, forward));
+        assert_eq!(c.finish(req), Outcome::Applied(OperationResult::Counter(5)));
+        assert_eq!(c.read_view(to.0, &hits, "page"), Some(View::Counter(5)));
+    }
+
+    #[test]
+    fn siblings_two_blind_setv_make_two_siblings_and_a_setv_with_the_read_context_collapses_them() {
+        let docs = keyspace(MergePolicy::Siblings);
+        let mut c = Cluster::new(3, LeaderlessConfig::default());
+        let blind = |v: &str| Operation::SiblingsWrite {
+            context: VersionVector::new(),
+            value: Some(b(v)),
+        };
+        // Concurrent: both start before either's messages are delivered.
+        let one = c.start_apply(1, &docs, "d", blind("alice"));
+        let two = c.start_apply(2, &docs, "d", blind("bob"));
+        assert!(matches!(c.finish(one), Outcome::Applied(_)));
+        assert!(matches!(c.finish(two), Outcome::Applied(_)));
+        let Some(View::Siblings(SiblingsView { context, values })) = c.read_view(3, &docs, "d")
+        else {
+            panic!()
+        };
+        assert_eq!(values, vec![b("alice"), b("bob")]);
+        let Outcome::Applied(OperationResult::Siblings(after)) = c.apply_op(
+            3,
+            &docs,
+            "d",
+            Operation::SiblingsWrite {
+                context,
+                value: Some(b("carol, who read both")),
+            },
+        ) else {
+            panic!()
+        };
+        assert_eq!(after.values, vec![b("carol, who read both")]);
+        for via in 1..=3 {
+            let Some(View::Siblings(view)) = c.read_view(via, &docs, "d") else {
+                panic!()
+            };
+            assert_eq!(view.values, vec![b("carol, who read both")], "via n{via}");
+        }
+        let created: u64 = (1..=3)
+            .map(|i| c.nodes[&NodeId(i)].engine.stats()["siblings"].siblings_created)
+            .sum();
+        let resolved: u64 = (1..=3)
+            .map(|i| c.nodes[&NodeId(i)].engine.stats()["siblings"].siblings_resolved)
+            .sum();
+        assert!(
+            created >= 1 && resolved >= 1,
+            "created {created}, resolved {resolved}"
+        );
+        // A blind write now adds a sibling again: it had seen nothing.
+        c.apply_op(1, &docs, "d", blind("dave"));
+        let Some(View::Siblings(view)) = c.read_view(2, &docs, "d") else {
+            panic!()
+        };
+        assert_eq!(view.values.len(), 2);
+    }
+
+    #[test]
+    fn siblings_set_and_del_supersede_what_the_read_observed() {
+        let docs = keyspace(MergePolicy::Siblings);
+        let mut c = Cluster::new(3, LeaderlessConfig::default());
+        let write = |v: Option<&str>| Operation::SiblingsWriteObserved { value: v.map(b) };
+        for (i, v) in ["a", "b", "c"].into_iter().enumerate() {
+            assert_eq!(
+                c.apply_op(i as u32 + 1, &docs, "d", write(Some(v))),
+                Outcome::Applied(OperationResult::Changed(i.min(1) as u64))
+            );
+        }
+        let Some(View::Siblings(view)) = c.read_view(2, &docs, "d") else {
+            panic!()
+        };
+        assert_eq!(view.values, vec![b("c")], "each SET saw the previous one");
+        assert_eq!(
+            c.apply_op(3, &docs, "d", write(None)),
+            Outcome::Applied(OperationResult::Changed(1))
+        );
+        let Some(View::Siblings(view)) = c.read_view(1, &docs, "d") else {
+            panic!()
+        };
+        assert!(view.values.is_empty());
+        assert_eq!(
+            c.apply_op(3, &docs, "d", write(None)),
+            Outcome::Applied(OperationResult::Changed(0)),
+            "deleting a deleted key changes nothing"
+        );
+    }
+
+    #[test]
+    fn map_fields_merge_and_deletes_remove_what_was_read() {
+        let prefs = keyspace(MergePolicy::Map);
+        let mut c = Cluster::new(3, LeaderlessConfig::default());
+        let hset = |pairs: &[(&str, &str)]| {
+            Operation::MapSet(pairs.iter().map(|(f, v)| (b(f), b(v))).collect())
+        };
+        assert_eq!(
+            c.apply_op(1, &prefs, "u", hset(&[("theme", "dark"), ("lang", "en")])),
+            Outcome::Applied(OperationResult::Changed(2))
+        );
+        assert_eq!(
+            c.apply_op(2, &prefs, "u", hset(&[("theme", "light")])),
+            Outcome::Applied(OperationResult::Changed(0))
+        );
+        assert_eq!(
+            c.apply_op(
+                3,
+                &prefs,
+                "u",
+                Operation::MapDelete(vec![b("lang"), b("nope")])
+            ),
+            Outcome::Applied(OperationResult::Changed(1))
+        );
+        assert_eq!(
+            c.read_view(1, &prefs, "u"),
+            Some(View::Map(vec![(b("theme"), b("light"))]))
+        );
+    }
+
+    #[test]
+    fn a_later_map_write_through_a_node_with_a_slow_clock_still_wins() {
+        let prefs = keyspace(MergePolicy::Map);
+        let mut c = Cluster::new(3, LeaderlessConfig::default());
+        c.nodes.get_mut(&NodeId(1)).unwrap().wall_ms = 50_000; // 49 s ahead
+        c.apply_op(
+            1,
+            &prefs,
+            "u",
+            Operation::MapSet(vec![(b("f"), b("first"))]),
+        );
+        c.nodes.get_mut(&NodeId(3)).unwrap().hlc = Hlc::new(NodeId(3), 60_000);
+        c.apply_op(
+            3,
+            &prefs,
+            "u",
+            Operation::MapSet(vec![(b("f"), b("second"))]),
+        );
+        assert_eq!(
+            c.read_view(2, &prefs, "u"),
+            Some(View::Map(vec![(b("f"), b("second"))]))
+        );
+    }
+
+    #[test]
+    fn a_read_repairs_a_replica_that_missed_an_add() {
+        let cart = keyspace(MergePolicy::Set);
+        let mut c = Cluster::new(3, LeaderlessConfig::default());
+        c.down.insert(NodeId(3));
+        c.apply_op(1, &cart, "k", Operation::SetAdd(vec![b("x")]));
+        assert!(c.state_at(3, &cart, "k").is_none());
+        c.down.clear();
+        assert_eq!(c.read_view(3, &cart, "k"), set(&["x"]));
+        assert_eq!(c.state_at(3, &cart, "k"), c.state_at(1, &cart, "k"));
+    }
+
+    #[test]
+    fn quorum_failures_and_the_planted_shared_actor_bug() {
+        let hits = keyspace(MergePolicy::Counter);
+        let mut c = Cluster::new(3, LeaderlessConfig::default());
+        c.down.insert(NodeId(2));
+        c.down.insert(NodeId(3));
+        assert_eq!(
+            c.apply_op(1, &hits, "k", Operation::CounterAdd(1)),
+            Outcome::QuorumFailed { acks: 1, needed: 2 }
+        );
+        // With one actor for every coordinator, two concurrent increments reuse a dot: one is lost.
+        let config = LeaderlessConfig {
+            bug_shared_actor: true,
+            ..LeaderlessConfig::default()
+        };
+        let mut c = Cluster::new(3, config);
+        let one = c.start_apply(1, &hits, "k", Operation::CounterAdd(1));
+        let two = c.start_apply(2, &hits, "k", Operation::CounterAdd(1));
+        assert!(matches!(c.finish(one), Outcome::Applied(_)));
+        assert!(matches!(c.finish(two), Outcome::Applied(_)));
+        assert_eq!(
+            c.read_view(3, &hits, "k"),
+            Some(View::Counter(1)),
+            "planted bug loses one"
+        );
+    }
+
+    #[test]
+    fn an_operation_that_would_grow_a_state_past_the_limit_is_refused_and_stores_nothing() {
+        let cart = keyspace(MergePolicy::Set);
+        let config = LeaderlessConfig {
+            state_bytes_max: 64,
+            ..LeaderlessConfig::default()
+        };
+        let mut c = Cluster::new(3, config);
+        assert_eq!(
+            c.apply_op(1, &cart, "k", Operation::SetAdd(vec![b("small")])),
+            Outcome::Applied(OperationResult::Changed(1))
+        );
+        let big = Bytes::from(vec![b'x'; 100]);
+        let Outcome::Refused(Refusal::StateTooLarge { max: 64, .. }) =
+            c.apply_op(1, &cart, "k", Operation::SetAdd(vec![big]))
+        else {
+            panic!("refused")
+        };
+        assert_eq!(c.read_view(2, &cart, "k"), set(&["small"]));
+        // Removes are never refused: they are how a full state gets smaller.
+        assert_eq!(
+            c.apply_op(3, &cart, "k", Operation::SetRemove(vec![b("small")])),
+            Outcome::Applied(OperationResult::Changed(1))
+        );
+    }
+}

@@ -18,11 +18,22 @@
 //! A key `ks:rest` belongs to keyspace `ks` when that keyspace exists; every other key belongs to
 //! `default` (leaderless, N=3, R=2, W=2 unless configured). Keys are stored whole, prefix
 //! included.
+//!
+//! ## Merge policies
+//!
+//! A leaderless keyspace's merge policy decides which requests its keys take (see [`api`]):
+//! `lww` keys take `Get`/`Set`/`Delete`; `siblings`, `counter`, `set` and `map` keys take
+//! `Read` and `Apply` with an operation of their policy, plus `Get`, `Set` and `Delete` where
+//! they mean something. Everything else is refused with [`RequestError::WrongPolicy`] before any
+//! replica is touched.
 
 pub mod api;
 pub mod catalog;
 
-pub use api::{KeyspaceInfo, KeyspaceSpec, Reply, Request, RequestError};
+pub use api::{
+    CausalToken, Consistency, ContextError, KeyspaceInfo, KeyspaceSpec, Operation, OperationResult,
+    Reply, Request, RequestError, SiblingsView, View, base64url,
+};
 use bytes::Bytes;
 use catalog::{Catalog, CatalogEntry, CatalogMessage};
 use serde::{Deserialize, Serialize};
@@ -34,6 +45,7 @@ use triarch_core::{
 };
 use triarch_core::{Now, RequestId};
 pub use triarch_leaderless::KeyspaceStats;
+use triarch_leaderless::state::Refusal;
 use triarch_leaderless::{Effect, Env, Leaderless, LeaderlessConfig, Outcome};
 use triarch_storage::{Storage, StorageError};
 
@@ -44,7 +56,8 @@ pub const HLC_CEILING_WINDOW_MS: u64 = 10_000;
 const HLC_CEILING_KEY: &[u8] = b"hlc/ceiling";
 
 /// Version of the peer message encoding. A peer that sends another version is disconnected.
-pub const WIRE_VERSION: u8 = 1;
+/// Version 2 added the messages of the `siblings`, `counter`, `set` and `map` merge policies.
+pub const WIRE_VERSION: u8 = 2;
 
 /// Everything nodes say to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,11 +75,29 @@ impl Message {
     /// acknowledges its client only after W replies and after its own batch's sync, so sending
     /// these early takes the coordinator's fsync off the write's critical path without letting
     /// anything unsynced be acknowledged.
+    ///
+    /// Merged states are different: a coordinator's `Merge` and `RepairState` may carry dots
+    /// this node issued from state staged in this very batch, and a dot must not leave the node
+    /// before the state that issued it is durable (a crash would let the node issue it again
+    /// for another write; see `triarch_leaderless::state`). They wait. So does a `Forward`: its
+    /// name is a clock timestamp, unique across restarts only once the clock ceiling staged
+    /// with it is durable (`triarch_leaderless::forward`).
     pub fn may_precede_sync(&self) -> bool {
         use triarch_leaderless::message::Message as L;
         match self {
-            Message::Leaderless(L::Write { .. } | L::Read { .. } | L::Repair { .. }) => true,
-            Message::Leaderless(L::WriteAck { .. } | L::ReadReply { .. }) => false,
+            Message::Leaderless(
+                L::Write { .. } | L::Read { .. } | L::Repair { .. } | L::ReadState { .. },
+            ) => true,
+            Message::Leaderless(
+                L::WriteAck { .. }
+                | L::ReadReply { .. }
+                | L::StateReply { .. }
+                | L::Merge { .. }
+                | L::MergeAck { .. }
+                | L::RepairState { .. }
+                | L::Forward { .. }
+                | L::ForwardReply { .. },
+            ) => false,
             Message::Catalog(_) => false,
         }
     }
@@ -135,6 +166,65 @@ pub struct Node<S: Storage> {
     peers: Vec<NodeId>,
     /// The persisted clock ceiling (see [`HLC_CEILING_WINDOW_MS`]).
     hlc_ceiling_ms: u64,
+    /// How to turn the outcome of a request in flight into its reply, for requests whose reply
+    /// is not the outcome's plain translation (e.g. `GET` of a counter).
+    shapes: BTreeMap<RequestId, Shape>,
+}
+
+/// How a request's outcome becomes its reply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// `Get` of a counter: its value as text (`None` if never written).
+    CounterValue,
+    /// `Get` of a `siblings` key: the one value, or an error when there are several.
+    SingleSibling,
+    /// `Set`/`Delete` carried out as an operation: `Written`, `existed` when it changed something.
+    Written,
+    /// `Read`: a key never written reads as the empty state of its policy.
+    Read(MergePolicy),
+    /// The outcome's plain translation.
+    Plain,
+}
+
+/// What the engine is asked to do for a data request.
+enum Plan {
+    LwwRead,
+    /// An LWW write (`None` deletes).
+    LwwWrite(Option<Bytes>),
+    StateRead(Shape),
+    Apply(Operation, Shape),
+}
+
+/// The policies an operation works on, for its error.
+fn needs_of(op: &Operation) -> &'static [MergePolicy] {
+    match op.policy() {
+        MergePolicy::Lww => &[MergePolicy::Lww],
+        MergePolicy::Siblings => &[MergePolicy::Siblings],
+        MergePolicy::Counter => &[MergePolicy::Counter],
+        MergePolicy::Set => &[MergePolicy::Set],
+        MergePolicy::Map => &[MergePolicy::Map],
+    }
+}
+
+/// What a data request asks for, before it is matched with the keyspace's policy.
+enum Data {
+    Get,
+    Set(Bytes),
+    Delete,
+    Read,
+    Apply(Operation),
+}
+
+impl Data {
+    /// Whether it reads (at R) and whether it writes (at W) in a keyspace of `policy`.
+    fn quorums(&self, policy: MergePolicy) -> (bool, bool) {
+        match (self, policy) {
+            (Data::Get | Data::Read, _) => (true, false),
+            (Data::Set(_) | Data::Delete, MergePolicy::Lww) => (false, true),
+            (Data::Set(_) | Data::Delete, _) => (true, true),
+            (Data::Apply(op), _) => (op.reads_first(), true),
+        }
+    }
 }
 
 impl<S: Storage> Node<S> {
@@ -189,7 +279,14 @@ impl<S: Storage> Node<S> {
         for e in catalog.entries() {
             let _ = hlc.observe(e.version, now.wall_ms);
         }
-        let leaderless = Leaderless::new(config.id, &members, config.leaderless.clone());
+        // This incarnation's name: above every timestamp issued or observed before a restart.
+        let started = hlc.now(now.wall_ms);
+        let mut rng = rng;
+        let first_op = rng.next_u64() >> 1;
+        let mut leaderless_config = config.leaderless.clone();
+        leaderless_config.state_bytes_max = config.value_bytes_max;
+        let leaderless = Leaderless::new(config.id, &members, leaderless_config)
+            .with_incarnation(first_op, started);
         let peers = members
             .iter()
             .copied()
@@ -206,6 +303,7 @@ impl<S: Storage> Node<S> {
             outputs: VecDeque::new(),
             peers,
             hlc_ceiling_ms,
+            shapes: BTreeMap::new(),
         })
     }
 
@@ -281,11 +379,17 @@ impl<S: Storage> Node<S> {
 
     pub fn handle_request(&mut self, now: Now, request: RequestId, req: Request) {
         match req {
-            Request::Get { key, r } => self.data_request(now, request, key, None, false, r),
+            Request::Get { key, r } => self.data_request(now, request, key, Data::Get, r, None),
             Request::Set { key, value, w } => {
-                self.data_request(now, request, key, Some(value), false, w)
+                self.data_request(now, request, key, Data::Set(value), None, w)
             }
-            Request::Delete { key, w } => self.data_request(now, request, key, None, true, w),
+            Request::Delete { key, w } => {
+                self.data_request(now, request, key, Data::Delete, None, w)
+            }
+            Request::Read { key, r } => self.data_request(now, request, key, Data::Read, r, None),
+            Request::Apply { key, op, r, w } => {
+                self.data_request(now, request, key, Data::Apply(op), r, w)
+            }
             Request::CreateKeyspace(spec) => {
                 let reply = match self.create_keyspace(now, spec) {
                     Ok(()) => Reply::Created,
@@ -317,62 +421,153 @@ impl<S: Storage> Node<S> {
         self.drain_leaderless();
     }
 
-    /// Get (`value: None, delete: false`), set (`value: Some`) or delete.
+    /// Checks a data request and hands it to the keyspace's model.
     fn data_request(
         &mut self,
         now: Now,
         request: RequestId,
         key: Bytes,
-        value: Option<Bytes>,
-        delete: bool,
-        quorum: Option<u8>,
+        data: Data,
+        r: Option<Consistency>,
+        w: Option<Consistency>,
     ) {
-        if key.len() > KEY_BYTES_MAX {
-            return self.fail(
-                request,
-                RequestError::KeyTooLarge {
-                    len: key.len(),
-                    max: KEY_BYTES_MAX,
-                },
-            );
-        }
-        if let Some(v) = &value
-            && v.len() > self.config.value_bytes_max
-        {
-            let max = self.config.value_bytes_max;
-            return self.fail(request, RequestError::ValueTooLarge { len: v.len(), max });
+        if let Err(e) = self.check_sizes(&key, &data) {
+            return self.fail(request, e);
         }
         let keyspace = self.route(&key).clone();
         if keyspace.model != Model::Leaderless {
             return self.fail(request, RequestError::ModelNotAvailable(keyspace.model));
         }
-        let is_write = value.is_some() || delete;
-        let (setting, default) = if is_write {
-            ("W", keyspace.w)
-        } else {
-            ("R", keyspace.r)
-        };
-        let q = quorum.unwrap_or(default);
-        if q == 0 || q > keyspace.n {
-            return self.fail(
-                request,
-                RequestError::InvalidQuorum {
+        let (reads, writes) = data.quorums(keyspace.merge);
+        let quorum = |setting: &'static str, asked: Option<Consistency>, default: u8| {
+            let q = asked.map_or(default, |c| c.resolve(keyspace.n));
+            if q == 0 || q > keyspace.n {
+                Err(RequestError::InvalidQuorum {
                     setting,
                     value: q,
                     n: keyspace.n,
-                },
-            );
-        }
+                })
+            } else {
+                Ok(q)
+            }
+        };
+        let r = if reads {
+            quorum("R", r, keyspace.r)
+        } else {
+            Ok(keyspace.r)
+        };
+        let w = if writes {
+            quorum("W", w, keyspace.w)
+        } else {
+            Ok(keyspace.w)
+        };
+        let (r, w) = match (r, w) {
+            (Ok(r), Ok(w)) => (r, w),
+            (Err(e), _) | (_, Err(e)) => return self.fail(request, e),
+        };
+        let wrong = |needs: &'static [MergePolicy]| RequestError::WrongPolicy {
+            keyspace: keyspace.name.clone(),
+            policy: keyspace.merge,
+            needs,
+        };
+        use MergePolicy::{Counter, Lww, Map, Set, Siblings};
+        let observed = |value: Option<Bytes>| Operation::SiblingsWriteObserved { value };
+        // What the engine is asked to do, and how its outcome becomes the reply.
+        let plan = match (data, keyspace.merge) {
+            (Data::Get, Lww) => Ok(Plan::LwwRead),
+            (Data::Set(value), Lww) => Ok(Plan::LwwWrite(Some(value))),
+            (Data::Delete, Lww) => Ok(Plan::LwwWrite(None)),
+            (Data::Get, Counter) => Ok(Plan::StateRead(Shape::CounterValue)),
+            (Data::Get, Siblings) => Ok(Plan::StateRead(Shape::SingleSibling)),
+            (Data::Get, _) => Err(wrong(&[Lww, Siblings, Counter])),
+            (Data::Set(value), Siblings) => Ok(Plan::Apply(observed(Some(value)), Shape::Written)),
+            (Data::Set(_), _) => Err(wrong(&[Lww, Siblings])),
+            (Data::Delete, Siblings) => Ok(Plan::Apply(observed(None), Shape::Written)),
+            (Data::Delete, Set) => Ok(Plan::Apply(Operation::SetClear, Shape::Written)),
+            (Data::Delete, Map) => Ok(Plan::Apply(Operation::MapClear, Shape::Written)),
+            (Data::Delete, _) => Err(wrong(&[Lww, Siblings, Set, Map])),
+            (Data::Read, Lww) => Err(wrong(&[Siblings, Counter, Set, Map])),
+            (Data::Read, policy) => Ok(Plan::StateRead(Shape::Read(policy))),
+            (Data::Apply(op), policy) if op.policy() != policy => Err(RequestError::WrongPolicy {
+                keyspace: keyspace.name.clone(),
+                policy,
+                needs: needs_of(&op),
+            }),
+            (Data::Apply(op), _) => match &op {
+                Operation::SiblingsWrite { context, .. } => {
+                    let members: Vec<NodeId> = self.config.members.iter().map(|m| m.id).collect();
+                    CausalToken::validate(context, &members)
+                        .map(|()| Plan::Apply(op, Shape::Plain))
+                        .map_err(RequestError::from)
+                }
+                _ => Ok(Plan::Apply(op, Shape::Plain)),
+            },
+        };
+        let plan = match plan {
+            Ok(plan) => plan,
+            Err(e) => return self.fail(request, e),
+        };
         let mut env = Env {
             now,
             storage: &mut self.storage,
             hlc: &mut self.hlc,
         };
-        if is_write {
-            self.leaderless
-                .write(&mut env, request, &keyspace, key, value, q);
-        } else {
-            self.leaderless.read(&mut env, request, &keyspace, key, q);
+        match plan {
+            Plan::LwwRead => self.leaderless.read(&mut env, request, &keyspace, key, r),
+            Plan::LwwWrite(value) => self
+                .leaderless
+                .write(&mut env, request, &keyspace, key, value, w),
+            Plan::StateRead(shape) => {
+                self.shapes.insert(request, shape);
+                self.leaderless
+                    .read_state(&mut env, request, &keyspace, key, r);
+            }
+            Plan::Apply(op, shape) => {
+                if shape != Shape::Plain {
+                    self.shapes.insert(request, shape);
+                }
+                self.leaderless
+                    .apply(&mut env, request, &keyspace, key, op, r, w);
+            }
+        }
+    }
+
+    /// Keys, values, set elements and map fields within their limits.
+    fn check_sizes(&self, key: &Bytes, data: &Data) -> Result<(), RequestError> {
+        let key_max = |b: &Bytes| {
+            if b.len() > KEY_BYTES_MAX {
+                Err(RequestError::KeyTooLarge {
+                    len: b.len(),
+                    max: KEY_BYTES_MAX,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        let max = self.config.value_bytes_max;
+        let value_max = |b: &Bytes| {
+            if b.len() > max {
+                Err(RequestError::ValueTooLarge { len: b.len(), max })
+            } else {
+                Ok(())
+            }
+        };
+        key_max(key)?;
+        match data {
+            Data::Set(value) => value_max(value),
+            Data::Apply(Operation::SetAdd(elements) | Operation::SetRemove(elements)) => {
+                elements.iter().try_for_each(key_max)
+            }
+            Data::Apply(Operation::MapDelete(fields)) => fields.iter().try_for_each(key_max),
+            Data::Apply(Operation::MapSet(pairs)) => pairs.iter().try_for_each(|(f, v)| {
+                key_max(f)?;
+                value_max(v)
+            }),
+            Data::Apply(
+                Operation::SiblingsWrite { value: Some(v), .. }
+                | Operation::SiblingsWriteObserved { value: Some(v) },
+            ) => value_max(v),
+            _ => Ok(()),
         }
     }
 
@@ -410,11 +605,9 @@ impl<S: Storage> Node<S> {
             ));
         }
         config.validate(nodes)?;
+        // Every merge policy is available to leaderless keyspaces; the other models are not yet.
         if config.model != Model::Leaderless {
             return Err(RequestError::ModelNotAvailable(config.model));
-        }
-        if config.merge != MergePolicy::Lww {
-            return Err(RequestError::MergeNotAvailable(config.merge));
         }
         let entry = CatalogEntry {
             config,
@@ -450,6 +643,13 @@ impl<S: Storage> Node<S> {
                 }
             }
             Message::Leaderless(m) => {
+                if let triarch_leaderless::message::Message::Forward { sent, .. } = &m {
+                    // Persist a clock ceiling above `sent` before the forward runs (staged ahead
+                    // of its writes), so that after a crash this node refuses the forward's
+                    // duplicates as sent before its restart (`triarch_leaderless::forward`).
+                    let _ = self.hlc.observe(*sent, now.wall_ms);
+                    self.raise_hlc_ceiling();
+                }
                 let mut env = Env {
                     now,
                     storage: &mut self.storage,
@@ -503,10 +703,13 @@ impl<S: Storage> Node<S> {
                     to,
                     message: Message::Leaderless(message),
                 },
-                Effect::Reply { request, outcome } => Output::Reply {
-                    request,
-                    reply: outcome.into(),
-                },
+                Effect::Reply { request, outcome } => {
+                    let shape = self.shapes.remove(&request).unwrap_or(Shape::Plain);
+                    Output::Reply {
+                        request,
+                        reply: shaped(outcome, shape),
+                    }
+                }
             };
             self.outputs.push_back(output);
         }
@@ -515,6 +718,10 @@ impl<S: Storage> Node<S> {
     /// Structural invariants; the simulator calls this after every step.
     pub fn check_invariants(&self) {
         self.leaderless.check_invariants();
+        assert!(
+            self.shapes.len() <= self.leaderless.in_flight(),
+            "a reply shape outlived its request"
+        );
         assert!(
             self.catalog.get(KeyspaceConfig::DEFAULT_NAME).is_some(),
             "default keyspace exists"
@@ -532,7 +739,55 @@ impl From<Outcome> for Reply {
             }
             Outcome::Superseded => Reply::Error(RequestError::Superseded),
             Outcome::Storage(e) => Reply::Error(RequestError::Storage(e)),
+            Outcome::Applied(result) => Reply::Applied(result),
+            // Without a `Shape::Read`, a key no replica holds reads as absent.
+            Outcome::State(Some(view)) => Reply::State(view),
+            Outcome::State(None) => Reply::Value(None),
+            Outcome::Refused(refusal) => Reply::Error(match refusal {
+                Refusal::CounterOverflow => RequestError::CounterOverflow,
+                Refusal::StateTooLarge { bytes, max } => {
+                    RequestError::ValueTooLarge { len: bytes, max }
+                }
+                Refusal::Mismatch(m) => RequestError::StoredPolicyMismatch {
+                    stored: m.stored,
+                    expected: m.expected,
+                },
+                // A field stamped beyond the clock bound: retrying later may pass it.
+                Refusal::ClockAhead => RequestError::Superseded,
+                Refusal::NotAReplica { node } => RequestError::MembershipMismatch { node },
+            }),
+            Outcome::Unavailable { coordinator } => {
+                Reply::Error(RequestError::CoordinatorUnavailable { coordinator })
+            }
         }
+    }
+}
+
+/// The reply to a request whose outcome needs more than the plain translation.
+fn shaped(outcome: Outcome, shape: Shape) -> Reply {
+    match (shape, outcome) {
+        (Shape::CounterValue, Outcome::State(view)) => Reply::Value(match view {
+            Some(View::Counter(value)) => Some(Bytes::from(value.to_string())),
+            _ => None,
+        }),
+        (Shape::SingleSibling, Outcome::State(view)) => match view {
+            Some(View::Siblings(SiblingsView { mut values, .. })) if values.len() <= 1 => {
+                Reply::Value(values.pop())
+            }
+            Some(View::Siblings(SiblingsView { values, .. })) => {
+                Reply::Error(RequestError::Siblings {
+                    count: values.len(),
+                })
+            }
+            _ => Reply::Value(None),
+        },
+        (Shape::Read(policy), Outcome::State(None)) => {
+            Reply::State(View::empty(policy).expect("Read is refused on lww keyspaces"))
+        }
+        (Shape::Written, Outcome::Applied(OperationResult::Changed(n))) => {
+            Reply::Written { existed: n > 0 }
+        }
+        (_, outcome) => outcome.into(),
     }
 }
 

@@ -98,7 +98,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         &mut n,
         Request::Get {
             key: Bytes::from_static(b"k"),
-            r: Some(4),
+            r: Some(Consistency::Count(4)),
         },
     );
     assert_eq!(
@@ -139,6 +139,26 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         names,
         ["default", "dup"],
         "failed creates left nothing behind"
+    );
+}
+
+#[test]
+fn every_merge_policy_is_available_to_leaderless_keyspaces_only() {
+    let mut n = node(3);
+    for policy in MergePolicy::ALL {
+        let mut s = spec(&format!("ks-{policy}"), Model::Leaderless);
+        s.merge = Some(policy);
+        assert_eq!(call(&mut n, Request::CreateKeyspace(s)), Reply::Created);
+        assert_eq!(
+            n.catalog().get(&format!("ks-{policy}")).unwrap().merge,
+            policy
+        );
+    }
+    let mut s = spec("cart", Model::MultiLeader);
+    s.merge = Some(MergePolicy::Set);
+    assert_eq!(
+        call(&mut n, Request::CreateKeyspace(s)),
+        Reply::Error(RequestError::ModelNotAvailable(Model::MultiLeader))
     );
 }
 
@@ -209,4 +229,60 @@ mod frames {
             fuzz_decode_frame(&buf[..cut]);
         }
     }
+
+    #[test]
+    fn frames_of_the_merge_policies_round_trip_and_survive_the_fuzz_body() {
+        use triarch_leaderless::message::{Message as L, OpId};
+        use triarch_leaderless::state::{State, Update};
+        use triarch_leaderless::{Outcome, state};
+        let mut set = triarch_core::crdt::AwSet::new();
+        let delta = set.add(
+            triarch_core::causal::ActorId(1),
+            Bytes::from_static(b"book"),
+        );
+        let cart = KeyspaceConfig {
+            merge: MergePolicy::Set,
+            ..KeyspaceConfig::leaderless("cart")
+        };
+        let messages = vec![
+            Message::Leaderless(L::Merge {
+                op: OpId(7),
+                keyspace: "cart".into(),
+                key: Bytes::from_static(b"cart:alice"),
+                update: Update::Set(vec![delta]),
+            }),
+            Message::Leaderless(L::StateReply {
+                op: OpId(8),
+                state: Some(State::Set(set)),
+            }),
+            Message::Leaderless(L::Forward {
+                op: OpId(9),
+                sent: HlcTimestamp::MIN,
+                keyspace: cart,
+                key: Bytes::from_static(b"cart:alice"),
+                operation: Operation::SetRemove(vec![Bytes::from_static(b"book")]),
+                r: 2,
+                w: 2,
+            }),
+            Message::Leaderless(L::ForwardReply {
+                op: OpId(9),
+                outcome: Outcome::Applied(state::OperationResult::Changed(1)),
+                clock: HlcTimestamp::MIN,
+            }),
+        ];
+        let mut buf = Vec::new();
+        encode_messages(&messages, &mut buf);
+        assert_eq!(decode_messages(&buf).unwrap(), messages);
+        for cut in 0..buf.len() {
+            fuzz_decode_frame(&buf[..cut]);
+        }
+        let mut flipped = buf.clone();
+        for i in 1..flipped.len() {
+            flipped[i] ^= 0x5a;
+            fuzz_decode_frame(&flipped);
+            flipped[i] ^= 0x5a;
+        }
+    }
 }
+
+mod commands;

@@ -9,9 +9,25 @@
 //! | `GET /v1/cluster` | this node, its members and peer links |
 //! | `GET /metrics` | Prometheus text format |
 //!
+//! Every kv route also takes `?consistency=one|quorum|all` (for both the read and the write
+//! quorum; QUORUM is N/2+1 of the keyspace's N) instead of `r`/`w`; giving both is a 400.
+//!
 //! A key in keyspace `k` is stored as `k:key` (the RESP form), except in `default`, where it is
 //! stored as given. Errors are JSON `{"error": "...", "code": "..."}` with 400 for bad input, 404
 //! for unknown keyspaces, 503 when a quorum was not reached.
+//!
+//! ## Merge policies
+//!
+//! - `siblings` keyspaces carry the causal context in the `X-Triarch-Context` header (the same
+//!   opaque text as RESP's `TRIARCH.GETV`). `GET` answers 200 with the value when there is one,
+//!   404 when there is none (a deleted or never-written key), and `300 Multiple Choices` with
+//!   `{"context": "...", "values_base64url": [...]}` when there are siblings; the header is set
+//!   in all three cases. `PUT` with the header writes superseding exactly what that context
+//!   covers (an empty header is a blind write: it adds a sibling); `PUT` without it supersedes
+//!   what the coordinator's read observed, like RESP `SET`. `DELETE` supersedes what the read
+//!   observed.
+//! - `counter` keyspaces: `GET` answers the value as text. Increments, and the `set` and `map`
+//!   policies, are RESP-only for now (`GET` on them answers 400 naming the policy).
 
 use crate::core::{CoreInput, ReplyTo};
 use crate::server::Shared;
@@ -27,7 +43,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use triarch_core::{KeyspaceConfig, MergePolicy, Model};
-use triarch_node::{KeyspaceSpec, Reply, Request, RequestError};
+use triarch_node::{
+    CausalToken, Consistency, KeyspaceSpec, Operation, Reply, Request, RequestError, SiblingsView,
+    View, base64url,
+};
+
+/// The header that carries a `siblings` key's causal context.
+pub const CONTEXT_HEADER: &str = "x-triarch-context";
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let body_limit = shared.value_bytes_max + 1024;
@@ -50,6 +72,39 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 struct Quorum {
     r: Option<u8>,
     w: Option<u8>,
+    consistency: Option<String>,
+}
+
+/// A 400 with `error` as the message.
+fn bad_request(error: String) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": error, "code": "ERR" })),
+    )
+        .into_response()
+}
+
+impl Quorum {
+    /// The read and write quorums asked for, or what is wrong with them (a 400).
+    fn levels(&self) -> Result<(Option<Consistency>, Option<Consistency>), String> {
+        let Some(level) = &self.consistency else {
+            return Ok((
+                self.r.map(Consistency::Count),
+                self.w.map(Consistency::Count),
+            ));
+        };
+        if self.r.is_some() || self.w.is_some() {
+            return Err("give either consistency or r/w, not both".into());
+        }
+        match Consistency::parse(level) {
+            Some(c @ (Consistency::One | Consistency::Quorum | Consistency::All)) => {
+                Ok((Some(c), Some(c)))
+            }
+            _ => Err(format!(
+                "consistency must be one, quorum or all, not '{level}'"
+            )),
+        }
+    }
 }
 
 async fn call(shared: &Shared, request: Request) -> Reply {
@@ -68,11 +123,14 @@ async fn call(shared: &Shared, request: Request) -> Reply {
 
 fn error_response(e: &RequestError) -> Response {
     let status = match e {
-        RequestError::QuorumFailed { .. } | RequestError::Superseded => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        RequestError::QuorumFailed { .. }
+        | RequestError::Superseded
+        | RequestError::CoordinatorUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         RequestError::UnknownKeyspace(_) => StatusCode::NOT_FOUND,
-        RequestError::KeyspaceExists(_) => StatusCode::CONFLICT,
+        RequestError::KeyspaceExists(_) | RequestError::StoredPolicyMismatch { .. } => {
+            StatusCode::CONFLICT
+        }
+        RequestError::MembershipMismatch { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         RequestError::KeyTooLarge { .. } | RequestError::ValueTooLarge { .. } => {
             StatusCode::PAYLOAD_TOO_LARGE
         }
@@ -95,11 +153,13 @@ fn unexpected(r: Reply) -> Response {
         .into_response()
 }
 
-/// The stored key for `key` in `keyspace`, after checking the keyspace exists.
-async fn stored_key(shared: &Shared, keyspace: &str, key: &str) -> Result<bytes::Bytes, Response> {
-    if keyspace == KeyspaceConfig::DEFAULT_NAME {
-        return Ok(bytes::Bytes::copy_from_slice(key.as_bytes()));
-    }
+/// The stored key for `key` in `keyspace`, after checking the keyspace exists, with the
+/// keyspace's merge policy.
+async fn stored_key(
+    shared: &Shared,
+    keyspace: &str,
+    key: &str,
+) -> Result<(bytes::Bytes, MergePolicy), Response> {
     match call(
         shared,
         Request::KeyspaceInfo {
@@ -108,10 +168,22 @@ async fn stored_key(shared: &Shared, keyspace: &str, key: &str) -> Result<bytes:
     )
     .await
     {
-        Reply::KeyspaceInfo(_) => Ok(bytes::Bytes::from(format!("{keyspace}:{key}"))),
+        Reply::KeyspaceInfo(info) => {
+            let stored = if keyspace == KeyspaceConfig::DEFAULT_NAME {
+                bytes::Bytes::copy_from_slice(key.as_bytes())
+            } else {
+                bytes::Bytes::from(format!("{keyspace}:{key}"))
+            };
+            Ok((stored, info.config.merge))
+        }
         Reply::Error(e) => Err(error_response(&e)),
         other => Err(unexpected(other)),
     }
+}
+
+/// The context header's value (ASCII by construction).
+fn context_header(view: &SiblingsView) -> (&'static str, String) {
+    (CONTEXT_HEADER, CausalToken::encode(&view.context))
 }
 
 async fn get_key(
@@ -119,21 +191,69 @@ async fn get_key(
     Path((keyspace, key)): Path<(String, String)>,
     Query(q): Query<Quorum>,
 ) -> Response {
-    let key = match stored_key(&shared, &keyspace, &key).await {
+    let (r, _) = match q.levels() {
+        Ok(levels) => levels,
+        Err(error) => return bad_request(error),
+    };
+    let (key, merge) = match stored_key(&shared, &keyspace, &key).await {
         Ok(k) => k,
         Err(r) => return r,
     };
-    match call(&shared, Request::Get { key, r: q.r }).await {
+    if merge == MergePolicy::Siblings {
+        return match call(&shared, Request::Read { key, r }).await {
+            Reply::State(View::Siblings(view)) => siblings_response(view),
+            Reply::Error(e) => error_response(&e),
+            other => unexpected(other),
+        };
+    }
+    match call(&shared, Request::Get { key, r }).await {
         Reply::Value(Some(v)) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()
         }
-        Reply::Value(None) => (
-            StatusCode::NOT_FOUND,
-            axum::Json(json!({"error": "not found"})),
-        )
-            .into_response(),
+        Reply::Value(None) => not_found(),
         Reply::Error(e) => error_response(&e),
         other => unexpected(other),
+    }
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({"error": "not found"})),
+    )
+        .into_response()
+}
+
+/// 200 with the one value, 404 with none, 300 with several; the context header on each.
+fn siblings_response(mut view: SiblingsView) -> Response {
+    let context = context_header(&view);
+    match view.values.len() {
+        0 => {
+            let mut response = not_found();
+            if let Ok(v) = context.1.parse() {
+                response.headers_mut().insert(CONTEXT_HEADER, v);
+            }
+            response
+        }
+        1 => {
+            let value = view.values.pop().expect("one value");
+            (
+                [
+                    (
+                        header::CONTENT_TYPE.as_str(),
+                        "application/octet-stream".to_string(),
+                    ),
+                    context,
+                ],
+                value,
+            )
+                .into_response()
+        }
+        _ => {
+            let values: Vec<String> = view.values.iter().map(|v| base64url(v)).collect();
+            let body = json!({ "context": context.1, "values_base64url": values });
+            (StatusCode::MULTIPLE_CHOICES, [context], axum::Json(body)).into_response()
+        }
     }
 }
 
@@ -141,23 +261,40 @@ async fn put_key(
     State(shared): State<Arc<Shared>>,
     Path((keyspace, key)): Path<(String, String)>,
     Query(q): Query<Quorum>,
+    headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    let key = match stored_key(&shared, &keyspace, &key).await {
+    let (r, w) = match q.levels() {
+        Ok(levels) => levels,
+        Err(error) => return bad_request(error),
+    };
+    let (key, merge) = match stored_key(&shared, &keyspace, &key).await {
         Ok(k) => k,
         Err(r) => return r,
     };
-    match call(
-        &shared,
-        Request::Set {
+    let request = match headers.get(CONTEXT_HEADER) {
+        Some(token) if merge == MergePolicy::Siblings => {
+            match CausalToken::decode(token.as_bytes()) {
+                Ok(context) => Request::Apply {
+                    key,
+                    op: Operation::SiblingsWrite {
+                        context,
+                        value: Some(body),
+                    },
+                    r,
+                    w,
+                },
+                Err(e) => return error_response(&RequestError::InvalidContext(e)),
+            }
+        }
+        _ => Request::Set {
             key,
             value: body,
-            w: q.w,
+            w,
         },
-    )
-    .await
-    {
-        Reply::Written { .. } => StatusCode::NO_CONTENT.into_response(),
+    };
+    match call(&shared, request).await {
+        Reply::Written { .. } | Reply::Applied(_) => StatusCode::NO_CONTENT.into_response(),
         Reply::Error(e) => error_response(&e),
         other => unexpected(other),
     }
@@ -168,11 +305,15 @@ async fn delete_key(
     Path((keyspace, key)): Path<(String, String)>,
     Query(q): Query<Quorum>,
 ) -> Response {
-    let key = match stored_key(&shared, &keyspace, &key).await {
+    let (_, w) = match q.levels() {
+        Ok(levels) => levels,
+        Err(error) => return bad_request(error),
+    };
+    let (key, _) = match stored_key(&shared, &keyspace, &key).await {
         Ok(k) => k,
         Err(r) => return r,
     };
-    match call(&shared, Request::Delete { key, w: q.w }).await {
+    match call(&shared, Request::Delete { key, w }).await {
         Reply::Written { existed } => axum::Json(json!({ "deleted": existed })).into_response(),
         Reply::Error(e) => error_response(&e),
         other => unexpected(other),
@@ -255,4 +396,78 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         shared.prometheus.render(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triarch_core::causal::{ActorId, VersionVector};
+
+    fn quorum(r: Option<u8>, w: Option<u8>, consistency: Option<&str>) -> Quorum {
+        Quorum {
+            r,
+            w,
+            consistency: consistency.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn consistency_levels_or_counts_but_not_both() {
+        assert_eq!(
+            quorum(Some(1), Some(3), None).levels().ok(),
+            Some((Some(Consistency::Count(1)), Some(Consistency::Count(3))))
+        );
+        assert_eq!(
+            quorum(None, None, Some("quorum")).levels().ok(),
+            Some((Some(Consistency::Quorum), Some(Consistency::Quorum)))
+        );
+        assert_eq!(
+            quorum(None, None, Some("ALL")).levels().ok(),
+            Some((Some(Consistency::All), Some(Consistency::All)))
+        );
+        let status = |q: Quorum| q.levels().err().map(|e| bad_request(e).status());
+        assert_eq!(
+            status(quorum(Some(1), None, Some("one"))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status(quorum(None, None, Some("2"))),
+            Some(StatusCode::BAD_REQUEST),
+            "counts go in r and w"
+        );
+        assert_eq!(
+            status(quorum(None, None, Some("most"))),
+            Some(StatusCode::BAD_REQUEST)
+        );
+    }
+
+    #[test]
+    fn siblings_answer_200_404_or_300_with_the_context_header() {
+        let context: VersionVector = [(ActorId(1), 2)].into_iter().collect();
+        let token = CausalToken::encode(&context);
+        let view = |values: &[&str]| SiblingsView {
+            context: context.clone(),
+            values: values
+                .iter()
+                .map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()))
+                .collect(),
+        };
+        for (values, status) in [
+            (&[][..], StatusCode::NOT_FOUND),
+            (&["a"][..], StatusCode::OK),
+            (&["a", "b"][..], StatusCode::MULTIPLE_CHOICES),
+        ] {
+            let response = siblings_response(view(values));
+            assert_eq!(response.status(), status);
+            assert_eq!(
+                response
+                    .headers()
+                    .get(CONTEXT_HEADER)
+                    .unwrap()
+                    .to_str()
+                    .unwrap(),
+                token
+            );
+        }
+    }
 }

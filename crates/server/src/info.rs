@@ -43,7 +43,7 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
             let st = snap.leaderless.get(&k.name).cloned().unwrap_or_default();
             let _ = writeln!(
                 s,
-                "keyspace_{}:model={},n={},r={},w={},merge={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},write_restamps={}\r",
+                "keyspace_{}:model={},n={},r={},w={},merge={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},write_restamps={},siblings_created={},siblings_resolved={},forwarded={}\r",
                 k.name,
                 k.model,
                 k.n,
@@ -55,7 +55,10 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
                 st.read_repairs,
                 st.quorum_failures,
                 st.lww_discarded,
-                st.write_restamps
+                st.write_restamps,
+                st.siblings_created,
+                st.siblings_resolved,
+                st.forwarded
             );
         }
     }

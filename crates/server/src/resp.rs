@@ -9,6 +9,21 @@
 //! Bad input never takes the connection down silently: unknown commands, wrong arity and invalid
 //! arguments get a `-ERR` reply and change nothing; a malformed frame gets `-ERR Protocol error`
 //! and the connection is closed, as redis does, because the stream cannot be resynchronised.
+//!
+//! ## Commands per merge policy
+//!
+//! | policy | commands |
+//! |---|---|
+//! | `lww` | GET, SET, DEL, EXISTS, MGET, MSET |
+//! | `counter` | INCR, DECR, INCRBY, DECRBY (reply: the value at the coordinating replica after the increment), GET (the value as a bulk string; nil if never written) |
+//! | `set` | SADD, SREM (how many added / removed), SMEMBERS, SISMEMBER, SCARD, DEL |
+//! | `map` | HSET (fields added), HGET, HDEL (fields removed), HGETALL, DEL |
+//! | `siblings` | TRIARCH.GETV key -> [context, value...]; TRIARCH.SETV key context value -> the same shape, from the coordinating replica after the write; GET (the value, or an error when there are siblings), SET and DEL (supersede what the coordinator's read observed) |
+//!
+//! A command the key's keyspace does not support is answered
+//! `-ERR keyspace 'x' uses merge policy set; INCR needs counter` and changes nothing. Removes
+//! (SREM, HDEL, DEL) remove exactly what the coordinating replica's read at R observed: an add
+//! concurrent with the remove, which the read did not see, survives (add wins).
 
 use crate::core::{CoreInput, ReplyTo};
 use crate::info::render_info;
@@ -20,14 +35,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use triarch_core::{MergePolicy, Model};
-use triarch_node::{KeyspaceSpec, Reply as NodeReply, Request};
+use triarch_node::{
+    CausalToken, Consistency, KeyspaceSpec, Operation, OperationResult, Reply as NodeReply,
+    Request, SiblingsView, View,
+};
 use triarch_resp::{Command, Decoder, Limits, Protocol, Reply};
 
 /// Commands in flight per connection before the connection stops reading.
 pub const PIPELINE_MAX: usize = 1024;
 
 /// How a pipelined command's parts combine into its reply.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Combine {
     /// GET: the value or null.
     Get,
@@ -41,6 +59,22 @@ enum Combine {
     Mget,
     /// MSET: +OK once every part succeeded.
     Mset,
+    /// INCR, DECR, INCRBY, DECRBY: the counter's value.
+    Counter,
+    /// SADD, SREM, HSET, HDEL: how many elements or fields changed.
+    Changed,
+    /// SMEMBERS: the members.
+    Members,
+    /// SISMEMBER: whether this member is in.
+    IsMember(Bytes),
+    /// SCARD: how many members.
+    Cardinality,
+    /// HGET: this field's value or null.
+    Field(Bytes),
+    /// HGETALL: every field and value.
+    Fields,
+    /// TRIARCH.GETV, TRIARCH.SETV: [context, value...].
+    Siblings,
     /// Admin commands: rendered by `admin_reply`.
     Admin(AdminKind),
 }
@@ -54,6 +88,8 @@ enum AdminKind {
 
 struct Slot {
     seq: u64,
+    /// The command's name, for errors that name it.
+    command: &'static str,
     combine: Combine,
     parts: Vec<Option<NodeReply>>,
     remaining: usize,
@@ -64,8 +100,8 @@ struct Slot {
 /// Per-connection settings a client can change.
 struct Session {
     protocol: Protocol,
-    read_quorum: Option<u8>,
-    write_quorum: Option<u8>,
+    read_quorum: Option<Consistency>,
+    write_quorum: Option<Consistency>,
     name: Option<Bytes>,
 }
 
@@ -170,6 +206,7 @@ fn bulk_bytes_max(value_bytes_max: usize) -> usize {
 fn ready_slot(seq: u64, reply: Reply) -> Slot {
     Slot {
         seq,
+        command: "",
         combine: Combine::Set,
         parts: Vec::new(),
         remaining: 0,
@@ -192,7 +229,8 @@ fn fill(slots: &mut VecDeque<Slot>, seq: u64, part: u32, reply: NodeReply) {
         *p = Some(reply);
         slot.remaining -= 1;
         if slot.remaining == 0 {
-            slot.ready = Some(combine(slot.combine, std::mem::take(&mut slot.parts)));
+            let kind = std::mem::replace(&mut slot.combine, Combine::Set);
+            slot.ready = Some(combine(slot.command, kind, std::mem::take(&mut slot.parts)));
         }
     }
 }
@@ -210,6 +248,14 @@ fn node_error(e: &triarch_node::RequestError) -> Reply {
     error_reply(e.code(), e)
 }
 
+/// A node error in the words of the command that caused it.
+fn command_error(command: &str, e: &triarch_node::RequestError) -> Reply {
+    if command.is_empty() {
+        return node_error(e);
+    }
+    error_reply(e.code(), e.message_for(command))
+}
+
 fn wrong_arity(name: &str) -> Reply {
     Reply::error(format!(
         "ERR wrong number of arguments for '{}' command",
@@ -217,7 +263,14 @@ fn wrong_arity(name: &str) -> Reply {
     ))
 }
 
-fn combine(kind: Combine, parts: Vec<Option<NodeReply>>) -> Reply {
+/// `[context, value...]`: what TRIARCH.GETV and TRIARCH.SETV answer.
+fn siblings_reply(view: SiblingsView) -> Reply {
+    let mut items = vec![Reply::bulk(CausalToken::encode(&view.context))];
+    items.extend(view.values.into_iter().map(Reply::bulk));
+    Reply::array(items)
+}
+
+fn combine(command: &'static str, kind: Combine, parts: Vec<Option<NodeReply>>) -> Reply {
     let collected: Vec<NodeReply> = parts
         .into_iter()
         .map(|p| p.expect("all parts filled"))
@@ -227,35 +280,62 @@ fn combine(kind: Combine, parts: Vec<Option<NodeReply>>) -> Reply {
         && let Some(NodeReply::Error(e)) =
             collected.iter().find(|r| matches!(r, NodeReply::Error(_)))
     {
-        return node_error(e);
+        return command_error(command, e);
     }
-    match kind {
-        Combine::Get => match collected.into_iter().next() {
-            Some(NodeReply::Value(v)) => Reply::bulk_or_null(v),
-            other => unexpected(other),
-        },
-        Combine::Set | Combine::Mset => Reply::ok(),
-        Combine::Del => Reply::Integer(
+    let first = collected.first().cloned();
+    match (kind, first) {
+        (Combine::Get, Some(NodeReply::Value(v))) => Reply::bulk_or_null(v),
+        (Combine::Set | Combine::Mset, _) => Reply::ok(),
+        (Combine::Del, _) => Reply::Integer(
             collected
                 .iter()
                 .filter(|r| matches!(r, NodeReply::Written { existed: true }))
                 .count() as i64,
         ),
-        Combine::Exists => Reply::Integer(
+        (Combine::Exists, _) => Reply::Integer(
             collected
                 .iter()
                 .filter(|r| matches!(r, NodeReply::Value(Some(_))))
                 .count() as i64,
         ),
-        Combine::Mget => Reply::array(collected.into_iter().map(|r| match r {
+        (Combine::Mget, _) => Reply::array(collected.into_iter().map(|r| match r {
             NodeReply::Value(v) => Reply::bulk_or_null(v),
-            NodeReply::Error(e) => node_error(&e),
+            NodeReply::Error(e) => command_error(command, &e),
             other => unexpected(Some(other)),
         })),
-        Combine::Admin(kind) => match collected.into_iter().next() {
-            Some(r) => admin_reply(kind, r),
-            None => unexpected(None),
-        },
+        (Combine::Counter, Some(NodeReply::Applied(OperationResult::Counter(v)))) => {
+            Reply::Integer(v)
+        }
+        (Combine::Changed, Some(NodeReply::Applied(OperationResult::Changed(n)))) => {
+            Reply::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+        }
+        (Combine::Members, Some(NodeReply::State(View::Set(members)))) => {
+            Reply::Set(members.into_iter().map(Reply::bulk).collect())
+        }
+        (Combine::IsMember(m), Some(NodeReply::State(View::Set(members)))) => {
+            Reply::Integer(i64::from(members.binary_search(&m).is_ok()))
+        }
+        (Combine::Cardinality, Some(NodeReply::State(View::Set(members)))) => {
+            Reply::Integer(members.len() as i64)
+        }
+        (Combine::Field(f), Some(NodeReply::State(View::Map(fields)))) => Reply::bulk_or_null(
+            fields
+                .binary_search_by(|(k, _)| k.cmp(&f))
+                .ok()
+                .map(|i| fields[i].1.clone()),
+        ),
+        (Combine::Fields, Some(NodeReply::State(View::Map(fields)))) => Reply::Map(
+            fields
+                .into_iter()
+                .map(|(k, v)| (Reply::bulk(k), Reply::bulk(v)))
+                .collect(),
+        ),
+        (Combine::Siblings, Some(NodeReply::State(View::Siblings(view))))
+        | (Combine::Siblings, Some(NodeReply::Applied(OperationResult::Siblings(view)))) => {
+            siblings_reply(view)
+        }
+        (Combine::Admin(kind), Some(r)) => admin_reply(kind, r),
+        (_, other) => unexpected(other),
     }
 }
 
@@ -296,6 +376,9 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                 field("quorum_failures", s.quorum_failures.to_string()),
                 field("lww_discarded", s.lww_discarded.to_string()),
                 field("write_restamps", s.write_restamps.to_string()),
+                field("siblings_created", s.siblings_created.to_string()),
+                field("siblings_resolved", s.siblings_resolved.to_string()),
+                field("forwarded", s.forwarded.to_string()),
             ])
         }
         (_, other) => unexpected(Some(other)),
@@ -314,6 +397,8 @@ async fn dispatch(
     let name = cmd.name_upper().map(|n| n.into_owned()).unwrap_or_default();
     let argc = args.len();
     let ready = |r: Reply| Action::Slot(ready_slot(seq, r));
+    // The command's name for errors, as a static string (no allocation per command).
+    let command = static_name(&name);
     // Submits `requests` as the parts of one slot.
     let submit = |combine: Combine, requests: Vec<Request>| async move {
         let n = requests.len();
@@ -334,6 +419,7 @@ async fn dispatch(
         }
         Action::Slot(Slot {
             seq,
+            command,
             combine,
             parts: vec![None; n],
             remaining: n,
@@ -423,9 +509,69 @@ async fn dispatch(
             Err(reply) => ready(reply),
         },
         "TRIARCH.CONSISTENCY" => ready(consistency(args, session)),
-        "GET" | "SET" | "ECHO" | "SELECT" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "MSET" => {
-            ready(wrong_arity(&name))
+        "INCR" | "DECR" | "INCRBY" | "DECRBY" => match counter_amount(&name, args) {
+            Ok(amount) => {
+                let request = apply(args[1].clone(), Operation::CounterAdd(amount), r, w);
+                submit(Combine::Counter, vec![request]).await
+            }
+            Err(reply) => ready(reply),
+        },
+        "SADD" | "SREM" if argc >= 3 => {
+            let elements = args[2..].to_vec();
+            let op = if name == "SADD" {
+                Operation::SetAdd(elements)
+            } else {
+                Operation::SetRemove(elements)
+            };
+            submit(Combine::Changed, vec![apply(args[1].clone(), op, r, w)]).await
         }
+        "SMEMBERS" | "SCARD" if argc == 2 => {
+            let combine = if name == "SMEMBERS" {
+                Combine::Members
+            } else {
+                Combine::Cardinality
+            };
+            submit(combine, vec![read(args[1].clone(), r)]).await
+        }
+        "SISMEMBER" if argc == 3 => {
+            let combine = Combine::IsMember(args[2].clone());
+            submit(combine, vec![read(args[1].clone(), r)]).await
+        }
+        "HSET" if argc >= 4 && argc.is_multiple_of(2) => {
+            let pairs = args[2..]
+                .chunks(2)
+                .map(|fv| (fv[0].clone(), fv[1].clone()))
+                .collect();
+            let request = apply(args[1].clone(), Operation::MapSet(pairs), r, w);
+            submit(Combine::Changed, vec![request]).await
+        }
+        "HDEL" if argc >= 3 => {
+            let op = Operation::MapDelete(args[2..].to_vec());
+            submit(Combine::Changed, vec![apply(args[1].clone(), op, r, w)]).await
+        }
+        "HGET" if argc == 3 => {
+            let combine = Combine::Field(args[2].clone());
+            submit(combine, vec![read(args[1].clone(), r)]).await
+        }
+        "HGETALL" if argc == 2 => submit(Combine::Fields, vec![read(args[1].clone(), r)]).await,
+        "TRIARCH.GETV" if argc == 2 => {
+            submit(Combine::Siblings, vec![read(args[1].clone(), r)]).await
+        }
+        "TRIARCH.SETV" if argc == 4 => match CausalToken::decode(&args[2]) {
+            Ok(context) => {
+                let op = Operation::SiblingsWrite {
+                    context,
+                    value: Some(args[3].clone()),
+                };
+                submit(Combine::Siblings, vec![apply(args[1].clone(), op, r, w)]).await
+            }
+            Err(e) => ready(Reply::error(format!(
+                "ERR invalid causal context: {e} (pass the context TRIARCH.GETV returned, or \"\" for none)"
+            ))),
+        },
+        "GET" | "SET" | "ECHO" | "SELECT" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "MSET"
+        | "SADD" | "SREM" | "SMEMBERS" | "SCARD" | "SISMEMBER" | "HSET" | "HDEL" | "HGET"
+        | "HGETALL" | "TRIARCH.GETV" | "TRIARCH.SETV" => ready(wrong_arity(&name)),
         _ => ready(unknown_command(args)),
     }
 }
@@ -444,6 +590,66 @@ fn unknown_command(args: &[Bytes]) -> Reply {
         "ERR unknown command '{name}', with args beginning with: {}",
         rest.join(" ")
     ))
+}
+
+fn apply(key: Bytes, op: Operation, r: Option<Consistency>, w: Option<Consistency>) -> Request {
+    Request::Apply { key, op, r, w }
+}
+
+fn read(key: Bytes, r: Option<Consistency>) -> Request {
+    Request::Read { key, r }
+}
+
+/// The command names that can appear in a node's error, as static strings.
+fn static_name(name: &str) -> &'static str {
+    const NAMES: [&str; 22] = [
+        "GET",
+        "SET",
+        "DEL",
+        "UNLINK",
+        "EXISTS",
+        "MGET",
+        "MSET",
+        "INCR",
+        "DECR",
+        "INCRBY",
+        "DECRBY",
+        "SADD",
+        "SREM",
+        "SMEMBERS",
+        "SISMEMBER",
+        "SCARD",
+        "HSET",
+        "HGET",
+        "HDEL",
+        "HGETALL",
+        "TRIARCH.GETV",
+        "TRIARCH.SETV",
+    ];
+    NAMES.into_iter().find(|n| *n == name).unwrap_or("")
+}
+
+/// The signed amount of INCR, DECR, INCRBY, DECRBY, or the error Redis gives.
+fn counter_amount(name: &str, args: &[Bytes]) -> Result<i64, Reply> {
+    let by = matches!(name, "INCRBY" | "DECRBY");
+    if args.len() != if by { 3 } else { 2 } {
+        return Err(wrong_arity(name));
+    }
+    let amount = if by {
+        std::str::from_utf8(&args[2])
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| Reply::error("ERR value is not an integer or out of range"))?
+    } else {
+        1
+    };
+    if name.starts_with("DECR") {
+        amount
+            .checked_neg()
+            .ok_or_else(|| Reply::error("ERR decrement would overflow"))
+    } else {
+        Ok(amount)
+    }
 }
 
 fn upper(b: &Bytes) -> String {
@@ -574,23 +780,62 @@ fn parse_u8(v: &Bytes, what: &str) -> Result<u8, Reply> {
         .ok_or_else(|| Reply::error(format!("ERR {what} must be an integer between 1 and 255")))
 }
 
-/// `TRIARCH.CONSISTENCY [R r] [W w] | DEFAULT`: this connection's quorum overrides.
+fn parse_level(v: &Bytes, what: &str) -> Result<Consistency, Reply> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(Consistency::parse)
+        .ok_or_else(|| {
+            Reply::error(format!(
+                "ERR {what} must be ONE, QUORUM, ALL or an integer between 1 and 255"
+            ))
+        })
+}
+
+/// `TRIARCH.CONSISTENCY ONE|QUORUM|ALL | [R r] [W w] | DEFAULT`: this connection's read and
+/// write quorums, as counts or as levels resolved against each key's N (QUORUM is N/2+1).
+/// Without arguments it answers the current setting.
 fn consistency(args: &[Bytes], session: &mut Session) -> Reply {
-    if args.len() == 2 && upper(&args[1]) == "DEFAULT" {
-        session.read_quorum = None;
-        session.write_quorum = None;
-        return Reply::ok();
-    }
-    if args.len() < 3 || args.len().is_multiple_of(2) {
-        return Reply::error("ERR usage: TRIARCH.CONSISTENCY [R <r>] [W <w>] | DEFAULT");
+    let usage = || {
+        Reply::error(
+            "ERR usage: TRIARCH.CONSISTENCY ONE|QUORUM|ALL | [R <r>] [W <w>] | DEFAULT (r and w: a count or ONE, QUORUM, ALL)",
+        )
+    };
+    let shown = |q: Option<Consistency>| q.map_or("default".to_string(), |c| c.to_string());
+    match args.len() {
+        1 => {
+            return Reply::bulk(format!(
+                "r={} w={}",
+                shown(session.read_quorum),
+                shown(session.write_quorum)
+            ));
+        }
+        2 if upper(&args[1]) == "DEFAULT" => {
+            session.read_quorum = None;
+            session.write_quorum = None;
+            return Reply::ok();
+        }
+        2 => {
+            return match upper(&args[1]).as_str() {
+                level @ ("ONE" | "QUORUM" | "ALL") => {
+                    let level = Consistency::parse(level);
+                    session.read_quorum = level;
+                    session.write_quorum = level;
+                    Reply::ok()
+                }
+                _ => usage(),
+            };
+        }
+        n if n.is_multiple_of(2) => return usage(),
+        _ => {}
     }
     let (mut r, mut w) = (session.read_quorum, session.write_quorum);
     for pair in args[1..].chunks(2) {
-        let value = match parse_u8(&pair[1], &upper(&pair[0])) {
+        let setting = upper(&pair[0]);
+        let value = match parse_level(&pair[1], &setting) {
             Ok(v) => v,
             Err(e) => return e,
         };
-        match upper(&pair[0]).as_str() {
+        match setting.as_str() {
             "R" => r = Some(value),
             "W" => w = Some(value),
             other => {
@@ -732,6 +977,193 @@ mod tests {
         assert_eq!(
             r,
             Reply::error("ERR unknown command 'FOO', with args beginning with: 'a' 'b'")
+        );
+    }
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn session() -> Session {
+        Session {
+            protocol: Protocol::Resp2,
+            read_quorum: None,
+            write_quorum: None,
+            name: None,
+        }
+    }
+
+    #[test]
+    fn counter_commands_parse_their_amounts_as_redis_does() {
+        let a = |w: &[&str]| {
+            let args = args(w);
+            counter_amount(&w[0].to_ascii_uppercase(), &args)
+        };
+        assert_eq!(a(&["INCR", "k"]), Ok(1));
+        assert_eq!(a(&["DECR", "k"]), Ok(-1));
+        assert_eq!(a(&["INCRBY", "k", "-7"]), Ok(-7));
+        assert_eq!(a(&["DECRBY", "k", "7"]), Ok(-7));
+        assert_eq!(
+            a(&["INCRBY", "k", "x"]),
+            Err(Reply::error("ERR value is not an integer or out of range"))
+        );
+        assert_eq!(
+            a(&["INCRBY", "k", "9223372036854775808"]),
+            Err(Reply::error("ERR value is not an integer or out of range"))
+        );
+        assert_eq!(
+            a(&["DECRBY", "k", "-9223372036854775808"]),
+            Err(Reply::error("ERR decrement would overflow"))
+        );
+        assert_eq!(a(&["INCR", "k", "1"]), Err(wrong_arity("INCR")));
+        assert_eq!(a(&["INCRBY", "k"]), Err(wrong_arity("INCRBY")));
+    }
+
+    #[test]
+    fn consistency_takes_levels_counts_and_default() {
+        let mut s = session();
+        assert_eq!(
+            consistency(&args(&["TRIARCH.CONSISTENCY", "quorum"]), &mut s),
+            Reply::ok()
+        );
+        assert_eq!(
+            (s.read_quorum, s.write_quorum),
+            (Some(Consistency::Quorum), Some(Consistency::Quorum))
+        );
+        assert_eq!(
+            consistency(
+                &args(&["TRIARCH.CONSISTENCY", "R", "one", "W", "3"]),
+                &mut s
+            ),
+            Reply::ok()
+        );
+        assert_eq!(
+            (s.read_quorum, s.write_quorum),
+            (Some(Consistency::One), Some(Consistency::Count(3)))
+        );
+        assert_eq!(
+            consistency(&args(&["TRIARCH.CONSISTENCY"]), &mut s),
+            Reply::bulk("r=one w=3".to_string())
+        );
+        assert_eq!(
+            consistency(&args(&["TRIARCH.CONSISTENCY", "ALL"]), &mut s),
+            Reply::ok()
+        );
+        assert_eq!(s.read_quorum, Some(Consistency::All));
+        assert_eq!(
+            consistency(&args(&["TRIARCH.CONSISTENCY", "DEFAULT"]), &mut s),
+            Reply::ok()
+        );
+        assert_eq!((s.read_quorum, s.write_quorum), (None, None));
+        // Bad input changes nothing.
+        for bad in [
+            &["TRIARCH.CONSISTENCY", "MOST"][..],
+            &["TRIARCH.CONSISTENCY", "R", "0"],
+            &["TRIARCH.CONSISTENCY", "R", "many"],
+            &["TRIARCH.CONSISTENCY", "Q", "1"],
+            &["TRIARCH.CONSISTENCY", "R"],
+        ] {
+            assert!(
+                matches!(consistency(&args(bad), &mut s), Reply::Error(_)),
+                "{bad:?}"
+            );
+            assert_eq!((s.read_quorum, s.write_quorum), (None, None), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn typed_replies_combine_into_redis_shapes() {
+        let one = |r: NodeReply| vec![Some(r)];
+        let set = NodeReply::State(View::Set(vec![b("a"), b("b")]));
+        assert_eq!(
+            combine("SMEMBERS", Combine::Members, one(set.clone())),
+            Reply::Set(vec![Reply::bulk(b("a")), Reply::bulk(b("b"))])
+        );
+        assert_eq!(
+            combine("SISMEMBER", Combine::IsMember(b("b")), one(set.clone())),
+            Reply::Integer(1)
+        );
+        assert_eq!(
+            combine("SISMEMBER", Combine::IsMember(b("z")), one(set.clone())),
+            Reply::Integer(0)
+        );
+        assert_eq!(
+            combine("SCARD", Combine::Cardinality, one(set)),
+            Reply::Integer(2)
+        );
+        let map = NodeReply::State(View::Map(vec![(b("f"), b("1")), (b("g"), b("2"))]));
+        assert_eq!(
+            combine("HGET", Combine::Field(b("g")), one(map.clone())),
+            Reply::bulk(b("2"))
+        );
+        assert_eq!(
+            combine("HGET", Combine::Field(b("x")), one(map.clone())),
+            Reply::Null
+        );
+        assert_eq!(
+            combine("HGETALL", Combine::Fields, one(map)),
+            Reply::Map(vec![
+                (Reply::bulk(b("f")), Reply::bulk(b("1"))),
+                (Reply::bulk(b("g")), Reply::bulk(b("2")))
+            ])
+        );
+        assert_eq!(
+            combine(
+                "INCR",
+                Combine::Counter,
+                one(NodeReply::Applied(OperationResult::Counter(-3)))
+            ),
+            Reply::Integer(-3)
+        );
+        assert_eq!(
+            combine(
+                "SADD",
+                Combine::Changed,
+                one(NodeReply::Applied(OperationResult::Changed(2)))
+            ),
+            Reply::Integer(2)
+        );
+        let context: triarch_core::causal::VersionVector = [(triarch_core::causal::ActorId(1), 2)]
+            .into_iter()
+            .collect();
+        let view = SiblingsView {
+            context: context.clone(),
+            values: vec![b("x"), b("y")],
+        };
+        assert_eq!(
+            combine(
+                "TRIARCH.GETV",
+                Combine::Siblings,
+                one(NodeReply::State(View::Siblings(view)))
+            ),
+            Reply::array(vec![
+                Reply::bulk(CausalToken::encode(&context)),
+                Reply::bulk(b("x")),
+                Reply::bulk(b("y"))
+            ])
+        );
+    }
+
+    #[test]
+    fn policy_errors_name_the_command() {
+        let e = triarch_node::RequestError::WrongPolicy {
+            keyspace: "cart".into(),
+            policy: MergePolicy::Set,
+            needs: &[MergePolicy::Counter],
+        };
+        let name = static_name("INCR");
+        assert_eq!(
+            combine(
+                name,
+                Combine::Counter,
+                vec![Some(NodeReply::Error(e.clone()))]
+            ),
+            Reply::error("ERR keyspace 'cart' uses merge policy set; INCR needs counter")
+        );
+        assert_eq!(static_name("FLUSHALL"), "");
+        assert_eq!(
+            combine("", Combine::Get, vec![Some(NodeReply::Error(e))]),
+            Reply::error("ERR keyspace 'cart' uses merge policy set; this command needs counter")
         );
     }
 }

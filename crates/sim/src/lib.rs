@@ -50,11 +50,18 @@
 //! process retires (a fresh process takes over). Replies with a definite error are `fail`,
 //! others `info`. A request to a crashed node fails at once (connection refused: `fail`).
 //!
+//! Workloads S and C ([`merged`], run by [`run_merged_seed`]) drive a `set` keyspace (unique
+//! adds, and removes of elements the same client added) and a `counter` keyspace (increments by
+//! known amounts) through the same phases and faults.
+//!
 //! ## Checkers
 //!
 //! [`checker::single_writer`] (no stale or unexpected read, no acknowledged write lost; its
 //! module documentation states the exact rule) and [`checker::convergence`] (identical replicas
-//! after the final reads).
+//! after the final reads). For workloads S and C: [`checker::set`] (every acknowledged add
+//! present unless an acknowledged remove followed, nothing unexpected, removed stays removed),
+//! [`checker::counter`] (every read between the acknowledged and the attempted sums) and
+//! [`checker::convergence::check_states`].
 //!
 //! ## Replaying a seed
 //!
@@ -65,6 +72,7 @@
 pub mod checker;
 pub mod history;
 pub mod latency;
+pub mod merged;
 pub mod nemesis;
 mod network;
 mod simulation;
@@ -73,6 +81,7 @@ mod workload;
 pub use checker::{CheckerResult, Violation, ViolationKind};
 pub use history::{EventType, Function, History, HistoryEvent, Op, ProcessId};
 pub use latency::{LATENCY_MAX, LatencyDistribution};
+pub use merged::{MergedFunction, MergedHistory, MergedWorkload, ReadResult};
 pub use nemesis::Fault;
 pub use simulation::{
     CLIENT_TIMEOUT, FINAL_READ_SETTLE, SETTLE, Simulation, WALL_CLOCK_START_MS, key_bytes,
@@ -342,7 +351,56 @@ impl fmt::Display for Summary {
 /// Runs one seed. A panic inside the run (a node's failed invariant) is caught and reported as a
 /// failure of that seed rather than ending a sweep over many seeds.
 pub fn run_seed(seed: u64, options: &SimOptions) -> SeedReport {
-    match catch_unwind(AssertUnwindSafe(|| Simulation::new(seed, options).run())) {
+    guarded(seed, options, || Simulation::new(seed, options).run())
+}
+
+/// Runs one seed of CRDT workload `workload` ([`merged`]): the set or counter checker and the
+/// state convergence checker judge it. With `options.planted_bug` the engine runs the
+/// workload's own planted bug instead of acknowledge-before-quorum (whose acknowledged writes
+/// are durable on one replica and so reappear after the final repair): for `set`, removes that
+/// forget what their read observed (`bug_remove_unobserved`); for `counter`, one actor shared by
+/// every coordinator (`bug_shared_actor`). [`SeedReport::replay_command`] does not name the
+/// workload; [`merged_replay_command`] does.
+pub fn run_merged_seed(seed: u64, options: &SimOptions, workload: MergedWorkload) -> SeedReport {
+    guarded(seed, options, || {
+        Simulation::new_merged(seed, options, workload).run()
+    })
+}
+
+/// Like [`run_seeds`], for a CRDT workload.
+pub fn run_merged_seeds(
+    first: u64,
+    count: u64,
+    options: &SimOptions,
+    workload: MergedWorkload,
+    mut on_seed: impl FnMut(&SeedReport),
+) -> Summary {
+    let mut summary = Summary::default();
+    for seed in first..first.saturating_add(count) {
+        let report = run_merged_seed(seed, options, workload);
+        on_seed(&report);
+        summary.add(report);
+    }
+    summary
+}
+
+/// The command that replays one seed of a CRDT workload (through its seed test: the `triarch`
+/// CLI runs the register workload).
+pub fn merged_replay_command(report: &SeedReport, workload: MergedWorkload) -> String {
+    let bug = if report.options.planted_bug {
+        " TRIARCH_SIM_PLANTED_BUG=1"
+    } else {
+        ""
+    };
+    format!(
+        "TRIARCH_SIM_SEED={}{bug} cargo test -p triarch-sim --test merged_seeds {}_seeds -- --nocapture",
+        report.seed, workload
+    )
+}
+
+/// Runs `run`, turning a panic (a node's failed invariant) into a failed report.
+fn guarded(seed: u64, options: &SimOptions, run: impl FnOnce() -> SeedReport) -> SeedReport {
+    match catch_unwind(AssertUnwindSafe(run)) {
         Ok(report) => report,
         Err(payload) => {
             let message = payload
@@ -380,17 +438,23 @@ pub fn run_seeds(
     for seed in first..first.saturating_add(count) {
         let report = run_seed(seed, options);
         on_seed(&report);
-        summary.seeds += 1;
-        summary.ops_ok += report.ops_ok;
-        summary.ops_fail += report.ops_fail;
-        summary.ops_info += report.ops_info;
-        summary.events += report.events;
-        summary.virtual_duration += report.virtual_duration;
-        if !report.passed() {
-            summary.failed.push(report);
-        }
+        summary.add(report);
     }
     summary
+}
+
+impl Summary {
+    fn add(&mut self, report: SeedReport) {
+        self.seeds += 1;
+        self.ops_ok += report.ops_ok;
+        self.ops_fail += report.ops_fail;
+        self.ops_info += report.ops_info;
+        self.events += report.events;
+        self.virtual_duration += report.virtual_duration;
+        if !report.passed() {
+            self.failed.push(report);
+        }
+    }
 }
 
 #[cfg(test)]

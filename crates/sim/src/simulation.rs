@@ -2,9 +2,12 @@
 //! event queue in virtual time. See the crate documentation for the phases of a run and the
 //! durability model.
 
-use crate::checker::convergence::{self, ReplicaRecords};
-use crate::checker::single_writer;
+use crate::checker::convergence::{self, ReplicaRecords, ReplicaStates};
+use crate::checker::{counter, set, single_writer};
 use crate::history::{EventType, Function, History, ProcessId};
+use crate::merged::{
+    MergedClients, MergedFunction, MergedHistory, MergedWorkload, PlannedMergedOp, ReadResult,
+};
 use crate::nemesis::{Action, Nemesis};
 use crate::network::Network;
 use crate::workload::{PlannedOp, Role, Workload};
@@ -17,8 +20,9 @@ use std::time::Duration;
 use triarch_core::{DetRng, Instant, NodeId, Now, RequestId};
 use triarch_leaderless::record::Record;
 use triarch_leaderless::ring::{self, Ring};
+use triarch_leaderless::state::State;
 use triarch_leaderless::{LeaderlessConfig, table_name};
-use triarch_node::{Member, Message, Node, NodeConfig, Output, Reply, Request};
+use triarch_node::{Member, Message, Node, NodeConfig, Operation, Output, Reply, Request, View};
 use triarch_storage::{SimDisk, Storage};
 
 /// Every node's wall clock starts here (ms since the Unix epoch, November 2023), plus its offset.
@@ -157,8 +161,18 @@ struct InFlight {
     value: Option<u64>,
 }
 
-/// One seeded run. Build it with [`Simulation::new`], [`Simulation::run`] it, then inspect its
-/// [`Simulation::history`] and [`Simulation::replica_records`].
+/// The clients of a run of a CRDT workload ([`crate::merged`]), in place of the registers'.
+struct MergedRun {
+    clients: MergedClients,
+    history: MergedHistory,
+    requests: BTreeMap<RequestId, ProcessId>,
+    states: Option<ReplicaStates>,
+}
+
+/// One seeded run. Build it with [`Simulation::new`] (the register workload) or
+/// [`Simulation::new_merged`] (a CRDT workload), [`Simulation::run`] it, then inspect its
+/// [`Simulation::history`] (or [`Simulation::merged_history`]) and
+/// [`Simulation::replica_records`] (or [`Simulation::replica_states`]).
 pub struct Simulation {
     seed: u64,
     options: SimOptions,
@@ -183,6 +197,8 @@ pub struct Simulation {
     events: u64,
     timeline: Vec<TimelineEntry>,
     replicas: Option<ReplicaRecords>,
+    /// Set for a CRDT workload: its clients replace the register workload's.
+    merged: Option<MergedRun>,
 }
 
 impl Simulation {
@@ -190,6 +206,17 @@ impl Simulation {
     /// independent streams per concern (network, nemesis, clients, nodes, disks) so that a change
     /// to one concern's use of randomness leaves the others' choices alone.
     pub fn new(seed: u64, options: &SimOptions) -> Self {
+        Simulation::build(seed, options, None)
+    }
+
+    /// A run of CRDT workload `workload` ([`crate::merged`]) under the same faults, with the
+    /// same options; `options.planted_bug` plants the workload's own bug (see
+    /// [`crate::run_merged_seed`]).
+    pub fn new_merged(seed: u64, options: &SimOptions, workload: MergedWorkload) -> Self {
+        Simulation::build(seed, options, Some(workload))
+    }
+
+    fn build(seed: u64, options: &SimOptions, merged: Option<MergedWorkload>) -> Self {
         options
             .validate()
             .unwrap_or_else(|e| panic!("invalid options: {e}"));
@@ -244,13 +271,37 @@ impl Simulation {
             })
             .collect();
         let nemesis = Nemesis::new(options.faults(), nemesis_rng);
-        let workload = Workload::new(
-            options.keys,
-            ids.len(),
-            options.ops,
-            options.duration,
-            workload_rng,
-        );
+        let (workload, merged) = match merged {
+            None => {
+                let workload = Workload::new(
+                    options.keys,
+                    ids.len(),
+                    options.ops,
+                    options.duration,
+                    workload_rng,
+                );
+                (workload, None)
+            }
+            Some(kind) => {
+                // The register workload stays idle (never started).
+                let idle = Workload::new(1, 1, 1, options.duration, DetRng::seed_from_u64(0));
+                let clients = MergedClients::new(
+                    kind,
+                    options.keys,
+                    ids.len(),
+                    options.ops,
+                    options.duration,
+                    workload_rng,
+                );
+                let run = MergedRun {
+                    clients,
+                    history: MergedHistory::new(),
+                    requests: BTreeMap::new(),
+                    states: None,
+                };
+                (idle, Some(run))
+            }
+        };
         let mut sim = Simulation {
             seed,
             options: options.clone(),
@@ -273,13 +324,18 @@ impl Simulation {
             events: 0,
             timeline: Vec::new(),
             replicas: None,
+            merged,
         };
         let network = sim.network.describe();
         sim.log(format!("start: {} nodes, {network}", options.nodes));
         for id in ids {
             sim.start_node(id);
         }
-        for (process, delay) in sim.workload.start() {
+        let starts = match &mut sim.merged {
+            Some(run) => run.clients.start(),
+            None => sim.workload.start(),
+        };
+        for (process, delay) in starts {
             sim.schedule(delay, Event::ClientWake { process });
         }
         if !sim.nemesis.is_idle() {
@@ -293,8 +349,14 @@ impl Simulation {
         self.seed
     }
 
+    /// The register workload's history (empty in a run of a CRDT workload).
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// The history of a run of a CRDT workload.
+    pub fn merged_history(&self) -> Option<&MergedHistory> {
+        self.merged.as_ref().map(|m| &m.history)
     }
 
     /// Runs to the end and reports. A node's failed invariant panics (the caller,
@@ -321,11 +383,31 @@ impl Simulation {
 
     fn report(&self) -> SeedReport {
         let replicas = self.replicas.as_ref().expect("snapshot taken at Finish");
-        let checkers = vec![
-            single_writer::check(&self.history),
-            convergence::check(replicas),
-        ];
-        let (ops_ok, ops_fail, ops_info) = self.history.outcome_counts();
+        let (checkers, (ops_ok, ops_fail, ops_info), fingerprint, history_events) =
+            match &self.merged {
+                None => (
+                    vec![
+                        single_writer::check(&self.history),
+                        convergence::check(replicas),
+                    ],
+                    self.history.outcome_counts(),
+                    self.history.fingerprint(),
+                    self.history.len(),
+                ),
+                Some(run) => {
+                    let states = run.states.as_ref().expect("snapshot taken at Finish");
+                    let semantics = match run.clients.workload {
+                        MergedWorkload::Set => set::check(&run.history),
+                        MergedWorkload::Counter => counter::check(&run.history),
+                    };
+                    (
+                        vec![semantics, convergence::check_states(states)],
+                        run.history.outcome_counts(),
+                        run.history.fingerprint(),
+                        run.history.len(),
+                    )
+                }
+            };
         SeedReport {
             seed: self.seed,
             options: self.options.clone(),
@@ -334,8 +416,8 @@ impl Simulation {
             ops_info,
             events: self.events,
             virtual_duration: Duration::from_micros(self.now.as_micros()),
-            fingerprint: self.history.fingerprint(),
-            history_events: self.history.len(),
+            fingerprint,
+            history_events,
             checkers,
             panic: None,
             timeline: self.timeline.clone(),
@@ -380,6 +462,38 @@ impl Simulation {
         out
     }
 
+    /// For each key of a CRDT workload, the state each replica of its preference list holds on
+    /// its disk (staged writes included). Empty for the register workload.
+    pub fn replica_states(&self) -> ReplicaStates {
+        let Some(run) = &self.merged else {
+            return ReplicaStates::new();
+        };
+        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        let ring = Ring::new(&ids, ring::VNODES_PER_NODE_DEFAULT);
+        let keyspace = run.clients.workload.keyspace();
+        let table = table_name(&keyspace.name);
+        let mut out = ReplicaStates::new();
+        for key in 0..self.options.keys {
+            let bytes = run.clients.workload.key_bytes(key);
+            let replicas =
+                ring.preference_list(Ring::position(&keyspace.name, &bytes), keyspace.n.into());
+            let mut states = BTreeMap::new();
+            for node in replicas {
+                let host = &self.hosts[index(node)];
+                let stored = match &host.state {
+                    HostState::Up(n) => n.storage().get(&table, &bytes),
+                    HostState::Down(disk) => disk.get(&table, &bytes),
+                }
+                .expect("SimDisk reads do not fail");
+                let state = stored
+                    .map(|b| State::decode(&b).unwrap_or_else(|e| panic!("{node} key {key}: {e}")));
+                states.insert(node, state);
+            }
+            out.insert(key, states);
+        }
+        out
+    }
+
     fn schedule(&mut self, delay: Duration, event: Event) {
         let at = self.now + delay;
         self.schedule_at(at, event);
@@ -414,7 +528,12 @@ impl Simulation {
             Event::SyncDone { node, incarnation } => self.sync_done(node, incarnation),
             Event::ClientWake { process } => self.client_wake(process),
             Event::ClientTimeout { process, request } => {
-                if self.requests.remove(&request).is_some() {
+                if let Some(run) = &mut self.merged
+                    && run.requests.remove(&request).is_some()
+                {
+                    let error = Some("client timeout".to_string());
+                    self.complete_merged(process, EventType::Info, None, error);
+                } else if self.requests.remove(&request).is_some() {
                     let error = Some("client timeout".to_string());
                     self.complete(process, EventType::Info, None, error);
                 }
@@ -455,7 +574,14 @@ impl Simulation {
             Event::FinalReads => self.final_reads(),
             Event::Finish => {
                 self.history.close_open(self.now, "run ended");
-                self.replicas = Some(self.replica_records());
+                let states = self.merged.is_some().then(|| self.replica_states());
+                if let Some(run) = &mut self.merged {
+                    run.history.close_open(self.now, "run ended");
+                    run.states = states;
+                    self.replicas = Some(ReplicaRecords::new());
+                } else {
+                    self.replicas = Some(self.replica_records());
+                }
                 self.phase = Phase::Done;
             }
         }
@@ -475,10 +601,24 @@ impl Simulation {
 
     fn node_config(&self, id: NodeId) -> NodeConfig {
         let mut config = NodeConfig::new(id, self.members.clone());
-        config.leaderless = LeaderlessConfig {
-            bug_ack_before_quorum: self.options.planted_bug,
-            ..LeaderlessConfig::default()
+        let bug = self.options.planted_bug;
+        config.leaderless = match self.merged.as_ref().map(|m| m.clients.workload) {
+            None => LeaderlessConfig {
+                bug_ack_before_quorum: bug,
+                ..LeaderlessConfig::default()
+            },
+            Some(MergedWorkload::Set) => LeaderlessConfig {
+                bug_remove_unobserved: bug,
+                ..LeaderlessConfig::default()
+            },
+            Some(MergedWorkload::Counter) => LeaderlessConfig {
+                bug_shared_actor: bug,
+                ..LeaderlessConfig::default()
+            },
         };
+        if let Some(run) = &self.merged {
+            config.keyspaces.push(run.clients.workload.keyspace());
+        }
         config
     }
 
@@ -683,6 +823,12 @@ impl Simulation {
         if self.phase != Phase::Main {
             return;
         }
+        if let Some(run) = &mut self.merged {
+            if let Some(op) = run.clients.next_op(process) {
+                self.invoke_merged(process, op);
+            }
+            return;
+        }
         if let Some(op) = self.workload.next_op(process) {
             self.invoke(process, op);
         }
@@ -724,6 +870,12 @@ impl Simulation {
     }
 
     fn on_reply(&mut self, request: RequestId, reply: Reply) {
+        if let Some(run) = &mut self.merged {
+            if let Some(process) = run.requests.remove(&request) {
+                self.on_merged_reply(process, reply);
+            }
+            return;
+        }
         let Some(InFlight { process, f, value }) = self.requests.remove(&request) else {
             return; // the client gave up already: its operation is recorded as info
         };
@@ -761,9 +913,92 @@ impl Simulation {
         }
     }
 
+    fn invoke_merged(&mut self, process: ProcessId, op: PlannedMergedOp) {
+        let node = self.members[op.node_index].id;
+        let run = self.merged.as_mut().expect("a CRDT run");
+        run.history.invoke(process, op.f, op.key, node, self.now);
+        if matches!(self.hosts[op.node_index].state, HostState::Down(_)) {
+            let error = Some(format!("{node} is down"));
+            self.complete_merged(process, EventType::Fail, None, error);
+            return;
+        }
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        run.requests.insert(request, process);
+        let key = Bytes::from(run.clients.workload.key_bytes(op.key));
+        let element = |e: u64| vec![Bytes::from(e.to_string())];
+        let apply = |op: Operation| Request::Apply {
+            key: key.clone(),
+            op,
+            r: None,
+            w: None,
+        };
+        let req = match op.f {
+            MergedFunction::SetAdd { element: e } => apply(Operation::SetAdd(element(e))),
+            MergedFunction::SetRemove { element: e } => apply(Operation::SetRemove(element(e))),
+            MergedFunction::CounterAdd { amount } => apply(Operation::CounterAdd(amount)),
+            MergedFunction::SetRead | MergedFunction::CounterRead => Request::Read {
+                key: key.clone(),
+                r: None,
+            },
+        };
+        self.schedule(CLIENT_TIMEOUT, Event::ClientTimeout { process, request });
+        self.step(node, Input::Request(request, req));
+    }
+
+    fn on_merged_reply(&mut self, process: ProcessId, reply: Reply) {
+        let (kind, result, error) = match reply {
+            Reply::Applied(_) => (EventType::Ok, None, None),
+            Reply::State(View::Set(members)) => {
+                let members = members.iter().map(|m| parse(m)).collect();
+                (EventType::Ok, Some(ReadResult::Members(members)), None)
+            }
+            Reply::State(View::Counter(value)) => {
+                (EventType::Ok, Some(ReadResult::Count(value)), None)
+            }
+            Reply::Error(e) if e.is_definite() => (EventType::Fail, None, Some(e.to_string())),
+            Reply::Error(e) => (EventType::Info, None, Some(e.to_string())),
+            other => panic!("reply {other:?} in a CRDT workload"),
+        };
+        self.complete_merged(process, kind, result, error);
+    }
+
+    fn complete_merged(
+        &mut self,
+        process: ProcessId,
+        kind: EventType,
+        result: Option<ReadResult>,
+        error: Option<String>,
+    ) {
+        let run = self.merged.as_mut().expect("a CRDT run");
+        run.history.complete(process, kind, result, self.now, error);
+        let next = run.clients.completed(process, kind);
+        if let Some(next) = next
+            && self.phase == Phase::Main
+        {
+            let think = run.clients.think_time();
+            self.schedule(think, Event::ClientWake { process: next });
+        }
+    }
+
     /// Reads every key through every node. Besides checking for lost writes, these reads repair
     /// every replica that missed a write, which the convergence check then requires.
     fn final_reads(&mut self) {
+        if let Some(run) = &mut self.merged {
+            self.phase = Phase::FinalReads;
+            run.history.mark_final_phase();
+            for key in 0..self.options.keys {
+                for node_index in 0..self.members.len() {
+                    let run = self.merged.as_mut().expect("checked");
+                    let process = run.clients.final_reader();
+                    let f = run.clients.final_read(process, key);
+                    let op = PlannedMergedOp { f, key, node_index };
+                    self.invoke_merged(process, op);
+                }
+            }
+            self.schedule(FINAL_READ_SETTLE, Event::Finish);
+            return;
+        }
         self.phase = Phase::FinalReads;
         self.history.mark_final_phase();
         for key in 0..self.options.keys {

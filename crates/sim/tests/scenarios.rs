@@ -39,7 +39,8 @@ impl Cluster {
     }
 
     fn start(&self, id: NodeId, disk: SimDisk, wall_ms: u64) -> Node<SimDisk> {
-        let config = NodeConfig::new(id, self.members.clone());
+        let mut config = NodeConfig::new(id, self.members.clone());
+        config.keyspaces.push(hits());
         let rng = DetRng::seed_from_u64(u64::from(id.0));
         Node::new(config, disk, rng, Now::new(Instant(0), wall_ms)).expect("node starts")
     }
@@ -141,5 +142,97 @@ fn a_write_under_a_timestamp_reused_after_a_restart_is_not_lost() {
         c.request(NodeId(2), get("r0"), wall_ms),
         Reply::Value(Some(Bytes::from_static(b"2"))),
         "an acknowledged write must not be lost"
+    );
+}
+
+/// A counter keyspace every node of these scenarios starts with.
+fn hits() -> triarch_core::KeyspaceConfig {
+    triarch_core::KeyspaceConfig {
+        merge: triarch_core::MergePolicy::Counter,
+        ..triarch_core::KeyspaceConfig::leaderless("hits")
+    }
+}
+
+/// A node outside a key's preference list forwards an increment to a replica. The network
+/// delivers the forward twice, the second copy after the replica crashed and restarted (so it
+/// remembers nothing of the first): the replica must refuse it as sent before its restart, or
+/// the increment counts twice. The replica's clock ceiling, persisted before the forward ran,
+/// is what makes the copy recognisably old.
+#[test]
+fn a_forward_duplicated_across_the_coordinators_restart_counts_once() {
+    use triarch_leaderless::ring::{Ring, VNODES_PER_NODE_DEFAULT};
+    use triarch_node::{Operation, OperationResult};
+    let wall_ms = 1_700_000_000_000;
+    let mut c = Cluster::new(5, wall_ms);
+    let ids: Vec<NodeId> = (1..=5).map(NodeId).collect();
+    let replicas = Ring::new(&ids, VNODES_PER_NODE_DEFAULT)
+        .preference_list(Ring::position("hits", b"hits:page"), 3);
+    let outsider = *ids.iter().find(|n| !replicas.contains(n)).expect("5 > 3");
+    let incr = Request::Apply {
+        key: Bytes::from_static(b"hits:page"),
+        op: Operation::CounterAdd(5),
+        r: None,
+        w: None,
+    };
+    let request = RequestId(1_000);
+    c.node(outsider)
+        .handle_request(Now::new(Instant(0), wall_ms), request, incr);
+    c.drain(outsider);
+    let (from, coordinator, forward) = c.in_flight.pop_front().expect("the forward");
+    assert!(matches!(forward, Message::Leaderless(_)));
+    c.in_flight.push_back((from, coordinator, forward.clone()));
+    c.deliver_all(wall_ms);
+    assert!(
+        c.replies.iter().any(
+            |(r, reply)| *r == request && *reply == Reply::Applied(OperationResult::Counter(5))
+        )
+    );
+    c.crash_and_restart(coordinator, wall_ms);
+    // The late copy of the forward.
+    c.in_flight.push_back((from, coordinator, forward));
+    c.deliver_all(wall_ms + 1);
+    assert_eq!(
+        c.request(NodeId(outsider.0), get("hits:page"), wall_ms + 2),
+        Reply::Value(Some(Bytes::from_static(b"5"))),
+        "counted once"
+    );
+}
+
+/// A coordinator's new dot leaves the node only after the state that issued it is durable: a
+/// crash before the sync loses the increment entirely (nothing was sent), and the restarted
+/// node issues the same total again for the next increment without any replica holding a
+/// different meaning for it.
+#[test]
+fn an_increment_lost_in_a_crash_before_its_sync_leaves_no_trace() {
+    use triarch_node::Operation;
+    let wall_ms = 1_700_000_000_000;
+    let mut c = Cluster::new(3, wall_ms);
+    let incr = |amount| Request::Apply {
+        key: Bytes::from_static(b"hits:k"),
+        op: Operation::CounterAdd(amount),
+        r: None,
+        w: None,
+    };
+    let n1 = NodeId(1);
+    c.node(n1)
+        .handle_request(Now::new(Instant(0), wall_ms), RequestId(77), incr(100));
+    // The driver holds the step's `Merge` messages until the sync, which never happens.
+    let mut early = Vec::new();
+    while let Some(o) = c.node(n1).poll_output() {
+        if let Output::Send { message, .. } = &o
+            && message.may_precede_sync()
+        {
+            early.push(o);
+        }
+    }
+    assert!(
+        early.is_empty(),
+        "nothing carrying the new total leaves before the sync"
+    );
+    c.crash_and_restart(n1, wall_ms);
+    c.request(n1, incr(1), wall_ms);
+    assert_eq!(
+        c.request(NodeId(2), get("hits:k"), wall_ms),
+        Reply::Value(Some(Bytes::from_static(b"1")))
     );
 }

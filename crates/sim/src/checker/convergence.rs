@@ -8,6 +8,7 @@ use super::{CheckerResult, Violation, ViolationKind};
 use std::collections::BTreeMap;
 use triarch_core::NodeId;
 use triarch_leaderless::record::Record;
+use triarch_leaderless::state::State;
 
 pub const NAME: &str = "convergence";
 
@@ -31,6 +32,39 @@ pub fn check(replicas: &ReplicaRecords) -> CheckerResult {
                         timestamp,
                         value: Some(v),
                     }) => format!("{node}: {:?} @{timestamp}", String::from_utf8_lossy(v)),
+                })
+                .collect();
+            violations.push(Violation {
+                kind: ViolationKind::Diverged,
+                key,
+                index: None,
+                detail: format!("replicas differ after read repair: {}", held.join(", ")),
+            });
+        }
+    }
+    CheckerResult {
+        checker: NAME,
+        violations,
+    }
+}
+
+/// For each key of a keyspace whose merge policy is a CRDT, the state each of its replicas
+/// holds (`None`: the replica has none).
+pub type ReplicaStates = BTreeMap<u64, BTreeMap<NodeId, Option<State>>>;
+
+/// The same rule for merged states: after the final reads, every replica of a key holds the
+/// identical state (CRDT states are canonical, so equal states are equal values: the same
+/// members with the same dots and causal context, the same per-replica counts).
+pub fn check_states(replicas: &ReplicaStates) -> CheckerResult {
+    let mut violations = Vec::new();
+    for (&key, states) in replicas {
+        let first = states.values().next();
+        if first.is_some_and(|f| states.values().any(|s| s != f)) {
+            let held: Vec<String> = states
+                .iter()
+                .map(|(node, s)| match s {
+                    None => format!("{node}: none"),
+                    Some(s) => format!("{node}: {:?}", s.view()),
                 })
                 .collect();
             violations.push(Violation {
@@ -92,5 +126,28 @@ mod tests {
         assert!(!check(&replicas([record(5, "2"), record(6, "2"), record(5, "2")])).is_ok());
         // A, B, A: every replica is compared, not only neighbours.
         assert!(!check(&replicas([record(5, "1"), record(6, "2"), record(5, "1")])).is_ok());
+    }
+
+    #[test]
+    fn replicas_with_different_states_diverge_even_with_equal_values() {
+        use triarch_core::causal::ActorId;
+        use triarch_core::crdt::PnCounter;
+        let counter = |parts: &[(u32, i64)]| {
+            let mut c = PnCounter::new();
+            for &(actor, amount) in parts {
+                let _ = c.add(ActorId(actor), amount).unwrap();
+            }
+            Some(State::Counter(c))
+        };
+        let states = |s: [Option<State>; 3]| -> ReplicaStates {
+            BTreeMap::from([(0, (1..=3).map(NodeId).zip(s).collect())])
+        };
+        let same = counter(&[(1, 2), (2, 3)]);
+        assert!(check_states(&states([same.clone(), same.clone(), same.clone()])).is_ok());
+        let r = check_states(&states([same.clone(), counter(&[(1, 2)]), same.clone()]));
+        assert_eq!(r.violations[0].kind, ViolationKind::Diverged);
+        // The same value (5) counted by different replicas is still a different state.
+        assert!(!check_states(&states([same.clone(), counter(&[(1, 5)]), same])).is_ok());
+        assert!(!check_states(&states([counter(&[(1, 1)]), None, counter(&[(1, 1)])])).is_ok());
     }
 }

@@ -1,9 +1,12 @@
 //! Checkers: pure functions from what a run produced (its history, the replicas' final records)
 //! to the violations found. Each is trusted only because its unit tests feed it a broken input
 //! and see it fail, and because `tests/leaderless_seeds.rs` shows it catching the leaderless
-//! engine's planted acknowledge-before-quorum bug.
+//! engine's planted acknowledge-before-quorum bug (`tests/merged_seeds.rs` does the same for
+//! [`set`] and [`counter`] with their own planted bugs).
 
 pub mod convergence;
+pub mod counter;
+pub mod set;
 pub mod single_writer;
 
 use std::fmt;

@@ -1,0 +1,672 @@
+//! Workloads and histories for keyspaces whose merge policy is a CRDT: a `set` keyspace (the
+//! shopping cart) and a `counter` keyspace.
+//!
+//! The histories have the same Jepsen shape as [`crate::history`] (invoke, then `ok`, `fail` or
+//! `info`; a process retires after `info`), with the operations these types have.
+//!
+//! ## Workload S: carts
+//!
+//! `keys` carts in keyspace `cart` (`MERGE set`, N=3, R=2, W=2). Adder processes each add a
+//! globally unique element (so an element names one add) to a random cart through a random
+//! node; often (two times in five, when it has one) an adder instead removes an element *it*
+//! added and saw acknowledged, and has not removed yet. Reader processes read random carts (SMEMBERS).
+//!
+//! ## Workload C: counters
+//!
+//! `keys` counters in keyspace `hits` (`MERGE counter`). Incrementer processes add a known
+//! positive amount (1 to 10) to a random counter through a random node; reader processes read
+//! random counters (GET).
+//!
+//! Both end like the register workload: final heal, settle, then one read of every key through
+//! every node (whose read repair makes every replica equal), then a snapshot of every replica.
+
+use crate::history::{EventType, ProcessId};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::time::Duration;
+use triarch_core::hash::mix64;
+use triarch_core::{DetRng, Instant, KeyspaceConfig, MergePolicy, NodeId};
+
+/// Which CRDT workload a run drives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MergedWorkload {
+    /// Workload S: adds and removes on `set` keys.
+    Set,
+    /// Workload C: increments of `counter` keys.
+    Counter,
+}
+
+impl MergedWorkload {
+    pub const ALL: [MergedWorkload; 2] = [MergedWorkload::Set, MergedWorkload::Counter];
+
+    /// The keyspace the workload runs in (created on every node from its configuration).
+    pub fn keyspace(self) -> KeyspaceConfig {
+        let (name, merge) = match self {
+            MergedWorkload::Set => ("cart", MergePolicy::Set),
+            MergedWorkload::Counter => ("hits", MergePolicy::Counter),
+        };
+        KeyspaceConfig {
+            merge,
+            ..KeyspaceConfig::leaderless(name)
+        }
+    }
+
+    /// The stored key of key number `key`.
+    pub fn key_bytes(self, key: u64) -> Vec<u8> {
+        format!("{}:k{key}", self.keyspace().name).into_bytes()
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MergedWorkload::Set => "set",
+            MergedWorkload::Counter => "counter",
+        }
+    }
+}
+
+impl fmt::Display for MergedWorkload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an operation of a CRDT workload does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MergedFunction {
+    /// SADD of `element` (unique over the whole run).
+    SetAdd { element: u64 },
+    /// SREM of `element`, which the same process added and saw acknowledged.
+    SetRemove { element: u64 },
+    /// SMEMBERS.
+    SetRead,
+    /// INCRBY `amount` (positive).
+    CounterAdd { amount: i64 },
+    /// GET of the counter.
+    CounterRead,
+}
+
+impl MergedFunction {
+    pub fn is_read(self) -> bool {
+        matches!(self, MergedFunction::SetRead | MergedFunction::CounterRead)
+    }
+}
+
+impl fmt::Display for MergedFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MergedFunction::SetAdd { element } => write!(f, "add {element}"),
+            MergedFunction::SetRemove { element } => write!(f, "remove {element}"),
+            MergedFunction::SetRead => f.write_str("read"),
+            MergedFunction::CounterAdd { amount } => write!(f, "incr {amount}"),
+            MergedFunction::CounterRead => f.write_str("read"),
+        }
+    }
+}
+
+/// What an `ok` read returned.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ReadResult {
+    Members(BTreeSet<u64>),
+    /// A counter never written reads as 0.
+    Count(i128),
+}
+
+impl fmt::Display for ReadResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadResult::Members(m) => {
+                let shown: Vec<String> = m.iter().map(u64::to_string).collect();
+                write!(f, "{{{}}}", shown.join(" "))
+            }
+            ReadResult::Count(c) => write!(f, "{c}"),
+        }
+    }
+}
+
+/// One event of a [`MergedHistory`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedEvent {
+    pub index: usize,
+    pub kind: EventType,
+    pub process: ProcessId,
+    pub f: MergedFunction,
+    pub key: u64,
+    /// An `ok` read's result.
+    pub result: Option<ReadResult>,
+    pub time: Instant,
+    pub node: NodeId,
+    pub error: Option<String>,
+}
+
+impl fmt::Display for MergedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            EventType::Invoke => "invoke",
+            EventType::Ok => "ok",
+            EventType::Fail => "fail",
+            EventType::Info => "info",
+        };
+        let micros = self.time.as_micros();
+        write!(
+            f,
+            "#{:<5} {:>4}.{:06}s {:<5} {:<6} key {:<3} {:<12} via {}",
+            self.index,
+            micros / 1_000_000,
+            micros % 1_000_000,
+            self.process.to_string(),
+            kind,
+            self.key,
+            self.f.to_string(),
+            self.node,
+        )?;
+        if let Some(r) = &self.result {
+            write!(f, " -> {r}")?;
+        }
+        if let Some(e) = &self.error {
+            write!(f, " ({e})")?;
+        }
+        Ok(())
+    }
+}
+
+/// An operation: an invocation paired with its completion.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedOp {
+    pub process: ProcessId,
+    pub f: MergedFunction,
+    pub key: u64,
+    pub node: NodeId,
+    /// `Ok`, `Fail` or `Info`; never completed counts as `Info`.
+    pub outcome: EventType,
+    pub invoke_index: usize,
+    pub complete_index: Option<usize>,
+    pub result: Option<ReadResult>,
+}
+
+/// A history of a CRDT workload (see the module documentation).
+#[derive(Clone, Debug, Default)]
+pub struct MergedHistory {
+    events: Vec<MergedEvent>,
+    open: BTreeMap<ProcessId, usize>,
+    final_phase_start: Option<usize>,
+}
+
+impl MergedHistory {
+    pub fn new() -> Self {
+        MergedHistory::default()
+    }
+
+    pub fn events(&self) -> &[MergedEvent] {
+        &self.events
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Records an invocation; returns its index. A process runs one operation at a time.
+    pub fn invoke(
+        &mut self,
+        process: ProcessId,
+        f: MergedFunction,
+        key: u64,
+        node: NodeId,
+        time: Instant,
+    ) -> usize {
+        let index = self.events.len();
+        let previous = self.open.insert(process, index);
+        assert!(
+            previous.is_none(),
+            "{process} invoked while an operation was open"
+        );
+        self.push(MergedEvent {
+            index,
+            kind: EventType::Invoke,
+            process,
+            f,
+            key,
+            result: None,
+            time,
+            node,
+            error: None,
+        })
+    }
+
+    /// Records the completion of `process`'s open operation; `result` is kept for `ok` reads
+    /// only.
+    pub fn complete(
+        &mut self,
+        process: ProcessId,
+        kind: EventType,
+        result: Option<ReadResult>,
+        time: Instant,
+        error: Option<String>,
+    ) -> usize {
+        assert!(
+            kind != EventType::Invoke,
+            "a completion is ok, fail or info"
+        );
+        let invoke = self
+            .open
+            .remove(&process)
+            .unwrap_or_else(|| panic!("{process} completed with no open operation"));
+        let invocation = &self.events[invoke];
+        assert!(time >= invocation.time, "completion before invocation");
+        let result = if invocation.f.is_read() && kind == EventType::Ok {
+            assert!(result.is_some(), "an ok read has a result");
+            result
+        } else {
+            None
+        };
+        let event = MergedEvent {
+            index: self.events.len(),
+            kind,
+            process,
+            f: invocation.f,
+            key: invocation.key,
+            result,
+            time,
+            node: invocation.node,
+            error,
+        };
+        self.push(event)
+    }
+
+    /// Completes every open operation as `info`.
+    pub fn close_open(&mut self, time: Instant, reason: &str) {
+        let open: Vec<ProcessId> = self.open.keys().copied().collect();
+        for process in open {
+            let reason = Some(reason.to_string());
+            self.complete(process, EventType::Info, None, time, reason);
+        }
+    }
+
+    /// Marks the start of the final phase: reads invoked from here on are final reads.
+    pub fn mark_final_phase(&mut self) {
+        assert!(self.final_phase_start.is_none(), "one final phase");
+        self.final_phase_start = Some(self.events.len());
+    }
+
+    pub fn final_phase_start(&self) -> Option<usize> {
+        self.final_phase_start
+    }
+
+    fn push(&mut self, event: MergedEvent) -> usize {
+        if let Some(last) = self.events.last() {
+            assert!(event.time >= last.time, "history time goes forward");
+        }
+        let index = event.index;
+        self.events.push(event);
+        index
+    }
+
+    /// Every operation, in invocation order.
+    pub fn ops(&self) -> Vec<MergedOp> {
+        let mut ops: Vec<MergedOp> = Vec::new();
+        let mut open: BTreeMap<ProcessId, usize> = BTreeMap::new();
+        for e in &self.events {
+            if e.kind == EventType::Invoke {
+                open.insert(e.process, ops.len());
+                ops.push(MergedOp {
+                    process: e.process,
+                    f: e.f,
+                    key: e.key,
+                    node: e.node,
+                    outcome: EventType::Info,
+                    invoke_index: e.index,
+                    complete_index: None,
+                    result: None,
+                });
+            } else {
+                let i = open
+                    .remove(&e.process)
+                    .expect("completion of an invoked operation");
+                let op = &mut ops[i];
+                op.outcome = e.kind;
+                op.complete_index = Some(e.index);
+                op.result = e.result.clone();
+            }
+        }
+        ops
+    }
+
+    /// (ok, fail, info), operations never completed counted as info.
+    pub fn outcome_counts(&self) -> (u64, u64, u64) {
+        let (mut ok, mut fail, mut info) = (0, 0, 0);
+        for op in self.ops() {
+            match op.outcome {
+                EventType::Ok => ok += 1,
+                EventType::Fail => fail += 1,
+                _ => info += 1,
+            }
+        }
+        (ok, fail, info)
+    }
+
+    /// A hash of every event, stable across platforms and releases.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = mix64(self.events.len() as u64 ^ 0x6d65_7267);
+        let mut add = |x: u64| h = mix64(h ^ x);
+        for e in &self.events {
+            add(e.index as u64);
+            add(e.kind as u64);
+            add(e.process.0);
+            let (tag, arg) = match e.f {
+                MergedFunction::SetAdd { element } => (1, element),
+                MergedFunction::SetRemove { element } => (2, element),
+                MergedFunction::SetRead => (3, 0),
+                MergedFunction::CounterAdd { amount } => (4, amount as u64),
+                MergedFunction::CounterRead => (5, 0),
+            };
+            add(tag);
+            add(arg);
+            add(e.key);
+            match &e.result {
+                None => add(u64::MAX),
+                Some(ReadResult::Members(m)) => m.iter().for_each(|&x| add(x ^ 0x55)),
+                Some(ReadResult::Count(c)) => add(*c as u64),
+            }
+            add(e.time.as_micros());
+            add(u64::from(e.node.0));
+            for b in e.error.iter().flat_map(|s| s.bytes()) {
+                add(u64::from(b));
+            }
+        }
+        h
+    }
+
+    /// The events about `key`, one per line, for failure reports.
+    pub fn key_excerpt(&self, key: u64) -> String {
+        let mut out = String::new();
+        for e in self.events.iter().filter(|e| e.key == key) {
+            out.push_str(&e.to_string());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+impl fmt::Display for MergedHistory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.events {
+            if Some(e.index) == self.final_phase_start {
+                writeln!(f, "--- final phase ---")?;
+            }
+            writeln!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+// ---- the workload ----
+
+/// How often an adder that owns an acknowledged element removes one instead of adding: often
+/// enough that carts stay small (what a cart costs to merge grows with it) and that removes are
+/// as common as adds once processes own elements.
+const REMOVE_PROBABILITY: f64 = 0.4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    Writer,
+    Reader,
+    FinalReader,
+}
+
+#[derive(Clone, Debug)]
+struct Process {
+    role: Role,
+    /// Elements this process added, saw acknowledged and has not tried to remove: (key, element).
+    owned: Vec<(u64, u64)>,
+    /// The operation in flight: what it is, for `observe`.
+    pending: Option<(MergedFunction, u64)>,
+}
+
+/// The next operation a process issues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PlannedMergedOp {
+    pub f: MergedFunction,
+    pub key: u64,
+    pub node_index: usize,
+}
+
+/// Generates the operations of workload S or C (see the module documentation).
+pub(crate) struct MergedClients {
+    pub workload: MergedWorkload,
+    rng: DetRng,
+    keys: u64,
+    nodes: usize,
+    processes: BTreeMap<ProcessId, Process>,
+    next_process: u64,
+    next_element: u64,
+    ops_budget: u64,
+    ops_invoked: u64,
+    think_max_micros: u64,
+}
+
+impl MergedClients {
+    pub fn new(
+        workload: MergedWorkload,
+        keys: u64,
+        nodes: usize,
+        ops: u64,
+        duration: Duration,
+        rng: DetRng,
+    ) -> Self {
+        assert!(keys >= 1 && nodes >= 1 && ops >= 1);
+        let mut c = MergedClients {
+            workload,
+            rng,
+            keys,
+            nodes,
+            processes: BTreeMap::new(),
+            next_process: 0,
+            next_element: 1,
+            ops_budget: ops,
+            ops_invoked: 0,
+            think_max_micros: 0,
+        };
+        // More writers than readers: the checkers judge the final state above all.
+        for _ in 0..keys * 2 {
+            c.spawn(Role::Writer);
+        }
+        for _ in 0..keys {
+            c.spawn(Role::Reader);
+        }
+        let mean = duration.as_micros() as u64 * c.processes.len() as u64 / ops;
+        c.think_max_micros = (2 * mean).max(1);
+        c
+    }
+
+    fn spawn(&mut self, role: Role) -> ProcessId {
+        let id = ProcessId(self.next_process);
+        self.next_process += 1;
+        let process = Process {
+            role,
+            owned: Vec::new(),
+            pending: None,
+        };
+        self.processes.insert(id, process);
+        id
+    }
+
+    pub fn start(&mut self) -> Vec<(ProcessId, Duration)> {
+        let ids: Vec<ProcessId> = self.processes.keys().copied().collect();
+        ids.into_iter().map(|p| (p, self.think_time())).collect()
+    }
+
+    pub fn think_time(&mut self) -> Duration {
+        Duration::from_micros(self.rng.below(self.think_max_micros))
+    }
+
+    /// The next operation of `id`, or `None` when the budget is spent (or the process is gone).
+    pub fn next_op(&mut self, id: ProcessId) -> Option<PlannedMergedOp> {
+        if self.ops_invoked >= self.ops_budget {
+            return None;
+        }
+        let node_index = self.rng.below(self.nodes as u64) as usize;
+        let role = self.processes.get(&id)?.role;
+        let (f, key) = match (role, self.workload) {
+            (Role::FinalReader, _) => return None,
+            (Role::Reader, MergedWorkload::Set) => {
+                (MergedFunction::SetRead, self.rng.below(self.keys))
+            }
+            (Role::Reader, MergedWorkload::Counter) => {
+                (MergedFunction::CounterRead, self.rng.below(self.keys))
+            }
+            (Role::Writer, MergedWorkload::Counter) => {
+                let amount = self.rng.between(1, 10) as i64;
+                (
+                    MergedFunction::CounterAdd { amount },
+                    self.rng.below(self.keys),
+                )
+            }
+            (Role::Writer, MergedWorkload::Set) => {
+                let process = self.processes.get_mut(&id).expect("looked up above");
+                if !process.owned.is_empty() && self.rng.chance(REMOVE_PROBABILITY) {
+                    let i = self.rng.below(process.owned.len() as u64) as usize;
+                    let (key, element) = process.owned.swap_remove(i);
+                    (MergedFunction::SetRemove { element }, key)
+                } else {
+                    let element = self.next_element;
+                    self.next_element += 1;
+                    (
+                        MergedFunction::SetAdd { element },
+                        self.rng.below(self.keys),
+                    )
+                }
+            }
+        };
+        let process = self.processes.get_mut(&id).expect("looked up above");
+        assert!(
+            process.pending.is_none(),
+            "{id} issues one operation at a time"
+        );
+        process.pending = Some((f, key));
+        self.ops_invoked += 1;
+        Some(PlannedMergedOp { f, key, node_index })
+    }
+
+    /// `id`'s operation completed with `kind`. Returns whether the process continues; after an
+    /// `info` it retires (and a fresh process with the same role is spawned and returned).
+    pub fn completed(&mut self, id: ProcessId, kind: EventType) -> Option<ProcessId> {
+        let process = self.processes.get_mut(&id).expect("a live process");
+        let (f, key) = process.pending.take().expect("an operation was pending");
+        if let (MergedFunction::SetAdd { element }, EventType::Ok) = (f, kind) {
+            process.owned.push((key, element));
+        }
+        match (kind, process.role) {
+            (_, Role::FinalReader) => None,
+            (EventType::Info, role) => {
+                self.processes.remove(&id);
+                Some(self.spawn(role))
+            }
+            _ => Some(id),
+        }
+    }
+
+    /// A process for one final read.
+    pub fn final_reader(&mut self) -> ProcessId {
+        self.spawn(Role::FinalReader)
+    }
+
+    /// A final read's operation.
+    pub fn final_read(&mut self, id: ProcessId, key: u64) -> MergedFunction {
+        let f = match self.workload {
+            MergedWorkload::Set => MergedFunction::SetRead,
+            MergedWorkload::Counter => MergedFunction::CounterRead,
+        };
+        self.processes.get_mut(&id).expect("a final reader").pending = Some((f, key));
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn removes_name_only_elements_the_process_saw_acknowledged() {
+        let rng = DetRng::seed_from_u64(3);
+        let mut c = MergedClients::new(
+            MergedWorkload::Set,
+            2,
+            3,
+            10_000,
+            Duration::from_secs(10),
+            rng,
+        );
+        let writer = ProcessId(0);
+        let mut added = BTreeSet::new();
+        for _ in 0..500 {
+            let op = c.next_op(writer).unwrap();
+            match op.f {
+                MergedFunction::SetAdd { element } => {
+                    assert!(added.insert((op.key, element)), "elements are unique");
+                    c.completed(writer, EventType::Ok);
+                }
+                MergedFunction::SetRemove { element } => {
+                    assert!(added.remove(&(op.key, element)), "removes what it added");
+                    c.completed(writer, EventType::Ok);
+                }
+                other => panic!("a writer issued {other}"),
+            }
+        }
+        // A failed add is never removed later.
+        let op = loop {
+            let op = c.next_op(writer).unwrap();
+            if matches!(op.f, MergedFunction::SetAdd { .. }) {
+                break op;
+            }
+            c.completed(writer, EventType::Ok);
+        };
+        c.completed(writer, EventType::Fail);
+        assert!(
+            c.processes[&writer]
+                .owned
+                .iter()
+                .all(|&(_, e)| MergedFunction::SetAdd { element: e } != op.f)
+        );
+        // After info the process retires.
+        c.next_op(writer).unwrap();
+        let fresh = c.completed(writer, EventType::Info).unwrap();
+        assert_ne!(fresh, writer);
+        assert!(c.processes[&fresh].owned.is_empty());
+    }
+
+    #[test]
+    fn histories_pair_events_and_fingerprint_them() {
+        let mut h = MergedHistory::new();
+        let p = ProcessId(1);
+        h.invoke(
+            p,
+            MergedFunction::SetAdd { element: 7 },
+            0,
+            NodeId(1),
+            Instant(1),
+        );
+        h.complete(p, EventType::Ok, None, Instant(2), None);
+        h.invoke(p, MergedFunction::SetRead, 0, NodeId(2), Instant(3));
+        h.complete(
+            p,
+            EventType::Ok,
+            Some(ReadResult::Members(BTreeSet::from([7]))),
+            Instant(4),
+            None,
+        );
+        let ops = h.ops();
+        assert_eq!(ops.len(), 2);
+        assert_eq!(
+            ops[1].result,
+            Some(ReadResult::Members(BTreeSet::from([7])))
+        );
+        assert_eq!(h.outcome_counts(), (2, 0, 0));
+        let mut other = h.clone();
+        other.invoke(p, MergedFunction::SetRead, 0, NodeId(2), Instant(5));
+        assert_ne!(h.fingerprint(), other.fingerprint());
+        assert!(h.key_excerpt(0).contains("add 7"));
+    }
+}
