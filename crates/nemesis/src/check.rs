@@ -1,0 +1,161 @@
+//! The checkers a run's history goes through.
+//!
+//! - [`triarch_sim::checker::single_writer`], the simulator's own checker, unchanged: no read
+//!   returns a value never written or older than a write acknowledged before the read began, and
+//!   the final reads (issued through every node after the final heal and settle) return at least
+//!   the last acknowledged write of each key.
+//! - [`convergence`]: the simulator's convergence idea, for real processes. The simulator reads
+//!   each replica's record straight from its disk; a real node offers no such door, so here the
+//!   final reads are issued at R=3 (every replica of the key must answer, and read repair then
+//!   brings the stale ones up to date) through every node, and every node must have answered
+//!   and all must agree.
+
+use std::collections::{BTreeMap, BTreeSet};
+use triarch_sim::checker::single_writer;
+use triarch_sim::{CheckerResult, EventType, Function, History, Violation, ViolationKind};
+
+pub const CONVERGENCE: &str = "convergence (final reads at R=3 through every node)";
+
+/// Every checker's verdict on `history`, for a run of `nodes` nodes and `keys` registers.
+pub fn check_all(history: &History, nodes: u32, keys: u64) -> Vec<CheckerResult> {
+    vec![
+        single_writer::check(history),
+        convergence(history, nodes, keys),
+    ]
+}
+
+/// See the module documentation.
+pub fn convergence(history: &History, nodes: u32, keys: u64) -> CheckerResult {
+    let mut violations = Vec::new();
+    let Some(start) = history.final_phase_start() else {
+        violations.push(Violation {
+            kind: ViolationKind::Unverified,
+            key: 0,
+            index: None,
+            detail: "the history has no final reads".into(),
+        });
+        return CheckerResult {
+            checker: CONVERGENCE,
+            violations,
+        };
+    };
+    // The last successful final read of each key through each node.
+    let mut answers: BTreeMap<u64, BTreeMap<u32, Option<u64>>> = BTreeMap::new();
+    for op in history.ops() {
+        if op.invoke_index >= start && op.f == Function::Read && op.outcome == EventType::Ok {
+            answers
+                .entry(op.key)
+                .or_default()
+                .insert(op.node.0, op.value);
+        }
+    }
+    for key in 0..keys {
+        let got = answers.remove(&key).unwrap_or_default();
+        let missing: Vec<String> = (1..=nodes)
+            .filter(|n| !got.contains_key(n))
+            .map(|n| format!("n{n}"))
+            .collect();
+        if !missing.is_empty() {
+            violations.push(Violation {
+                kind: ViolationKind::Unverified,
+                key,
+                index: None,
+                detail: format!("no final read succeeded through {}", missing.join(" ")),
+            });
+        }
+        let distinct: BTreeSet<Option<u64>> = got.values().copied().collect();
+        if distinct.len() > 1 {
+            let held: Vec<String> = got
+                .iter()
+                .map(|(n, v)| match v {
+                    Some(v) => format!("n{n}: {v}"),
+                    None => format!("n{n}: nil"),
+                })
+                .collect();
+            violations.push(Violation {
+                kind: ViolationKind::Diverged,
+                key,
+                index: None,
+                detail: format!("nodes disagree after the final heal: {}", held.join(", ")),
+            });
+        }
+    }
+    CheckerResult {
+        checker: CONVERGENCE,
+        violations,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triarch_core::{Instant, NodeId};
+    use triarch_sim::ProcessId;
+
+    /// A history whose final reads through nodes 1..=3 return `values` (None in the outer
+    /// option: that node's read failed).
+    fn finals(values: [Option<Option<u64>>; 3]) -> History {
+        let mut h = History::new();
+        let mut t = 0;
+        let mut tick = || {
+            t += 1;
+            Instant(t)
+        };
+        h.invoke(ProcessId(0), Function::Write, 0, Some(1), NodeId(1), tick());
+        h.ok(ProcessId(0), None, tick());
+        h.mark_final_phase();
+        for (i, v) in values.into_iter().enumerate() {
+            let p = ProcessId(10 + i as u64);
+            h.invoke(p, Function::Read, 0, None, NodeId(i as u32 + 1), tick());
+            match v {
+                Some(v) => h.ok(p, v, tick()),
+                None => h.complete(p, EventType::Fail, None, tick(), Some("connect".into())),
+            };
+        }
+        h
+    }
+
+    fn kinds(r: &CheckerResult) -> Vec<ViolationKind> {
+        r.violations.iter().map(|v| v.kind).collect()
+    }
+
+    #[test]
+    fn agreeing_nodes_converge() {
+        let r = convergence(&finals([Some(Some(1)); 3]), 3, 1);
+        assert!(r.is_ok(), "{r}");
+        assert!(
+            check_all(&finals([Some(Some(1)); 3]), 3, 1)
+                .iter()
+                .all(|c| c.is_ok())
+        );
+    }
+
+    #[test]
+    fn disagreeing_nodes_diverge_and_the_single_writer_checker_sees_the_loss() {
+        let h = finals([Some(Some(1)), Some(None), Some(Some(1))]);
+        let r = convergence(&h, 3, 1);
+        assert_eq!(kinds(&r), vec![ViolationKind::Diverged]);
+        assert!(r.violations[0].detail.contains("n2: nil"), "{r}");
+        let sw = single_writer::check(&h);
+        assert_eq!(kinds(&sw), vec![ViolationKind::Lost]);
+    }
+
+    #[test]
+    fn a_node_without_a_final_answer_leaves_convergence_unverified() {
+        let r = convergence(&finals([Some(Some(1)), None, Some(Some(1))]), 3, 1);
+        assert_eq!(kinds(&r), vec![ViolationKind::Unverified]);
+        assert!(r.violations[0].detail.contains("through n2"), "{r}");
+        // A key nobody wrote or read is unverified too: every key is read through every node.
+        let r = convergence(&finals([Some(Some(1)); 3]), 3, 2);
+        assert_eq!(kinds(&r), vec![ViolationKind::Unverified]);
+        assert_eq!(r.violations[0].key, 1);
+    }
+
+    #[test]
+    fn no_final_phase_is_not_a_pass() {
+        let mut h = History::new();
+        h.invoke(ProcessId(0), Function::Read, 0, None, NodeId(1), Instant(1));
+        h.ok(ProcessId(0), None, Instant(2));
+        assert!(!convergence(&h, 3, 1).is_ok());
+    }
+}

@@ -1,0 +1,238 @@
+//! The `triarch-nemesis` binary; see the library's documentation (and crates/nemesis/README.md)
+//! for what a run does.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use triarch_nemesis::client::ClientOptions;
+use triarch_nemesis::run::RunOptions;
+use triarch_nemesis::schedule::FaultClass;
+use triarch_nemesis::{check, clean, client, history, run, signals};
+
+#[derive(Parser)]
+#[command(
+    name = "triarch-nemesis",
+    version,
+    about = "Jepsen-style fault injection against real triarch processes in network namespaces (needs root)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One run: nodes, workload, seeded faults, final reads, checkers, report.
+    Run(RunArgs),
+    /// Re-checks the history of a finished run and prints the checkers' verdicts.
+    Check {
+        /// The run's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Removes namespaces and processes left by runs whose harness was killed with -9.
+    Clean,
+    /// The workload process (started by `run` inside the client namespace).
+    #[command(hide = true)]
+    Client(ClientArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Seed of the fault schedule and of the workload's choices (default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long, default_value_t = 5)]
+    nodes: u32,
+    /// Length of the main phase (faults and workload), in seconds.
+    #[arg(long, default_value_t = 60)]
+    time_limit_s: u64,
+    /// Comma-separated fault classes: partition, kill, pause, clock, loss, or none
+    /// (default: all; with --planted-bug: partition).
+    #[arg(long)]
+    faults: Option<String>,
+    /// Nodes acknowledge writes once one replica holds them (bug_ack_before_quorum).
+    #[arg(long)]
+    planted_bug: bool,
+    /// Succeed only if some checker fails (use with --planted-bug).
+    #[arg(long)]
+    expect_failure: bool,
+    /// Run directory (must not exist or be empty; default target/nemesis/seed-<seed>-<time>).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Registers (one writer each).
+    #[arg(long, default_value_t = 8)]
+    keys: u64,
+    /// Reader processes (default: as many as keys).
+    #[arg(long)]
+    readers: Option<u64>,
+    /// Mean think time between a process's operations, in milliseconds.
+    #[arg(long, default_value_t = 40)]
+    think_ms: u64,
+    /// How long an operation waits for a reply before it is recorded as info.
+    #[arg(long, default_value_t = 2_000)]
+    timeout_ms: u64,
+    /// Pause between the final heal and the final reads, in seconds.
+    #[arg(long, default_value_t = 5)]
+    settle_s: u64,
+    /// The triarch binary (default: next to this one).
+    #[arg(long)]
+    triarch: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<SocketAddr>,
+    #[arg(long)]
+    keys: u64,
+    #[arg(long)]
+    readers: u64,
+    #[arg(long)]
+    seed: u64,
+    #[arg(long)]
+    think_ms: u64,
+    #[arg(long)]
+    timeout_ms: u64,
+    #[arg(long)]
+    history: PathBuf,
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run_command(args),
+        Command::Check { dir } => report(check_command(&dir)),
+        Command::Clean => report(clean().map(|removed| {
+            if removed.is_empty() {
+                println!("nothing to clean");
+            }
+            for r in removed {
+                println!("removed {r}");
+            }
+            true
+        })),
+        Command::Client(args) => report(
+            client::run(ClientOptions {
+                nodes: args.nodes,
+                keys: args.keys,
+                readers: args.readers,
+                seed: args.seed,
+                think: Duration::from_millis(args.think_ms),
+                timeout: Duration::from_millis(args.timeout_ms),
+                history: args.history,
+                dir: args.dir,
+            })
+            .map(|()| true),
+        ),
+    }
+}
+
+/// Exit status 0 (passed), 1 (did not) or 2 (error).
+fn report(result: Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("triarch-nemesis: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_command(args: RunArgs) -> ExitCode {
+    let interrupted = match signals::install() {
+        Ok(i) => i,
+        Err(e) => return report(Err(e)),
+    };
+    let options = match run_options(args) {
+        Ok(o) => o,
+        Err(e) => return report(Err(e)),
+    };
+    let outcome = run::run(&options, &interrupted);
+    if interrupted.is_set() {
+        if let Err(e) = &outcome {
+            eprintln!("triarch-nemesis: {e:#}");
+        }
+        eprintln!("triarch-nemesis: interrupted; everything of the run was torn down");
+        return ExitCode::from(130);
+    }
+    report(outcome.map(|o| {
+        print!("{}", o.summary);
+        o.passed
+    }))
+}
+
+fn run_options(args: RunArgs) -> Result<RunOptions> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64 % 1_000_000)
+    });
+    let faults = match &args.faults {
+        Some(list) => FaultClass::parse_list(list).map_err(anyhow::Error::msg)?,
+        None if args.planted_bug => vec![FaultClass::Partition],
+        None => FaultClass::ALL.to_vec(),
+    };
+    let dir = match args.dir {
+        Some(d) => d,
+        None => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            PathBuf::from("target/nemesis").join(format!("seed-{seed}-{secs}"))
+        }
+    };
+    let triarch = match args.triarch {
+        Some(t) => t,
+        None => std::env::current_exe()
+            .context("locating triarch-nemesis")?
+            .with_file_name("triarch"),
+    };
+    if args.expect_failure && !args.planted_bug {
+        eprintln!("triarch-nemesis: note: --expect-failure without --planted-bug");
+    }
+    Ok(RunOptions {
+        seed,
+        nodes: args.nodes,
+        time_limit: Duration::from_secs(args.time_limit_s),
+        faults,
+        planted_bug: args.planted_bug,
+        expect_failure: args.expect_failure,
+        dir,
+        keys: args.keys,
+        readers: args.readers.unwrap_or(args.keys),
+        think: Duration::from_millis(args.think_ms),
+        timeout: Duration::from_millis(args.timeout_ms),
+        settle: Duration::from_secs(args.settle_s),
+        triarch,
+    })
+}
+
+/// Re-runs the checkers on `dir/history.jsonl`; the node count comes from the configurations in
+/// `dir`, the key count from the history.
+fn check_command(dir: &std::path::Path) -> Result<bool> {
+    let parsed = history::read(&dir.join("history.jsonl"))?;
+    let nodes = (1..)
+        .take_while(|i| dir.join(format!("n{i}.toml")).exists())
+        .count() as u32;
+    if nodes == 0 {
+        bail!("no n1.toml in {}: not a run directory", dir.display());
+    }
+    let keys = parsed.events.iter().map(|e| e.key + 1).max().unwrap_or(0);
+    let results = check::check_all(&parsed.history, nodes, keys);
+    let (ok, fail, info) = parsed.history.outcome_counts();
+    println!(
+        "{} events: {ok} ok, {fail} fail, {info} info",
+        parsed.events.len()
+    );
+    for r in &results {
+        println!("{r}");
+    }
+    Ok(results.iter().all(|r| r.is_ok()))
+}
