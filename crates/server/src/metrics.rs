@@ -41,6 +41,10 @@ pub enum Op {
     Get,
     Set,
     Delete,
+    /// A read of a merged (CRDT or siblings) state.
+    Read,
+    /// An operation on a merged state (INCR, SADD, HSET, SETV, ...).
+    Apply,
     Admin,
 }
 
@@ -50,6 +54,8 @@ impl Op {
             Op::Get => "get",
             Op::Set => "set",
             Op::Delete => "delete",
+            Op::Read => "read",
+            Op::Apply => "apply",
             Op::Admin => "admin",
         }
     }
@@ -82,7 +88,11 @@ impl OpMetrics {
             Request::Get { key, .. } => (Some(key), Op::Get),
             Request::Set { key, .. } => (Some(key), Op::Set),
             Request::Delete { key, .. } => (Some(key), Op::Delete),
-            _ => (None, Op::Admin),
+            Request::Read { key, .. } => (Some(key), Op::Read),
+            Request::Apply { key, .. } => (Some(key), Op::Apply),
+            Request::CreateKeyspace(_) | Request::ListKeyspaces | Request::KeyspaceInfo { .. } => {
+                (None, Op::Admin)
+            }
         };
         let Some(key) = key else {
             return OpLabel {
@@ -135,15 +145,18 @@ impl OpMetrics {
             if self.stats_seen.get(ks) == Some(s) {
                 continue;
             }
-            let ks_label = ks.clone();
-            counter!("triarch_read_repairs_total", "keyspace" => ks_label.clone())
-                .absolute(s.read_repairs);
-            counter!("triarch_quorum_failures_total", "keyspace" => ks_label.clone())
-                .absolute(s.quorum_failures);
-            counter!("triarch_lww_discarded_total", "keyspace" => ks_label.clone())
-                .absolute(s.lww_discarded);
-            counter!("triarch_write_restamps_total", "keyspace" => ks_label)
-                .absolute(s.write_restamps);
+            let counters = [
+                ("triarch_read_repairs_total", s.read_repairs),
+                ("triarch_quorum_failures_total", s.quorum_failures),
+                ("triarch_lww_discarded_total", s.lww_discarded),
+                ("triarch_write_restamps_total", s.write_restamps),
+                ("triarch_siblings_created_total", s.siblings_created),
+                ("triarch_siblings_resolved_total", s.siblings_resolved),
+                ("triarch_forwarded_total", s.forwarded),
+            ];
+            for (name, value) in counters {
+                counter!(name, "keyspace" => ks.clone()).absolute(value);
+            }
             self.stats_seen.insert(ks.clone(), s.clone());
         }
     }
