@@ -16,7 +16,7 @@ use bytes::Bytes;
 use std::fmt;
 use triarch_core::causal::{ActorId, VersionVector};
 use triarch_core::crdt::Versioned;
-use triarch_core::{ConfigError, KeyspaceConfig, MergePolicy, Model, NodeId};
+use triarch_core::{ConfigError, KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, NodeId};
 use triarch_leaderless::KeyspaceStats;
 pub use triarch_leaderless::state::{Operation, OperationResult, SiblingsView, View};
 
@@ -120,10 +120,7 @@ pub enum Request {
 pub struct KeyspaceSpec {
     pub name: String,
     pub model: Model,
-    pub n: Option<u8>,
-    pub r: Option<u8>,
-    pub w: Option<u8>,
-    pub merge: Option<MergePolicy>,
+    pub settings: KeyspaceSettings,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -586,20 +586,12 @@ impl<S: Storage> Node<S> {
             ));
         }
         let nodes = self.config.members.len();
-        let mut config = KeyspaceConfig::with_defaults(&spec.name, spec.model, nodes);
-        if let Some(n) = spec.n {
-            config.n = n;
-            let majority = n / 2 + 1;
-            config.r = majority;
-            config.w = majority;
-        }
-        config.r = spec.r.unwrap_or(config.r);
-        config.w = spec.w.unwrap_or(config.w);
-        config.merge = spec.merge.unwrap_or(config.merge);
-        if spec.model != Model::Leaderless && (spec.r.is_some() || spec.w.is_some()) {
+        let config = KeyspaceConfig::from_settings(&spec.name, spec.model, spec.settings, nodes);
+        let (r, w) = (spec.settings.r, spec.settings.w);
+        if spec.model != Model::Leaderless && (r.is_some() || w.is_some()) {
             return Err(RequestError::InvalidConfig(
                 triarch_core::ConfigError::Invalid {
-                    setting: if spec.r.is_some() { "R" } else { "W" },
+                    setting: if r.is_some() { "R" } else { "W" },
                     reason: "read and write quorums apply only to leaderless keyspaces".into(),
                 },
             ));

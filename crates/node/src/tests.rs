@@ -1,5 +1,6 @@
 use super::*;
 use triarch_core::limits::KEY_BYTES_MAX;
+use triarch_core::KeyspaceSettings;
 use triarch_storage::SimDisk;
 
 fn now() -> Now {
@@ -39,10 +40,7 @@ fn spec(name: &str, model: Model) -> KeyspaceSpec {
     KeyspaceSpec {
         name: name.into(),
         model,
-        n: None,
-        r: None,
-        w: None,
-        merge: None,
+        settings: KeyspaceSettings::default(),
     }
 }
 
@@ -110,7 +108,7 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         })
     );
     let mut s = spec("x", Model::Leaderless);
-    s.w = Some(5);
+    s.settings.w = Some(5);
     let r = call(&mut n, Request::CreateKeyspace(s));
     let Reply::Error(e) = r else { panic!("{r:?}") };
     assert_eq!(e.to_string(), "invalid W: W=5 exceeds N=3");
@@ -147,7 +145,7 @@ fn every_merge_policy_is_available_to_leaderless_keyspaces_only() {
     let mut n = node(3);
     for policy in MergePolicy::ALL {
         let mut s = spec(&format!("ks-{policy}"), Model::Leaderless);
-        s.merge = Some(policy);
+        s.settings.merge = Some(policy);
         assert_eq!(call(&mut n, Request::CreateKeyspace(s)), Reply::Created);
         assert_eq!(
             n.catalog().get(&format!("ks-{policy}")).unwrap().merge,
@@ -155,7 +153,7 @@ fn every_merge_policy_is_available_to_leaderless_keyspaces_only() {
         );
     }
     let mut s = spec("cart", Model::MultiLeader);
-    s.merge = Some(MergePolicy::Set);
+    s.settings.merge = Some(MergePolicy::Set);
     assert_eq!(
         call(&mut n, Request::CreateKeyspace(s)),
         Reply::Error(RequestError::ModelNotAvailable(Model::MultiLeader))

@@ -75,8 +75,12 @@ pub struct MemberConfig {
 pub struct KeyspaceFileConfig {
     pub name: String,
     pub model: Model,
-    #[serde(flatten)]
-    pub settings: KeyspaceSettings,
+    // Spelled out rather than a flattened `KeyspaceSettings`: serde cannot deny unknown fields
+    // through `flatten`, and a mistyped setting must stop the node.
+    pub n: Option<u8>,
+    pub r: Option<u8>,
+    pub w: Option<u8>,
+    pub merge: Option<MergePolicy>,
 }
 
 fn default_region() -> String {
@@ -160,7 +164,13 @@ impl ServerConfig {
     }
 
     fn keyspace_config(&self, k: &KeyspaceFileConfig) -> KeyspaceConfig {
-        KeyspaceConfig::from_settings(&k.name, k.model, k.settings, self.members.len())
+        let settings = KeyspaceSettings {
+            n: k.n,
+            r: k.r,
+            w: k.w,
+            merge: k.merge,
+        };
+        KeyspaceConfig::from_settings(&k.name, k.model, settings, self.members.len())
     }
 
     /// The sans-IO node's configuration.
@@ -238,6 +248,8 @@ w = 3
         assert!(c.validate().unwrap_err().to_string().contains("node_id 9"));
         let e = toml::from_str::<ServerConfig>(&SAMPLE.replace("data_dir", "dta_dir")).unwrap_err();
         assert!(e.to_string().contains("dta_dir"), "{e}");
+        let e = toml::from_str::<ServerConfig>(&SAMPLE.replace("w = 3", "wq = 3")).unwrap_err();
+        assert!(e.to_string().contains("wq"), "{e}");
         let e = toml::from_str::<ServerConfig>(&SAMPLE.replace("leaderless", "paxos")).unwrap_err();
         assert!(e.to_string().contains("paxos"), "{e}");
     }

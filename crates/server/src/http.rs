@@ -42,7 +42,7 @@ use serde_json::json;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use triarch_core::{KeyspaceConfig, MergePolicy, Model};
+use triarch_core::{KeyspaceConfig, KeyspaceSettings, MergePolicy, Model};
 use triarch_node::{
     CausalToken, Consistency, KeyspaceSpec, Operation, Reply, Request, RequestError, SiblingsView,
     View, base64url,
@@ -357,13 +357,16 @@ async fn create_keyspace(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
                 .into_response();
         }
     };
-    let spec = KeyspaceSpec {
-        name: b.name,
-        model: b.model,
+    let settings = KeyspaceSettings {
         n: b.n,
         r: b.r,
         w: b.w,
         merge: b.merge,
+    };
+    let spec = KeyspaceSpec {
+        name: b.name,
+        model: b.model,
+        settings,
     };
     match call(&shared, Request::CreateKeyspace(spec)).await {
         Reply::Created => {

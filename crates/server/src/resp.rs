@@ -34,7 +34,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use triarch_core::{MergePolicy, Model};
+use triarch_core::{KeyspaceSettings, MergePolicy, Model};
 use triarch_node::{
     CausalToken, Consistency, KeyspaceSpec, Operation, OperationResult, Reply as NodeReply,
     Request, SiblingsView, View,
@@ -871,10 +871,7 @@ fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
             let mut spec = KeyspaceSpec {
                 name,
                 model: Model::Leaderless,
-                n: None,
-                r: None,
-                w: None,
-                merge: None,
+                settings: KeyspaceSettings::default(),
             };
             let mut model = None;
             for pair in args[3..].chunks(2) {
@@ -886,14 +883,14 @@ fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
                             .map_err(|e| Reply::error(format!("ERR {e}")))?;
                         model = Some(m);
                     }
-                    "N" => spec.n = Some(parse_u8(value, "N")?),
-                    "R" => spec.r = Some(parse_u8(value, "R")?),
-                    "W" => spec.w = Some(parse_u8(value, "W")?),
+                    "N" => spec.settings.n = Some(parse_u8(value, "N")?),
+                    "R" => spec.settings.r = Some(parse_u8(value, "R")?),
+                    "W" => spec.settings.w = Some(parse_u8(value, "W")?),
                     "MERGE" => {
                         let m: MergePolicy = String::from_utf8_lossy(value)
                             .parse()
                             .map_err(|e| Reply::error(format!("ERR {e}")))?;
-                        spec.merge = Some(m);
+                        spec.settings.merge = Some(m);
                     }
                     other => {
                         return Err(Reply::error(format!(
@@ -936,7 +933,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (spec.name.as_str(), spec.model, spec.w),
+            (spec.name.as_str(), spec.model, spec.settings.w),
             ("prefs", Model::Leaderless, Some(3))
         );
         let e = keyspace_command(&args(&[

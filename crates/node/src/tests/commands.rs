@@ -47,7 +47,7 @@ impl Cluster {
             ("docs", MergePolicy::Siblings),
         ] {
             let mut s = spec(name, Model::Leaderless);
-            s.merge = Some(policy);
+            s.settings.merge = Some(policy);
             assert_eq!(c.call(1, Request::CreateKeyspace(s)), Reply::Created);
         }
         c
