@@ -27,7 +27,6 @@
 //! `INFO` and prints `done`). End of input means the harness is gone: the client exits at once.
 
 use crate::history::{Event, F, HistoryWriter, Kind};
-use crate::resp::{CallError, Conn, Reply};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -38,6 +37,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use triarch_client::{Client as Conn, ClientError as CallError, Value as Reply};
 use triarch_core::DetRng;
 
 /// The keyspace the workload's registers live in (configured on every node).
@@ -220,7 +220,8 @@ impl Connections {
 
 /// Connects and runs the setup commands; an error means nothing was sent that matters.
 fn connect(addr: SocketAddr, timeout: Duration, setup: &[Vec<String>]) -> Result<Conn, String> {
-    let mut conn = Conn::connect(addr, CONNECT_TIMEOUT, timeout).map_err(|e| e.to_string())?;
+    let mut conn =
+        Conn::connect_timeout(addr, CONNECT_TIMEOUT, timeout).map_err(|e| e.to_string())?;
     for command in setup {
         match conn.call(command) {
             Ok(Reply::Simple(s)) if s == "OK" => {}
@@ -317,8 +318,8 @@ pub fn wait_ready(nodes: &[SocketAddr], timeout: Duration) -> Result<(), String>
 }
 
 fn node_ready(addr: SocketAddr, id: u32, nodes: u32) -> Result<(), String> {
-    let mut c =
-        Conn::connect(addr, CONNECT_TIMEOUT, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    let mut c = Conn::connect_timeout(addr, CONNECT_TIMEOUT, Duration::from_secs(2))
+        .map_err(|e| e.to_string())?;
     match c.call(&["PING"]).map_err(|e| e.to_string())? {
         Reply::Simple(s) if s == "PONG" => {}
         other => return Err(format!("PING answered {other:?}")),
@@ -438,7 +439,7 @@ pub fn run(options: ClientOptions) -> Result<()> {
     }
     shared.history.lock().expect("history lock").flush()?;
     for (i, &addr) in options.nodes.iter().enumerate() {
-        let text = Conn::connect(addr, CONNECT_TIMEOUT, options.timeout)
+        let text = Conn::connect_timeout(addr, CONNECT_TIMEOUT, options.timeout)
             .map_err(|e| e.to_string())
             .and_then(|mut c| info(&mut c))
             .unwrap_or_else(|e| format!("INFO failed: {e}\n"));

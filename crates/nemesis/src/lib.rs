@@ -53,7 +53,7 @@ pub mod history;
 pub mod net;
 pub mod nft;
 pub mod report;
-pub mod resp;
+
 pub mod run;
 pub mod schedule;
 pub mod signals;
