@@ -269,7 +269,11 @@ mod tests {
 
     #[test]
     fn settings_left_out_take_defaults_from_n() {
-        let given = KeyspaceSettings { n: Some(5), w: Some(4), ..KeyspaceSettings::default() };
+        let given = KeyspaceSettings {
+            n: Some(5),
+            w: Some(4),
+            ..KeyspaceSettings::default()
+        };
         let c = KeyspaceConfig::from_settings("x", Model::Leaderless, given, 7);
         assert_eq!((c.n, c.r, c.w, c.merge), (5, 3, 4, MergePolicy::Lww));
         let small = KeyspaceConfig::with_defaults("x", Model::Leaderless, 2);

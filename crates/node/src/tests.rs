@@ -1,6 +1,6 @@
 use super::*;
-use triarch_core::limits::KEY_BYTES_MAX;
 use triarch_core::KeyspaceSettings;
+use triarch_core::limits::KEY_BYTES_MAX;
 use triarch_storage::SimDisk;
 
 fn now() -> Now {
