@@ -24,6 +24,25 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// Keyspaces reach the other nodes asynchronously (broadcast, then gossip): wait until every
+    /// running node knows `name` before routing keys to it.
+    fn wait_for_keyspace(&self, name: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for node in self.cluster.nodes.iter().filter(|n| n.child.is_some()) {
+            let mut c = Client::connect(node.resp)?;
+            while !matches!(
+                c.call(&["TRIARCH.KEYSPACE", "INFO", name])?,
+                Value::Array(_)
+            ) {
+                if std::time::Instant::now() > deadline {
+                    bail!("node {} did not learn keyspace {name} within 10 s", node.id);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        Ok(())
+    }
+
     /// Runs `args` on node `id`, prints it like redis-cli, and returns the reply.
     fn run(&self, id: u32, args: &[&str]) -> Result<Value> {
         let mut c = Client::connect(self.cluster.node(id).resp)
@@ -97,6 +116,7 @@ pub fn run(dir: &Path) -> Result<()> {
         &ok,
         "create prefs",
     )?;
+    s.wait_for_keyspace("prefs")?;
     println!(
         "   balance (primary-backup) and cart (multi-leader) answer a clear error until those models land:"
     );
@@ -201,7 +221,70 @@ pub fn run(dir: &Path) -> Result<()> {
     }
     s.run(2, &["TRIARCH.KEYSPACE", "INFO", "prefs"])?;
 
-    println!("\n5. Bad input gets a clear error and changes nothing:");
+    println!(
+        "\n5. Merge instead of last-writer-wins: a leaderless add-wins set and a counter, written"
+    );
+    println!("   concurrently through different nodes, lose nothing:");
+    expect(
+        &s.run(
+            1,
+            &[
+                "TRIARCH.KEYSPACE",
+                "CREATE",
+                "wishlist",
+                "MODEL",
+                "leaderless",
+                "MERGE",
+                "set",
+            ],
+        )?,
+        &ok,
+        "create wishlist",
+    )?;
+    expect(
+        &s.run(
+            1,
+            &[
+                "TRIARCH.KEYSPACE",
+                "CREATE",
+                "visits",
+                "MODEL",
+                "leaderless",
+                "MERGE",
+                "counter",
+            ],
+        )?,
+        &ok,
+        "create visits",
+    )?;
+    s.wait_for_keyspace("wishlist")?;
+    s.wait_for_keyspace("visits")?;
+    s.run(1, &["SADD", "wishlist:alice", "book"])?;
+    s.run(2, &["SADD", "wishlist:alice", "lamp"])?;
+    s.run(3, &["SADD", "wishlist:alice", "mug"])?;
+    s.run(3, &["SREM", "wishlist:alice", "mug"])?;
+    let members = s.run(2, &["SMEMBERS", "wishlist:alice"])?;
+    let mut got = match members {
+        Value::Array(items) => items,
+        other => bail!("SMEMBERS answered {}", show(&other)),
+    };
+    got.sort_by_key(show);
+    expect(
+        &Value::Array(got),
+        &Value::Array(vec![bulk("book"), bulk("lamp")]),
+        "the set's union",
+    )?;
+    for id in 1..=3 {
+        s.run(id, &["INCRBY", "visits:home", "5"])?;
+    }
+    expect(
+        &s.run(1, &["GET", "visits:home"])?,
+        &bulk("15"),
+        "the counter's sum",
+    )?;
+    s.run(1, &["INCR", "wishlist:alice"])?;
+
+    println!("\n6. Bad input gets a clear error and changes nothing:");
     s.run(1, &["SET", "k"])?;
     s.run(1, &["FLUSHALL"])?;
     s.run(
