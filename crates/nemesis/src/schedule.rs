@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 use triarch_core::DetRng;
+use triarch_sim::nemesis::{between, majorities_ring};
 
 /// The fault classes the command line enables (`--faults partition,kill,pause,clock,loss`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -365,18 +366,7 @@ pub fn partition(rng: &mut DetRng, kind: PartitionKind, n: u32) -> Fault {
             (between(a, b), format!("n{} alone", a[0]))
         }
         PartitionKind::MajoritiesRing => {
-            // Each node keeps its `reach` nearest neighbours on either side of a random ring:
-            // with 2 * reach >= n / 2 others, each sees a majority counting itself.
-            let reach = (n / 2).div_ceil(2);
-            let mut links = BTreeSet::new();
-            for i in 0..n {
-                for j in 0..n {
-                    let distance = i.abs_diff(j).min(n - i.abs_diff(j));
-                    if distance > reach {
-                        links.insert((shuffled[i], shuffled[j]));
-                    }
-                }
-            }
+            let (links, reach) = majorities_ring(&shuffled);
             (links, format!("ring {} reach {reach}", names(&shuffled)))
         }
         PartitionKind::Bridge => {
@@ -439,17 +429,6 @@ fn sorted(nodes: &[u32]) -> Vec<u32> {
 }
 
 /// Every directed link between a node of `a` and a node of `b`, both ways.
-fn between(a: &[u32], b: &[u32]) -> BTreeSet<Link> {
-    let mut links = BTreeSet::new();
-    for &x in a {
-        for &y in b {
-            links.insert((x, y));
-            links.insert((y, x));
-        }
-    }
-    links
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

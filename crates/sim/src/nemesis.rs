@@ -164,18 +164,7 @@ impl Nemesis {
                 actions.push(block(between(a, b), format!("{} alone", a[0])));
             }
             Fault::MajoritiesRing => {
-                // Each node keeps its `reach` nearest neighbours on either side of a random ring:
-                // with 2 * reach >= n / 2 others, each sees a majority counting itself.
-                let reach = (n / 2).div_ceil(2);
-                let mut links = BTreeSet::new();
-                for i in 0..n {
-                    for j in 0..n {
-                        let distance = i.abs_diff(j).min(n - i.abs_diff(j));
-                        if distance > reach {
-                            links.insert((shuffled[i], shuffled[j]));
-                        }
-                    }
-                }
+                let (links, reach) = majorities_ring(&shuffled);
                 actions.push(block(
                     links,
                     format!("ring {} reach {reach}", list(&shuffled)),
@@ -254,7 +243,10 @@ impl Nemesis {
 }
 
 /// Every directed link between a node of `a` and a node of `b`, both ways.
-fn between(a: &[NodeId], b: &[NodeId]) -> BTreeSet<Link> {
+/// Every directed link between a node of `a` and a node of `b`, both ways: the cut between two
+/// sides. Shared with the real-process fault suite (`triarch-nemesis`), which names nodes by
+/// number.
+pub fn between<T: Copy + Ord>(a: &[T], b: &[T]) -> BTreeSet<(T, T)> {
     let mut links = BTreeSet::new();
     for &x in a {
         for &y in b {
@@ -263,6 +255,25 @@ fn between(a: &[NodeId], b: &[NodeId]) -> BTreeSet<Link> {
         }
     }
     links
+}
+
+/// Jepsen's majorities-ring: each node keeps its `reach` nearest neighbours on either side of
+/// the ring `ring` (a random order of the nodes) and loses every other link; with
+/// `2 * reach >= n / 2` others in sight, each node sees a majority counting itself, yet no two
+/// nodes see the same majority. Returns the blocked directed links and `reach`.
+pub fn majorities_ring<T: Copy + Ord>(ring: &[T]) -> (BTreeSet<(T, T)>, usize) {
+    let n = ring.len();
+    let reach = (n / 2).div_ceil(2);
+    let mut links = BTreeSet::new();
+    for i in 0..n {
+        for j in 0..n {
+            let distance = i.abs_diff(j).min(n - i.abs_diff(j));
+            if distance > reach {
+                links.insert((ring[i], ring[j]));
+            }
+        }
+    }
+    (links, reach)
 }
 
 fn list(nodes: &[NodeId]) -> String {
