@@ -95,14 +95,17 @@
 //!   pending reads and proposals are not bounded here (the node bounds requests in flight).
 
 pub mod config;
+pub mod engine;
 pub mod error;
 mod log;
+pub mod machine;
 pub mod message;
 mod persist;
 mod raft;
 pub mod types;
 
 pub use config::{ConfigError, RaftConfig};
+pub use engine::{Primary, PrimaryConfig};
 pub use error::{
     CompactError, MembershipError, ProposeError, ReadError, RecoveryError, TransferError,
 };

@@ -280,6 +280,19 @@ impl Raft {
         self.leader
     }
 
+    /// On a leader, each follower's matched index (empty on other roles).
+    pub fn follower_progress(&self) -> Vec<(NodeId, LogIndex)> {
+        self.lead
+            .as_ref()
+            .map(|lead| {
+                lead.progress
+                    .iter()
+                    .map(|(id, p)| (*id, p.match_index))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn voted_for(&self) -> Option<NodeId> {
         self.voted_for
     }

@@ -1,0 +1,975 @@
+//! Every primary-backup keyspace of one node: one Raft group per keyspace, the client requests
+//! routed to each group's leader, and the committed entries applied to each keyspace's data.
+//!
+//! [`Primary`] follows the same sans-IO contract as the Raft core and the leaderless engine:
+//! inputs come in through `request`, `handle_message` and `handle_timeout` with the time and the
+//! storage passed in an [`Env`]; what to send and whom to answer comes out of
+//! [`Primary::poll_effect`]; [`Primary::poll_timeout`] says when to call `handle_timeout`.
+//!
+//! # Where a request goes
+//!
+//! A keyspace's voters are `n` of the cluster's members chosen by rendezvous hashing on the
+//! keyspace's name (every member when `n` is the cluster size), so leaders of different
+//! keyspaces tend to land on different nodes. The node that accepts a client's request (its
+//! *origin*) numbers it (an [`Origin`]) and:
+//!
+//! - serves it itself if it leads the keyspace's group: a write is proposed as one log entry, a
+//!   read waits for a ReadIndex confirmation (thesis §6.4) and is then served from the applied
+//!   state, so every read is linearizable;
+//! - otherwise forwards it to the leader it knows (or, knowing none, waits for an election if it
+//!   is a voter, or asks a voter if it is not). A member that is not the leader answers
+//!   [`Outcome::NotLeader`] with its own guess, and the origin tries there, at most
+//!   [`PrimaryConfig::forward_attempts_max`] times.
+//!
+//! Whoever proposed the entry answers once it is applied; the origin, if it is a voter, also
+//! recognises its own entries as it applies them and answers its client at once (whichever comes
+//! first). Each origin's entries apply at most once ([`crate::machine`]'s sessions), so
+//! re-forwarding after a leader change never applies a write twice.
+//!
+//! # What a client is told
+//!
+//! - The result of its command(s), once the entry is committed and applied.
+//! - [`Outcome::NotLeader`] only inside the cluster; the origin retries.
+//! - [`Outcome::Unavailable`] after the forwarding attempts ran out and [`Outcome::Timeout`]
+//!   after [`PrimaryConfig::request_timeout`]: the write may or may not have happened (a
+//!   forward or a proposal may still be in some log).
+//!
+//! # Durability (persist-then-send)
+//!
+//! Entries, votes and applied state are staged in the node's one storage and released by the
+//! driver after the batch's sync; the Raft core's messages say which may leave earlier
+//! ([`Message::may_precede_sync`]). A reply is released with its batch, after the sync.
+
+use crate::config::RaftConfig;
+use crate::machine::{Applied, Command, Machine, Origin, Proposal, Record};
+use crate::message::Message as RaftMessage;
+use crate::raft::{Env as RaftEnv, Output as RaftOutput, Raft, Role};
+use crate::types::{EntryData, LogIndex, Term};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+use triarch_core::hash::{mix64, stable_hash64};
+use triarch_core::{DetRng, HlcTimestamp, Instant, KeyspaceConfig, NodeId, RequestId};
+use triarch_storage::{Storage, StorageError};
+
+/// Settings shared by every primary-backup group of a node.
+#[derive(Clone, Debug)]
+pub struct PrimaryConfig {
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    pub heartbeat_interval: Duration,
+    /// How long a request may wait for its outcome before the client is told it timed out.
+    pub request_timeout: Duration,
+    /// How many members a request is forwarded to before the client is told the keyspace is
+    /// unavailable.
+    pub forward_attempts_max: u8,
+    /// Compact a group's log once this many entries were applied since its last snapshot.
+    pub compact_every: u64,
+    /// PLANTED BUG for checker tests: a voter serves reads from its own applied state, without
+    /// asking whether it leads or confirming with a quorum (ReadIndex), so a deposed leader or
+    /// a lagging follower answers stale values. Never set outside tests.
+    pub bug_local_reads: bool,
+}
+
+impl Default for PrimaryConfig {
+    fn default() -> Self {
+        PrimaryConfig {
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            heartbeat_interval: Duration::from_millis(100),
+            request_timeout: Duration::from_secs(5),
+            forward_attempts_max: 10,
+            compact_every: 10_000,
+            bug_local_reads: false,
+        }
+    }
+}
+
+/// The `n` voters of a primary-backup keyspace among `members` (rendezvous hashing on the
+/// keyspace's name; the same answer on every node).
+pub fn voters_of(keyspace: &KeyspaceConfig, members: &[NodeId]) -> BTreeSet<NodeId> {
+    let seed = stable_hash64(keyspace.name.as_bytes());
+    let mut ranked: Vec<(u64, NodeId)> = members
+        .iter()
+        .map(|m| (mix64(seed ^ u64::from(m.0)), *m))
+        .collect();
+    ranked.sort();
+    ranked
+        .into_iter()
+        .take(usize::from(keyspace.n).max(1))
+        .map(|(_, m)| m)
+        .collect()
+}
+
+/// What a client asks of a keyspace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// A linearizable read of these keys' records (value and version).
+    Read { keys: Vec<Bytes> },
+    /// One log entry: `commands` applied atomically if every watched key still has its version.
+    Write {
+        watches: Vec<(Bytes, u64)>,
+        commands: Vec<Command>,
+    },
+}
+
+/// How a request ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// [`Op::Read`]: one record per key, in order.
+    Read(Vec<ReadRecord>),
+    /// [`Op::Write`]: applied ([`Applied::Done`]) or aborted by a watch. Never `Duplicate`.
+    Applied(Applied),
+    /// This member does not lead the group; `leader` is its guess. The request did not reach
+    /// the log through this member.
+    NotLeader { leader: Option<NodeId> },
+    /// No leader could be reached; a write may or may not have happened.
+    Unavailable { leader: Option<NodeId> },
+    /// No outcome in time; a write may or may not have happened.
+    Timeout,
+    /// The keyspace's storage failed on this node.
+    Storage(String),
+}
+
+/// A key's record as a read returns it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadRecord {
+    pub value: Option<Bytes>,
+    /// The index of the entry that last wrote the key (0: never written); what `WATCH` records.
+    pub version: u64,
+}
+
+impl From<Record> for ReadRecord {
+    fn from(r: Record) -> Self {
+        ReadRecord {
+            value: r.value,
+            version: r.version,
+        }
+    }
+}
+
+/// What primary-backup members say to each other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// A Raft message of the group of keyspace `group`.
+    Raft { group: String, message: RaftMessage },
+    /// Serve this request for its origin (the sender).
+    Forward {
+        group: String,
+        origin: Origin,
+        op: Op,
+    },
+    /// The outcome of the origin's request `seq` of incarnation `incarnation`.
+    ForwardReply {
+        incarnation: HlcTimestamp,
+        seq: u64,
+        outcome: Outcome,
+    },
+}
+
+impl Message {
+    /// Whether the message may leave before the batch's staged writes are durable: the Raft
+    /// core's rule for its messages. A forward names the origin's incarnation, unique only once
+    /// the clock ceiling staged at start is durable, and a reply vouches for applied state: both
+    /// wait.
+    pub fn may_precede_sync(&self) -> bool {
+        match self {
+            Message::Raft { message, .. } => message.may_precede_sync(),
+            Message::Forward { .. } | Message::ForwardReply { .. } => false,
+        }
+    }
+}
+
+/// What the engine asks its node to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    Send {
+        to: NodeId,
+        message: Message,
+    },
+    Reply {
+        request: RequestId,
+        outcome: Outcome,
+    },
+}
+
+/// What the engine needs from its node for one step.
+pub struct Env<'a, S: Storage> {
+    pub now: Instant,
+    pub storage: &'a mut S,
+}
+
+/// Who is waiting for a request's outcome at the member serving it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asker {
+    /// This node's own request `seq`.
+    Local(u64),
+    /// Another node's request, forwarded here.
+    Remote {
+        node: NodeId,
+        incarnation: HlcTimestamp,
+        seq: u64,
+    },
+}
+
+/// A request accepted by this node, waiting for its outcome.
+#[derive(Clone, Debug)]
+struct Pending {
+    request: RequestId,
+    group: String,
+    op: Op,
+    deadline: Instant,
+    attempts: u8,
+    /// Waiting for the group to elect a leader.
+    parked: bool,
+    /// Forwarded to this member, which has not answered yet.
+    forwarded_to: Option<NodeId>,
+    /// When to forward again if it has not answered by then.
+    retry_at: Option<Instant>,
+}
+
+struct Proposed {
+    origin: Origin,
+    asker: Asker,
+    since: Instant,
+}
+
+struct ReadJob {
+    asker: Asker,
+    keys: Vec<Bytes>,
+    since: Instant,
+}
+
+/// One primary-backup keyspace on one of its voters.
+struct Group {
+    raft: Raft,
+    machine: Machine,
+    voters: BTreeSet<NodeId>,
+    /// Entries this member proposed, until applied or overwritten.
+    proposed: BTreeMap<LogIndex, Proposed>,
+    /// ReadIndex reads in flight, by context.
+    reads: BTreeMap<RequestId, ReadJob>,
+    /// Set when a storage call failed: the member refuses work until the node restarts.
+    broken: Option<String>,
+}
+
+/// A group's state for `INFO` and `TRIARCH.KEYSPACE INFO`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    pub keyspace: String,
+    pub role: Role,
+    pub term: Term,
+    pub leader: Option<NodeId>,
+    pub commit_index: LogIndex,
+    pub applied_index: LogIndex,
+    pub last_index: LogIndex,
+    pub snapshot_index: LogIndex,
+    pub voters: BTreeSet<NodeId>,
+    /// On the leader: each follower's matched index and its lag in entries.
+    pub followers: Vec<(NodeId, LogIndex, u64)>,
+}
+
+/// Counters for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrimaryStats {
+    pub proposals: u64,
+    pub reads: u64,
+    pub forwards_sent: u64,
+    pub forwards_served: u64,
+    pub not_leader: u64,
+    pub timeouts: u64,
+    pub duplicates: u64,
+    pub aborted: u64,
+    pub snapshots_restored: u64,
+    pub compactions: u64,
+}
+
+/// All primary-backup groups of one node.
+pub struct Primary {
+    id: NodeId,
+    members: Vec<NodeId>,
+    config: PrimaryConfig,
+    incarnation: HlcTimestamp,
+    rng: DetRng,
+    next_seq: u64,
+    next_ctx: u64,
+    groups: BTreeMap<String, Group>,
+    /// Leader guesses for keyspaces this node is not a voter of.
+    hints: BTreeMap<String, NodeId>,
+    /// The voters of every keyspace a request was made for.
+    voters: BTreeMap<String, BTreeSet<NodeId>>,
+    pending: BTreeMap<u64, Pending>,
+    effects: VecDeque<Effect>,
+    stats: PrimaryStats,
+}
+
+impl Primary {
+    /// `incarnation` must be above every incarnation this node had before (the node's clock,
+    /// restored above its persisted ceiling).
+    pub fn new(
+        id: NodeId,
+        members: &[NodeId],
+        config: PrimaryConfig,
+        incarnation: HlcTimestamp,
+        rng: DetRng,
+    ) -> Self {
+        Primary {
+            id,
+            members: members.to_vec(),
+            config,
+            incarnation,
+            rng,
+            next_seq: 1,
+            next_ctx: 1,
+            groups: BTreeMap::new(),
+            hints: BTreeMap::new(),
+            voters: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            effects: VecDeque::new(),
+            stats: PrimaryStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> PrimaryStats {
+        self.stats
+    }
+
+    /// Requests accepted here that have no outcome yet.
+    pub fn in_flight(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Starts this node's member of `keyspace`'s group if it is a voter and not started yet
+    /// (at node start for every primary-backup keyspace in the catalog, and when the catalog
+    /// learns a new one).
+    pub fn ensure_group<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        keyspace: &KeyspaceConfig,
+    ) -> Result<(), String> {
+        if self.groups.contains_key(&keyspace.name) {
+            return Ok(());
+        }
+        let voters = voters_of(keyspace, &self.members);
+        if !voters.contains(&self.id) {
+            return Ok(());
+        }
+        let machine = Machine::recover(env.storage, &keyspace.name).map_err(|e| e.to_string())?;
+        let mut raft_config = RaftConfig::new(self.id, keyspace.name.clone(), voters.clone());
+        raft_config.election_timeout_min = self.config.election_timeout_min;
+        raft_config.election_timeout_max = self.config.election_timeout_max;
+        raft_config.heartbeat_interval = self.config.heartbeat_interval;
+        raft_config.applied_index = machine.applied();
+        let raft = Raft::new(raft_config, env.storage, self.rng.fork(), env.now)
+            .map_err(|e| e.to_string())?;
+        tracing::info!(node = %self.id, keyspace = keyspace.name, ?voters, "primary-backup group started");
+        self.groups.insert(
+            keyspace.name.clone(),
+            Group {
+                raft,
+                machine,
+                voters,
+                proposed: BTreeMap::new(),
+                reads: BTreeMap::new(),
+                broken: None,
+            },
+        );
+        self.drain(env, &keyspace.name);
+        Ok(())
+    }
+
+    /// The group's state on this node (`None` if this node is not one of its voters).
+    pub fn info(&self, keyspace: &str) -> Option<GroupInfo> {
+        let g = self.groups.get(keyspace)?;
+        let raft = &g.raft;
+        let last = raft.last_index();
+        Some(GroupInfo {
+            keyspace: keyspace.to_string(),
+            role: raft.role(),
+            term: raft.term(),
+            leader: raft.leader(),
+            commit_index: raft.commit_index(),
+            applied_index: g.machine.applied(),
+            last_index: last,
+            snapshot_index: raft.snapshot().index,
+            voters: g.voters.clone(),
+            followers: raft
+                .follower_progress()
+                .into_iter()
+                .map(|(id, matched)| (id, matched, last.distance_from(matched)))
+                .collect(),
+        })
+    }
+
+    /// Keyspaces this node is a voter of.
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        self.groups.keys().map(|k| k.as_str())
+    }
+
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let raft = self.groups.values().filter_map(|g| g.raft.poll_timeout());
+        let pending = self
+            .pending
+            .values()
+            .flat_map(|p| [Some(p.deadline), p.retry_at])
+            .flatten();
+        raft.chain(pending).min()
+    }
+
+    /// A client's request on keyspace `keyspace` (already validated: the keys belong to it).
+    pub fn request<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        request: RequestId,
+        keyspace: &KeyspaceConfig,
+        op: Op,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if !self.voters.contains_key(&keyspace.name) {
+            let voters = voters_of(keyspace, &self.members);
+            self.voters.insert(keyspace.name.clone(), voters);
+        }
+        self.pending.insert(
+            seq,
+            Pending {
+                request,
+                group: keyspace.name.clone(),
+                op,
+                deadline: env.now + self.config.request_timeout,
+                attempts: 0,
+                parked: false,
+                forwarded_to: None,
+                retry_at: None,
+            },
+        );
+        self.route(env, seq);
+    }
+
+    fn origin(&self, seq: u64) -> Origin {
+        Origin {
+            node: self.id,
+            incarnation: self.incarnation,
+            seq,
+        }
+    }
+
+    /// Serves pending request `seq` here if this node leads its group, else forwards it.
+    fn route<S: Storage>(&mut self, env: &mut Env<'_, S>, seq: u64) {
+        let Some(p) = self.pending.get_mut(&seq) else {
+            return;
+        };
+        p.parked = false;
+        p.forwarded_to = None;
+        p.retry_at = None;
+        let name = p.group.clone();
+        let op = p.op.clone();
+        let local_read = self.config.bug_local_reads && matches!(op, Op::Read { .. });
+        let target = match self.groups.get(&name) {
+            Some(g) if g.raft.is_leader() || local_read => None,
+            Some(g) => match g.raft.leader() {
+                Some(l) => Some(l),
+                None => {
+                    // A voter learns of the next leader itself: wait for the election.
+                    p.parked = true;
+                    return;
+                }
+            },
+            None => match self.hints.get(&name) {
+                Some(&l) => Some(l),
+                None => {
+                    // Not a voter and no guess: ask a voter.
+                    let voters: Vec<NodeId> = self
+                        .voters
+                        .get(&name)
+                        .map(|v| v.iter().copied().filter(|m| *m != self.id).collect())
+                        .unwrap_or_default();
+                    if voters.is_empty() {
+                        self.finish(seq, Outcome::Unavailable { leader: None });
+                        return;
+                    }
+                    Some(voters[self.rng.below(voters.len() as u64) as usize])
+                }
+            },
+        };
+        match target {
+            None => {
+                let origin = self.origin(seq);
+                self.serve(env, &name, Asker::Local(seq), origin, op);
+            }
+            Some(to) => {
+                let p = self.pending.get_mut(&seq).expect("present");
+                p.attempts += 1;
+                if p.attempts > self.config.forward_attempts_max {
+                    self.finish(seq, Outcome::Unavailable { leader: Some(to) });
+                    return;
+                }
+                p.forwarded_to = Some(to);
+                p.retry_at = Some(env.now + self.config.election_timeout_max);
+                self.stats.forwards_sent += 1;
+                let message = Message::Forward {
+                    group: name,
+                    origin: self.origin(seq),
+                    op,
+                };
+                self.effects.push_back(Effect::Send { to, message });
+            }
+        }
+    }
+
+    /// Serves a request as the group's leader.
+    fn serve<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        name: &str,
+        asker: Asker,
+        origin: Origin,
+        op: Op,
+    ) {
+        let Some(g) = self.groups.get_mut(name) else {
+            return self.respond(env, asker, Outcome::NotLeader { leader: None });
+        };
+        if let Some(e) = &g.broken {
+            let e = e.clone();
+            return self.respond(env, asker, Outcome::Storage(e));
+        }
+        match op {
+            Op::Read { keys } if self.config.bug_local_reads => {
+                let records = keys
+                    .iter()
+                    .map(|k| g.machine.record(env.storage, k).map(ReadRecord::from))
+                    .collect::<Result<Vec<_>, _>>();
+                let outcome = match records {
+                    Ok(records) => Outcome::Read(records),
+                    Err(e) => Outcome::Storage(e.to_string()),
+                };
+                return self.respond(env, asker, outcome);
+            }
+            Op::Read { keys } => {
+                let ctx = RequestId(self.next_ctx);
+                self.next_ctx += 1;
+                match g.raft.read_index(env.now, ctx) {
+                    Ok(()) => {
+                        self.stats.reads += 1;
+                        g.reads.insert(
+                            ctx,
+                            ReadJob {
+                                asker,
+                                keys,
+                                since: env.now,
+                            },
+                        );
+                    }
+                    Err(crate::ReadError::NotLeader { leader }) => {
+                        return self.respond(env, asker, Outcome::NotLeader { leader });
+                    }
+                }
+            }
+            Op::Write { watches, commands } => {
+                if g.proposed.values().any(|p| p.origin == origin) {
+                    // A duplicate of a forward already in the log here.
+                    return;
+                }
+                let data = Proposal {
+                    origin,
+                    watches,
+                    commands,
+                }
+                .encode();
+                let mut renv = RaftEnv {
+                    now: env.now,
+                    storage: &mut *env.storage,
+                };
+                match g.raft.propose(&mut renv, data) {
+                    Ok(index) => {
+                        self.stats.proposals += 1;
+                        g.proposed.insert(
+                            index,
+                            Proposed {
+                                origin,
+                                asker,
+                                since: env.now,
+                            },
+                        );
+                    }
+                    Err(crate::ProposeError::NotLeader { leader }) => {
+                        return self.respond(env, asker, Outcome::NotLeader { leader });
+                    }
+                    Err(crate::ProposeError::TransferInProgress { to }) => {
+                        return self.respond(env, asker, Outcome::NotLeader { leader: Some(to) });
+                    }
+                    Err(crate::ProposeError::Storage(e)) => {
+                        g.broken = Some(e.to_string());
+                        return self.respond(env, asker, Outcome::Storage(e.to_string()));
+                    }
+                }
+            }
+        }
+        self.drain(env, name);
+    }
+
+    /// Delivers an outcome to whoever waits for it.
+    fn respond<S: Storage>(&mut self, env: &mut Env<'_, S>, asker: Asker, outcome: Outcome) {
+        match asker {
+            Asker::Local(seq) => self.local_outcome(env, seq, outcome),
+            Asker::Remote {
+                node,
+                incarnation,
+                seq,
+            } => self.effects.push_back(Effect::Send {
+                to: node,
+                message: Message::ForwardReply {
+                    incarnation,
+                    seq,
+                    outcome,
+                },
+            }),
+        }
+    }
+
+    /// An outcome for this node's own request `seq`: a redirect is followed, anything else
+    /// answers the client.
+    fn local_outcome<S: Storage>(&mut self, env: &mut Env<'_, S>, seq: u64, outcome: Outcome) {
+        let Some(p) = self.pending.get(&seq) else {
+            return;
+        };
+        match outcome {
+            Outcome::NotLeader { leader } => {
+                self.stats.not_leader += 1;
+                let tried = p.forwarded_to;
+                match leader {
+                    // A new guess: try it now.
+                    Some(l) if l != self.id && Some(l) != tried => {
+                        if !self.groups.contains_key(&p.group) {
+                            self.hints.insert(p.group.clone(), l);
+                        }
+                        self.route(env, seq);
+                    }
+                    // No better guess (an election is on, or our own view is stale): try
+                    // again a heartbeat later rather than bounce between members.
+                    _ => {
+                        let retry = env.now + self.config.heartbeat_interval;
+                        let p = self.pending.get_mut(&seq).expect("present");
+                        p.forwarded_to = None;
+                        p.retry_at = Some(retry);
+                    }
+                }
+            }
+            outcome => self.finish(seq, outcome),
+        }
+    }
+
+    fn finish(&mut self, seq: u64, outcome: Outcome) {
+        if let Some(p) = self.pending.remove(&seq) {
+            if outcome == Outcome::Timeout {
+                self.stats.timeouts += 1;
+            }
+            self.effects.push_back(Effect::Reply {
+                request: p.request,
+                outcome,
+            });
+        }
+    }
+
+    pub fn handle_message<S: Storage>(&mut self, env: &mut Env<'_, S>, from: NodeId, msg: Message) {
+        match msg {
+            Message::Raft { group, message } => {
+                let Some(g) = self.groups.get_mut(&group) else {
+                    return;
+                };
+                if g.broken.is_some() {
+                    return;
+                }
+                let mut renv = RaftEnv {
+                    now: env.now,
+                    storage: &mut *env.storage,
+                };
+                if let Err(e) = g.raft.handle_message(&mut renv, from, message) {
+                    tracing::error!(keyspace = group, error = %e, "raft step failed; group stopped");
+                    g.broken = Some(e.to_string());
+                }
+                self.drain(env, &group);
+            }
+            Message::Forward { group, origin, op } => {
+                if origin.node != from {
+                    return;
+                }
+                self.stats.forwards_served += 1;
+                let asker = Asker::Remote {
+                    node: from,
+                    incarnation: origin.incarnation,
+                    seq: origin.seq,
+                };
+                match self.groups.get(&group) {
+                    Some(g) if g.raft.is_leader() => self.serve(env, &group, asker, origin, op),
+                    Some(g) => {
+                        let leader = g.raft.leader();
+                        self.respond(env, asker, Outcome::NotLeader { leader });
+                    }
+                    None => {
+                        let leader = self.hints.get(&group).copied();
+                        self.respond(env, asker, Outcome::NotLeader { leader });
+                    }
+                }
+            }
+            Message::ForwardReply {
+                incarnation,
+                seq,
+                outcome,
+            } => {
+                if incarnation == self.incarnation {
+                    self.local_outcome(env, seq, outcome);
+                }
+            }
+        }
+    }
+
+    pub fn handle_timeout<S: Storage>(&mut self, env: &mut Env<'_, S>) {
+        let names: Vec<String> = self.groups.keys().cloned().collect();
+        for name in &names {
+            let g = self.groups.get_mut(name).expect("listed");
+            if g.broken.is_some() {
+                continue;
+            }
+            if g.raft.poll_timeout().is_some_and(|t| t <= env.now) {
+                let mut renv = RaftEnv {
+                    now: env.now,
+                    storage: &mut *env.storage,
+                };
+                if let Err(e) = g.raft.handle_timeout(&mut renv) {
+                    tracing::error!(keyspace = name, error = %e, "raft step failed; group stopped");
+                    g.broken = Some(e.to_string());
+                }
+            }
+            // Bookkeeping of requests whose askers have long given up.
+            let stale = env.now.as_micros().saturating_sub(
+                2 * u64::try_from(self.config.request_timeout.as_micros()).unwrap_or(u64::MAX),
+            );
+            g.proposed.retain(|_, p| p.since.as_micros() >= stale);
+            g.reads.retain(|_, r| r.since.as_micros() >= stale);
+            self.drain(env, name);
+        }
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= env.now)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in expired {
+            self.finish(seq, Outcome::Timeout);
+        }
+        // Forwards unanswered for an election timeout: the member may be down or partitioned
+        // away. Forward again (the machine's sessions make a second copy harmless), to a fresh
+        // guess for keyspaces this node does not vote in.
+        let unanswered: Vec<(u64, String)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.retry_at.is_some_and(|t| t <= env.now))
+            .map(|(seq, p)| (*seq, p.group.clone()))
+            .collect();
+        for (seq, group) in unanswered {
+            self.hints.remove(&group);
+            self.route(env, seq);
+        }
+    }
+
+    /// Routes requests for `group` again now that it has a new leader: those parked waiting for
+    /// one, and those forwarded to another member (a deposed leader may never answer).
+    fn unpark<S: Storage>(&mut self, env: &mut Env<'_, S>, group: &str, leader: NodeId) {
+        let parked: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                p.group == group && (p.parked || p.forwarded_to.is_some_and(|to| to != leader))
+            })
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in parked {
+            self.route(env, seq);
+        }
+    }
+
+    /// Handles the group's Raft outputs: messages out, committed entries applied, reads served.
+    fn drain<S: Storage>(&mut self, env: &mut Env<'_, S>, name: &str) {
+        let mut new_leader = None;
+        loop {
+            let Some(g) = self.groups.get_mut(name) else {
+                return;
+            };
+            let Some(output) = g.raft.poll_output() else {
+                break;
+            };
+            match output {
+                RaftOutput::Send { to, message } => self.effects.push_back(Effect::Send {
+                    to,
+                    message: Message::Raft {
+                        group: name.to_string(),
+                        message,
+                    },
+                }),
+                RaftOutput::Committed { entry } => {
+                    if g.broken.is_some() {
+                        continue;
+                    }
+                    self.apply(env, name, entry.index, entry.data);
+                }
+                RaftOutput::RestoreSnapshot { snapshot } => {
+                    if let Err(e) = g.machine.restore(env.storage, &snapshot) {
+                        tracing::error!(keyspace = name, error = %e, "snapshot restore failed");
+                        g.broken = Some(e.to_string());
+                        continue;
+                    }
+                    self.stats.snapshots_restored += 1;
+                    // Whatever was proposed up to the snapshot has an outcome nobody here knows.
+                    g.proposed.retain(|i, _| *i > snapshot.index);
+                }
+                RaftOutput::ReadReady { ctx, .. } => {
+                    let Some(job) = g.reads.remove(&ctx) else {
+                        continue;
+                    };
+                    let records: Result<Vec<ReadRecord>, StorageError> = job
+                        .keys
+                        .iter()
+                        .map(|k| g.machine.record(env.storage, k).map(ReadRecord::from))
+                        .collect();
+                    let outcome = match records {
+                        Ok(records) => Outcome::Read(records),
+                        Err(e) => Outcome::Storage(e.to_string()),
+                    };
+                    self.respond(env, job.asker, outcome);
+                }
+                RaftOutput::ReadFailed { ctx, leader } => {
+                    if let Some(job) = g.reads.remove(&ctx) {
+                        self.respond(env, job.asker, Outcome::NotLeader { leader });
+                    }
+                }
+                RaftOutput::LeaderChanged { leader, .. } => {
+                    if leader.is_some() {
+                        new_leader = leader;
+                    }
+                }
+            }
+        }
+        if let Some(leader) = new_leader {
+            self.unpark(env, name, leader);
+        }
+        self.maybe_compact(env, name);
+    }
+
+    /// Applies the entry committed at `index` and answers whoever waits for it.
+    fn apply<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        name: &str,
+        index: LogIndex,
+        data: EntryData,
+    ) {
+        let g = self
+            .groups
+            .get_mut(name)
+            .expect("applying to a known group");
+        let proposal = match &data {
+            EntryData::Application(bytes) => Proposal::decode(bytes),
+            EntryData::Noop | EntryData::Membership { .. } => None,
+        };
+        let applied = match &proposal {
+            Some(p) => g.machine.apply(env.storage, index, p),
+            None => {
+                if matches!(data, EntryData::Application(_)) {
+                    tracing::error!(
+                        keyspace = name,
+                        index = index.0,
+                        "undecodable entry skipped"
+                    );
+                }
+                g.machine
+                    .skip(env.storage, index)
+                    .map(|()| Applied::Aborted)
+            }
+        };
+        let applied = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(keyspace = name, error = %e, "apply failed; group stopped");
+                g.broken = Some(e.to_string());
+                return;
+            }
+        };
+        match &applied {
+            Applied::Duplicate => self.stats.duplicates += 1,
+            Applied::Aborted if proposal.is_some() => self.stats.aborted += 1,
+            _ => {}
+        }
+        let leader = g.raft.leader();
+        let mine = g.proposed.remove(&index);
+        if let Some(mine) = mine {
+            if proposal.as_ref().map(|p| p.origin) == Some(mine.origin) {
+                if applied != Applied::Duplicate {
+                    self.respond(env, mine.asker, Outcome::Applied(applied.clone()));
+                }
+            } else {
+                // Another entry won this index: ours was lost to a leader change and can no
+                // longer commit.
+                self.respond(env, mine.asker, Outcome::NotLeader { leader });
+            }
+        }
+        if let Some(p) = proposal
+            && p.origin.node == self.id
+            && p.origin.incarnation == self.incarnation
+            && applied != Applied::Duplicate
+        {
+            self.finish(p.origin.seq, Outcome::Applied(applied));
+        }
+    }
+
+    fn maybe_compact<S: Storage>(&mut self, env: &mut Env<'_, S>, name: &str) {
+        let Some(g) = self.groups.get_mut(name) else {
+            return;
+        };
+        let applied = g.machine.applied();
+        if g.broken.is_some()
+            || applied.distance_from(g.raft.snapshot().index) < self.config.compact_every
+        {
+            return;
+        }
+        let data = match g.machine.snapshot(env.storage) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(keyspace = name, error = %e, "snapshot failed");
+                return;
+            }
+        };
+        let mut renv = RaftEnv {
+            now: env.now,
+            storage: &mut *env.storage,
+        };
+        match g.raft.compact(&mut renv, applied, data) {
+            Ok(()) => self.stats.compactions += 1,
+            Err(e) => tracing::warn!(keyspace = name, error = %e, "compaction refused"),
+        }
+    }
+
+    /// Structural invariants, checked by the simulator after every step.
+    pub fn check_invariants(&self) {
+        for (name, g) in &self.groups {
+            g.raft.check_invariants();
+            assert!(
+                g.machine.applied() <= g.raft.commit_index(),
+                "{name}: applied beyond the commit index"
+            );
+            assert!(
+                g.reads.keys().all(|c| c.0 < self.next_ctx),
+                "{name}: a read context was never issued"
+            );
+        }
+        assert!(
+            self.pending.keys().all(|s| *s < self.next_seq),
+            "a pending request was never numbered"
+        );
+    }
+}
