@@ -37,14 +37,16 @@ impl NodeStorage {
         if !self.dirty {
             return Ok(false);
         }
-        for (table, writes) in std::mem::take(&mut self.staged) {
-            for (key, value) in writes {
-                match value {
-                    Some(v) => self.inner.put(&table, &key, &v)?,
-                    None => self.inner.delete(&table, &key)?,
-                }
-            }
-        }
+        // One atomic batch: a crash keeps all of a step batch's writes or none, so the order in
+        // which the protocol cores staged them (e.g. Raft's prefix-safe order) cannot be undone
+        // by the order in which they reach the journal.
+        let staged = std::mem::take(&mut self.staged);
+        let writes = staged.iter().flat_map(|(table, writes)| {
+            writes
+                .iter()
+                .map(move |(key, value)| (table.as_str(), key.as_slice(), value.as_deref()))
+        });
+        self.inner.write_batch(writes)?;
         self.dirty = false;
         Ok(true)
     }

@@ -101,6 +101,33 @@ impl FjallStorage {
         &self.path
     }
 
+    /// Writes every `(table, key, value)` (`None` deletes) as one atomic fjall write batch: after
+    /// a crash, the journal holds all of them or none, whichever order they are in. Not durable
+    /// until the next [`Storage::sync`].
+    pub fn write_batch<'a>(
+        &mut self,
+        writes: impl IntoIterator<Item = (&'a str, &'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<(), StorageError> {
+        let mut batch = self.db.batch();
+        for (table, key, value) in writes {
+            let key = encode_key(key)?;
+            let keyspace = self.table(table)?.clone();
+            match value {
+                Some(v) => {
+                    if u32::try_from(v.len()).is_err() {
+                        return Err(StorageError::Engine(format!(
+                            "value of {} bytes is too large (fjall stores less than 4 GiB)",
+                            v.len()
+                        )));
+                    }
+                    batch.insert(&keyspace, key, v);
+                }
+                None => batch.remove(&keyspace, key),
+            }
+        }
+        batch.commit().map_err(engine)
+    }
+
     /// The keyspace behind `table`, if the table exists. Reads of a missing table see it empty
     /// rather than create it: only writes create tables.
     fn existing_table(&self, table: &str) -> Result<Option<&Keyspace>, StorageError> {

@@ -235,3 +235,39 @@ fn syncer_is_a_cheap_handle_for_another_thread() {
     syncer.sync().unwrap();
     assert_eq!(s.get("t", b"a").unwrap(), Some(b"1".to_vec()));
 }
+
+/// A write batch spans tables, deletes as well as writes, is visible at once, and is durable
+/// after a sync like any other write; a bad key fails the whole batch before anything is written.
+#[test]
+fn fjall_write_batches_span_tables_and_fail_whole() {
+    let dir = TempDir::new().unwrap();
+    {
+        let mut s = FjallStorage::open(dir.path()).unwrap();
+        s.put("b", b"gone", b"x").unwrap();
+        s.write_batch([
+            ("a", &b"k1"[..], Some(&b"v1"[..])),
+            ("b", &b"k2"[..], Some(&b"v2"[..])),
+            ("b", &b"gone"[..], None),
+        ])
+        .unwrap();
+        assert_eq!(s.get("a", b"k1").unwrap(), Some(b"v1".to_vec()));
+        assert_eq!(s.get("b", b"gone").unwrap(), None);
+        let too_long = vec![b'k'; FjallStorage::MAX_KEY_LEN + 1];
+        let err = s
+            .write_batch([
+                ("a", &b"k3"[..], Some(&b"v3"[..])),
+                ("a", too_long.as_slice(), Some(&b"v"[..])),
+            ])
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Engine(_)), "{err:?}");
+        assert_eq!(
+            s.get("a", b"k3").unwrap(),
+            None,
+            "nothing of a failed batch"
+        );
+        s.sync().unwrap();
+    }
+    let s = FjallStorage::open(dir.path()).unwrap();
+    assert_eq!(s.get("b", b"k2").unwrap(), Some(b"v2".to_vec()));
+    assert_eq!(s.get("b", b"gone").unwrap(), None);
+}
