@@ -19,6 +19,8 @@ use triarch_core::crdt::Versioned;
 use triarch_core::{ConfigError, KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, NodeId};
 use triarch_leaderless::KeyspaceStats;
 pub use triarch_leaderless::state::{Operation, OperationResult, SiblingsView, View};
+pub use triarch_primary::engine::{GroupInfo, ReadRecord};
+pub use triarch_primary::machine::{Command, CommandResult};
 
 /// How many replicas a request waits for: a count, or a level resolved against the keyspace's
 /// N (Cassandra's and Riak's vocabulary).
@@ -108,6 +110,26 @@ pub enum Request {
         r: Option<Consistency>,
         w: Option<Consistency>,
     },
+    /// Compare-and-set on a primary-backup keyspace: write `new` if the key's value is
+    /// `expected` (`None`: the key is absent). Reply: [`Reply::Swapped`].
+    Cas {
+        key: Bytes,
+        expected: Option<Bytes>,
+        new: Bytes,
+    },
+    /// The values and versions of `keys`, all in one primary-backup keyspace, read
+    /// linearizably and atomically (what `WATCH` records, and a consistent snapshot of several
+    /// keys). Reply: [`Reply::Watched`].
+    Watch {
+        keys: Vec<Bytes>,
+    },
+    /// `MULTI`/`EXEC` on a primary-backup keyspace: `commands` applied atomically, as one log
+    /// entry, if every watched key still has the version `Watch` returned. Every key must belong
+    /// to the same primary-backup keyspace. Reply: [`Reply::Exec`].
+    Exec {
+        watches: Vec<(Bytes, u64)>,
+        commands: Vec<Command>,
+    },
     CreateKeyspace(KeyspaceSpec),
     ListKeyspaces,
     KeyspaceInfo {
@@ -137,6 +159,13 @@ pub enum Reply {
     State(View),
     /// [`Request::Apply`]: the operation reached its write quorum (or changed nothing).
     Applied(OperationResult),
+    /// [`Request::Cas`]: whether it wrote.
+    Swapped(bool),
+    /// [`Request::Watch`]: each key's value and version (0: never written).
+    Watched(Vec<ReadRecord>),
+    /// [`Request::Exec`]: one result per command, or `None` when a watched key had changed
+    /// and nothing was applied.
+    Exec(Option<Vec<CommandResult>>),
     Created,
     Keyspaces(Vec<KeyspaceConfig>),
     KeyspaceInfo(KeyspaceInfo),
@@ -149,6 +178,9 @@ pub struct KeyspaceInfo {
     /// What this node has counted for the keyspace (it coordinates only some requests).
     pub stats: KeyspaceStats,
     pub members: Vec<NodeId>,
+    /// Primary-backup keyspaces: this node's view of the keyspace's Raft group (`None` on a
+    /// node that is not one of its voters).
+    pub group: Option<GroupInfo>,
 }
 
 /// Why a request did not succeed. Protocol outcomes, not programmer errors: each maps to a clear
@@ -211,6 +243,22 @@ pub enum RequestError {
     MembershipMismatch { node: NodeId },
     #[error("storage failure: {0}")]
     Storage(String),
+    #[error("keyspace '{keyspace}' is {model}; this command needs a primary-backup keyspace")]
+    NeedsPrimaryBackup { keyspace: String, model: Model },
+    #[error(
+        "keyspace '{keyspace}' is primary-backup: its values are strings (GET, SET, DEL, INCR, TRIARCH.CAS, MULTI/EXEC); this command needs a leaderless keyspace with a merge policy"
+    )]
+    NotForPrimaryBackup { keyspace: String },
+    #[error("a transaction's keys must all belong to one primary-backup keyspace")]
+    CrossKeyspace,
+    #[error("value is not an integer or out of range")]
+    NotAnInteger,
+    #[error(
+        "no leader of keyspace '{keyspace}' could be reached; the operation may or may not have happened"
+    )]
+    NoLeader { keyspace: String },
+    #[error("no outcome within the request timeout; the operation may or may not have happened")]
+    Timeout,
 }
 
 fn policies(needs: &[MergePolicy]) -> String {
@@ -229,7 +277,9 @@ impl RequestError {
             RequestError::QuorumFailed { .. } | RequestError::CoordinatorUnavailable { .. } => {
                 "QUORUM"
             }
-            RequestError::Superseded => "TRYAGAIN",
+            RequestError::Superseded | RequestError::NoLeader { .. } | RequestError::Timeout => {
+                "TRYAGAIN"
+            }
             RequestError::Storage(_) => "IOERR",
             _ => "ERR",
         }
@@ -244,13 +294,17 @@ impl RequestError {
                 | RequestError::Superseded
                 | RequestError::CoordinatorUnavailable { .. }
                 | RequestError::Storage(_)
+                | RequestError::NoLeader { .. }
+                | RequestError::Timeout
         )
     }
 
     /// The error text with "this command" replaced by `command` (RESP knows the command's name).
     pub fn message_for(&self, command: &str) -> String {
         match self {
-            RequestError::WrongPolicy { .. } => {
+            RequestError::WrongPolicy { .. }
+            | RequestError::NeedsPrimaryBackup { .. }
+            | RequestError::NotForPrimaryBackup { .. } => {
                 self.to_string().replacen("this command", command, 1)
             }
             _ => self.to_string(),

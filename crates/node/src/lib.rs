@@ -29,10 +29,12 @@
 
 pub mod api;
 pub mod catalog;
+mod primary;
 
 pub use api::{
-    CausalToken, Consistency, ContextError, KeyspaceInfo, KeyspaceSpec, Operation, OperationResult,
-    Reply, Request, RequestError, SiblingsView, View, base64url,
+    CausalToken, Command, CommandResult, Consistency, ContextError, GroupInfo, KeyspaceInfo,
+    KeyspaceSpec, Operation, OperationResult, ReadRecord, Reply, Request, RequestError,
+    SiblingsView, View, base64url,
 };
 use bytes::Bytes;
 use catalog::{Catalog, CatalogEntry, CatalogMessage};
@@ -47,6 +49,7 @@ use triarch_core::{Now, RequestId};
 pub use triarch_leaderless::KeyspaceStats;
 use triarch_leaderless::state::Refusal;
 use triarch_leaderless::{Effect, Env, Leaderless, LeaderlessConfig, Outcome};
+use triarch_primary::{Primary, PrimaryConfig};
 use triarch_storage::{Storage, StorageError};
 
 /// How far above the largest timestamp issued so far the persisted clock ceiling is set. A
@@ -56,14 +59,16 @@ pub const HLC_CEILING_WINDOW_MS: u64 = 10_000;
 const HLC_CEILING_KEY: &[u8] = b"hlc/ceiling";
 
 /// Version of the peer message encoding. A peer that sends another version is disconnected.
-/// Version 2 added the messages of the `siblings`, `counter`, `set` and `map` merge policies.
-pub const WIRE_VERSION: u8 = 2;
+/// Version 2 added the messages of the `siblings`, `counter`, `set` and `map` merge policies;
+/// version 3 the primary-backup model's.
+pub const WIRE_VERSION: u8 = 3;
 
 /// Everything nodes say to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     Catalog(CatalogMessage),
     Leaderless(triarch_leaderless::message::Message),
+    Primary(triarch_primary::engine::Message),
 }
 
 impl Message {
@@ -99,6 +104,7 @@ impl Message {
                 | L::ForwardReply { .. },
             ) => false,
             Message::Catalog(_) => false,
+            Message::Primary(m) => m.may_precede_sync(),
         }
     }
 }
@@ -124,6 +130,7 @@ pub struct NodeConfig {
     /// Keyspaces every node starts with (from the configuration file); created if absent.
     pub keyspaces: Vec<KeyspaceConfig>,
     pub leaderless: LeaderlessConfig,
+    pub primary: PrimaryConfig,
     pub catalog_gossip_interval: Duration,
     /// How far ahead of the local wall clock a peer's timestamp may be before it is refused.
     pub clock_forward_bound_ms: u64,
@@ -137,6 +144,7 @@ impl NodeConfig {
             members,
             keyspaces: Vec::new(),
             leaderless: LeaderlessConfig::default(),
+            primary: PrimaryConfig::default(),
             catalog_gossip_interval: Duration::from_secs(1),
             clock_forward_bound_ms: 60_000,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
@@ -161,6 +169,7 @@ pub struct Node<S: Storage> {
     rng: DetRng,
     catalog: Catalog,
     leaderless: Leaderless,
+    primary: Primary,
     outputs: VecDeque<Output>,
     next_gossip: Instant,
     peers: Vec<NodeId>,
@@ -169,6 +178,8 @@ pub struct Node<S: Storage> {
     /// How to turn the outcome of a request in flight into its reply, for requests whose reply
     /// is not the outcome's plain translation (e.g. `GET` of a counter).
     shapes: BTreeMap<RequestId, Shape>,
+    /// The same for primary-backup requests in flight, with their keyspace.
+    pb_shapes: BTreeMap<RequestId, (primary::PbShape, String)>,
 }
 
 /// How a request's outcome becomes its reply.
@@ -207,7 +218,7 @@ fn needs_of(op: &Operation) -> &'static [MergePolicy] {
 }
 
 /// What a data request asks for, before it is matched with the keyspace's policy.
-enum Data {
+pub(crate) enum Data {
     Get,
     Set(Bytes),
     Delete,
@@ -287,12 +298,19 @@ impl<S: Storage> Node<S> {
         leaderless_config.state_bytes_max = config.value_bytes_max;
         let leaderless = Leaderless::new(config.id, &members, leaderless_config)
             .with_incarnation(first_op, started);
+        let primary = Primary::new(
+            config.id,
+            &members,
+            config.primary.clone(),
+            started,
+            rng.fork(),
+        );
         let peers = members
             .iter()
             .copied()
             .filter(|m| *m != config.id)
             .collect();
-        Ok(Node {
+        let mut node = Node {
             next_gossip: now.instant + config.catalog_gossip_interval,
             config,
             storage,
@@ -300,11 +318,17 @@ impl<S: Storage> Node<S> {
             rng,
             catalog,
             leaderless,
+            primary,
             outputs: VecDeque::new(),
             peers,
             hlc_ceiling_ms,
             shapes: BTreeMap::new(),
-        })
+            pb_shapes: BTreeMap::new(),
+        };
+        node.ensure_primary_groups(now);
+        node.raise_hlc_ceiling();
+        node.drain_primary();
+        Ok(node)
     }
 
     pub fn id(&self) -> NodeId {
@@ -340,7 +364,12 @@ impl<S: Storage> Node<S> {
 
     /// Operations this node coordinates that have not finished.
     pub fn in_flight(&self) -> usize {
-        self.leaderless.in_flight()
+        self.leaderless.in_flight() + self.primary.in_flight()
+    }
+
+    /// The primary-backup engine (Raft groups, counters).
+    pub fn primary(&self) -> &Primary {
+        &self.primary
     }
 
     /// The keyspace that owns `key` (see the module documentation).
@@ -363,10 +392,14 @@ impl<S: Storage> Node<S> {
         } else {
             Some(self.next_gossip)
         };
-        [gossip, self.leaderless.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            gossip,
+            self.leaderless.poll_timeout(),
+            self.primary.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn reply(&mut self, request: RequestId, reply: Reply) {
@@ -390,6 +423,13 @@ impl<S: Storage> Node<S> {
             Request::Apply { key, op, r, w } => {
                 self.data_request(now, request, key, Data::Apply(op), r, w)
             }
+            Request::Cas { key, expected, new } => {
+                self.primary_cas(now, request, key, expected, new)
+            }
+            Request::Watch { keys } => self.primary_watch(now, request, keys),
+            Request::Exec { watches, commands } => {
+                self.primary_exec(now, request, watches, commands)
+            }
             Request::CreateKeyspace(spec) => {
                 let reply = match self.create_keyspace(now, spec) {
                     Ok(()) => Reply::Created,
@@ -412,6 +452,7 @@ impl<S: Storage> Node<S> {
                             .cloned()
                             .unwrap_or_default(),
                         members: self.config.members.iter().map(|m| m.id).collect(),
+                        group: self.primary.info(&name),
                     }),
                     None => Reply::Error(RequestError::UnknownKeyspace(name)),
                 };
@@ -419,6 +460,7 @@ impl<S: Storage> Node<S> {
             }
         }
         self.drain_leaderless();
+        self.drain_primary();
     }
 
     /// Checks a data request and hands it to the keyspace's model.
@@ -435,8 +477,14 @@ impl<S: Storage> Node<S> {
             return self.fail(request, e);
         }
         let keyspace = self.route(&key).clone();
-        if keyspace.model != Model::Leaderless {
-            return self.fail(request, RequestError::ModelNotAvailable(keyspace.model));
+        match keyspace.model {
+            Model::Leaderless => {}
+            Model::PrimaryBackup => {
+                return self.primary_data(now, request, &keyspace, key, data);
+            }
+            Model::MultiLeader => {
+                return self.fail(request, RequestError::ModelNotAvailable(keyspace.model));
+            }
         }
         let (reads, writes) = data.quorums(keyspace.merge);
         let quorum = |setting: &'static str, asked: Option<Consistency>, default: u8| {
@@ -532,26 +580,23 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// A value within the configured limit.
+    fn check_value(&self, value: &Bytes) -> Result<(), RequestError> {
+        let max = self.config.value_bytes_max;
+        if value.len() > max {
+            Err(RequestError::ValueTooLarge {
+                len: value.len(),
+                max,
+            })
+        } else {
+            Ok(())
+        }
+    }
+
     /// Keys, values, set elements and map fields within their limits.
     fn check_sizes(&self, key: &Bytes, data: &Data) -> Result<(), RequestError> {
-        let key_max = |b: &Bytes| {
-            if b.len() > KEY_BYTES_MAX {
-                Err(RequestError::KeyTooLarge {
-                    len: b.len(),
-                    max: KEY_BYTES_MAX,
-                })
-            } else {
-                Ok(())
-            }
-        };
-        let max = self.config.value_bytes_max;
-        let value_max = |b: &Bytes| {
-            if b.len() > max {
-                Err(RequestError::ValueTooLarge { len: b.len(), max })
-            } else {
-                Ok(())
-            }
-        };
+        let key_max = check_key;
+        let value_max = |b: &Bytes| self.check_value(b);
         key_max(key)?;
         match data {
             Data::Set(value) => value_max(value),
@@ -597,8 +642,8 @@ impl<S: Storage> Node<S> {
             ));
         }
         config.validate(nodes)?;
-        // Every merge policy is available to leaderless keyspaces; the other models are not yet.
-        if config.model != Model::Leaderless {
+        // Multi-leader keyspaces are not available yet.
+        if config.model == Model::MultiLeader {
             return Err(RequestError::ModelNotAvailable(config.model));
         }
         let entry = CatalogEntry {
@@ -613,6 +658,7 @@ impl<S: Storage> Node<S> {
             let message = Message::Catalog(CatalogMessage::Entries(vec![entry.clone()]));
             self.outputs.push_back(Output::Send { to, message });
         }
+        self.ensure_primary_groups(now);
         Ok(())
     }
 
@@ -633,6 +679,14 @@ impl<S: Storage> Node<S> {
                         tracing::error!(error = %e, "catalog merge failed");
                     }
                 }
+                self.ensure_primary_groups(now);
+            }
+            Message::Primary(m) => {
+                let mut env = triarch_primary::engine::Env {
+                    now: now.instant,
+                    storage: &mut self.storage,
+                };
+                self.primary.handle_message(&mut env, from, m);
             }
             Message::Leaderless(m) => {
                 if let triarch_leaderless::message::Message::Forward { sent, .. } = &m {
@@ -651,6 +705,7 @@ impl<S: Storage> Node<S> {
             }
         }
         self.drain_leaderless();
+        self.drain_primary();
     }
 
     pub fn handle_timeout(&mut self, now: Now) {
@@ -667,7 +722,13 @@ impl<S: Storage> Node<S> {
             hlc: &mut self.hlc,
         };
         self.leaderless.handle_timeout(&mut env);
+        let mut env = triarch_primary::engine::Env {
+            now: now.instant,
+            storage: &mut self.storage,
+        };
+        self.primary.handle_timeout(&mut env);
         self.drain_leaderless();
+        self.drain_primary();
     }
 
     /// Persists a new clock ceiling once the clock has reached the old one. It is staged in the
@@ -713,6 +774,11 @@ impl<S: Storage> Node<S> {
         assert!(
             self.shapes.len() <= self.leaderless.in_flight(),
             "a reply shape outlived its request"
+        );
+        self.primary.check_invariants();
+        assert!(
+            self.pb_shapes.len() <= self.primary.in_flight(),
+            "a primary-backup reply shape outlived its request"
         );
         assert!(
             self.catalog.get(KeyspaceConfig::DEFAULT_NAME).is_some(),
@@ -780,6 +846,18 @@ fn shaped(outcome: Outcome, shape: Shape) -> Reply {
             Reply::Written { existed: n > 0 }
         }
         (_, outcome) => outcome.into(),
+    }
+}
+
+/// A key within the limit.
+pub(crate) fn check_key(key: &Bytes) -> Result<(), RequestError> {
+    if key.len() > KEY_BYTES_MAX {
+        Err(RequestError::KeyTooLarge {
+            len: key.len(),
+            max: KEY_BYTES_MAX,
+        })
+    } else {
+        Ok(())
     }
 }
 

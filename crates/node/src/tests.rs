@@ -114,11 +114,11 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     assert_eq!(e.to_string(), "invalid W: W=5 exceeds N=3");
     let r = call(
         &mut n,
-        Request::CreateKeyspace(spec("balance", Model::PrimaryBackup)),
+        Request::CreateKeyspace(spec("cart", Model::MultiLeader)),
     );
     assert_eq!(
         r,
-        Reply::Error(RequestError::ModelNotAvailable(Model::PrimaryBackup))
+        Reply::Error(RequestError::ModelNotAvailable(Model::MultiLeader))
     );
     call(
         &mut n,
@@ -284,3 +284,4 @@ mod frames {
 }
 
 mod commands;
+mod primary;

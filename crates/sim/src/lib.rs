@@ -52,7 +52,10 @@
 //!
 //! Workloads S and C ([`merged`], run by [`run_merged_seed`]) drive a `set` keyspace (unique
 //! adds, and removes of elements the same client added) and a `counter` keyspace (increments by
-//! known amounts) through the same phases and faults.
+//! known amounts) through the same phases and faults. Workloads L and B drive primary-backup
+//! keyspaces (a Raft group each, N=3 of the five nodes, with elections every few hundred
+//! milliseconds of silence): L reads, writes and compare-and-sets registers; B transfers money
+//! between accounts with WATCH/MULTI/EXEC and reads every balance at once.
 //!
 //! ## Checkers
 //!
@@ -61,7 +64,12 @@
 //! after the final reads). For workloads S and C: [`checker::set`] (every acknowledged add
 //! present unless an acknowledged remove followed, nothing unexpected, removed stays removed),
 //! [`checker::counter`] (every read between the acknowledged and the attempted sums) and
-//! [`checker::convergence::check_states`].
+//! [`checker::convergence::check_states`]. For workload L: [`checker::registers`] (every key's
+//! history linearizable, by [`checker::linearizable`]'s WGL search; undecided counts as a
+//! failure); for B: [`checker::bank_history`] (every whole-bank read, final ones included,
+//! totals the initial money and has no negative balance); for both,
+//! [`checker::convergence::check_tables`] (every voter holds the same rows once commits have
+//! reached everyone).
 //!
 //! ## Replaying a seed
 //!

@@ -1,5 +1,6 @@
-//! Workloads and histories for keyspaces whose merge policy is a CRDT: a `set` keyspace (the
-//! shopping cart) and a `counter` keyspace.
+//! Workloads and histories for keyspaces other than the default registers: two whose merge
+//! policy is a CRDT, a `set` keyspace (the shopping cart) and a `counter` keyspace, and a
+//! primary-backup keyspace of linearizable registers.
 //!
 //! The histories have the same Jepsen shape as [`crate::history`] (invoke, then `ok`, `fail` or
 //! `info`; a process retires after `info`), with the operations these types have.
@@ -17,7 +18,26 @@
 //! positive amount (1 to 10) to a random counter through a random node; reader processes read
 //! random counters (GET).
 //!
-//! Both end like the register workload: final heal, settle, then one read of every key through
+//! ## Workload L: linearizable registers
+//!
+//! `keys` registers in keyspace `regs` (primary-backup, N=3: with five nodes, two of them are
+//! not voters and forward every request). Writer processes write globally unique values, or
+//! (half the time, once the key was written) compare-and-set from the value most recently
+//! written to the key to a new unique value; reader processes read random registers (GET).
+//! Every operation goes through a random node.
+//!
+//! ## Workload B: bank transfers
+//!
+//! `keys` accounts in keyspace `bank` (primary-backup). A setup transaction first gives every
+//! account [`BANK_INITIAL_BALANCE`] (guarded by watches at version 0, so a retry after an
+//! unknown outcome cannot apply twice); the other processes start once it is acknowledged.
+//! Transferrer processes then move 1 to 20 between two random accounts the way a Redis client
+//! does: `WATCH` both accounts (reading their balances and versions), and if the source holds
+//! enough, `MULTI`/`DECRBY`/`INCRBY`/`EXEC` guarded by those versions (aborted, and so `fail`,
+//! if either account changed in between). Reader processes read every balance at once (one
+//! `WATCH` of every account: one linearizable snapshot).
+//!
+//! All four end like the register workload: final heal, settle, then one read of every key through
 //! every node (whose read repair makes every replica equal), then a snapshot of every replica.
 
 use crate::history::{EventType, ProcessId};
@@ -25,7 +45,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 use triarch_core::hash::mix64;
-use triarch_core::{DetRng, Instant, KeyspaceConfig, MergePolicy, NodeId};
+use triarch_core::{DetRng, Instant, KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, NodeId};
 
 /// Which CRDT workload a run drives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -34,16 +54,41 @@ pub enum MergedWorkload {
     Set,
     /// Workload C: increments of `counter` keys.
     Counter,
+    /// Workload L: reads, writes and compare-and-sets of primary-backup registers.
+    Registers,
+    /// Workload B: transfers between primary-backup accounts with WATCH/MULTI/EXEC.
+    Bank,
 }
 
+/// Every account's balance after workload B's setup.
+pub const BANK_INITIAL_BALANCE: i64 = 100;
+
 impl MergedWorkload {
-    pub const ALL: [MergedWorkload; 2] = [MergedWorkload::Set, MergedWorkload::Counter];
+    pub const ALL: [MergedWorkload; 4] = [
+        MergedWorkload::Set,
+        MergedWorkload::Counter,
+        MergedWorkload::Registers,
+        MergedWorkload::Bank,
+    ];
 
     /// The keyspace the workload runs in (created on every node from its configuration).
     pub fn keyspace(self) -> KeyspaceConfig {
         let (name, merge) = match self {
             MergedWorkload::Set => ("cart", MergePolicy::Set),
             MergedWorkload::Counter => ("hits", MergePolicy::Counter),
+            MergedWorkload::Registers | MergedWorkload::Bank => {
+                let name = if self == MergedWorkload::Bank {
+                    "bank"
+                } else {
+                    "regs"
+                };
+                return KeyspaceConfig::from_settings(
+                    name,
+                    Model::PrimaryBackup,
+                    KeyspaceSettings::default(),
+                    3,
+                );
+            }
         };
         KeyspaceConfig {
             merge,
@@ -60,6 +105,8 @@ impl MergedWorkload {
         match self {
             MergedWorkload::Set => "set",
             MergedWorkload::Counter => "counter",
+            MergedWorkload::Registers => "registers",
+            MergedWorkload::Bank => "bank",
         }
     }
 }
@@ -83,11 +130,48 @@ pub enum MergedFunction {
     CounterAdd { amount: i64 },
     /// GET of the counter.
     CounterRead,
+    /// GET of a register.
+    RegisterRead,
+    /// SET of a register to `value` (unique over the whole run).
+    RegisterWrite { value: u64 },
+    /// TRIARCH.CAS of a register from `expected` to `new` (unique over the whole run).
+    RegisterCas { expected: u64, new: u64 },
+    /// Workload B's setup: every account to [`BANK_INITIAL_BALANCE`], if none was written.
+    BankSetup,
+    /// A snapshot of every balance.
+    BankRead,
+    /// `WATCH` of a transfer's two accounts, reading their balances and versions.
+    BankPrepare { from: u64, to: u64, amount: i64 },
+    /// `EXEC` of a transfer guarded by the versions its preparation read.
+    BankTransfer {
+        from: u64,
+        to: u64,
+        amount: i64,
+        from_version: u64,
+        to_version: u64,
+    },
 }
 
 impl MergedFunction {
     pub fn is_read(self) -> bool {
-        matches!(self, MergedFunction::SetRead | MergedFunction::CounterRead)
+        matches!(
+            self,
+            MergedFunction::SetRead
+                | MergedFunction::CounterRead
+                | MergedFunction::RegisterRead
+                | MergedFunction::BankRead
+                | MergedFunction::BankPrepare { .. }
+        )
+    }
+
+    /// Whether an `ok` completion carries a result (reads, and compare-and-sets: whether they
+    /// wrote).
+    pub fn has_result(self) -> bool {
+        self.is_read()
+            || matches!(
+                self,
+                MergedFunction::RegisterCas { .. } | MergedFunction::BankSetup
+            )
     }
 }
 
@@ -98,7 +182,17 @@ impl fmt::Display for MergedFunction {
             MergedFunction::SetRemove { element } => write!(f, "remove {element}"),
             MergedFunction::SetRead => f.write_str("read"),
             MergedFunction::CounterAdd { amount } => write!(f, "incr {amount}"),
-            MergedFunction::CounterRead => f.write_str("read"),
+            MergedFunction::CounterRead | MergedFunction::RegisterRead => f.write_str("read"),
+            MergedFunction::RegisterWrite { value } => write!(f, "write {value}"),
+            MergedFunction::RegisterCas { expected, new } => write!(f, "cas {expected}->{new}"),
+            MergedFunction::BankSetup => f.write_str("setup"),
+            MergedFunction::BankRead => f.write_str("read all"),
+            MergedFunction::BankPrepare { from, to, amount } => {
+                write!(f, "watch {from} {to} for {amount}")
+            }
+            MergedFunction::BankTransfer {
+                from, to, amount, ..
+            } => write!(f, "transfer {amount} {from}->{to}"),
         }
     }
 }
@@ -109,6 +203,13 @@ pub enum ReadResult {
     Members(BTreeSet<u64>),
     /// A counter never written reads as 0.
     Count(i128),
+    /// A register's value (`None`: never written).
+    Register(Option<u64>),
+    /// Whether a compare-and-set wrote (for workload B's setup: whether this attempt set the
+    /// accounts, rather than finding them set by an earlier attempt).
+    Swapped(bool),
+    /// Workload B's reads: (account, balance, version) per account read.
+    Balances(Vec<(u64, i64, u64)>),
 }
 
 impl fmt::Display for ReadResult {
@@ -119,6 +220,16 @@ impl fmt::Display for ReadResult {
                 write!(f, "{{{}}}", shown.join(" "))
             }
             ReadResult::Count(c) => write!(f, "{c}"),
+            ReadResult::Register(None) => f.write_str("nil"),
+            ReadResult::Register(Some(v)) => write!(f, "{v}"),
+            ReadResult::Swapped(b) => write!(f, "{b}"),
+            ReadResult::Balances(b) => {
+                let shown: Vec<String> = b
+                    .iter()
+                    .map(|(a, balance, v)| format!("{a}:{balance}@{v}"))
+                    .collect();
+                write!(f, "[{}]", shown.join(" "))
+            }
         }
     }
 }
@@ -256,8 +367,8 @@ impl MergedHistory {
             .unwrap_or_else(|| panic!("{process} completed with no open operation"));
         let invocation = &self.events[invoke];
         assert!(time >= invocation.time, "completion before invocation");
-        let result = if invocation.f.is_read() && kind == EventType::Ok {
-            assert!(result.is_some(), "an ok read has a result");
+        let result = if invocation.f.has_result() && kind == EventType::Ok {
+            assert!(result.is_some(), "an ok read or cas has a result");
             result
         } else {
             None
@@ -361,6 +472,24 @@ impl MergedHistory {
                 MergedFunction::SetRead => (3, 0),
                 MergedFunction::CounterAdd { amount } => (4, amount as u64),
                 MergedFunction::CounterRead => (5, 0),
+                MergedFunction::RegisterRead => (6, 0),
+                MergedFunction::RegisterWrite { value } => (7, value),
+                MergedFunction::RegisterCas { expected, new } => (8, expected << 32 ^ new),
+                MergedFunction::BankSetup => (9, 0),
+                MergedFunction::BankRead => (10, 0),
+                MergedFunction::BankPrepare { from, to, amount } => {
+                    (11, from << 40 ^ to << 20 ^ amount as u64)
+                }
+                MergedFunction::BankTransfer {
+                    from,
+                    to,
+                    amount,
+                    from_version,
+                    to_version,
+                } => (
+                    12,
+                    mix64(from << 40 ^ to << 20 ^ amount as u64) ^ from_version << 32 ^ to_version,
+                ),
             };
             add(tag);
             add(arg);
@@ -369,6 +498,15 @@ impl MergedHistory {
                 None => add(u64::MAX),
                 Some(ReadResult::Members(m)) => m.iter().for_each(|&x| add(x ^ 0x55)),
                 Some(ReadResult::Count(c)) => add(*c as u64),
+                Some(ReadResult::Register(v)) => add(v.map_or(u64::MAX - 1, |v| v ^ 0x77)),
+                Some(ReadResult::Swapped(b)) => add(u64::from(*b) + 0x99),
+                Some(ReadResult::Balances(b)) => {
+                    for (a, balance, v) in b {
+                        add(*a);
+                        add(*balance as u64);
+                        add(*v);
+                    }
+                }
             }
             add(e.time.as_micros());
             add(u64::from(e.node.0));
@@ -408,12 +546,15 @@ impl fmt::Display for MergedHistory {
 /// enough that carts stay small (what a cart costs to merge grows with it) and that removes are
 /// as common as adds once processes own elements.
 const REMOVE_PROBABILITY: f64 = 0.4;
+const CAS_PROBABILITY: f64 = 0.5;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     Writer,
     Reader,
     FinalReader,
+    /// Workload B's setup transaction, retried until it is known to have applied.
+    Setup,
 }
 
 #[derive(Clone, Debug)]
@@ -423,6 +564,8 @@ struct Process {
     owned: Vec<(u64, u64)>,
     /// The operation in flight: what it is, for `observe`.
     pending: Option<(MergedFunction, u64)>,
+    /// Workload B: the transfer its last preparation found affordable, with the versions read.
+    prepared: Option<MergedFunction>,
 }
 
 /// The next operation a process issues.
@@ -442,6 +585,8 @@ pub(crate) struct MergedClients {
     processes: BTreeMap<ProcessId, Process>,
     next_process: u64,
     next_element: u64,
+    /// The value most recently written (or compare-and-set) to each register, as invoked.
+    last_written: BTreeMap<u64, u64>,
     ops_budget: u64,
     ops_invoked: u64,
     think_max_micros: u64,
@@ -465,6 +610,7 @@ impl MergedClients {
             processes: BTreeMap::new(),
             next_process: 0,
             next_element: 1,
+            last_written: BTreeMap::new(),
             ops_budget: ops,
             ops_invoked: 0,
             think_max_micros: 0,
@@ -488,14 +634,26 @@ impl MergedClients {
             role,
             owned: Vec::new(),
             pending: None,
+            prepared: None,
         };
         self.processes.insert(id, process);
         id
     }
 
     pub fn start(&mut self) -> Vec<(ProcessId, Duration)> {
+        if self.workload == MergedWorkload::Bank {
+            // The setup first; everyone else once it is done.
+            self.processes.clear();
+            let setup = self.spawn(Role::Setup);
+            return vec![(setup, self.think_time())];
+        }
         let ids: Vec<ProcessId> = self.processes.keys().copied().collect();
         ids.into_iter().map(|p| (p, self.think_time())).collect()
+    }
+
+    /// The operation `id` is waiting for.
+    pub fn pending_of(&self, id: ProcessId) -> Option<MergedFunction> {
+        self.processes.get(&id)?.pending.map(|(f, _)| f)
     }
 
     pub fn think_time(&mut self) -> Duration {
@@ -504,13 +662,27 @@ impl MergedClients {
 
     /// The next operation of `id`, or `None` when the budget is spent (or the process is gone).
     pub fn next_op(&mut self, id: ProcessId) -> Option<PlannedMergedOp> {
-        if self.ops_invoked >= self.ops_budget {
+        let role = self.processes.get(&id)?.role;
+        if self.ops_invoked >= self.ops_budget && role != Role::Setup {
             return None;
         }
         let node_index = self.rng.below(self.nodes as u64) as usize;
-        let role = self.processes.get(&id)?.role;
         let (f, key) = match (role, self.workload) {
             (Role::FinalReader, _) => return None,
+            (Role::Setup, _) => (MergedFunction::BankSetup, 0),
+            (Role::Reader, MergedWorkload::Bank) => (MergedFunction::BankRead, 0),
+            (Role::Writer, MergedWorkload::Bank) => {
+                let process = self.processes.get_mut(&id).expect("looked up above");
+                match process.prepared.take() {
+                    Some(transfer) => (transfer, 0),
+                    None => {
+                        let from = self.rng.below(self.keys);
+                        let to = (from + 1 + self.rng.below(self.keys - 1)) % self.keys;
+                        let amount = self.rng.between(1, 20) as i64;
+                        (MergedFunction::BankPrepare { from, to, amount }, 0)
+                    }
+                }
+            }
             (Role::Reader, MergedWorkload::Set) => {
                 (MergedFunction::SetRead, self.rng.below(self.keys))
             }
@@ -523,6 +695,22 @@ impl MergedClients {
                     MergedFunction::CounterAdd { amount },
                     self.rng.below(self.keys),
                 )
+            }
+            (Role::Reader, MergedWorkload::Registers) => {
+                (MergedFunction::RegisterRead, self.rng.below(self.keys))
+            }
+            (Role::Writer, MergedWorkload::Registers) => {
+                let key = self.rng.below(self.keys);
+                let new = self.next_element;
+                self.next_element += 1;
+                let f = match self.last_written.get(&key) {
+                    Some(&expected) if self.rng.chance(CAS_PROBABILITY) => {
+                        MergedFunction::RegisterCas { expected, new }
+                    }
+                    _ => MergedFunction::RegisterWrite { value: new },
+                };
+                self.last_written.insert(key, new);
+                (f, key)
             }
             (Role::Writer, MergedWorkload::Set) => {
                 let process = self.processes.get_mut(&id).expect("looked up above");
@@ -550,21 +738,55 @@ impl MergedClients {
         Some(PlannedMergedOp { f, key, node_index })
     }
 
-    /// `id`'s operation completed with `kind`. Returns whether the process continues; after an
-    /// `info` it retires (and a fresh process with the same role is spawned and returned).
-    pub fn completed(&mut self, id: ProcessId, kind: EventType) -> Option<ProcessId> {
+    /// `id`'s operation completed with `kind` (and `result`, for an `ok` read). Returns the
+    /// processes that go on: `id` itself; after an `info`, a fresh process with the same role
+    /// instead (`id` retires); after workload B's setup, every other process.
+    pub fn completed(
+        &mut self,
+        id: ProcessId,
+        kind: EventType,
+        result: Option<&ReadResult>,
+    ) -> Vec<ProcessId> {
         let process = self.processes.get_mut(&id).expect("a live process");
         let (f, key) = process.pending.take().expect("an operation was pending");
-        if let (MergedFunction::SetAdd { element }, EventType::Ok) = (f, kind) {
-            process.owned.push((key, element));
+        match (f, kind) {
+            (MergedFunction::SetAdd { element }, EventType::Ok) => {
+                process.owned.push((key, element))
+            }
+            (MergedFunction::BankPrepare { from, to, amount }, EventType::Ok) => {
+                if let Some(ReadResult::Balances(b)) = result
+                    && let [(_, from_balance, from_version), (_, _, to_version)] = b.as_slice()
+                    && *from_balance >= amount
+                {
+                    process.prepared = Some(MergedFunction::BankTransfer {
+                        from,
+                        to,
+                        amount,
+                        from_version: *from_version,
+                        to_version: *to_version,
+                    });
+                }
+            }
+            _ => {}
         }
         match (kind, process.role) {
-            (_, Role::FinalReader) => None,
+            (_, Role::FinalReader) => Vec::new(),
+            (EventType::Ok, Role::Setup) => {
+                // The accounts are set: the workload begins.
+                self.processes.remove(&id);
+                for _ in 0..self.keys * 2 {
+                    self.spawn(Role::Writer);
+                }
+                for _ in 0..self.keys {
+                    self.spawn(Role::Reader);
+                }
+                self.processes.keys().copied().collect()
+            }
             (EventType::Info, role) => {
                 self.processes.remove(&id);
-                Some(self.spawn(role))
+                vec![self.spawn(role)]
             }
-            _ => Some(id),
+            _ => vec![id],
         }
     }
 
@@ -578,6 +800,8 @@ impl MergedClients {
         let f = match self.workload {
             MergedWorkload::Set => MergedFunction::SetRead,
             MergedWorkload::Counter => MergedFunction::CounterRead,
+            MergedWorkload::Registers => MergedFunction::RegisterRead,
+            MergedWorkload::Bank => MergedFunction::BankRead,
         };
         self.processes.get_mut(&id).expect("a final reader").pending = Some((f, key));
         f
@@ -606,11 +830,11 @@ mod tests {
             match op.f {
                 MergedFunction::SetAdd { element } => {
                     assert!(added.insert((op.key, element)), "elements are unique");
-                    c.completed(writer, EventType::Ok);
+                    c.completed(writer, EventType::Ok, None);
                 }
                 MergedFunction::SetRemove { element } => {
                     assert!(added.remove(&(op.key, element)), "removes what it added");
-                    c.completed(writer, EventType::Ok);
+                    c.completed(writer, EventType::Ok, None);
                 }
                 other => panic!("a writer issued {other}"),
             }
@@ -621,9 +845,9 @@ mod tests {
             if matches!(op.f, MergedFunction::SetAdd { .. }) {
                 break op;
             }
-            c.completed(writer, EventType::Ok);
+            c.completed(writer, EventType::Ok, None);
         };
-        c.completed(writer, EventType::Fail);
+        c.completed(writer, EventType::Fail, None);
         assert!(
             c.processes[&writer]
                 .owned
@@ -632,7 +856,7 @@ mod tests {
         );
         // After info the process retires.
         c.next_op(writer).unwrap();
-        let fresh = c.completed(writer, EventType::Info).unwrap();
+        let fresh = c.completed(writer, EventType::Info, None)[0];
         assert_ne!(fresh, writer);
         assert!(c.processes[&fresh].owned.is_empty());
     }

@@ -2,11 +2,12 @@
 //! event queue in virtual time. See the crate documentation for the phases of a run and the
 //! durability model.
 
-use crate::checker::convergence::{self, ReplicaRecords, ReplicaStates};
-use crate::checker::{counter, set, single_writer};
+use crate::checker::convergence::{self, ReplicaRecords, ReplicaStates, ReplicaTables};
+use crate::checker::{bank_history, counter, registers, set, single_writer};
 use crate::history::{EventType, Function, History, ProcessId};
 use crate::merged::{
-    MergedClients, MergedFunction, MergedHistory, MergedWorkload, PlannedMergedOp, ReadResult,
+    BANK_INITIAL_BALANCE, MergedClients, MergedFunction, MergedHistory, MergedWorkload,
+    PlannedMergedOp, ReadResult,
 };
 use crate::nemesis::{Action, Nemesis};
 use crate::network::Network;
@@ -22,7 +23,10 @@ use triarch_leaderless::record::Record;
 use triarch_leaderless::ring::{self, Ring};
 use triarch_leaderless::state::State;
 use triarch_leaderless::{LeaderlessConfig, table_name};
-use triarch_node::{Member, Message, Node, NodeConfig, Operation, Output, Reply, Request, View};
+use triarch_node::{
+    Command, Member, Message, Node, NodeConfig, Operation, Output, Reply, Request, View,
+};
+use triarch_primary::PrimaryConfig;
 use triarch_storage::{SimDisk, Storage};
 
 /// Every node's wall clock starts here (ms since the Unix epoch, November 2023), plus its offset.
@@ -167,6 +171,8 @@ struct MergedRun {
     history: MergedHistory,
     requests: BTreeMap<RequestId, ProcessId>,
     states: Option<ReplicaStates>,
+    /// Workload L: each voter's data table at the end.
+    tables: Option<ReplicaTables>,
 }
 
 /// One seeded run. Build it with [`Simulation::new`] (the register workload) or
@@ -298,6 +304,7 @@ impl Simulation {
                     history: MergedHistory::new(),
                     requests: BTreeMap::new(),
                     states: None,
+                    tables: None,
                 };
                 (idle, Some(run))
             }
@@ -383,31 +390,54 @@ impl Simulation {
 
     fn report(&self) -> SeedReport {
         let replicas = self.replicas.as_ref().expect("snapshot taken at Finish");
-        let (checkers, (ops_ok, ops_fail, ops_info), fingerprint, history_events) =
-            match &self.merged {
-                None => (
-                    vec![
-                        single_writer::check(&self.history),
-                        convergence::check(replicas),
-                    ],
-                    self.history.outcome_counts(),
-                    self.history.fingerprint(),
-                    self.history.len(),
-                ),
-                Some(run) => {
-                    let states = run.states.as_ref().expect("snapshot taken at Finish");
-                    let semantics = match run.clients.workload {
-                        MergedWorkload::Set => set::check(&run.history),
-                        MergedWorkload::Counter => counter::check(&run.history),
-                    };
-                    (
-                        vec![semantics, convergence::check_states(states)],
-                        run.history.outcome_counts(),
-                        run.history.fingerprint(),
-                        run.history.len(),
-                    )
-                }
-            };
+        let (checkers, (ops_ok, ops_fail, ops_info), fingerprint, history_events) = match &self
+            .merged
+        {
+            None => (
+                vec![
+                    single_writer::check(&self.history),
+                    convergence::check(replicas),
+                ],
+                self.history.outcome_counts(),
+                self.history.fingerprint(),
+                self.history.len(),
+            ),
+            Some(run) => {
+                let (semantics, replicas) = match run.clients.workload {
+                    MergedWorkload::Set | MergedWorkload::Counter => {
+                        let states = run.states.as_ref().expect("snapshot taken at Finish");
+                        let semantics = if run.clients.workload == MergedWorkload::Set {
+                            set::check(&run.history)
+                        } else {
+                            counter::check(&run.history)
+                        };
+                        (semantics, convergence::check_states(states))
+                    }
+                    MergedWorkload::Registers | MergedWorkload::Bank => {
+                        let tables = run.tables.as_ref().expect("snapshot taken at Finish");
+                        let workload = run.clients.workload;
+                        let key_of = |row: &[u8]| {
+                            (0..self.options.keys)
+                                .find(|&k| row.get(1..) == Some(workload.key_bytes(k).as_slice()))
+                        };
+                        let semantics = if workload == MergedWorkload::Bank {
+                            let nodes: Vec<u64> =
+                                self.members.iter().map(|m| u64::from(m.id.0)).collect();
+                            bank_history::check(&run.history, self.options.keys, &nodes)
+                        } else {
+                            registers::check(&run.history)
+                        };
+                        (semantics, convergence::check_tables(tables, key_of))
+                    }
+                };
+                (
+                    vec![semantics, replicas],
+                    run.history.outcome_counts(),
+                    run.history.fingerprint(),
+                    run.history.len(),
+                )
+            }
+        };
         SeedReport {
             seed: self.seed,
             options: self.options.clone(),
@@ -458,6 +488,28 @@ impl Simulation {
                 records.insert(node, record);
             }
             out.insert(key, records);
+        }
+        out
+    }
+
+    /// Workload L: every voter's data table for the keyspace, read from its disk (staged writes
+    /// included).
+    pub fn replica_tables(&self) -> ReplicaTables {
+        let Some(run) = &self.merged else {
+            return ReplicaTables::new();
+        };
+        let keyspace = run.clients.workload.keyspace();
+        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        let table = triarch_primary::machine::table_name(&keyspace.name);
+        let mut out = ReplicaTables::new();
+        for node in triarch_primary::engine::voters_of(&keyspace, &ids) {
+            let host = &self.hosts[index(node)];
+            let rows = match &host.state {
+                HostState::Up(n) => n.storage().scan(&table, &[], usize::MAX),
+                HostState::Down(disk) => disk.scan(&table, &[], usize::MAX),
+            }
+            .expect("SimDisk reads do not fail");
+            out.insert(node, rows);
         }
         out
     }
@@ -574,10 +626,21 @@ impl Simulation {
             Event::FinalReads => self.final_reads(),
             Event::Finish => {
                 self.history.close_open(self.now, "run ended");
-                let states = self.merged.is_some().then(|| self.replica_states());
+                let workload = self.merged.as_ref().map(|run| run.clients.workload);
+                let states = matches!(
+                    workload,
+                    Some(MergedWorkload::Set | MergedWorkload::Counter)
+                )
+                .then(|| self.replica_states());
+                let tables = matches!(
+                    workload,
+                    Some(MergedWorkload::Registers | MergedWorkload::Bank)
+                )
+                .then(|| self.replica_tables());
                 if let Some(run) = &mut self.merged {
                     run.history.close_open(self.now, "run ended");
                     run.states = states;
+                    run.tables = tables;
                     self.replicas = Some(ReplicaRecords::new());
                 } else {
                     self.replicas = Some(self.replica_records());
@@ -615,6 +678,19 @@ impl Simulation {
                 bug_shared_actor: bug,
                 ..LeaderlessConfig::default()
             },
+            Some(MergedWorkload::Registers | MergedWorkload::Bank) => LeaderlessConfig::default(),
+        };
+        // Elections well inside a fault window, so that leaders change often.
+        config.primary = PrimaryConfig {
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
+            heartbeat_interval: Duration::from_millis(50),
+            request_timeout: CLIENT_TIMEOUT,
+            compact_every: 500,
+            bug_local_reads: bug
+                && self.merged.as_ref().map(|m| m.clients.workload)
+                    == Some(MergedWorkload::Registers),
+            ..PrimaryConfig::default()
         };
         if let Some(run) = &self.merged {
             config.keyspaces.push(run.clients.workload.keyspace());
@@ -925,7 +1001,10 @@ impl Simulation {
         let request = RequestId(self.next_request);
         self.next_request += 1;
         run.requests.insert(request, process);
-        let key = Bytes::from(run.clients.workload.key_bytes(op.key));
+        let workload = run.clients.workload;
+        let key = Bytes::from(workload.key_bytes(op.key));
+        let account = |a: u64| Bytes::from(workload.key_bytes(a));
+        let accounts = self.options.keys;
         let element = |e: u64| vec![Bytes::from(e.to_string())];
         let apply = |op: Operation| Request::Apply {
             key: key.clone(),
@@ -941,13 +1020,97 @@ impl Simulation {
                 key: key.clone(),
                 r: None,
             },
+            MergedFunction::RegisterRead => Request::Get {
+                key: key.clone(),
+                r: None,
+            },
+            MergedFunction::RegisterWrite { value } => Request::Set {
+                key: key.clone(),
+                value: Bytes::from(value.to_string()),
+                w: None,
+            },
+            MergedFunction::RegisterCas { expected, new } => Request::Cas {
+                key: key.clone(),
+                expected: Some(Bytes::from(expected.to_string())),
+                new: Bytes::from(new.to_string()),
+            },
+            MergedFunction::BankSetup => Request::Exec {
+                watches: (0..accounts).map(|a| (account(a), 0)).collect(),
+                commands: (0..accounts)
+                    .map(|a| Command::Set {
+                        key: account(a),
+                        value: Bytes::from(BANK_INITIAL_BALANCE.to_string()),
+                    })
+                    .collect(),
+            },
+            MergedFunction::BankRead => Request::Watch {
+                keys: (0..accounts).map(account).collect(),
+            },
+            MergedFunction::BankPrepare { from, to, .. } => Request::Watch {
+                keys: vec![account(from), account(to)],
+            },
+            MergedFunction::BankTransfer {
+                from,
+                to,
+                amount,
+                from_version,
+                to_version,
+            } => Request::Exec {
+                // The planted bug: transfers that do not watch what they read.
+                watches: if self.options.planted_bug {
+                    Vec::new()
+                } else {
+                    vec![(account(from), from_version), (account(to), to_version)]
+                },
+                commands: vec![
+                    Command::IncrBy {
+                        key: account(from),
+                        by: -amount,
+                    },
+                    Command::IncrBy {
+                        key: account(to),
+                        by: amount,
+                    },
+                ],
+            },
         };
         self.schedule(CLIENT_TIMEOUT, Event::ClientTimeout { process, request });
         self.step(node, Input::Request(request, req));
     }
 
     fn on_merged_reply(&mut self, process: ProcessId, reply: Reply) {
+        let run = self.merged.as_ref().expect("a CRDT run");
+        let f = run
+            .clients
+            .pending_of(process)
+            .expect("a reply to a pending operation");
         let (kind, result, error) = match reply {
+            Reply::Watched(records) => {
+                let accounts: Vec<u64> = match f {
+                    MergedFunction::BankPrepare { from, to, .. } => vec![from, to],
+                    _ => (0..self.options.keys).collect(),
+                };
+                let balances = accounts
+                    .into_iter()
+                    .zip(records)
+                    .map(|(a, r)| {
+                        let balance = r.value.map_or(0, |b| parse_balance(&b));
+                        (a, balance, r.version)
+                    })
+                    .collect();
+                (EventType::Ok, Some(ReadResult::Balances(balances)), None)
+            }
+            Reply::Exec(applied) if f == MergedFunction::BankSetup => (
+                EventType::Ok,
+                Some(ReadResult::Swapped(applied.is_some())),
+                None,
+            ),
+            Reply::Exec(Some(_)) => (EventType::Ok, None, None),
+            Reply::Exec(None) => (
+                EventType::Fail,
+                None,
+                Some("aborted: a watched account changed".to_string()),
+            ),
             Reply::Applied(_) => (EventType::Ok, None, None),
             Reply::State(View::Set(members)) => {
                 let members = members.iter().map(|m| parse(m)).collect();
@@ -956,6 +1119,13 @@ impl Simulation {
             Reply::State(View::Counter(value)) => {
                 (EventType::Ok, Some(ReadResult::Count(value)), None)
             }
+            Reply::Value(v) => (
+                EventType::Ok,
+                Some(ReadResult::Register(v.map(|b| parse(&b)))),
+                None,
+            ),
+            Reply::Written { .. } => (EventType::Ok, None, None),
+            Reply::Swapped(b) => (EventType::Ok, Some(ReadResult::Swapped(b)), None),
             Reply::Error(e) if e.is_definite() => (EventType::Fail, None, Some(e.to_string())),
             Reply::Error(e) => (EventType::Info, None, Some(e.to_string())),
             other => panic!("reply {other:?} in a CRDT workload"),
@@ -971,13 +1141,14 @@ impl Simulation {
         error: Option<String>,
     ) {
         let run = self.merged.as_mut().expect("a CRDT run");
+        let next = run.clients.completed(process, kind, result.as_ref());
         run.history.complete(process, kind, result, self.now, error);
-        let next = run.clients.completed(process, kind);
-        if let Some(next) = next
-            && self.phase == Phase::Main
-        {
-            let think = run.clients.think_time();
-            self.schedule(think, Event::ClientWake { process: next });
+        if self.phase == Phase::Main {
+            for next in next {
+                let run = self.merged.as_mut().expect("a CRDT run");
+                let think = run.clients.think_time();
+                self.schedule(think, Event::ClientWake { process: next });
+            }
         }
     }
 
@@ -987,7 +1158,13 @@ impl Simulation {
         if let Some(run) = &mut self.merged {
             self.phase = Phase::FinalReads;
             run.history.mark_final_phase();
-            for key in 0..self.options.keys {
+            // A bank read reads every account.
+            let keys = if run.clients.workload == MergedWorkload::Bank {
+                1
+            } else {
+                self.options.keys
+            };
+            for key in 0..keys {
                 for node_index in 0..self.members.len() {
                     let run = self.merged.as_mut().expect("checked");
                     let process = run.clients.final_reader();
@@ -1117,4 +1294,11 @@ fn parse(value: &[u8]) -> u64 {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("a register holds a decimal integer, not {value:?}"))
+}
+
+fn parse_balance(value: &[u8]) -> i64 {
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an account holds a decimal integer, not {value:?}"))
 }

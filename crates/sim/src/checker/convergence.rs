@@ -81,6 +81,53 @@ pub fn check_states(replicas: &ReplicaStates) -> CheckerResult {
     }
 }
 
+/// Each primary-backup voter's data table (every row: records, sessions, applied index).
+pub type ReplicaTables = BTreeMap<NodeId, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// Primary-backup keyspaces: every voter applied the same log, so every voter's table must hold
+/// the same rows once the network has been reliable long enough for commits to reach everyone.
+/// `key_of` names the workload key of a row (for the report).
+pub fn check_tables(
+    tables: &ReplicaTables,
+    key_of: impl Fn(&[u8]) -> Option<u64>,
+) -> CheckerResult {
+    let mut violations = Vec::new();
+    let mut rows: BTreeMap<&[u8], BTreeMap<NodeId, &[u8]>> = BTreeMap::new();
+    for (node, table) in tables {
+        for (k, v) in table {
+            rows.entry(k.as_slice())
+                .or_default()
+                .insert(*node, v.as_slice());
+        }
+    }
+    for (row, held) in rows {
+        let first = held.values().next().copied();
+        if held.len() != tables.len() || held.values().any(|v| Some(*v) != first) {
+            let shown: Vec<String> = tables
+                .keys()
+                .map(|node| match held.get(node) {
+                    None => format!("{node}: none"),
+                    Some(v) => format!("{node}: {v:?}"),
+                })
+                .collect();
+            violations.push(Violation {
+                kind: ViolationKind::Diverged,
+                key: key_of(row).unwrap_or(u64::MAX),
+                index: None,
+                detail: format!(
+                    "voters hold different rows under {:?}: {}",
+                    String::from_utf8_lossy(row),
+                    shown.join(", ")
+                ),
+            });
+        }
+    }
+    CheckerResult {
+        checker: NAME,
+        violations,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +196,24 @@ mod tests {
         // The same value (5) counted by different replicas is still a different state.
         assert!(!check_states(&states([same.clone(), counter(&[(1, 5)]), same])).is_ok());
         assert!(!check_states(&states([counter(&[(1, 1)]), None, counter(&[(1, 1)])])).is_ok());
+    }
+
+    #[test]
+    fn voters_with_different_tables_diverge() {
+        let row = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        let same: ReplicaTables = [1, 2, 3]
+            .into_iter()
+            .map(|n| (NodeId(n), vec![row("a", "1"), row("dk0", "x")]))
+            .collect();
+        let key_of = |r: &[u8]| (r == b"dk0").then_some(0);
+        assert!(check_tables(&same, key_of).is_ok());
+        let mut differ = same.clone();
+        differ.get_mut(&NodeId(2)).unwrap()[1] = row("dk0", "y");
+        let result = check_tables(&differ, key_of);
+        assert_eq!(result.violations.len(), 1, "{result}");
+        assert_eq!(result.violations[0].key, 0);
+        let mut missing = same;
+        missing.get_mut(&NodeId(3)).unwrap().pop();
+        assert_eq!(check_tables(&missing, key_of).violations.len(), 1);
     }
 }

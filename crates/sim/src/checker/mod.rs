@@ -4,8 +4,12 @@
 //! engine's planted acknowledge-before-quorum bug (`tests/merged_seeds.rs` does the same for
 //! [`set`] and [`counter`] with their own planted bugs).
 
+pub mod bank;
+pub mod bank_history;
 pub mod convergence;
 pub mod counter;
+pub mod linearizable;
+pub mod registers;
 pub mod set;
 pub mod single_writer;
 
@@ -57,6 +61,10 @@ pub enum ViolationKind {
     Unverified,
     /// Replicas of a key hold different records after the final reads repaired them.
     Diverged,
+    /// A register's history has no linearization (or the search could not rule one out).
+    NotLinearizable,
+    /// A bank read whose total is not the initial one, or with an overdrawn account.
+    Bank,
 }
 
 impl fmt::Display for ViolationKind {
@@ -67,6 +75,8 @@ impl fmt::Display for ViolationKind {
             ViolationKind::Lost => "lost",
             ViolationKind::Unverified => "unverified",
             ViolationKind::Diverged => "diverged",
+            ViolationKind::NotLinearizable => "not linearizable",
+            ViolationKind::Bank => "bank",
         })
     }
 }

@@ -1,0 +1,517 @@
+//! Primary-backup keyspaces on a hand-driven cluster of real `Node`s with virtual time: each
+//! node's disk is synced after each step before its outputs leave (persist-then-send), timers
+//! fire when virtual time reaches them, and nodes can be cut off or crashed and restarted.
+
+use super::*;
+use std::collections::{BTreeSet, VecDeque};
+use triarch_primary::engine::Message as PbMessage;
+
+struct Cluster {
+    size: u32,
+    nodes: Vec<Option<Node<SimDisk>>>,
+    disks: Vec<Option<SimDisk>>,
+    in_flight: VecDeque<(NodeId, NodeId, Message)>,
+    replies: Vec<(NodeId, RequestId, Reply)>,
+    down: BTreeSet<NodeId>,
+    next_request: u64,
+    now_micros: u64,
+    /// Every message delivered, for tests that replay one.
+    delivered: Vec<(NodeId, NodeId, Message)>,
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+impl Cluster {
+    fn new(size: u32) -> Self {
+        let mut c = Cluster {
+            size,
+            nodes: Vec::new(),
+            disks: (0..size).map(|_| Some(SimDisk::new())).collect(),
+            in_flight: VecDeque::new(),
+            replies: Vec::new(),
+            down: BTreeSet::new(),
+            next_request: 1,
+            now_micros: 0,
+            delivered: Vec::new(),
+        };
+        c.nodes = (0..size).map(|_| None).collect();
+        for i in 1..=size {
+            c.start(i);
+        }
+        c
+    }
+
+    fn now(&self) -> Now {
+        Now::new(
+            Instant(self.now_micros),
+            1_000_000 + self.now_micros / 1_000,
+        )
+    }
+
+    fn start(&mut self, id: u32) {
+        let disk = self.disks[id as usize - 1]
+            .take()
+            .expect("a stopped node's disk");
+        let config = NodeConfig::new(NodeId(id), members(self.size));
+        let seed = u64::from(id) * 7919 + self.now_micros;
+        let node = Node::new(config, disk, DetRng::seed_from_u64(seed), self.now()).unwrap();
+        self.nodes[id as usize - 1] = Some(node);
+        self.drain(NodeId(id));
+    }
+
+    /// Crashes node `id`: unsynced writes are lost (there are none: every step is synced).
+    fn crash(&mut self, id: u32) {
+        let node = self.nodes[id as usize - 1].take().expect("running");
+        let mut disk = node.into_storage();
+        disk.crash();
+        self.disks[id as usize - 1] = Some(disk);
+    }
+
+    fn node(&mut self, id: NodeId) -> Option<&mut Node<SimDisk>> {
+        self.nodes[id.0 as usize - 1].as_mut()
+    }
+
+    /// Syncs the node's disk, then releases its outputs.
+    fn drain(&mut self, id: NodeId) {
+        let Some(node) = self.nodes[id.0 as usize - 1].as_mut() else {
+            return;
+        };
+        node.storage_mut().sync().unwrap();
+        while let Some(o) = node.poll_output() {
+            match o {
+                Output::Send { to, message } => self.in_flight.push_back((id, to, message)),
+                Output::Reply { request, reply } => self.replies.push((id, request, reply)),
+            }
+        }
+        node.check_invariants();
+    }
+
+    /// Delivers every message in flight (and those they cause), then fires the earliest timer.
+    fn step(&mut self) {
+        while let Some((from, to, message)) = self.in_flight.pop_front() {
+            if self.down.contains(&from) || self.down.contains(&to) {
+                continue;
+            }
+            self.now_micros += 50;
+            let now = self.now();
+            let Some(node) = self.node(to) else { continue };
+            node.handle_message(now, from, message.clone());
+            self.delivered.push((from, to, message));
+            self.drain(to);
+        }
+        let next = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter_map(|n| n.poll_timeout())
+            .min();
+        if let Some(t) = next {
+            self.now_micros = self.now_micros.max(t.as_micros());
+            let now = self.now();
+            for i in 1..=self.size {
+                let id = NodeId(i);
+                if let Some(node) = self.node(id)
+                    && node.poll_timeout().is_some_and(|t| t <= now.instant)
+                {
+                    node.handle_timeout(now);
+                    self.drain(id);
+                }
+            }
+        }
+    }
+
+    fn submit(&mut self, via: u32, req: Request) -> RequestId {
+        let request = RequestId(self.next_request);
+        self.next_request += 1;
+        let now = self.now();
+        self.node(NodeId(via))
+            .expect("running")
+            .handle_request(now, request, req);
+        self.drain(NodeId(via));
+        request
+    }
+
+    fn reply_to(&mut self, request: RequestId) -> Option<Reply> {
+        let i = self.replies.iter().position(|(_, r, _)| *r == request)?;
+        Some(self.replies.remove(i).2)
+    }
+
+    /// Submits `req` through node `via` and runs until it is answered (10 virtual s at most).
+    fn call(&mut self, via: u32, req: Request) -> Reply {
+        let request = self.submit(via, req);
+        let deadline = self.now_micros + 10_000_000;
+        loop {
+            if let Some(r) = self.reply_to(request) {
+                return r;
+            }
+            assert!(self.now_micros < deadline, "request {request:?} unanswered");
+            self.step();
+        }
+    }
+
+    fn leader(&mut self, keyspace: &str) -> Option<NodeId> {
+        (1..=self.size).map(NodeId).find(|id| {
+            !self.down.contains(id)
+                && self.nodes[id.0 as usize - 1]
+                    .as_ref()
+                    .and_then(|n| n.primary().info(keyspace))
+                    .is_some_and(|g| g.leader == Some(*id))
+        })
+    }
+
+    /// Runs until the keyspace has a leader that every running, reachable voter follows.
+    fn elect(&mut self, keyspace: &str) -> NodeId {
+        let deadline = self.now_micros + 30_000_000;
+        loop {
+            if let Some(l) = self.leader(keyspace) {
+                let agreed = (1..=self.size).map(NodeId).all(|id| {
+                    self.down.contains(&id)
+                        || self.nodes[id.0 as usize - 1]
+                            .as_ref()
+                            .and_then(|n| n.primary().info(keyspace))
+                            .is_none_or(|g| g.leader == Some(l))
+                });
+                if agreed {
+                    return l;
+                }
+            }
+            assert!(self.now_micros < deadline, "no leader elected");
+            self.step();
+        }
+    }
+
+    fn get(&mut self, via: u32, key: &str) -> Reply {
+        self.call(
+            via,
+            Request::Get {
+                key: b(key),
+                r: None,
+            },
+        )
+    }
+
+    fn set(&mut self, via: u32, key: &str, value: &str) -> Reply {
+        self.call(
+            via,
+            Request::Set {
+                key: b(key),
+                value: b(value),
+                w: None,
+            },
+        )
+    }
+
+    fn incr(&mut self, via: u32, key: &str, by: i64) -> Reply {
+        self.call(
+            via,
+            Request::Apply {
+                key: b(key),
+                op: Operation::CounterAdd(by),
+                r: None,
+                w: None,
+            },
+        )
+    }
+}
+
+fn balance_cluster() -> (Cluster, NodeId) {
+    let mut c = Cluster::new(3);
+    assert_eq!(
+        c.call(
+            1,
+            Request::CreateKeyspace(spec("balance", Model::PrimaryBackup))
+        ),
+        Reply::Created
+    );
+    let leader = c.elect("balance");
+    (c, leader)
+}
+
+fn value(s: &str) -> Reply {
+    Reply::Value(Some(b(s)))
+}
+
+#[test]
+fn every_node_serves_linearizable_reads_and_writes_through_the_leader() {
+    let (mut c, leader) = balance_cluster();
+    for via in 1..=3 {
+        let key = format!("balance:k{via}");
+        assert_eq!(c.set(via, &key, "10"), Reply::Written { existed: false });
+        for reader in 1..=3 {
+            assert_eq!(c.get(reader, &key), value("10"), "read via {reader}");
+        }
+        assert_eq!(
+            c.incr(via, &key, 5),
+            Reply::Applied(OperationResult::Counter(15))
+        );
+    }
+    assert_eq!(c.get(1, "balance:missing"), Reply::Value(None));
+    assert_eq!(
+        c.call(
+            2,
+            Request::Delete {
+                key: b("balance:k1"),
+                w: None
+            }
+        ),
+        Reply::Written { existed: true }
+    );
+    assert_eq!(c.get(3, "balance:k1"), Reply::Value(None));
+    // Every member applied the same entries.
+    let applied: Vec<_> = (1..=3)
+        .map(|i| {
+            c.nodes[i - 1]
+                .as_ref()
+                .unwrap()
+                .primary()
+                .info("balance")
+                .unwrap()
+        })
+        .collect();
+    c.step();
+    let Reply::KeyspaceInfo(info) = c.call(
+        1,
+        Request::KeyspaceInfo {
+            name: "balance".into(),
+        },
+    ) else {
+        panic!()
+    };
+    let group = info.group.expect("node 1 is a voter");
+    assert_eq!(group.leader, Some(leader));
+    assert!(group.commit_index.0 >= 7, "{group:?}");
+    assert_eq!(applied.len(), 3);
+}
+
+#[test]
+fn cas_watch_and_exec_follow_redis_semantics() {
+    let (mut c, _) = balance_cluster();
+    c.set(1, "balance:a", "100");
+    let cas = |expected: &str, new: &str| Request::Cas {
+        key: b("balance:a"),
+        expected: Some(b(expected)),
+        new: b(new),
+    };
+    assert_eq!(c.call(2, cas("100", "90")), Reply::Swapped(true));
+    assert_eq!(c.call(3, cas("100", "80")), Reply::Swapped(false));
+    assert_eq!(c.get(1, "balance:a"), value("90"));
+    let absent = Request::Cas {
+        key: b("balance:new"),
+        expected: None,
+        new: b("1"),
+    };
+    assert_eq!(c.call(1, absent.clone()), Reply::Swapped(true));
+    assert_eq!(c.call(1, absent), Reply::Swapped(false));
+
+    // A transfer: WATCH both accounts, read them, MULTI/EXEC.
+    c.set(1, "balance:b", "0");
+    let Reply::Watched(records) = c.call(
+        2,
+        Request::Watch {
+            keys: vec![b("balance:a"), b("balance:b")],
+        },
+    ) else {
+        panic!()
+    };
+    assert_eq!(records[0].value, Some(b("90")));
+    let versions: Vec<u64> = records.iter().map(|r| r.version).collect();
+    assert!(versions.iter().all(|v| *v > 0), "{versions:?}");
+    let transfer = |versions: &[u64]| Request::Exec {
+        watches: vec![(b("balance:a"), versions[0]), (b("balance:b"), versions[1])],
+        commands: vec![
+            Command::IncrBy {
+                key: b("balance:a"),
+                by: -30,
+            },
+            Command::IncrBy {
+                key: b("balance:b"),
+                by: 30,
+            },
+            Command::Get {
+                key: b("balance:b"),
+            },
+        ],
+    };
+    assert_eq!(
+        c.call(3, transfer(&versions)),
+        Reply::Exec(Some(vec![
+            CommandResult::Integer(60),
+            CommandResult::Integer(30),
+            CommandResult::Value(Some(b("30"))),
+        ]))
+    );
+    // The same versions again: a watched key changed since, so nothing applies.
+    assert_eq!(c.call(1, transfer(&versions)), Reply::Exec(None));
+    assert_eq!(c.get(2, "balance:a"), value("60"));
+    assert_eq!(c.get(2, "balance:b"), value("30"));
+    // INCR of a non-integer fails in its slot; the rest of the transaction applies.
+    c.set(1, "balance:text", "abc");
+    assert_eq!(
+        c.call(
+            1,
+            Request::Exec {
+                watches: vec![],
+                commands: vec![
+                    Command::IncrBy {
+                        key: b("balance:text"),
+                        by: 1
+                    },
+                    Command::Set {
+                        key: b("balance:c"),
+                        value: b("x")
+                    },
+                ],
+            }
+        ),
+        Reply::Exec(Some(vec![
+            CommandResult::NotAnInteger,
+            CommandResult::Written { existed: false }
+        ]))
+    );
+    assert_eq!(
+        c.incr(2, "balance:text", 1),
+        Reply::Error(RequestError::NotAnInteger)
+    );
+}
+
+#[test]
+fn requests_a_primary_backup_keyspace_cannot_take_are_refused_and_change_nothing() {
+    let (mut c, _) = balance_cluster();
+    let r = c.call(
+        1,
+        Request::Apply {
+            key: b("balance:x"),
+            op: Operation::SetAdd(vec![b("e")]),
+            r: None,
+            w: None,
+        },
+    );
+    assert!(
+        matches!(r, Reply::Error(RequestError::NotForPrimaryBackup { .. })),
+        "{r:?}"
+    );
+    let r = c.call(
+        1,
+        Request::Watch {
+            keys: vec![b("plain")],
+        },
+    );
+    assert!(
+        matches!(r, Reply::Error(RequestError::NeedsPrimaryBackup { .. })),
+        "{r:?}"
+    );
+    let r = c.call(
+        1,
+        Request::Exec {
+            watches: vec![],
+            commands: vec![
+                Command::Set {
+                    key: b("balance:x"),
+                    value: b("1"),
+                },
+                Command::Set {
+                    key: b("plain"),
+                    value: b("1"),
+                },
+            ],
+        },
+    );
+    assert_eq!(r, Reply::Error(RequestError::CrossKeyspace));
+    let big = Bytes::from(vec![b'v'; VALUE_BYTES_MAX_DEFAULT + 1]);
+    let r = c.call(
+        2,
+        Request::Cas {
+            key: b("balance:x"),
+            expected: None,
+            new: big,
+        },
+    );
+    assert!(
+        matches!(r, Reply::Error(RequestError::ValueTooLarge { .. })),
+        "{r:?}"
+    );
+    assert_eq!(c.get(3, "balance:x"), Reply::Value(None));
+}
+
+#[test]
+fn a_new_leader_takes_over_and_no_acknowledged_write_is_lost() {
+    let (mut c, old) = balance_cluster();
+    for i in 0..20 {
+        let via = 1 + (i % 3);
+        c.incr(via, "balance:n", 1);
+    }
+    c.down.insert(old);
+    let survivor = (1..=3).find(|i| NodeId(*i) != old).unwrap();
+    // Requests through the survivors wait for the election and then succeed.
+    assert_eq!(
+        c.incr(survivor, "balance:n", 1),
+        Reply::Applied(OperationResult::Counter(21))
+    );
+    let new = c.elect("balance");
+    assert_ne!(new, old);
+    // The old leader comes back as a follower and catches up.
+    c.down.remove(&old);
+    c.incr(new.0, "balance:n", 1);
+    assert_eq!(c.get(old.0, "balance:n"), value("22"));
+    let follower = c.nodes[old.0 as usize - 1]
+        .as_ref()
+        .unwrap()
+        .primary()
+        .info("balance")
+        .unwrap();
+    assert_eq!(follower.leader, Some(new));
+}
+
+#[test]
+fn everything_acknowledged_survives_a_crash_of_every_node() {
+    let (mut c, _) = balance_cluster();
+    for i in 0..10 {
+        c.set(1 + (i % 3), &format!("balance:k{i}"), &i.to_string());
+    }
+    for i in 1..=3 {
+        c.crash(i);
+    }
+    c.in_flight.clear();
+    for i in 1..=3 {
+        c.start(i);
+    }
+    c.elect("balance");
+    for i in 0..10 {
+        assert_eq!(
+            c.get(1 + ((i + 1) % 3), &format!("balance:k{i}")),
+            value(&i.to_string())
+        );
+    }
+}
+
+#[test]
+fn a_duplicated_forward_applies_once() {
+    let (mut c, leader) = balance_cluster();
+    let follower = (1..=3).find(|i| NodeId(*i) != leader).unwrap();
+    c.delivered.clear();
+    assert_eq!(
+        c.incr(follower, "balance:once", 1),
+        Reply::Applied(OperationResult::Counter(1))
+    );
+    let forward = c
+        .delivered
+        .iter()
+        .find(|(_, _, m)| matches!(m, Message::Primary(PbMessage::Forward { .. })))
+        .cloned()
+        .expect("the follower forwarded to the leader");
+    // The network delivers the forward again, later.
+    c.in_flight.push_back(forward);
+    for _ in 0..50 {
+        c.step();
+    }
+    assert_eq!(c.get(leader.0, "balance:once"), value("1"));
+    let stats = c.nodes[leader.0 as usize - 1]
+        .as_ref()
+        .unwrap()
+        .primary()
+        .stats();
+    assert_eq!(stats.proposals, 2, "the duplicate was proposed again");
+    assert!(stats.duplicates >= 1, "{stats:?}");
+}
