@@ -4,8 +4,10 @@
 //! engine's planted acknowledge-before-quorum bug (`tests/merged_seeds.rs` does the same for
 //! [`set`] and [`counter`] with their own planted bugs).
 
+pub mod bank;
 pub mod convergence;
 pub mod counter;
+pub mod linearizable;
 pub mod set;
 pub mod single_writer;
 
