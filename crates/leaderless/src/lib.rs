@@ -27,12 +27,68 @@
 //! replica ([`forward`]). Reads ([`Leaderless::read_state`]) join the first R states and repair
 //! every replica whose state is less than the join.
 //!
+//! ## Failure detection
+//!
+//! Each node keeps its own view of which peers it can reach ([`health`]), built from its own
+//! traffic: a peer is suspected once K requests to it (default 2) have each gone unanswered for
+//! T (default 1 s) with nothing at all heard from it since; a suspected peer is probed with
+//! `Ping` every 500 ms and any message from it clears the suspicion. [`Leaderless::peer_health`]
+//! exposes the view. Coordinators use it: reads, writes, merges and forwards go to the replicas
+//! they do not suspect first (suspected ones are still asked, last), and forwarders pick a
+//! replica they do not suspect to coordinate.
+//!
+//! ## Sloppy quorums and hinted handoff (Dynamo §4.6)
+//!
+//! A keyspace's [`QuorumMode`] decides which acknowledgements count towards W
+//! ([`LeaderlessConfig::quorum_modes`], [`LeaderlessConfig::quorum_mode_default`], or per
+//! request with [`Leaderless::write_with_mode`]):
+//!
+//! - **Strict** (the default, Riak's PW = W): only the key's N preference-list nodes count. A
+//!   write with fewer than W of them reachable fails with `QuorumFailed`.
+//! - **Sloppy**: for each preference-list node the coordinator suspects, the next node past the
+//!   preference list on the ring that it does not suspect (a *fallback*) is sent the write with
+//!   a hint naming that owner. The fallback stores it in its hint table ([`hint`]), not its data
+//!   table, and acknowledges once it is staged (so, by persist-then-send, durable). W counts
+//!   *owners covered*: an acknowledgement from the owner itself or from the fallback standing in
+//!   for it covers that owner once. So once the hints are delivered, W distinct owners hold
+//!   every acknowledged write, exactly as under a strict quorum. A fallback whose hint store is
+//!   full refuses (`HintRefused`), and the coordinator tries the next candidate. Fallbacks
+//!   deliver hints (`Handoff`) to owners they do not suspect, a bounded number in flight per
+//!   owner, and delete each hint once its owner answers that it holds it durably
+//!   (`HandoffAck`, sent after the owner's sync). Hints survive restarts (reloaded from disk on
+//!   the first step), are bounded in count and bytes ([`hint::HintConfig`]), expire after an age
+//!   limit, and are counted per keyspace in [`KeyspaceStats`] (`hints_stored`,
+//!   `hints_delivered`, `hints_expired`, `hints_refused`, `hints_pending`).
+//!
+//! Why strict is the default: a sloppy quorum gives up the overlap between read and write
+//! quorums that `R + W > N` promises. Until its hints are delivered, a write acknowledged by
+//! fallbacks is on fewer than W owners, so a read may not see it. And for `lww` keyspaces the
+//! re-stamping above relies on any two write quorums meeting on a node; two sloppy writes can be
+//! acknowledged by disjoint nodes (an owner, and a fallback standing in for it), so when the
+//! coordinators' clocks disagree a writer's later write can order before its earlier one (the
+//! simulator's `tests/sloppy.rs` shows both, and that every acknowledged write still reaches W
+//! owners, or is superseded there, and no hint is left behind). Use sloppy quorums where staying writable through the
+//! loss of W owners matters more than read-your-writes; a `siblings` keyspace keeps concurrent
+//! values instead of ordering them, which is what Dynamo paired sloppy quorums with.
+//!
+//! The other merge policies use the same mechanism in the write phase of an operation: the
+//! coordinating replica sends fallbacks its *whole* state of the key after the operation (never
+//! the delta: a delta is not a state, see [`hint`]), which they merge into their hint. Reads,
+//! and the read at R that removes and map writes do first, stay strict (only replicas answer),
+//! and an operation still needs a reachable replica to coordinate it (dots come from replicas).
+//! For `set` keyspaces this means an SREM can miss an SADD acknowledged only by fallbacks, and
+//! that add then survives the remove: the observed-remove guarantee, like read-your-writes,
+//! needs strict quorums. Counters lose nothing: every acknowledged increment is counted once its
+//! hints are delivered.
+//!
 //! Everything the engine wants done comes out of [`Leaderless::poll_effect`]; the node routes the
 //! effects. Staged storage writes become durable when the driver syncs the batch, before any
 //! effect of that batch is released (persist-then-send), so a local acknowledgement counted here
 //! is durable by the time anyone can observe it.
 
 pub mod forward;
+pub mod health;
+pub mod hint;
 pub mod message;
 pub mod record;
 pub mod ring;
@@ -40,6 +96,8 @@ pub mod state;
 
 use bytes::Bytes;
 use forward::{Admission, ForwardAdmission};
+use health::{DetectorConfig, FailureDetector, PeerHealth};
+use hint::{Delivered, HintConfig, HintKey, HintPayload, HintStore, HintStoreUsage, Stored};
 use message::{Message, OpId};
 use record::Record;
 use ring::Ring;
@@ -57,6 +115,31 @@ use triarch_storage::{Storage, StorageError};
 /// How many times a write is re-stamped after replicas report newer records before giving up.
 pub const WRITE_ATTEMPTS_MAX: u8 = 4;
 
+/// Which acknowledgements count towards W.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum QuorumMode {
+    /// Only the key's N preference-list nodes count (Riak's PW = W). The default: it keeps the
+    /// promise that with R + W > N a read sees every write acknowledged before it began.
+    #[default]
+    Strict,
+    /// Suspected preference-list nodes are stood in for by the next healthy nodes on the ring,
+    /// which hold the write as a hint for them and count towards W in their place (Dynamo's
+    /// sloppy quorum): writes stay available with fewer than W owners reachable, at the price
+    /// of that read promise until the hints are delivered.
+    Sloppy,
+}
+
+impl QuorumMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuorumMode::Strict => "strict",
+            QuorumMode::Sloppy => "sloppy",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct LeaderlessConfig {
     /// How long a coordinator waits for R replies or W acknowledgements.
@@ -64,6 +147,17 @@ pub struct LeaderlessConfig {
     /// The largest encoded state of one key of a `siblings`, `counter`, `set` or `map`
     /// keyspace that an operation may grow it to (merges at replicas are never refused).
     pub state_bytes_max: usize,
+    /// The quorum mode of every keyspace not named in `quorum_modes`.
+    pub quorum_mode_default: QuorumMode,
+    /// Per-keyspace quorum modes.
+    pub quorum_modes: BTreeMap<String, QuorumMode>,
+    /// When peers are suspected ([`health`]).
+    pub detector: DetectorConfig,
+    /// The bounds of the hint store ([`hint`]).
+    pub hints: HintConfig,
+    /// How often the engine does its background work when it has any: raising suspicions,
+    /// probing suspected peers, delivering and expiring hints.
+    pub maintenance_interval: Duration,
     /// PLANTED BUG for checker tests: acknowledge a write after the first replica holds it,
     /// whatever W says. Never set outside tests.
     pub bug_ack_before_quorum: bool,
@@ -74,6 +168,9 @@ pub struct LeaderlessConfig {
     /// PLANTED BUG for checker tests: set removes (and map deletes) forget what the read at R
     /// observed, so they remove nothing. Never set outside tests.
     pub bug_remove_unobserved: bool,
+    /// PLANTED BUG for checker tests: a fallback acknowledges a hinted write without storing
+    /// the hint, so the write never reaches the owner it stood in for. Never set outside tests.
+    pub bug_hint_not_stored: bool,
 }
 
 impl Default for LeaderlessConfig {
@@ -81,9 +178,15 @@ impl Default for LeaderlessConfig {
         LeaderlessConfig {
             request_timeout: Duration::from_secs(1),
             state_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            quorum_mode_default: QuorumMode::Strict,
+            quorum_modes: BTreeMap::new(),
+            detector: DetectorConfig::default(),
+            hints: HintConfig::default(),
+            maintenance_interval: Duration::from_millis(200),
             bug_ack_before_quorum: false,
             bug_shared_actor: false,
             bug_remove_unobserved: false,
+            bug_hint_not_stored: false,
         }
     }
 }
@@ -147,6 +250,19 @@ pub struct KeyspaceStats {
     pub siblings_resolved: u64,
     /// Operations this node forwarded to a replica of their key because it is not one.
     pub forwarded: u64,
+    /// Writes and operations this node coordinated that asked fallbacks to hold hints for
+    /// suspected preference-list nodes (sloppy quorums).
+    pub hinted_writes: u64,
+    /// Hints this node stored (or updated) for other nodes, as a fallback.
+    pub hints_stored: u64,
+    /// Hints this node delivered to their owner and then deleted.
+    pub hints_delivered: u64,
+    /// Hints this node dropped undelivered because they outlived the age limit.
+    pub hints_expired: u64,
+    /// Hints this node refused because its hint store was full.
+    pub hints_refused: u64,
+    /// Hints this node holds for other nodes now (a gauge).
+    pub hints_pending: u64,
 }
 
 /// The storage table holding a keyspace's records.
@@ -187,6 +303,7 @@ struct PendingApply {
     key: Bytes,
     operation: Operation,
     replicas: Vec<NodeId>,
+    fallbacks: Fallbacks,
     r: u8,
     w: u8,
     phase: ApplyPhase,
@@ -198,10 +315,13 @@ enum ApplyPhase {
     Reading {
         replies: BTreeMap<NodeId, Option<State>>,
     },
-    /// The update is stored here and shipped; waiting for W acknowledgements.
+    /// The update is stored here and shipped; waiting for W acknowledgements (counted per
+    /// preference-list node, as for writes).
     Writing {
         result: OperationResult,
         accepted: BTreeSet<NodeId>,
+        /// This replica's whole state after the update: what fallbacks hold as hints.
+        hint: Option<State>,
     },
 }
 
@@ -222,13 +342,66 @@ struct PendingForward {
     deadline: Instant,
 }
 
+/// The nodes past a key's preference list that may stand in for its suspected owners.
+#[derive(Default)]
+struct Fallbacks {
+    /// Fallback -> the suspected owner it holds a hint for (empty under strict quorums).
+    assigned: BTreeMap<NodeId, NodeId>,
+    /// Every node past the preference list, in ring order.
+    candidates: Vec<NodeId>,
+    /// Candidates that refused a hint (hint store full).
+    refused: BTreeSet<NodeId>,
+}
+
+impl Fallbacks {
+    fn check(&self, replicas: &[NodeId]) {
+        for (fallback, owner) in &self.assigned {
+            assert!(
+                !replicas.contains(fallback),
+                "a fallback is past the preference list"
+            );
+            assert!(self.candidates.contains(fallback));
+            assert!(!self.refused.contains(fallback));
+            assert!(
+                replicas.contains(owner),
+                "a hint is for a preference-list node"
+            );
+        }
+        let owners: BTreeSet<&NodeId> = self.assigned.values().collect();
+        assert_eq!(owners.len(), self.assigned.len(), "one fallback per owner");
+    }
+
+    /// The first candidate not suspected, not assigned and not refused.
+    fn next_candidate(&self, detector: &FailureDetector) -> Option<NodeId> {
+        self.candidates.iter().copied().find(|c| {
+            !detector.is_suspected(*c)
+                && !self.assigned.contains_key(c)
+                && !self.refused.contains(c)
+        })
+    }
+
+    /// The preference-list node whose place `from`'s acknowledgement takes (`None`: neither
+    /// an owner nor an assigned fallback).
+    fn slot(&self, replicas: &[NodeId], from: NodeId) -> Option<NodeId> {
+        if replicas.contains(&from) {
+            Some(from)
+        } else {
+            self.assigned.get(&from).copied()
+        }
+    }
+}
+
 struct PendingWrite {
     request: RequestId,
     keyspace: String,
     key: Bytes,
     record: Record,
     replicas: Vec<NodeId>,
+    fallbacks: Fallbacks,
     w: u8,
+    /// The preference-list nodes whose place an acknowledgement of the current attempt took:
+    /// the owner itself, or a fallback holding a hint for it. W counts these, so that once
+    /// the hints are delivered W distinct owners hold the write, as under a strict quorum.
     accepted: BTreeSet<NodeId>,
     existed: bool,
     attempts: u8,
@@ -257,6 +430,12 @@ pub struct Leaderless {
     stats: BTreeMap<String, KeyspaceStats>,
     forwards: ForwardAdmission,
     cache: state::StateCache,
+    detector: FailureDetector,
+    hints: HintStore,
+    /// The latest `Env::now` seen (for the failure detector's bookkeeping of sends).
+    now: Instant,
+    /// When background work is next due (`None` before the first step).
+    next_maintenance: Option<Instant>,
 }
 
 impl Leaderless {
@@ -265,10 +444,13 @@ impl Leaderless {
             members.contains(&node),
             "a node is a member of its own ring"
         );
+        assert!(
+            !config.maintenance_interval.is_zero(),
+            "background work needs a positive interval"
+        );
         Leaderless {
             node,
             ring: Ring::new(members, ring::VNODES_PER_NODE_DEFAULT),
-            config,
             next_op: 1,
             pending: BTreeMap::new(),
             deadlines: BTreeSet::new(),
@@ -276,6 +458,11 @@ impl Leaderless {
             stats: BTreeMap::new(),
             forwards: ForwardAdmission::new(HlcTimestamp::MIN),
             cache: state::StateCache::default(),
+            detector: FailureDetector::new(node, members, config.detector.clone()),
+            hints: HintStore::new(config.hints.clone()),
+            config,
+            now: Instant::ZERO,
+            next_maintenance: None,
         }
     }
 
@@ -312,8 +499,130 @@ impl Leaderless {
         self.effects.pop_front()
     }
 
+    /// The next operation deadline, or the next round of background work if there is any to
+    /// do (suspicions to raise, peers to probe, hints to deliver or expire).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(t, _)| *t)
+        let deadline = self.deadlines.first().map(|(t, _)| *t);
+        let maintenance = self.next_maintenance.filter(|_| {
+            !self.hints.is_loaded() || !self.hints.is_empty() || self.detector.is_watching()
+        });
+        deadline.into_iter().chain(maintenance).min()
+    }
+
+    /// What this node believes about each peer's reachability (for INFO and metrics). Times are
+    /// on the driver's monotonic clock (`Env::now.instant`).
+    pub fn peer_health(&self) -> &BTreeMap<NodeId, PeerHealth> {
+        self.detector.health()
+    }
+
+    /// Tells the failure detector that a message from `peer` arrived that did not pass
+    /// through [`Self::handle_message`] (e.g. the node's catalog gossip).
+    pub fn heard_from(&mut self, peer: NodeId, now: Instant) {
+        self.now = self.now.max(now);
+        self.detector.on_heard(peer, now);
+    }
+
+    /// How full this node's hint store is (per-keyspace counts are in [`Self::stats`]).
+    pub fn hint_store_usage(&self) -> HintStoreUsage {
+        self.hints.usage()
+    }
+
+    /// The quorum mode a write to `keyspace` gets unless the request names one.
+    pub fn quorum_mode(&self, keyspace: &str) -> QuorumMode {
+        self.config
+            .quorum_modes
+            .get(keyspace)
+            .copied()
+            .unwrap_or(self.config.quorum_mode_default)
+    }
+
+    /// Every step starts here: notes the time, reloads the hint store after a restart and
+    /// arms the background work.
+    fn begin<S: Storage>(&mut self, env: &mut Env<'_, S>) {
+        self.now = self.now.max(env.now.instant);
+        if self.next_maintenance.is_none() {
+            self.next_maintenance = Some(env.now.instant + self.config.maintenance_interval);
+        }
+        if !self.hints.is_loaded() {
+            match self.hints.load(env.storage) {
+                Ok(()) => {
+                    let pending: Vec<(String, u64)> = self
+                        .hints
+                        .pending_by_keyspace()
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect();
+                    for (keyspace, n) in pending {
+                        self.stats_mut(&keyspace).hints_pending = n;
+                    }
+                }
+                // Retried on the next step; meanwhile new hints are not accepted (not loaded).
+                Err(e) => tracing::error!(error = %e, "cannot load the hint store"),
+            }
+        }
+    }
+
+    /// Queues `message` for `to`, noting for the failure detector a request that expects an
+    /// answer.
+    fn send(&mut self, to: NodeId, message: Message) {
+        assert_ne!(to, self.node, "a node never sends messages to itself");
+        let expects_answer = matches!(
+            message,
+            Message::Write { .. }
+                | Message::HintedWrite { .. }
+                | Message::Read { .. }
+                | Message::ReadState { .. }
+                | Message::Merge { .. }
+                | Message::HintedMerge { .. }
+                | Message::Forward { .. }
+                | Message::Handoff { .. }
+        );
+        if expects_answer {
+            self.detector.on_request_sent(to, self.now);
+        }
+        self.effects.push_back(Effect::Send { to, message });
+    }
+
+    /// `nodes` with those this node suspects last (otherwise in their order): requests go to
+    /// healthy replicas first.
+    fn healthy_first(&self, nodes: &[NodeId]) -> Vec<NodeId> {
+        let mut ordered = nodes.to_vec();
+        ordered.sort_by_key(|n| self.detector.is_suspected(*n));
+        ordered
+    }
+
+    /// Under a sloppy quorum, the fallbacks for `key`: each suspected preference-list node (in
+    /// preference order) is stood in for by the next node past the preference list that this
+    /// node does not suspect (Dynamo §4.6). Empty under a strict quorum.
+    fn fallbacks(&self, keyspace: &KeyspaceConfig, key: &[u8], mode: QuorumMode) -> Fallbacks {
+        if mode == QuorumMode::Strict {
+            return Fallbacks::default();
+        }
+        let all = self
+            .ring
+            .preference_list(Ring::position(&keyspace.name, key), self.ring.nodes().len());
+        let n = usize::from(keyspace.n).min(all.len());
+        let mut fallbacks = Fallbacks {
+            candidates: all[n..].to_vec(),
+            ..Fallbacks::default()
+        };
+        for &owner in &all[..n] {
+            if self.detector.is_suspected(owner) {
+                match fallbacks.next_candidate(&self.detector) {
+                    Some(c) => {
+                        fallbacks.assigned.insert(c, owner);
+                    }
+                    None => break,
+                }
+            }
+        }
+        fallbacks
+    }
+
+    /// Sets the hints gauge of `keyspace` from the store.
+    fn note_pending(&mut self, keyspace: &str) {
+        let pending = self.hints.pending(keyspace);
+        self.stats_mut(keyspace).hints_pending = pending;
     }
 
     fn stats_mut(&mut self, keyspace: &str) -> &mut KeyspaceStats {
@@ -334,7 +643,8 @@ impl Leaderless {
         self.effects.push_back(Effect::Reply { request, outcome });
     }
 
-    /// Starts a write (`value: None` deletes) that completes after `w` acknowledgements.
+    /// Starts a write (`value: None` deletes) that completes after `w` acknowledgements, in
+    /// the keyspace's quorum mode ([`Self::quorum_mode`]).
     pub fn write<S: Storage>(
         &mut self,
         env: &mut Env<'_, S>,
@@ -344,9 +654,31 @@ impl Leaderless {
         value: Option<Bytes>,
         w: u8,
     ) {
+        let mode = self.quorum_mode(&keyspace.name);
+        self.write_with_mode(env, request, keyspace, key, value, w, mode);
+    }
+
+    /// [`Self::write`] in quorum mode `mode` (a per-request override: `Strict` is Riak's
+    /// PW = W).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_with_mode<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        request: RequestId,
+        keyspace: &KeyspaceConfig,
+        key: Bytes,
+        value: Option<Bytes>,
+        w: u8,
+        mode: QuorumMode,
+    ) {
+        self.begin(env);
         assert!(w >= 1 && w <= keyspace.n, "W is validated by the node");
         self.stats_mut(&keyspace.name).writes += 1;
         let replicas = self.replicas(keyspace, &key);
+        let fallbacks = self.fallbacks(keyspace, &key, mode);
+        if !fallbacks.assigned.is_empty() {
+            self.stats_mut(&keyspace.name).hinted_writes += 1;
+        }
         let record = Record {
             timestamp: env.hlc.now(env.now.wall_ms),
             value,
@@ -361,6 +693,7 @@ impl Leaderless {
                 key,
                 record,
                 replicas,
+                fallbacks,
                 w,
                 accepted: BTreeSet::new(),
                 existed: false,
@@ -381,19 +714,21 @@ impl Leaderless {
         key: Bytes,
         r: u8,
     ) {
+        self.begin(env);
         assert!(r >= 1 && r <= keyspace.n, "R is validated by the node");
         self.stats_mut(&keyspace.name).reads += 1;
         let replicas = self.replicas(keyspace, &key);
         let op = self.new_op();
         let deadline = env.now.instant + self.config.request_timeout;
-        for &to in &replicas {
+        // Reads are never sloppy: only replicas answer, healthy ones asked first.
+        for to in self.healthy_first(&replicas) {
             if to != self.node {
                 let message = Message::Read {
                     op,
                     keyspace: keyspace.name.clone(),
                     key: key.clone(),
                 };
-                self.effects.push_back(Effect::Send { to, message });
+                self.send(to, message);
             }
         }
         let local = replicas.contains(&self.node);
@@ -421,7 +756,10 @@ impl Leaderless {
 
     /// Starts `operation` on `key` of a keyspace whose merge policy is not `lww`. It reads at
     /// `r` first if it [`Operation::reads_first`], and completes after `w` acknowledgements. A
-    /// node outside the key's preference list forwards it to one of the key's replicas.
+    /// node outside the key's preference list forwards it to one of the key's replicas (one
+    /// it does not suspect, if it can). The keyspace's quorum mode ([`Self::quorum_mode`])
+    /// decides whether fallbacks may stand in for suspected replicas in the write phase; the
+    /// read phase is always strict.
     #[allow(clippy::too_many_arguments)]
     pub fn apply<S: Storage>(
         &mut self,
@@ -433,6 +771,7 @@ impl Leaderless {
         r: u8,
         w: u8,
     ) {
+        self.begin(env);
         assert_eq!(
             operation.policy(),
             keyspace.merge,
@@ -452,9 +791,20 @@ impl Leaderless {
             );
             return;
         }
-        // Spread forwards over the replicas; a retry through this node picks another one.
+        // Spread forwards over the replicas this node does not suspect (over all of them if it
+        // suspects every one); a retry through this node picks another one.
         let op = self.new_op();
-        let coordinator = replicas[(op.0 % replicas.len() as u64) as usize];
+        let healthy: Vec<NodeId> = replicas
+            .iter()
+            .copied()
+            .filter(|n| !self.detector.is_suspected(*n))
+            .collect();
+        let pool = if healthy.is_empty() {
+            &replicas
+        } else {
+            &healthy
+        };
+        let coordinator = pool[(op.0 % pool.len() as u64) as usize];
         // Forwards wait for the coordinator's read, write and sync: give them half again.
         let deadline = env.now.instant + self.config.request_timeout * 3 / 2;
         self.pending.insert(
@@ -476,10 +826,7 @@ impl Leaderless {
             r,
             w,
         };
-        self.effects.push_back(Effect::Send {
-            to: coordinator,
-            message,
-        });
+        self.send(coordinator, message);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -500,17 +847,19 @@ impl Leaderless {
         let deadline = env.now.instant + self.config.request_timeout;
         let reads_first = operation.reads_first();
         if reads_first {
-            for &to in &replicas {
+            for to in self.healthy_first(&replicas) {
                 if to != self.node {
                     let message = Message::ReadState {
                         op,
                         keyspace: keyspace.name.clone(),
                         key: key.clone(),
                     };
-                    self.effects.push_back(Effect::Send { to, message });
+                    self.send(to, message);
                 }
             }
         }
+        let mode = self.quorum_mode(&keyspace.name);
+        let fallbacks = self.fallbacks(&keyspace, &key, mode);
         let name = keyspace.name.clone();
         self.pending.insert(
             op,
@@ -520,6 +869,7 @@ impl Leaderless {
                 key: key.clone(),
                 operation,
                 replicas,
+                fallbacks,
                 r,
                 w,
                 phase: ApplyPhase::Reading {
@@ -623,14 +973,31 @@ impl Leaderless {
         if let Err(e) = self.merge_and_store(env.storage, &keyspace, &key, stored, &update, limit) {
             return self.fail_op(env, op, e);
         }
+        let Some(Pending::Apply(p)) = self.pending.get(&op) else {
+            unreachable!("looked up above")
+        };
+        let (replicas, assigned) = (p.replicas.clone(), p.fallbacks.assigned.clone());
+        // Fallbacks hold this replica's whole state, never the update (see `hint`).
+        let hint = if assigned.is_empty() {
+            None
+        } else {
+            match self.cached_state(env.storage, &keyspace, &key) {
+                Ok(state) => state,
+                Err(e) => return self.fail_op(env, op, Outcome::Storage(e.to_string())),
+            }
+        };
+        if !assigned.is_empty() {
+            self.stats_mut(&keyspace).hinted_writes += 1;
+        }
         let Some(Pending::Apply(p)) = self.pending.get_mut(&op) else {
             unreachable!("looked up above")
         };
         p.phase = ApplyPhase::Writing {
             result: prepared.result,
             accepted: BTreeSet::new(),
+            hint: hint.clone(),
         };
-        for &to in &p.replicas {
+        for to in self.healthy_first(&replicas) {
             if to != self.node {
                 let message = Message::Merge {
                     op,
@@ -638,7 +1005,19 @@ impl Leaderless {
                     key: key.clone(),
                     update: update.clone(),
                 };
-                self.effects.push_back(Effect::Send { to, message });
+                self.send(to, message);
+            }
+        }
+        if let Some(state) = hint {
+            for (to, owner) in assigned {
+                let message = Message::HintedMerge {
+                    op,
+                    keyspace: keyspace.clone(),
+                    key: key.clone(),
+                    state: state.clone(),
+                    owner,
+                };
+                self.send(to, message);
             }
         }
         self.on_merge_ack(env, self.node, op);
@@ -652,10 +1031,10 @@ impl Leaderless {
         let ApplyPhase::Writing { accepted, .. } = &mut p.phase else {
             return;
         };
-        if !p.replicas.contains(&from) {
+        let Some(slot) = p.fallbacks.slot(&p.replicas, from) else {
             return;
-        }
-        accepted.insert(from);
+        };
+        accepted.insert(slot);
         let needed = if bug { 1 } else { usize::from(p.w) };
         if accepted.len() >= needed {
             let Some(Pending::Apply(p)) = self.remove_op(op) else {
@@ -683,19 +1062,20 @@ impl Leaderless {
             keyspace.merge != MergePolicy::Lww,
             "lww keys are read by `read`"
         );
+        self.begin(env);
         assert!(r >= 1 && r <= keyspace.n, "R is validated by the node");
         self.stats_mut(&keyspace.name).reads += 1;
         let replicas = self.replicas(keyspace, &key);
         let op = self.new_op();
         let deadline = env.now.instant + self.config.request_timeout;
-        for &to in &replicas {
+        for to in self.healthy_first(&replicas) {
             if to != self.node {
                 let message = Message::ReadState {
                     op,
                     keyspace: keyspace.name.clone(),
                     key: key.clone(),
                 };
-                self.effects.push_back(Effect::Send { to, message });
+                self.send(to, message);
             }
         }
         let local = replicas.contains(&self.node);
@@ -781,7 +1161,7 @@ impl Leaderless {
                     key: p.key.clone(),
                     state: joined.clone(),
                 };
-                self.effects.push_back(Effect::Send { to: node, message });
+                self.send(node, message);
             }
         }
         self.stats_mut(&p.keyspace).read_repairs += repairs;
@@ -888,7 +1268,7 @@ impl Leaderless {
                     outcome,
                     clock: env.hlc.last(),
                 };
-                self.effects.push_back(Effect::Send { to: node, message });
+                self.send(node, message);
             }
         }
     }
@@ -940,18 +1320,20 @@ impl Leaderless {
         self.start_apply(env, requester, keyspace, key, operation, r, w);
     }
 
-    /// (Re)sends the current attempt of write `op` to every replica, applying it locally first.
+    /// (Re)sends the current attempt of write `op` to every replica (healthy ones first) and
+    /// to the fallbacks standing in for suspected ones, applying it locally first.
     fn send_write_attempt<S: Storage>(&mut self, env: &mut Env<'_, S>, op: OpId) {
         let Some(Pending::Write(p)) = self.pending.get(&op) else {
             return;
         };
-        let (keyspace, key, record, replicas) = (
+        let (keyspace, key, record, replicas, assigned) = (
             p.keyspace.clone(),
             p.key.clone(),
             p.record.clone(),
             p.replicas.clone(),
+            p.fallbacks.assigned.clone(),
         );
-        for &to in &replicas {
+        for to in self.healthy_first(&replicas) {
             if to != self.node {
                 let message = Message::Write {
                     op,
@@ -959,7 +1341,12 @@ impl Leaderless {
                     key: key.clone(),
                     record: record.clone(),
                 };
-                self.effects.push_back(Effect::Send { to, message });
+                self.send(to, message);
+            }
+        }
+        for (&to, &owner) in &assigned {
+            if to != self.node {
+                self.send_hinted_write(op, to, owner, &keyspace, &key, &record);
             }
         }
         if replicas.contains(&self.node) {
@@ -972,10 +1359,339 @@ impl Leaderless {
                 }
                 Err(e) => self.fail_op(env, op, Outcome::Storage(e.to_string())),
             }
+        } else if let Some(&owner) = assigned.get(&self.node) {
+            // This coordinator is itself a fallback for a suspected owner.
+            self.hint_write_locally(env, op, owner, &keyspace, &key, &record);
+        }
+    }
+
+    fn send_hinted_write(
+        &mut self,
+        op: OpId,
+        to: NodeId,
+        owner: NodeId,
+        keyspace: &str,
+        key: &Bytes,
+        record: &Record,
+    ) {
+        let message = Message::HintedWrite {
+            op,
+            keyspace: keyspace.to_string(),
+            key: key.clone(),
+            record: record.clone(),
+            owner,
+        };
+        self.send(to, message);
+    }
+
+    /// The coordinator keeps the hint for `owner` itself and counts its own answer.
+    fn hint_write_locally<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        op: OpId,
+        owner: NodeId,
+        keyspace: &str,
+        key: &Bytes,
+        record: &Record,
+    ) {
+        match self.keep_hinted_record(env, keyspace, key, record, owner) {
+            Some(Ok(applied)) => self.on_write_ack(env, self.node, op, record.timestamp, applied),
+            Some(Err(())) => self.on_hint_refused(env, self.node, op),
+            None => {}
+        }
+    }
+
+    /// A fallback keeps `record` as a hint for `owner`. `Ok`: what to acknowledge; `Err`: the
+    /// store refused it; `None`: storage failed (no answer, as for a replica).
+    fn keep_hinted_record<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        keyspace: &str,
+        key: &Bytes,
+        record: &Record,
+        owner: NodeId,
+    ) -> Option<Result<Applied, ()>> {
+        // Later local stamps order after the writer's, as at a replica.
+        let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
+        if owner == self.node {
+            // A coordinator whose ring disagrees with ours: we are the owner, so just apply.
+            return match apply(env.storage, keyspace, key, record) {
+                Ok(applied) => {
+                    if !applied.accepted {
+                        self.stats_mut(keyspace).lww_discarded += 1;
+                    }
+                    Some(Ok(applied))
+                }
+                Err(e) => {
+                    tracing::error!(keyspace, error = %e, "replica write failed");
+                    None
+                }
+            };
+        }
+        if self.config.bug_hint_not_stored {
+            // PLANTED BUG: acknowledge a hint that was never stored.
+            return Some(Ok(Applied {
+                accepted: true,
+                current: record.timestamp,
+                existed: false,
+            }));
+        }
+        if !self.hints.is_loaded() {
+            self.stats_mut(keyspace).hints_refused += 1;
+            return Some(Err(()));
+        }
+        let hint = HintKey {
+            owner,
+            keyspace: keyspace.to_string(),
+            key: key.clone(),
+        };
+        let stored = self
+            .hints
+            .store_record(env.storage, &hint, record, env.now.wall_ms);
+        let answer = match stored {
+            Ok(Stored::Accepted { existed }) => {
+                self.stats_mut(keyspace).hints_stored += 1;
+                Some(Ok(Applied {
+                    accepted: true,
+                    current: record.timestamp,
+                    existed,
+                }))
+            }
+            Ok(Stored::Older { current, existed }) => {
+                self.stats_mut(keyspace).lww_discarded += 1;
+                Some(Ok(Applied {
+                    accepted: false,
+                    current,
+                    existed,
+                }))
+            }
+            Ok(Stored::Refused) => {
+                self.stats_mut(keyspace).hints_refused += 1;
+                Some(Err(()))
+            }
+            Err(e) => {
+                tracing::error!(keyspace, %owner, error = %e, "storing a hint failed");
+                None
+            }
+        };
+        self.note_pending(keyspace);
+        answer
+    }
+
+    /// A fallback keeps a whole `state` as a hint for `owner` (merged into what it holds).
+    fn keep_hinted_state<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        keyspace: &str,
+        key: &Bytes,
+        state: &State,
+        owner: NodeId,
+    ) -> Option<Result<(), ()>> {
+        if owner == self.node {
+            let update = Update::State(state.clone());
+            return match self.store_update(env.storage, keyspace, key, &update) {
+                Ok(()) => Some(Ok(())),
+                Err(e) => {
+                    tracing::error!(keyspace, error = ?e, "replica merge failed");
+                    None
+                }
+            };
+        }
+        if self.config.bug_hint_not_stored {
+            return Some(Ok(())); // PLANTED BUG: acknowledge a hint that was never stored
+        }
+        if !self.hints.is_loaded() {
+            self.stats_mut(keyspace).hints_refused += 1;
+            return Some(Err(()));
+        }
+        let hint = HintKey {
+            owner,
+            keyspace: keyspace.to_string(),
+            key: key.clone(),
+        };
+        let answer = match self
+            .hints
+            .store_state(env.storage, &hint, state, env.now.wall_ms)
+        {
+            Ok(Stored::Accepted { .. }) => {
+                self.stats_mut(keyspace).hints_stored += 1;
+                Some(Ok(()))
+            }
+            Ok(Stored::Older { .. }) => unreachable!("states merge; only records are older"),
+            Ok(Stored::Refused) => {
+                self.stats_mut(keyspace).hints_refused += 1;
+                Some(Err(()))
+            }
+            Err(e) => {
+                tracing::error!(keyspace, %owner, error = %e, "storing a hint failed");
+                None
+            }
+        };
+        self.note_pending(keyspace);
+        answer
+    }
+
+    /// Fallback `from` refused to hold a hint for operation `op`: the next candidate past the
+    /// preference list that this node does not suspect takes its place, if there is one.
+    fn on_hint_refused<S: Storage>(&mut self, env: &mut Env<'_, S>, from: NodeId, op: OpId) {
+        let fallbacks = match self.pending.get_mut(&op) {
+            Some(Pending::Write(p)) => &mut p.fallbacks,
+            Some(Pending::Apply(p)) => &mut p.fallbacks,
+            _ => return,
+        };
+        let Some(owner) = fallbacks.assigned.remove(&from) else {
+            return;
+        };
+        fallbacks.refused.insert(from);
+        let Some(to) = fallbacks.next_candidate(&self.detector) else {
+            return; // nobody left to stand in for `owner`; the owner itself may still answer
+        };
+        fallbacks.assigned.insert(to, owner);
+        match self.pending.get(&op) {
+            Some(Pending::Write(p)) => {
+                let (keyspace, key, record) = (p.keyspace.clone(), p.key.clone(), p.record.clone());
+                if to == self.node {
+                    self.hint_write_locally(env, op, owner, &keyspace, &key, &record);
+                } else {
+                    self.send_hinted_write(op, to, owner, &keyspace, &key, &record);
+                }
+            }
+            Some(Pending::Apply(p)) => {
+                let ApplyPhase::Writing {
+                    hint: Some(state), ..
+                } = &p.phase
+                else {
+                    return; // fallbacks are asked only once the update is shipped
+                };
+                assert_ne!(
+                    to, self.node,
+                    "the coordinating replica is never a fallback"
+                );
+                let message = Message::HintedMerge {
+                    op,
+                    keyspace: p.keyspace.name.clone(),
+                    key: p.key.clone(),
+                    state: state.clone(),
+                    owner,
+                };
+                self.send(to, message);
+            }
+            _ => unreachable!("looked up above"),
+        }
+    }
+
+    /// Background work: suspicions and probes, hint expiry, hint delivery.
+    fn maintain<S: Storage>(&mut self, env: &mut Env<'_, S>) {
+        let now = env.now.instant;
+        self.next_maintenance = Some(now + self.config.maintenance_interval);
+        for peer in self.detector.tick(now) {
+            // Not a request the detector counts: the peer is suspected already.
+            self.effects.push_back(Effect::Send {
+                to: peer,
+                message: Message::Ping,
+            });
+        }
+        for hint in self.hints.expired(env.now.wall_ms) {
+            match self.hints.remove(env.storage, &hint) {
+                Ok(()) => {
+                    tracing::warn!(keyspace = hint.keyspace, owner = %hint.owner, "hint expired undelivered");
+                    self.stats_mut(&hint.keyspace).hints_expired += 1;
+                    self.note_pending(&hint.keyspace);
+                }
+                Err(e) => tracing::error!(error = %e, "deleting an expired hint failed"),
+            }
+        }
+        self.hints.forget_expired_deliveries(now);
+        for owner in self.hints.owners() {
+            if owner == self.node || self.detector.is_suspected(owner) {
+                continue;
+            }
+            for hint in self.hints.due(owner) {
+                let payload = match self.hints.get(env.storage, &hint) {
+                    Ok(Some(payload)) => payload,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::error!(keyspace = hint.keyspace, error = %e, "reading a hint failed");
+                        continue;
+                    }
+                };
+                let op = self.new_op();
+                let deadline = now + self.config.request_timeout;
+                self.hints.delivering(op, hint.clone(), deadline);
+                let message = Message::Handoff {
+                    op,
+                    keyspace: hint.keyspace,
+                    key: hint.key,
+                    payload,
+                };
+                self.send(owner, message);
+            }
+        }
+    }
+
+    /// An owner receives a hint a fallback held for it: applied like a write or a merge, then
+    /// acknowledged (after this node's sync, so the fallback deletes it only once it is
+    /// durable here).
+    fn on_handoff<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        from: NodeId,
+        op: OpId,
+        keyspace: String,
+        key: Bytes,
+        payload: HintPayload,
+    ) {
+        let applied = match payload {
+            HintPayload::Record(record) => {
+                let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
+                match apply(env.storage, &keyspace, &key, &record) {
+                    // Refused: this replica holds a newer record, which supersedes the hint.
+                    Ok(a) => {
+                        if !a.accepted {
+                            self.stats_mut(&keyspace).lww_discarded += 1;
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(%from, keyspace, error = %e, "handoff write failed");
+                        false
+                    }
+                }
+            }
+            HintPayload::State(state) => {
+                let update = Update::State(state);
+                match self.store_update(env.storage, &keyspace, &key, &update) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::error!(%from, keyspace, error = ?e, "handoff merge failed");
+                        false
+                    }
+                }
+            }
+        };
+        if applied {
+            self.send(from, Message::HandoffAck { op });
+        }
+    }
+
+    /// A fallback hears that an owner holds a hint it delivered.
+    fn on_handoff_ack<S: Storage>(&mut self, env: &mut Env<'_, S>, from: NodeId, op: OpId) {
+        let Delivered::Complete(hint) = self.hints.acknowledged(op, from) else {
+            return;
+        };
+        match self.hints.remove(env.storage, &hint) {
+            Ok(()) => {
+                self.stats_mut(&hint.keyspace).hints_delivered += 1;
+                self.note_pending(&hint.keyspace);
+            }
+            Err(e) => tracing::error!(error = %e, "deleting a delivered hint failed"),
         }
     }
 
     pub fn handle_message<S: Storage>(&mut self, env: &mut Env<'_, S>, from: NodeId, msg: Message) {
+        self.begin(env);
+        // Any message at all shows the peer is reachable (health).
+        self.detector.on_heard(from, env.now.instant);
         match msg {
             Message::Write {
                 op,
@@ -997,7 +1713,7 @@ impl Leaderless {
                             current: a.current,
                             existed: a.existed,
                         };
-                        self.effects.push_back(Effect::Send { to: from, message });
+                        self.send(from, message);
                     }
                     // No acknowledgement: the coordinator counts this replica as unavailable.
                     Err(e) => tracing::error!(%from, keyspace, error = %e, "replica write failed"),
@@ -1020,7 +1736,7 @@ impl Leaderless {
             Message::Read { op, keyspace, key } => match load(env.storage, &keyspace, &key) {
                 Ok(record) => {
                     let message = Message::ReadReply { op, record };
-                    self.effects.push_back(Effect::Send { to: from, message });
+                    self.send(from, message);
                 }
                 Err(e) => tracing::error!(%from, keyspace, error = %e, "replica read failed"),
             },
@@ -1044,7 +1760,7 @@ impl Leaderless {
                 match self.cached_state(env.storage, &keyspace, &key) {
                     Ok(state) => {
                         let message = Message::StateReply { op, state };
-                        self.effects.push_back(Effect::Send { to: from, message });
+                        self.send(from, message);
                     }
                     Err(e) => {
                         tracing::error!(%from, keyspace, error = %e, "replica state read failed")
@@ -1071,7 +1787,7 @@ impl Leaderless {
                 match self.store_update(env.storage, &keyspace, &key, &update) {
                     Ok(()) => {
                         let message = Message::MergeAck { op };
-                        self.effects.push_back(Effect::Send { to: from, message });
+                        self.send(from, message);
                     }
                     // No acknowledgement: the coordinator counts this replica as unavailable.
                     Err(e) => tracing::error!(%from, keyspace, error = ?e, "replica merge failed"),
@@ -1107,6 +1823,50 @@ impl Leaderless {
                     self.reply(request, outcome);
                 }
             }
+            Message::HintedWrite {
+                op,
+                keyspace,
+                key,
+                record,
+                owner,
+            } => match self.keep_hinted_record(env, &keyspace, &key, &record, owner) {
+                Some(Ok(applied)) => {
+                    let message = Message::WriteAck {
+                        op,
+                        timestamp: record.timestamp,
+                        accepted: applied.accepted,
+                        current: applied.current,
+                        existed: applied.existed,
+                    };
+                    self.send(from, message);
+                }
+                Some(Err(())) => self.send(from, Message::HintRefused { op }),
+                None => {}
+            },
+            Message::HintedMerge {
+                op,
+                keyspace,
+                key,
+                state,
+                owner,
+            } => match self.keep_hinted_state(env, &keyspace, &key, &state, owner) {
+                Some(Ok(())) => self.send(from, Message::MergeAck { op }),
+                Some(Err(())) => self.send(from, Message::HintRefused { op }),
+                None => {}
+            },
+            Message::HintRefused { op } => self.on_hint_refused(env, from, op),
+            Message::Handoff {
+                op,
+                keyspace,
+                key,
+                payload,
+            } => self.on_handoff(env, from, op, keyspace, key, payload),
+            Message::HandoffAck { op } => self.on_handoff_ack(env, from, op),
+            Message::Ping => self.effects.push_back(Effect::Send {
+                to: from,
+                message: Message::Pong,
+            }),
+            Message::Pong => {} // heard: that was the point
         }
     }
 
@@ -1122,9 +1882,10 @@ impl Leaderless {
         let Some(Pending::Write(p)) = self.pending.get_mut(&op) else {
             return;
         };
-        if timestamp != p.record.timestamp || !p.replicas.contains(&from) {
+        let slot = p.fallbacks.slot(&p.replicas, from);
+        let Some(slot) = slot.filter(|_| timestamp == p.record.timestamp) else {
             return; // an acknowledgement of an earlier attempt, or from a stranger
-        }
+        };
         if !applied.accepted {
             // A replica holds a newer record: re-stamp past it, or give up.
             if p.attempts >= WRITE_ATTEMPTS_MAX {
@@ -1146,7 +1907,7 @@ impl Leaderless {
             self.send_write_attempt(env, op);
             return;
         }
-        p.accepted.insert(from);
+        p.accepted.insert(slot);
         p.existed |= applied.existed;
         let needed = if bug { 1 } else { usize::from(p.w) };
         if p.accepted.len() >= needed {
@@ -1210,7 +1971,7 @@ impl Leaderless {
                     key: p.key.clone(),
                     record: newest.clone(),
                 };
-                self.effects.push_back(Effect::Send { to: node, message });
+                self.send(node, message);
             }
         }
         self.stats_mut(&p.keyspace).read_repairs += repairs;
@@ -1233,8 +1994,15 @@ impl Leaderless {
         }
     }
 
-    /// Expires operations whose deadline has passed.
+    /// Expires operations whose deadline has passed, and does the background work when due.
     pub fn handle_timeout<S: Storage>(&mut self, env: &mut Env<'_, S>) {
+        self.begin(env);
+        if self
+            .next_maintenance
+            .is_some_and(|at| at <= env.now.instant)
+        {
+            self.maintain(env);
+        }
         while let Some(&(deadline, op)) = self.deadlines.first() {
             if deadline > env.now.instant {
                 break;
@@ -1304,6 +2072,17 @@ impl Leaderless {
             self.deadlines.len(),
             "one deadline per pending op"
         );
+        self.detector.check_invariants();
+        self.hints.check_invariants();
+        if self.hints.is_loaded() {
+            for (keyspace, stats) in &self.stats {
+                assert_eq!(
+                    stats.hints_pending,
+                    self.hints.pending(keyspace),
+                    "the hints gauge of {keyspace} follows the store"
+                );
+            }
+        }
         for (deadline, op) in &self.deadlines {
             let d = match self.pending.get(op).expect("deadline without op") {
                 Pending::Write(w) => {
@@ -1311,6 +2090,11 @@ impl Leaderless {
                         w.accepted.len() < usize::from(w.w) || self.config.bug_ack_before_quorum
                     );
                     assert!(w.attempts <= WRITE_ATTEMPTS_MAX);
+                    assert!(
+                        w.accepted.iter().all(|a| w.replicas.contains(a)),
+                        "W counts preference-list nodes"
+                    );
+                    w.fallbacks.check(&w.replicas);
                     w.deadline
                 }
                 Pending::Read(r) => r.deadline,
@@ -1321,6 +2105,7 @@ impl Leaderless {
                         );
                     }
                     assert!(a.replicas.contains(&self.node), "a replica coordinates");
+                    a.fallbacks.check(&a.replicas);
                     a.deadline
                 }
                 Pending::StateRead(r) => r.deadline,

@@ -1,11 +1,12 @@
 //! Messages between leaderless replicas and coordinators.
 
 use crate::Outcome;
+use crate::hint::HintPayload;
 use crate::record::Record;
 use crate::state::{Operation, State, Update};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use triarch_core::{HlcTimestamp, KeyspaceConfig};
+use triarch_core::{HlcTimestamp, KeyspaceConfig, NodeId};
 
 /// A coordinator's name for one client operation in flight; unique per coordinator process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -88,4 +89,41 @@ pub enum Message {
         outcome: Outcome,
         clock: HlcTimestamp,
     },
+    // ---- sloppy quorums and hinted handoff (crate::hint, crate::health) ----
+    /// Coordinator -> fallback (a node past the key's preference list) standing in for the
+    /// suspected preference-list node `owner`: hold `record` for `owner` in your hint table
+    /// (not your data table), durably, then acknowledge with a `WriteAck` (or `HintRefused`).
+    HintedWrite {
+        op: OpId,
+        keyspace: String,
+        key: Bytes,
+        record: Record,
+        owner: NodeId,
+    },
+    /// Coordinating replica -> fallback standing in for `owner`, for keyspaces whose merge
+    /// policy is not lww: merge `state` (the coordinator's whole state of the key after the
+    /// operation, never a delta: see `crate::hint`) into your hint for `owner`, then `MergeAck`.
+    HintedMerge {
+        op: OpId,
+        keyspace: String,
+        key: Bytes,
+        state: State,
+        owner: NodeId,
+    },
+    /// Fallback -> coordinator: the hint store is full (or the hint too large); nothing stored.
+    HintRefused { op: OpId },
+    /// Fallback -> owner: a hint the fallback holds for you. Applied like a write or a merge.
+    Handoff {
+        op: OpId,
+        keyspace: String,
+        key: Bytes,
+        payload: HintPayload,
+    },
+    /// Owner -> fallback: the handoff `op` is applied and durable (or superseded by what the
+    /// owner already held); the fallback may delete the hint.
+    HandoffAck { op: OpId },
+    /// Failure detector probe to a suspected peer; any message back clears the suspicion.
+    Ping,
+    /// The answer to a `Ping`.
+    Pong,
 }

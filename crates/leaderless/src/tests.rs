@@ -2,7 +2,7 @@
 //! each test states exactly which replicas were reachable.
 
 use super::*;
-use triarch_storage::SimDisk;
+use triarch_storage::{SimDisk, Storage};
 
 struct Replica {
     engine: Leaderless,
@@ -59,6 +59,8 @@ impl Cluster {
         };
         f(&mut r.engine, &mut env);
         r.engine.check_invariants();
+        // Persist, then send: what a step staged is durable before its effects leave.
+        r.disk.sync().unwrap();
         while let Some(effect) = r.engine.poll_effect() {
             match effect {
                 Effect::Send { to, message } => self.in_flight.push_back((id, to, message)),
@@ -688,6 +690,468 @@ mod merged {
         assert_eq!(
             c.apply_op(3, &cart, "k", Operation::SetRemove(vec![b("small")])),
             Outcome::Applied(OperationResult::Changed(1))
+        );
+    }
+}
+
+// ---- failure detection, sloppy quorums and hinted handoff ----
+
+mod sloppy {
+    use super::*;
+    use crate::health::PeerStatus;
+    use crate::hint::{HintPayload, stored_hints};
+    use crate::state::View;
+    use triarch_core::MergePolicy;
+
+    fn b(s: &str) -> Bytes {
+        Bytes::copy_from_slice(s.as_bytes())
+    }
+
+    fn sloppy_config() -> LeaderlessConfig {
+        LeaderlessConfig {
+            quorum_mode_default: QuorumMode::Sloppy,
+            ..LeaderlessConfig::default()
+        }
+    }
+
+    /// Every node of the ring in ring order from `key`: the preference list (the first N),
+    /// then the fallback candidates.
+    fn ring_order(c: &Cluster, ks: &KeyspaceConfig, key: &str) -> Vec<NodeId> {
+        let e = &c.nodes[&NodeId(1)].engine;
+        e.ring.preference_list(
+            Ring::position(&ks.name, key.as_bytes()),
+            e.ring.nodes().len(),
+        )
+    }
+
+    /// Two keys whose whole ring order is the same (so the same fallbacks stand in).
+    fn keys_with_one_ring_order(c: &Cluster, ks: &KeyspaceConfig) -> (String, String) {
+        let mut seen: BTreeMap<Vec<NodeId>, String> = BTreeMap::new();
+        for i in 0..100_000 {
+            let key = format!("k{i}");
+            let order = ring_order(c, ks, &key);
+            if let Some(first) = seen.get(&order) {
+                return (first.clone(), key);
+            }
+            seen.insert(order, key);
+        }
+        panic!("no two keys share a ring order")
+    }
+
+    impl Cluster {
+        /// Advances both clocks by `d` in steps of 100 ms, running every node's timers and
+        /// delivering what they send.
+        fn tick(&mut self, d: Duration) {
+            let steps = d.as_millis() / 100;
+            for _ in 0..steps {
+                self.now = self.now + Duration::from_millis(100);
+                for r in self.nodes.values_mut() {
+                    r.wall_ms += 100;
+                }
+                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+                for id in ids {
+                    if !self.down.contains(&id) {
+                        self.step(id, |e, env| e.handle_timeout(env));
+                    }
+                }
+                self.deliver_all();
+            }
+        }
+
+        fn write_to(
+            &mut self,
+            via: NodeId,
+            ks: &KeyspaceConfig,
+            key: &str,
+            value: &str,
+        ) -> Outcome {
+            let req = RequestId(self.replies.len() as u64 + 1000);
+            let (ks, k, v) = (ks.clone(), b(key), Some(b(value)));
+            self.step(via, |e, env| e.write(env, req, &ks, k, v, 2));
+            self.finish(req)
+        }
+
+        /// Writes through `via` twice and lets time pass, so that it suspects every down node
+        /// among the key's owners (the detector needs K = 2 unanswered requests, each T = 1 s
+        /// old). Returns the two writes' outcomes.
+        fn suspect_down_owners(
+            &mut self,
+            via: NodeId,
+            ks: &KeyspaceConfig,
+            key: &str,
+        ) -> Vec<Outcome> {
+            let owners = ring_order(self, ks, key)[..3].to_vec();
+            let outcomes = (0..2)
+                .map(|_| self.write_to(via, ks, key, "probe"))
+                .collect();
+            self.tick(Duration::from_millis(1_500));
+            let health = self.nodes[&via].engine.peer_health();
+            for o in owners.iter().filter(|o| self.down.contains(o)) {
+                assert_eq!(health[o].status, PeerStatus::Suspect, "{via} suspects {o}");
+            }
+            outcomes
+        }
+
+        fn hints_at(&self, id: NodeId) -> Vec<crate::hint::StoredHint> {
+            stored_hints(&self.nodes[&id].disk).unwrap()
+        }
+
+        fn stats_of(&self, id: NodeId, keyspace: &str) -> KeyspaceStats {
+            self.nodes[&id]
+                .engine
+                .stats()
+                .get(keyspace)
+                .cloned()
+                .unwrap_or_default()
+        }
+
+        /// The process restarts over its disk: everything not synced is lost.
+        fn crash_restart(&mut self, id: NodeId, config: LeaderlessConfig) {
+            let members: Vec<NodeId> = self.nodes.keys().copied().collect();
+            let r = self.nodes.get_mut(&id).unwrap();
+            r.disk.crash();
+            let started = r.hlc.now(r.wall_ms);
+            r.engine = Leaderless::new(id, &members, config).with_incarnation(1 << 40, started);
+        }
+    }
+
+    /// Nodes 1-5; the key's owners are the first three of `order`; the first owner
+    /// coordinates, the other two are down.
+    fn two_owners_down(config: LeaderlessConfig, key: &str) -> (Cluster, Vec<NodeId>) {
+        let mut c = Cluster::new(5, config);
+        let order = ring_order(&c, &ks(), key);
+        c.down.insert(order[1]);
+        c.down.insert(order[2]);
+        (c, order)
+    }
+
+    #[test]
+    fn a_write_with_two_of_three_owners_suspected_succeeds_through_fallbacks_at_w2() {
+        let (mut c, order) = two_owners_down(sloppy_config(), "k");
+        let (a, owner_b, owner_c, d, e) = (order[0], order[1], order[2], order[3], order[4]);
+        // Until the detector suspects them, the coordinator counts on the owners and fails.
+        let failed = Outcome::QuorumFailed { acks: 1, needed: 2 };
+        assert_eq!(
+            c.suspect_down_owners(a, &ks(), "k"),
+            vec![failed.clone(), failed]
+        );
+        assert!(c.hints_at(order[3]).is_empty());
+        assert_eq!(
+            c.write_to(a, &ks(), "k", "v"),
+            Outcome::Written { existed: true }
+        );
+        // Each fallback holds a hint for the owner it stood in for, not a replica's record.
+        for (fallback, owner) in [(d, owner_b), (e, owner_c)] {
+            let hints = c.hints_at(fallback);
+            assert_eq!(hints.len(), 1, "{fallback}");
+            assert_eq!(hints[0].hint.owner, owner);
+            let HintPayload::Record(r) = &hints[0].payload else {
+                panic!("an lww hint")
+            };
+            assert_eq!(r.value.as_deref(), Some(&b"v"[..]));
+            assert!(c.stored(fallback.0, "k").is_none(), "not in the data table");
+            let stats = c.stats_of(fallback, "default");
+            assert_eq!((stats.hints_stored, stats.hints_pending), (1, 1));
+        }
+        assert!(c.stats_of(a, "default").hinted_writes >= 1);
+        let health = c.nodes[&a].engine.peer_health();
+        assert_eq!(health[&d].status, PeerStatus::Up);
+        assert!(health[&owner_b].suspected_since.is_some());
+    }
+
+    #[test]
+    fn hints_are_delivered_and_deleted_once_the_owner_returns() {
+        let (mut c, order) = two_owners_down(sloppy_config(), "k");
+        let (a, owner_b, owner_c, d, e) = (order[0], order[1], order[2], order[3], order[4]);
+        c.suspect_down_owners(a, &ks(), "k");
+        assert_eq!(
+            c.write_to(a, &ks(), "k", "v"),
+            Outcome::Written { existed: true }
+        );
+        // While the owners stay away the fallbacks try, suspect them, and keep the hints.
+        c.tick(Duration::from_secs(5));
+        for f in [d, e] {
+            assert_eq!(c.hints_at(f).len(), 1);
+            assert!(c.stored(owner_b.0, "k").is_none());
+        }
+        c.down.clear();
+        c.tick(Duration::from_secs(2));
+        for owner in [owner_b, owner_c] {
+            assert_eq!(
+                c.stored(owner.0, "k").unwrap().value.as_deref(),
+                Some(&b"v"[..]),
+                "{owner} got its hint"
+            );
+        }
+        for f in [d, e] {
+            assert!(c.hints_at(f).is_empty(), "{f} deleted the delivered hint");
+            let stats = c.stats_of(f, "default");
+            assert_eq!((stats.hints_delivered, stats.hints_pending), (1, 0));
+            assert_eq!(c.nodes[&f].engine.hint_store_usage().hints, 0);
+        }
+        // The two owners alone now answer a read at R = 2 with the write.
+        c.down.insert(a);
+        assert_eq!(c.get(owner_b.0, "k"), read("v"));
+    }
+
+    #[test]
+    fn strict_mode_refuses_the_same_write_with_quorum_failed() {
+        let (mut c, order) = two_owners_down(LeaderlessConfig::default(), "k");
+        let a = order[0];
+        c.suspect_down_owners(a, &ks(), "k");
+        assert_eq!(
+            c.write_to(a, &ks(), "k", "v"),
+            Outcome::QuorumFailed { acks: 1, needed: 2 }
+        );
+        // The per-request switch: strict in a sloppy keyspace.
+        let (mut c, order) = two_owners_down(sloppy_config(), "k");
+        let a = order[0];
+        c.suspect_down_owners(a, &ks(), "k");
+        let req = RequestId(4242);
+        c.step(a, |e, env| {
+            e.write_with_mode(env, req, &ks(), b("k"), Some(b("v")), 2, QuorumMode::Strict)
+        });
+        assert_eq!(c.finish(req), Outcome::QuorumFailed { acks: 1, needed: 2 });
+        for id in 1..=5 {
+            assert!(
+                c.hints_at(NodeId(id)).is_empty(),
+                "strict writes leave no hints"
+            );
+        }
+    }
+
+    #[test]
+    fn a_full_hint_store_refuses_and_counts() {
+        let config = LeaderlessConfig {
+            hints: HintConfig {
+                hints_max: 1,
+                ..HintConfig::default()
+            },
+            ..sloppy_config()
+        };
+        let probe = Cluster::new(5, config.clone());
+        let (k1, k2) = keys_with_one_ring_order(&probe, &ks());
+        let (mut c, order) = two_owners_down(config, &k1);
+        let (a, d, e) = (order[0], order[3], order[4]);
+        c.suspect_down_owners(a, &ks(), &k1);
+        assert_eq!(
+            c.write_to(a, &ks(), &k1, "1"),
+            Outcome::Written { existed: true }
+        );
+        // The fallbacks are full: they refuse, and nobody else can stand in.
+        assert_eq!(
+            c.write_to(a, &ks(), &k2, "2"),
+            Outcome::QuorumFailed { acks: 1, needed: 2 }
+        );
+        for f in [d, e] {
+            let stats = c.stats_of(f, "default");
+            assert_eq!((stats.hints_refused, stats.hints_pending), (1, 1), "{f}");
+            let hints = c.hints_at(f);
+            assert_eq!(hints.len(), 1);
+            assert_eq!(hints[0].hint.key, b(&k1), "the refused hint was not stored");
+        }
+    }
+
+    #[test]
+    fn a_fallback_that_refuses_is_replaced_by_the_next_candidate() {
+        let config = LeaderlessConfig {
+            hints: HintConfig {
+                hints_max: 1,
+                ..HintConfig::default()
+            },
+            ..sloppy_config()
+        };
+        let mut c = Cluster::new(6, config);
+        let (k1, k2) = keys_with_one_ring_order(&c, &ks());
+        let order = ring_order(&c, &ks(), &k1);
+        let (a, owner_b, owner_c, d, e, f) =
+            (order[0], order[1], order[2], order[3], order[4], order[5]);
+        c.down.insert(owner_b);
+        c.down.insert(owner_c);
+        c.suspect_down_owners(a, &ks(), &k1);
+        assert_eq!(
+            c.write_to(a, &ks(), &k1, "1"),
+            Outcome::Written { existed: true }
+        );
+        assert_eq!((c.hints_at(d).len(), c.hints_at(e).len()), (1, 1));
+        // d and e are full and refuse; f, the next candidate, stands in for one of the owners,
+        // which with the coordinator's own copy makes W = 2.
+        assert_eq!(
+            c.write_to(a, &ks(), &k2, "2"),
+            Outcome::Written { existed: false }
+        );
+        assert_eq!(c.stats_of(d, "default").hints_refused, 1);
+        assert_eq!(c.stats_of(e, "default").hints_refused, 1);
+        let hints = c.hints_at(f);
+        assert_eq!(hints.len(), 1);
+        assert_eq!(hints[0].hint.key, b(&k2));
+        assert!([owner_b, owner_c].contains(&hints[0].hint.owner));
+    }
+
+    #[test]
+    fn an_acknowledged_hint_survives_a_crash_of_its_fallback() {
+        let config = sloppy_config();
+        let (mut c, order) = two_owners_down(config.clone(), "k");
+        let (a, owner_b, d) = (order[0], order[1], order[3]);
+        c.suspect_down_owners(a, &ks(), "k");
+        assert_eq!(
+            c.write_to(a, &ks(), "k", "v"),
+            Outcome::Written { existed: true }
+        );
+        // The acknowledgement left only after the sync: the crash keeps the hint.
+        assert_eq!(c.nodes[&d].disk.unsynced_writes(), 0);
+        c.crash_restart(d, config);
+        assert_eq!(c.hints_at(d).len(), 1);
+        c.down.clear();
+        c.tick(Duration::from_secs(2));
+        assert_eq!(
+            c.stored(owner_b.0, "k").unwrap().value.as_deref(),
+            Some(&b"v"[..]),
+            "the restarted fallback reloaded the hint and delivered it"
+        );
+        assert!(c.hints_at(d).is_empty());
+        assert_eq!(c.stats_of(d, "default").hints_delivered, 1);
+    }
+
+    #[test]
+    fn a_newer_record_arriving_during_a_handoff_is_delivered_not_deleted() {
+        let (mut c, order) = two_owners_down(sloppy_config(), "k");
+        let (a, owner_b, d) = (order[0], order[1], order[3]);
+        c.suspect_down_owners(a, &ks(), "k");
+        c.write_to(a, &ks(), "k", "1");
+        c.down.clear();
+        // d sends its hint; before the owner's answer lands, a newer hinted write arrives.
+        c.now = c.now + Duration::from_millis(300);
+        c.step(d, |e, env| e.handle_timeout(env));
+        let handoff = c
+            .in_flight
+            .iter()
+            .position(|(_, _, m)| matches!(m, Message::Handoff { .. }))
+            .expect("a handoff");
+        let (from, to, message) = c.in_flight.remove(handoff).unwrap();
+        c.step(to, |e, env| e.handle_message(env, from, message));
+        let ack = c.in_flight.pop_back().unwrap();
+        assert!(matches!(ack.2, Message::HandoffAck { .. }));
+        c.in_flight.clear();
+        c.down.insert(owner_b);
+        c.down.insert(order[2]);
+        c.write_to(a, &ks(), "k", "2");
+        c.down.clear();
+        c.in_flight.push_back(ack);
+        c.deliver_all();
+        assert_eq!(c.hints_at(d).len(), 1, "the newer hint is kept");
+        c.tick(Duration::from_secs(2));
+        assert_eq!(
+            c.stored(owner_b.0, "k").unwrap().value.as_deref(),
+            Some(&b"2"[..])
+        );
+        assert!(c.hints_at(d).is_empty());
+    }
+
+    #[test]
+    fn hints_past_the_age_limit_expire_and_are_counted() {
+        let config = LeaderlessConfig {
+            hints: HintConfig {
+                hint_age_max: Duration::from_secs(10),
+                ..HintConfig::default()
+            },
+            ..sloppy_config()
+        };
+        let (mut c, order) = two_owners_down(config, "k");
+        let (a, d) = (order[0], order[3]);
+        c.suspect_down_owners(a, &ks(), "k");
+        c.write_to(a, &ks(), "k", "v");
+        c.tick(Duration::from_secs(5));
+        assert_eq!(c.hints_at(d).len(), 1);
+        c.tick(Duration::from_secs(6));
+        assert!(c.hints_at(d).is_empty());
+        let stats = c.stats_of(d, "default");
+        assert_eq!((stats.hints_expired, stats.hints_pending), (1, 0));
+    }
+
+    #[test]
+    fn requests_go_to_healthy_replicas_first() {
+        let (mut c, order) = two_owners_down(sloppy_config(), "k");
+        let a = order[0];
+        c.down.remove(&order[2]);
+        c.suspect_down_owners(a, &ks(), "k");
+        assert!(!c.nodes[&a].engine.detector.is_suspected(order[2]));
+        let req = RequestId(99);
+        c.step(a, |e, env| e.read(env, req, &ks(), b("k"), 2));
+        let to: Vec<NodeId> = c.in_flight.iter().map(|(_, to, _)| *to).collect();
+        assert_eq!(
+            to,
+            vec![order[2], order[1]],
+            "the suspected owner is asked last"
+        );
+    }
+
+    #[test]
+    fn a_counter_increment_with_two_replicas_suspected_is_handed_off() {
+        let hits = KeyspaceConfig {
+            merge: MergePolicy::Counter,
+            ..KeyspaceConfig::leaderless("hits")
+        };
+        let mut c = Cluster::new(5, sloppy_config());
+        let order = ring_order(&c, &hits, "page");
+        let (a, owner_b, owner_c) = (order[0], order[1], order[2]);
+        c.down.insert(owner_b);
+        c.down.insert(owner_c);
+        let add = |c: &mut Cluster, amount| {
+            let req = RequestId(c.replies.len() as u64 + 7000);
+            let hits = hits.clone();
+            c.step(a, |e, env| {
+                e.apply(
+                    env,
+                    req,
+                    &hits,
+                    b("page"),
+                    Operation::CounterAdd(amount),
+                    2,
+                    2,
+                )
+            });
+            c.finish(req)
+        };
+        for _ in 0..2 {
+            assert!(matches!(add(&mut c, 1), Outcome::QuorumFailed { .. }));
+        }
+        c.tick(Duration::from_millis(500));
+        assert_eq!(
+            add(&mut c, 5),
+            Outcome::Applied(OperationResult::Counter(7))
+        );
+        assert_eq!(c.hints_at(order[3]).len(), 1);
+        c.down.clear();
+        c.tick(Duration::from_secs(2));
+        for o in [owner_b, owner_c] {
+            let state = load_state(&c.nodes[&o].disk, "hits", b"page")
+                .unwrap()
+                .unwrap();
+            assert_eq!(state.view(), View::Counter(7), "{o} holds the whole state");
+        }
+        assert!(c.hints_at(order[3]).is_empty() && c.hints_at(order[4]).is_empty());
+    }
+
+    #[test]
+    fn planted_bug_a_hint_acknowledged_but_not_stored_never_reaches_its_owner() {
+        let config = LeaderlessConfig {
+            bug_hint_not_stored: true,
+            ..sloppy_config()
+        };
+        let (mut c, order) = two_owners_down(config, "k");
+        let (a, owner_b) = (order[0], order[1]);
+        c.suspect_down_owners(a, &ks(), "k");
+        assert_eq!(
+            c.write_to(a, &ks(), "k", "v"),
+            Outcome::Written { existed: true }
+        );
+        c.down.clear();
+        c.tick(Duration::from_secs(3));
+        assert!(
+            c.stored(owner_b.0, "k")
+                .is_none_or(|r| r.value.as_deref() != Some(&b"v"[..])),
+            "acknowledged, yet the owner never got it"
         );
     }
 }

@@ -89,9 +89,19 @@ impl Message {
     /// with it is durable (`triarch_leaderless::forward`).
     pub fn may_precede_sync(&self) -> bool {
         use triarch_leaderless::message::Message as L;
+        // Sloppy quorums (`triarch_leaderless::hint`): a `HintedWrite` is a coordinator's
+        // request like `Write`, and `Ping`/`Pong` carry nothing; a `HintedMerge` carries dots
+        // like `Merge`; the fallback's and the owner's answers (`HintRefused`, `HandoffAck`)
+        // and the hints it hands off wait, like every other answer.
         match self {
             Message::Leaderless(
-                L::Write { .. } | L::Read { .. } | L::Repair { .. } | L::ReadState { .. },
+                L::Write { .. }
+                | L::Read { .. }
+                | L::Repair { .. }
+                | L::ReadState { .. }
+                | L::HintedWrite { .. }
+                | L::Ping
+                | L::Pong,
             ) => true,
             Message::Leaderless(
                 L::WriteAck { .. }
@@ -101,7 +111,11 @@ impl Message {
                 | L::MergeAck { .. }
                 | L::RepairState { .. }
                 | L::Forward { .. }
-                | L::ForwardReply { .. },
+                | L::ForwardReply { .. }
+                | L::HintedMerge { .. }
+                | L::HintRefused { .. }
+                | L::Handoff { .. }
+                | L::HandoffAck { .. },
             ) => false,
             Message::Catalog(_) => false,
             Message::Primary(m) => m.may_precede_sync(),

@@ -22,7 +22,7 @@ use triarch_core::{DetRng, Instant, NodeId, Now, RequestId};
 use triarch_leaderless::record::Record;
 use triarch_leaderless::ring::{self, Ring};
 use triarch_leaderless::state::State;
-use triarch_leaderless::{LeaderlessConfig, table_name};
+use triarch_leaderless::{KeyspaceStats, LeaderlessConfig, table_name};
 use triarch_node::{
     Command, Member, Message, Node, NodeConfig, Operation, Output, Reply, Request, View,
 };
@@ -205,6 +205,13 @@ pub struct Simulation {
     replicas: Option<ReplicaRecords>,
     /// Set for a CRDT workload: its clients replace the register workload's.
     merged: Option<MergedRun>,
+    // ---- sloppy quorums (added for `tests/sloppy.rs`; see `Simulation::with_leaderless_config`) ----
+    /// The leaderless engine configuration of every node, when a test chose one.
+    leaderless_config: Option<LeaderlessConfig>,
+    /// The replicas' records (states, for a CRDT workload) when the final reads began, before
+    /// their read repair.
+    records_before_final_reads: Option<ReplicaRecords>,
+    states_before_final_reads: Option<ReplicaStates>,
 }
 
 impl Simulation {
@@ -212,17 +219,73 @@ impl Simulation {
     /// independent streams per concern (network, nemesis, clients, nodes, disks) so that a change
     /// to one concern's use of randomness leaves the others' choices alone.
     pub fn new(seed: u64, options: &SimOptions) -> Self {
-        Simulation::build(seed, options, None)
+        Simulation::build(seed, options, None, None)
+    }
+
+    /// A run of the register workload (`workload: None`) or of a CRDT workload whose nodes all
+    /// run the leaderless engine with `config` (e.g. sloppy quorums); `options.planted_bug` is
+    /// ignored, the configuration carries its own planted bugs. Added for `tests/sloppy.rs`,
+    /// which judges it with [`Simulation::records_before_final_reads`] (or
+    /// [`Simulation::states_before_final_reads`]) and [`Simulation::stored_hints`].
+    pub fn with_leaderless_config(
+        seed: u64,
+        options: &SimOptions,
+        workload: Option<MergedWorkload>,
+        config: LeaderlessConfig,
+    ) -> Self {
+        Simulation::build(seed, options, workload, Some(config))
+    }
+
+    /// Every replica's record of every key when the final reads began: after the final heal
+    /// and the settle period (time for hints to be handed off), before any final read could
+    /// repair anything. `None` until then, and for a CRDT workload.
+    pub fn records_before_final_reads(&self) -> Option<&ReplicaRecords> {
+        self.records_before_final_reads.as_ref()
+    }
+
+    /// Like [`Simulation::records_before_final_reads`], for a CRDT workload.
+    pub fn states_before_final_reads(&self) -> Option<&ReplicaStates> {
+        self.states_before_final_reads.as_ref()
+    }
+
+    /// How many hints each node holds for others on its disk now ([`triarch_leaderless::hint`]).
+    pub fn stored_hints(&self) -> BTreeMap<NodeId, usize> {
+        self.hosts
+            .iter()
+            .map(|h| {
+                let hints = match &h.state {
+                    HostState::Up(n) => triarch_leaderless::hint::stored_hints(n.storage()),
+                    HostState::Down(disk) => triarch_leaderless::hint::stored_hints(disk),
+                };
+                (h.id, hints.expect("SimDisk hints decode").len())
+            })
+            .collect()
+    }
+
+    /// The leaderless counters of every running node (they restart from zero with the node).
+    pub fn leaderless_stats(&self) -> BTreeMap<NodeId, BTreeMap<String, KeyspaceStats>> {
+        self.hosts
+            .iter()
+            .filter_map(|h| match &h.state {
+                HostState::Up(n) => Some((h.id, n.leaderless_stats().clone())),
+                HostState::Down(_) => None,
+            })
+            .collect()
     }
 
     /// A run of CRDT workload `workload` ([`crate::merged`]) under the same faults, with the
     /// same options; `options.planted_bug` plants the workload's own bug (see
     /// [`crate::run_merged_seed`]).
     pub fn new_merged(seed: u64, options: &SimOptions, workload: MergedWorkload) -> Self {
-        Simulation::build(seed, options, Some(workload))
+        Simulation::build(seed, options, Some(workload), None)
     }
 
-    fn build(seed: u64, options: &SimOptions, merged: Option<MergedWorkload>) -> Self {
+    fn build(
+        seed: u64,
+        options: &SimOptions,
+        merged: Option<MergedWorkload>,
+        leaderless_config: Option<LeaderlessConfig>,
+    ) -> Self {
         options
             .validate()
             .unwrap_or_else(|e| panic!("invalid options: {e}"));
@@ -332,6 +395,9 @@ impl Simulation {
             timeline: Vec::new(),
             replicas: None,
             merged,
+            leaderless_config,
+            records_before_final_reads: None,
+            states_before_final_reads: None,
         };
         let network = sim.network.describe();
         sim.log(format!("start: {} nodes, {network}", options.nodes));
@@ -692,6 +758,9 @@ impl Simulation {
                     == Some(MergedWorkload::Registers),
             ..PrimaryConfig::default()
         };
+        if let Some(leaderless) = &self.leaderless_config {
+            config.leaderless = leaderless.clone(); // `with_leaderless_config`
+        }
         if let Some(run) = &self.merged {
             config.keyspaces.push(run.clients.workload.keyspace());
         }
@@ -1155,6 +1224,10 @@ impl Simulation {
     /// Reads every key through every node. Besides checking for lost writes, these reads repair
     /// every replica that missed a write, which the convergence check then requires.
     fn final_reads(&mut self) {
+        if self.merged.is_some() {
+            // For `tests/sloppy.rs`: what hinted handoff alone left on the replicas.
+            self.states_before_final_reads = Some(self.replica_states());
+        }
         if let Some(run) = &mut self.merged {
             self.phase = Phase::FinalReads;
             run.history.mark_final_phase();
@@ -1177,6 +1250,8 @@ impl Simulation {
             return;
         }
         self.phase = Phase::FinalReads;
+        // For `tests/sloppy.rs`: what hinted handoff alone left on the replicas.
+        self.records_before_final_reads = Some(self.replica_records());
         self.history.mark_final_phase();
         for key in 0..self.options.keys {
             for node_index in 0..self.members.len() {
