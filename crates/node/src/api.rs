@@ -168,7 +168,7 @@ pub enum Reply {
     Exec(Option<Vec<CommandResult>>),
     Created,
     Keyspaces(Vec<KeyspaceConfig>),
-    KeyspaceInfo(KeyspaceInfo),
+    KeyspaceInfo(Box<KeyspaceInfo>),
     Error(RequestError),
 }
 

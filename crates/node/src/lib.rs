@@ -457,7 +457,7 @@ impl<S: Storage> Node<S> {
             }
             Request::KeyspaceInfo { name } => {
                 let reply = match self.catalog.get(&name) {
-                    Some(config) => Reply::KeyspaceInfo(KeyspaceInfo {
+                    Some(config) => Reply::KeyspaceInfo(Box::new(KeyspaceInfo {
                         config: config.clone(),
                         stats: self
                             .leaderless
@@ -467,7 +467,7 @@ impl<S: Storage> Node<S> {
                             .unwrap_or_default(),
                         members: self.config.members.iter().map(|m| m.id).collect(),
                         group: self.primary.info(&name),
-                    }),
+                    })),
                     None => Reply::Error(RequestError::UnknownKeyspace(name)),
                 };
                 self.reply(request, reply);

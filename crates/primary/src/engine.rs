@@ -66,6 +66,9 @@ pub struct PrimaryConfig {
     pub forward_attempts_max: u8,
     /// Compact a group's log once this many entries were applied since its last snapshot.
     pub compact_every: u64,
+    /// Hand leadership to the keyspace's [`preferred_leader`] once it has caught up, so that
+    /// leaders of different keyspaces spread across nodes.
+    pub spread_leaders: bool,
     /// PLANTED BUG for checker tests: a voter serves reads from its own applied state, without
     /// asking whether it leads or confirming with a quorum (ReadIndex), so a deposed leader or
     /// a lagging follower answers stale values. Never set outside tests.
@@ -81,25 +84,38 @@ impl Default for PrimaryConfig {
             request_timeout: Duration::from_secs(5),
             forward_attempts_max: 10,
             compact_every: 10_000,
+            spread_leaders: true,
             bug_local_reads: false,
         }
     }
 }
 
-/// The `n` voters of a primary-backup keyspace among `members` (rendezvous hashing on the
-/// keyspace's name; the same answer on every node).
-pub fn voters_of(keyspace: &KeyspaceConfig, members: &[NodeId]) -> BTreeSet<NodeId> {
+/// `members` ranked by rendezvous hashing on the keyspace's name: the same order on every node,
+/// a different one for each keyspace.
+fn ranked(keyspace: &KeyspaceConfig, members: &[NodeId]) -> Vec<NodeId> {
     let seed = stable_hash64(keyspace.name.as_bytes());
     let mut ranked: Vec<(u64, NodeId)> = members
         .iter()
         .map(|m| (mix64(seed ^ u64::from(m.0)), *m))
         .collect();
     ranked.sort();
-    ranked
+    ranked.into_iter().map(|(_, m)| m).collect()
+}
+
+/// The `n` voters of a primary-backup keyspace among `members`: the first `n` of the
+/// keyspace's rendezvous ranking.
+pub fn voters_of(keyspace: &KeyspaceConfig, members: &[NodeId]) -> BTreeSet<NodeId> {
+    ranked(keyspace, members)
         .into_iter()
         .take(usize::from(keyspace.n).max(1))
-        .map(|(_, m)| m)
         .collect()
+}
+
+/// The member a keyspace's leadership is handed to when it is healthy and caught up: the first
+/// of the keyspace's ranking. Different keyspaces prefer different members, which spreads their
+/// leaders (and so their write load) across the cluster.
+pub fn preferred_leader(keyspace: &KeyspaceConfig, members: &[NodeId]) -> NodeId {
+    ranked(keyspace, members)[0]
 }
 
 /// What a client asks of a keyspace.
@@ -243,6 +259,10 @@ struct ReadJob {
 
 /// One primary-backup keyspace on one of its voters.
 struct Group {
+    /// Where leadership should be (see [`preferred_leader`]).
+    preferred: NodeId,
+    /// The term in which this member last handed leadership to `preferred` (once per term).
+    handed_over_in: Option<Term>,
     raft: Raft,
     machine: Machine,
     voters: BTreeSet<NodeId>,
@@ -367,6 +387,8 @@ impl Primary {
         self.groups.insert(
             keyspace.name.clone(),
             Group {
+                preferred: preferred_leader(keyspace, &self.members),
+                handed_over_in: None,
                 raft,
                 machine,
                 voters,
@@ -600,8 +622,10 @@ impl Primary {
                     Err(crate::ProposeError::NotLeader { leader }) => {
                         return self.respond(env, asker, Outcome::NotLeader { leader });
                     }
-                    Err(crate::ProposeError::TransferInProgress { to }) => {
-                        return self.respond(env, asker, Outcome::NotLeader { leader: Some(to) });
+                    Err(crate::ProposeError::TransferInProgress { .. }) => {
+                        // Leadership is moving: ask again once it has (a heartbeat later),
+                        // rather than chase a member that does not lead yet.
+                        return self.respond(env, asker, Outcome::NotLeader { leader: None });
                     }
                     Err(crate::ProposeError::Storage(e)) => {
                         g.broken = Some(e.to_string());
@@ -744,6 +768,25 @@ impl Primary {
                 if let Err(e) = g.raft.handle_timeout(&mut renv) {
                     tracing::error!(keyspace = name, error = %e, "raft step failed; group stopped");
                     g.broken = Some(e.to_string());
+                }
+            }
+            // A leader that is not the preferred one hands over once the preferred member holds
+            // its whole log (a transfer stops proposals until it ends, so only then).
+            let raft = &mut g.raft;
+            if self.config.spread_leaders
+                && raft.is_leader()
+                && g.preferred != self.id
+                && g.handed_over_in != Some(raft.term())
+                && raft
+                    .follower_progress()
+                    .iter()
+                    .any(|(id, matched)| *id == g.preferred && *matched == raft.last_index())
+            {
+                g.handed_over_in = Some(raft.term());
+                if let Err(e) = raft.transfer_leadership(env.now, g.preferred) {
+                    tracing::debug!(keyspace = name, error = %e, "leadership hand-over refused");
+                } else {
+                    tracing::info!(keyspace = name, to = %g.preferred, "handing leadership to the preferred member");
                 }
             }
             // Bookkeeping of requests whose askers have long given up.
