@@ -43,7 +43,7 @@
 use crate::config::RaftConfig;
 use crate::machine::{Applied, Command, Machine, Origin, Proposal, Record};
 use crate::message::Message as RaftMessage;
-use crate::raft::{Env as RaftEnv, Output as RaftOutput, Raft, Role};
+use crate::raft::{Output as RaftOutput, Raft, Role};
 use crate::types::{EntryData, LogIndex, Term};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -210,11 +210,9 @@ pub enum Effect {
     },
 }
 
-/// What the engine needs from its node for one step.
-pub struct Env<'a, S: Storage> {
-    pub now: Instant,
-    pub storage: &'a mut S,
-}
+/// What the engine needs from its node for one step: the Raft core's own environment (the time
+/// and the storage the step stages its writes in), passed through to every group.
+pub use crate::raft::Env;
 
 /// Who is waiting for a request's outcome at the member serving it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -603,11 +601,7 @@ impl Primary {
                     commands,
                 }
                 .encode();
-                let mut renv = RaftEnv {
-                    now: env.now,
-                    storage: &mut *env.storage,
-                };
-                match g.raft.propose(&mut renv, data) {
+                match g.raft.propose(env, data) {
                     Ok(index) => {
                         self.stats.proposals += 1;
                         g.proposed.insert(
@@ -709,11 +703,7 @@ impl Primary {
                 if g.broken.is_some() {
                     return;
                 }
-                let mut renv = RaftEnv {
-                    now: env.now,
-                    storage: &mut *env.storage,
-                };
-                if let Err(e) = g.raft.handle_message(&mut renv, from, message) {
+                if let Err(e) = g.raft.handle_message(env, from, message) {
                     tracing::error!(keyspace = group, error = %e, "raft step failed; group stopped");
                     g.broken = Some(e.to_string());
                 }
@@ -760,15 +750,11 @@ impl Primary {
             if g.broken.is_some() {
                 continue;
             }
-            if g.raft.poll_timeout().is_some_and(|t| t <= env.now) {
-                let mut renv = RaftEnv {
-                    now: env.now,
-                    storage: &mut *env.storage,
-                };
-                if let Err(e) = g.raft.handle_timeout(&mut renv) {
-                    tracing::error!(keyspace = name, error = %e, "raft step failed; group stopped");
-                    g.broken = Some(e.to_string());
-                }
+            if g.raft.poll_timeout().is_some_and(|t| t <= env.now)
+                && let Err(e) = g.raft.handle_timeout(env)
+            {
+                tracing::error!(keyspace = name, error = %e, "raft step failed; group stopped");
+                g.broken = Some(e.to_string());
             }
             // A leader that is not the preferred one hands over once the preferred member holds
             // its whole log (a transfer stops proposals until it ends, so only then).
@@ -987,11 +973,7 @@ impl Primary {
                 return;
             }
         };
-        let mut renv = RaftEnv {
-            now: env.now,
-            storage: &mut *env.storage,
-        };
-        match g.raft.compact(&mut renv, applied, data) {
+        match g.raft.compact(env, applied, data) {
             Ok(()) => self.stats.compactions += 1,
             Err(e) => tracing::warn!(keyspace = name, error = %e, "compaction refused"),
         }
