@@ -42,6 +42,16 @@ pub struct RaftConfig {
     /// timeout steps down; followers then ignore vote requests while they hear from a leader
     /// (§4.2.3).
     pub check_quorum: bool,
+    /// Leader leases (thesis §6.4.1): the leader serves [`crate::Raft::lease_read`] without a
+    /// round of messages while a quorum acknowledged a heartbeat round it started less than
+    /// `election_timeout_min * (1 - lease_clock_drift)` ago. Safe because, with CheckQuorum,
+    /// a server that heard from the leader refuses votes for `election_timeout_min` (so no other
+    /// leader can exist before then), provided no server's clock runs slower than the leader's
+    /// by more than the drift bound. Requires `check_quorum`.
+    pub lease_reads: bool,
+    /// The largest rate difference between two servers' monotonic clocks the lease assumes, in
+    /// thousandths (50 = 5%; real clocks drift by ten-thousandths of that).
+    pub lease_clock_drift_permille: u32,
     /// The last index the application's durable state already reflects (0 if its state is
     /// volatile and rebuilt from snapshot and log). Raft emits committed entries after it.
     pub applied_index: LogIndex,
@@ -66,6 +76,8 @@ impl RaftConfig {
             appends_in_flight_max: 32,
             pre_vote: true,
             check_quorum: true,
+            lease_reads: false,
+            lease_clock_drift_permille: 50,
             applied_index: LogIndex::ZERO,
             bug_commit_without_majority: false,
         }
@@ -119,6 +131,12 @@ impl RaftConfig {
         if self.append_bytes_max == 0 {
             return Err(ConfigError::Zero("append_bytes_max"));
         }
+        if self.lease_reads && !self.check_quorum {
+            return Err(ConfigError::LeaseWithoutCheckQuorum);
+        }
+        if self.lease_clock_drift_permille >= 1000 {
+            return Err(ConfigError::LeaseDrift(self.lease_clock_drift_permille));
+        }
         Ok(())
     }
 }
@@ -144,6 +162,12 @@ pub enum ConfigError {
     },
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error(
+        "leader leases need check_quorum: without it nothing stops another election during a lease"
+    )]
+    LeaseWithoutCheckQuorum,
+    #[error("lease clock drift of {0} permille leaves no lease (below 1000 is required)")]
+    LeaseDrift(u32),
 }
 
 #[cfg(test)]

@@ -66,6 +66,9 @@ pub struct PrimaryConfig {
     pub forward_attempts_max: u8,
     /// Compact a group's log once this many entries were applied since its last snapshot.
     pub compact_every: u64,
+    /// Serve reads under the leader's lease when it holds one (no round of messages; see
+    /// [`RaftConfig::lease_reads`] for what it assumes of clocks), else by ReadIndex.
+    pub lease_reads: bool,
     /// Hand leadership to the keyspace's [`preferred_leader`] once it has caught up, so that
     /// leaders of different keyspaces spread across nodes.
     pub spread_leaders: bool,
@@ -84,6 +87,7 @@ impl Default for PrimaryConfig {
             request_timeout: Duration::from_secs(5),
             forward_attempts_max: 10,
             compact_every: 10_000,
+            lease_reads: false,
             spread_leaders: true,
             bug_local_reads: false,
         }
@@ -292,7 +296,10 @@ pub struct GroupInfo {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PrimaryStats {
     pub proposals: u64,
+    /// Reads confirmed by a ReadIndex round.
     pub reads: u64,
+    /// Reads served under the leader's lease.
+    pub lease_reads: u64,
     pub forwards_sent: u64,
     pub forwards_served: u64,
     pub not_leader: u64,
@@ -379,6 +386,7 @@ impl Primary {
         raft_config.election_timeout_max = self.config.election_timeout_max;
         raft_config.heartbeat_interval = self.config.heartbeat_interval;
         raft_config.applied_index = machine.applied();
+        raft_config.lease_reads = self.config.lease_reads;
         let raft = Raft::new(raft_config, env.storage, self.rng.fork(), env.now)
             .map_err(|e| e.to_string())?;
         tracing::info!(node = %self.id, keyspace = keyspace.name, ?voters, "primary-backup group started");
@@ -560,6 +568,22 @@ impl Primary {
         }
         match op {
             Op::Read { keys } if self.config.bug_local_reads => {
+                let records = keys
+                    .iter()
+                    .map(|k| g.machine.record(env.storage, k).map(ReadRecord::from))
+                    .collect::<Result<Vec<_>, _>>();
+                let outcome = match records {
+                    Ok(records) => Outcome::Read(records),
+                    Err(e) => Outcome::Storage(e.to_string()),
+                };
+                return self.respond(env, asker, outcome);
+            }
+            Op::Read { keys }
+                if g.raft
+                    .lease_read(env.now)
+                    .is_some_and(|index| g.machine.applied() >= index) =>
+            {
+                self.stats.lease_reads += 1;
                 let records = keys
                     .iter()
                     .map(|k| g.machine.record(env.storage, k).map(ReadRecord::from))

@@ -753,6 +753,8 @@ impl Simulation {
             heartbeat_interval: Duration::from_millis(50),
             request_timeout: CLIENT_TIMEOUT,
             compact_every: 500,
+            // Half the seeds read under leader leases, half by ReadIndex.
+            lease_reads: self.seed % 2 == 1,
             bug_local_reads: bug
                 && self.merged.as_ref().map(|m| m.clients.workload)
                     == Some(MergedWorkload::Registers),

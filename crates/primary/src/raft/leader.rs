@@ -12,6 +12,9 @@ use triarch_storage::{Storage, StorageError};
 /// intervals is probed again from the last index it acknowledged (its appends or their
 /// acknowledgements were lost).
 const REPLICATE_STALL_HEARTBEATS: u32 = 2;
+/// With leases: unacknowledged read rounds remembered (older ones can no longer extend a lease
+/// anyway: a lease lasts less than an election timeout, ten heartbeats by default).
+const ROUNDS_MAX: usize = 64;
 
 impl Raft {
     /// The largest value that a quorum of voters has reached: `own` for this server (if it
@@ -268,8 +271,13 @@ impl Raft {
 
     pub(super) fn start_read(&mut self, ctx: RequestId) {
         let commit = self.commit;
+        let now = self.now;
+        let leases = self.config.lease_reads;
         let lead = self.lead.as_mut().expect("only a leader serves reads");
         lead.read_seq += 1;
+        if leases {
+            lead.rounds.push_back((lead.read_seq, now));
+        }
         lead.reads.push_back(PendingRead {
             seq: lead.read_seq,
             ctx,
@@ -285,7 +293,19 @@ impl Raft {
             return;
         };
         let acked = self.quorum_agreed(lead.read_seq, |pr| pr.read_seq_acked);
+        // The lease: a quorum heard from this leader after the round it acknowledged started.
+        let lease = self.config.election_timeout_min.as_micros() as u64
+            * u64::from(1000 - self.config.lease_clock_drift_permille)
+            / 1000;
         let lead = self.lead.as_mut().expect("checked above");
+        let mut started = None;
+        while lead.rounds.front().is_some_and(|(seq, _)| *seq <= acked) {
+            started = lead.rounds.pop_front().map(|(_, at)| at);
+        }
+        if let Some(at) = started {
+            let until = at + std::time::Duration::from_micros(lease);
+            lead.lease_until = Some(lead.lease_until.map_or(until, |u| u.max(until)));
+        }
         while lead.reads.front().is_some_and(|r| r.seq <= acked) {
             let read = lead.reads.pop_front().expect("checked non-empty");
             self.outputs.push_back(Output::ReadReady {
@@ -316,8 +336,20 @@ impl Raft {
             / self.config.heartbeat_interval.as_micros())
         .max(2) as u32;
         let deadline = self.now + self.config.heartbeat_interval;
+        let now = self.now;
+        let leases = self.config.lease_reads;
         let lead = self.lead.as_mut().expect("only a leader beats");
         lead.heartbeat_deadline = deadline;
+        if leases {
+            // Every heartbeat is a round, so that the lease keeps being renewed without reads.
+            // A round that is never acknowledged cannot extend it; a bounded backlog of them is
+            // enough.
+            lead.read_seq += 1;
+            lead.rounds.push_back((lead.read_seq, now));
+            if lead.rounds.len() > ROUNDS_MAX {
+                lead.rounds.pop_front();
+            }
+        }
         for pr in lead.progress.values_mut() {
             pr.heartbeats_without_progress = pr.heartbeats_without_progress.saturating_add(1);
             let stalled = match pr.mode {
@@ -341,6 +373,10 @@ impl Raft {
         }
         self.broadcast_heartbeats();
         self.broadcast_appends();
+        if leases {
+            // A single-server group acknowledges its own rounds.
+            self.confirm_reads();
+        }
     }
 
     /// CheckQuorum (thesis §6.2): returns whether this server still leads.

@@ -143,6 +143,13 @@ struct LeaderState {
     replicate_pending: bool,
     /// A read round started since the last flush: send heartbeats.
     heartbeat_pending: bool,
+    /// With leases: when each unacknowledged read round (`read_seq`) started, oldest first.
+    rounds: VecDeque<(u64, Instant)>,
+    /// With leases: until when this leader may serve reads without a round of messages.
+    lease_until: Option<Instant>,
+    /// A leadership transfer was started in this term: a transfer's election does not wait for
+    /// the followers' election timeout, so leases are off for the rest of the term.
+    lease_revoked: bool,
 }
 
 /// One member of one Raft group, sans-IO.
@@ -172,6 +179,10 @@ pub struct Raft {
     term_leader: Option<NodeId>,
     /// When this server last heard from `leader`.
     leader_contact: Option<Instant>,
+    /// With leases: a restarted server may have acknowledged a leader's round before it
+    /// crashed, and has forgotten when; it refuses votes until this instant, one minimum
+    /// election timeout after its start, as if it had just heard from that leader.
+    votes_refused_until: Option<Instant>,
     /// The latest configuration in the log, and the index of the entry that set it.
     voters: BTreeSet<NodeId>,
     voters_index: LogIndex,
@@ -236,6 +247,9 @@ impl Raft {
             leader: None,
             term_leader: None,
             leader_contact: None,
+            votes_refused_until: config
+                .lease_reads
+                .then(|| now + config.election_timeout_min),
             voters,
             voters_index,
             votes: BTreeSet::new(),
@@ -480,6 +494,20 @@ impl Raft {
         Ok(())
     }
 
+    /// A read under the leader's lease (thesis §6.4.1, see [`RaftConfig::lease_reads`]): the
+    /// index the state machine must have applied to serve it, or `None` when this server holds
+    /// no valid lease (not the leader, no entry of its term committed yet, the lease expired, or
+    /// a leadership transfer started this term). Then use [`Raft::read_index`].
+    pub fn lease_read(&self, now: Instant) -> Option<LogIndex> {
+        let lead = self.lead.as_ref()?;
+        let valid = self.config.lease_reads
+            && !lead.lease_revoked
+            && lead.transfer.is_none()
+            && lead.lease_until.is_some_and(|until| now < until)
+            && self.log.term_at(self.commit) == Some(self.term);
+        valid.then_some(self.commit)
+    }
+
     /// Hands leadership to `to` (thesis §3.10): the leader stops accepting proposals, brings
     /// `to` up to date and tells it to start an election at once. Abandoned after an election
     /// timeout if `to` has not taken over.
@@ -499,6 +527,7 @@ impl Raft {
             return Err(TransferError::NotAVoter(to));
         };
         lead.transfer = Some(Transfer { to, deadline });
+        lead.lease_revoked = true;
         tracing::info!(
             node = %self.id, group = self.config.group, term = self.term.0, %to,
             "leadership transfer started"
@@ -763,6 +792,7 @@ impl Raft {
     /// the leader): PreVote (thesis §9.6) and vote requests (§4.2.3) are then refused.
     fn leader_recently_heard(&self) -> bool {
         self.role == Role::Leader
+            || self.votes_refused_until.is_some_and(|t| self.now < t)
             || (self.leader.is_some()
                 && self.leader_contact.is_some_and(|t| {
                     self.now.saturating_since(t) < self.config.election_timeout_min
@@ -963,6 +993,9 @@ impl Raft {
             transfer: None,
             replicate_pending: false,
             heartbeat_pending: false,
+            rounds: VecDeque::new(),
+            lease_until: None,
+            lease_revoked: false,
         });
         self.set_leader(Some(self.id));
         tracing::info!(

@@ -1114,3 +1114,115 @@ fn membership_4_2_2_a_leader_that_removes_itself_steps_down_once_the_change_comm
     c.deliver_all();
     assert_eq!(c.raft(2).commit_index(), index);
 }
+
+// ----- Thesis §6.4.1 leader leases -----
+
+fn leases(config: &mut RaftConfig) {
+    config.check_quorum = true;
+    config.pre_vote = true;
+    config.lease_reads = true;
+}
+
+/// Thesis §6.4.1: once a majority acknowledged a heartbeat round, the leader may serve reads
+/// without a round of its own until `election_timeout_min * (1 - drift)` after that round
+/// started; after that the lease has lapsed until another round is acknowledged.
+#[test]
+fn lease_6_4_1_a_leader_serves_reads_for_less_than_an_election_timeout_after_an_acknowledged_round()
+{
+    let mut c = Cluster::with(3, leases);
+    // A restarted server may have acknowledged an old leader's round: nobody votes during the
+    // first minimum election timeout (here every server just started).
+    c.advance(Duration::from_millis(100));
+    c.elect(1);
+    assert_eq!(
+        c.raft(1).lease_read(c.now),
+        None,
+        "no round acknowledged yet"
+    );
+    c.heartbeat(1);
+    let started = c.now;
+    let commit = c.raft(1).commit_index();
+    assert_eq!(c.raft(1).lease_read(c.now), Some(commit));
+    // 100 ms minimum election timeout, 5% drift: the lease ends 95 ms after the round began.
+    assert_eq!(
+        c.raft(1).lease_read(started + Duration::from_millis(94)),
+        Some(commit)
+    );
+    assert_eq!(
+        c.raft(1).lease_read(started + Duration::from_millis(95)),
+        None
+    );
+    assert_eq!(c.raft(2).lease_read(c.now), None, "followers hold no lease");
+}
+
+/// A leader cut off from its quorum keeps its lease only until it lapses: no round it starts
+/// is acknowledged.
+#[test]
+fn lease_6_4_1_a_partitioned_leader_s_lease_lapses() {
+    let mut c = Cluster::with(3, leases);
+    c.advance(Duration::from_millis(100));
+    c.elect(1);
+    c.heartbeat(1);
+    c.isolate(1);
+    for _ in 0..6 {
+        c.heartbeat(1);
+    }
+    assert_eq!(c.raft(1).lease_read(c.now), None);
+}
+
+/// A leadership transfer makes the target campaign at once, without waiting out the followers'
+/// election timeouts: the lease must end when the transfer starts.
+#[test]
+fn lease_6_4_1_a_transfer_revokes_the_lease_for_the_rest_of_the_term() {
+    let mut c = Cluster::with(3, leases);
+    c.advance(Duration::from_millis(100));
+    c.elect(1);
+    c.heartbeat(1);
+    assert!(c.raft(1).lease_read(c.now).is_some());
+    c.step(1, |raft, env| {
+        raft.transfer_leadership(env.now, n(2)).unwrap()
+    });
+    assert_eq!(c.raft(1).lease_read(c.now), None);
+    c.drop_where(|_| true);
+    c.advance(Duration::from_millis(300));
+    c.fire(1); // the transfer times out; the leader stays
+    c.heartbeat(1);
+    assert!(c.raft(1).is_leader());
+    assert_eq!(c.raft(1).lease_read(c.now), None, "not again in this term");
+}
+
+/// The restarted server of §6.4.1's argument: it refuses votes for a minimum election timeout
+/// after its start, so a leader whose round it acknowledged before crashing keeps its lease.
+#[test]
+fn lease_6_4_1_a_restarted_server_refuses_votes_for_an_election_timeout() {
+    let mut c = Cluster::with(3, leases);
+    c.advance(Duration::from_millis(100));
+    c.elect(1);
+    c.heartbeat(1);
+    c.crash(2);
+    c.restart(2);
+    c.drop_where(|_| true);
+    let ask = |c: &mut Cluster| {
+        let term = c.raft(2).term().next();
+        let (last_index, last_term) = (c.raft(1).last_index(), c.raft(1).last_term());
+        let request = crate::Message {
+            term,
+            kind: MessageKind::RequestVote {
+                last_index,
+                last_term,
+                transfer: false,
+            },
+        };
+        c.step(2, |raft, env| {
+            raft.handle_message(env, n(3), request).unwrap()
+        });
+        let granted = c.in_flight.iter().any(|e| {
+            e.from == n(2) && matches!(e.message.kind, MessageKind::VoteResponse { granted: true })
+        });
+        c.drop_where(|_| true);
+        granted
+    };
+    assert!(!ask(&mut c), "refused within the minimum election timeout");
+    c.advance(Duration::from_millis(100));
+    assert!(ask(&mut c), "granted after it");
+}
