@@ -93,6 +93,10 @@ impl Message {
         // request like `Write`, and `Ping`/`Pong` carry nothing; a `HintedMerge` carries dots
         // like `Merge`; the fallback's and the owner's answers (`HintRefused`, `HandoffAck`)
         // and the hints it hands off wait, like every other answer.
+        // Anti-entropy (`triarch_leaderless::anti_entropy`): an initiator's `TreeHashes` and
+        // `KeyHashes` are requests carrying only hashes; every answer (`TreeDiff`, `KeyDiff`,
+        // `ExchangeRefused`) and every message carrying values (`KeyDiff`, `KeyValues`: states
+        // may hold dots issued in this batch) waits.
         match self {
             Message::Leaderless(
                 L::Write { .. }
@@ -101,7 +105,9 @@ impl Message {
                 | L::ReadState { .. }
                 | L::HintedWrite { .. }
                 | L::Ping
-                | L::Pong,
+                | L::Pong
+                | L::TreeHashes { .. }
+                | L::KeyHashes { .. },
             ) => true,
             Message::Leaderless(
                 L::WriteAck { .. }
@@ -115,7 +121,11 @@ impl Message {
                 | L::HintedMerge { .. }
                 | L::HintRefused { .. }
                 | L::Handoff { .. }
-                | L::HandoffAck { .. },
+                | L::HandoffAck { .. }
+                | L::TreeDiff { .. }
+                | L::KeyDiff { .. }
+                | L::KeyValues { .. }
+                | L::ExchangeRefused { .. },
             ) => false,
             Message::Catalog(_) => false,
             Message::Primary(m) => m.may_precede_sync(),
@@ -126,8 +136,29 @@ impl Message {
 /// What the node asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Send { to: NodeId, message: Message },
-    Reply { request: RequestId, reply: Reply },
+    Send {
+        to: NodeId,
+        message: Message,
+    },
+    /// `early`: the reply vouches for nothing this node has only staged (a primary-backup
+    /// outcome of entries committed on a quorum of durable logs), so it may leave before the
+    /// batch's sync.
+    Reply {
+        request: RequestId,
+        reply: Reply,
+        early: bool,
+    },
+}
+
+impl Output {
+    /// Whether the driver may release this output before the writes staged in its batch are
+    /// durable (see [`Message::may_precede_sync`] and `Reply::early`).
+    pub fn may_precede_sync(&self) -> bool {
+        match self {
+            Output::Send { message, .. } => message.may_precede_sync(),
+            Output::Reply { early, .. } => *early,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -417,7 +448,11 @@ impl<S: Storage> Node<S> {
     }
 
     fn reply(&mut self, request: RequestId, reply: Reply) {
-        self.outputs.push_back(Output::Reply { request, reply });
+        self.outputs.push_back(Output::Reply {
+            request,
+            reply,
+            early: false,
+        });
     }
 
     fn fail(&mut self, request: RequestId, error: RequestError) {
@@ -775,6 +810,7 @@ impl<S: Storage> Node<S> {
                     Output::Reply {
                         request,
                         reply: shaped(outcome, shape),
+                        early: false,
                     }
                 }
             };

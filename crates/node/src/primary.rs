@@ -200,7 +200,11 @@ impl<S: Storage> Node<S> {
                     to,
                     message: Message::Primary(message),
                 },
-                Effect::Reply { request, outcome } => {
+                Effect::Reply {
+                    request,
+                    outcome,
+                    early,
+                } => {
                     let (shape, keyspace) = self
                         .pb_shapes
                         .remove(&request)
@@ -208,6 +212,7 @@ impl<S: Storage> Node<S> {
                     Output::Reply {
                         request,
                         reply: primary_reply(outcome, shape, keyspace),
+                        early,
                     }
                 }
             };

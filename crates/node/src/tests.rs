@@ -28,6 +28,7 @@ fn call(node: &mut Node<SimDisk>, req: Request) -> Reply {
         if let Output::Reply {
             request: RequestId(9),
             reply: r,
+            ..
         } = o
         {
             reply = Some(r);

@@ -180,23 +180,29 @@ pub enum Message {
         origin: Origin,
         op: Op,
     },
-    /// The outcome of the origin's request `seq` of incarnation `incarnation`.
+    /// The outcome of the origin's request `seq` of incarnation `incarnation`. `early`: it
+    /// vouches only for entries committed on a quorum of durable logs (see
+    /// [`Message::may_precede_sync`]).
     ForwardReply {
         incarnation: HlcTimestamp,
         seq: u64,
         outcome: Outcome,
+        early: bool,
     },
 }
 
 impl Message {
     /// Whether the message may leave before the batch's staged writes are durable: the Raft
     /// core's rule for its messages. A forward names the origin's incarnation, unique only once
-    /// the clock ceiling staged at start is durable, and a reply vouches for applied state: both
-    /// wait.
+    /// the clock ceiling staged at start is durable: it waits. A reply of a group of two or more
+    /// voters vouches only for entries committed on a quorum of durable logs (whatever this
+    /// node's apply staged can be redone from its log): it may leave at once, which takes the
+    /// apply batch's fsync off the write's path.
     pub fn may_precede_sync(&self) -> bool {
         match self {
             Message::Raft { message, .. } => message.may_precede_sync(),
-            Message::Forward { .. } | Message::ForwardReply { .. } => false,
+            Message::Forward { .. } => false,
+            Message::ForwardReply { early, .. } => *early,
         }
     }
 }
@@ -208,9 +214,12 @@ pub enum Effect {
         to: NodeId,
         message: Message,
     },
+    /// `early`: the outcome may reach the client before this node's batch is durable (see
+    /// [`Message::may_precede_sync`]).
     Reply {
         request: RequestId,
         outcome: Outcome,
+        early: bool,
     },
 }
 
@@ -518,7 +527,7 @@ impl Primary {
                         .map(|v| v.iter().copied().filter(|m| *m != self.id).collect())
                         .unwrap_or_default();
                     if voters.is_empty() {
-                        self.finish(seq, Outcome::Unavailable { leader: None });
+                        self.finish(seq, Outcome::Unavailable { leader: None }, true);
                         return;
                     }
                     Some(voters[self.rng.below(voters.len() as u64) as usize])
@@ -534,7 +543,7 @@ impl Primary {
                 let p = self.pending.get_mut(&seq).expect("present");
                 p.attempts += 1;
                 if p.attempts > self.config.forward_attempts_max {
-                    self.finish(seq, Outcome::Unavailable { leader: Some(to) });
+                    self.finish(seq, Outcome::Unavailable { leader: Some(to) }, true);
                     return;
                 }
                 p.forwarded_to = Some(to);
@@ -560,11 +569,11 @@ impl Primary {
         op: Op,
     ) {
         let Some(g) = self.groups.get_mut(name) else {
-            return self.respond(env, asker, Outcome::NotLeader { leader: None });
+            return self.respond(env, name, asker, Outcome::NotLeader { leader: None });
         };
         if let Some(e) = &g.broken {
             let e = e.clone();
-            return self.respond(env, asker, Outcome::Storage(e));
+            return self.respond(env, name, asker, Outcome::Storage(e));
         }
         match op {
             Op::Read { keys } if self.config.bug_local_reads => {
@@ -576,7 +585,7 @@ impl Primary {
                     Ok(records) => Outcome::Read(records),
                     Err(e) => Outcome::Storage(e.to_string()),
                 };
-                return self.respond(env, asker, outcome);
+                return self.respond(env, name, asker, outcome);
             }
             Op::Read { keys }
                 if g.raft
@@ -592,7 +601,7 @@ impl Primary {
                     Ok(records) => Outcome::Read(records),
                     Err(e) => Outcome::Storage(e.to_string()),
                 };
-                return self.respond(env, asker, outcome);
+                return self.respond(env, name, asker, outcome);
             }
             Op::Read { keys } => {
                 let ctx = RequestId(self.next_ctx);
@@ -610,7 +619,7 @@ impl Primary {
                         );
                     }
                     Err(crate::ReadError::NotLeader { leader }) => {
-                        return self.respond(env, asker, Outcome::NotLeader { leader });
+                        return self.respond(env, name, asker, Outcome::NotLeader { leader });
                     }
                 }
             }
@@ -638,16 +647,16 @@ impl Primary {
                         );
                     }
                     Err(crate::ProposeError::NotLeader { leader }) => {
-                        return self.respond(env, asker, Outcome::NotLeader { leader });
+                        return self.respond(env, name, asker, Outcome::NotLeader { leader });
                     }
                     Err(crate::ProposeError::TransferInProgress { .. }) => {
                         // Leadership is moving: ask again once it has (a heartbeat later),
                         // rather than chase a member that does not lead yet.
-                        return self.respond(env, asker, Outcome::NotLeader { leader: None });
+                        return self.respond(env, name, asker, Outcome::NotLeader { leader: None });
                     }
                     Err(crate::ProposeError::Storage(e)) => {
                         g.broken = Some(e.to_string());
-                        return self.respond(env, asker, Outcome::Storage(e.to_string()));
+                        return self.respond(env, name, asker, Outcome::Storage(e.to_string()));
                     }
                 }
             }
@@ -655,10 +664,26 @@ impl Primary {
         self.drain(env, name);
     }
 
-    /// Delivers an outcome to whoever waits for it.
-    fn respond<S: Storage>(&mut self, env: &mut Env<'_, S>, asker: Asker, outcome: Outcome) {
+    /// Whether outcomes of `group` computed here may leave before this node's batch is durable:
+    /// they reflect only entries committed on a quorum of durable logs, which a quorum of two
+    /// or more guarantees (a follower acknowledges an entry only after the leader sent it, and
+    /// the leader sends it only once its own copy is durable). A single voter commits what it
+    /// has merely staged, so its outcomes wait for its sync.
+    fn early_safe(&self, group: &str) -> bool {
+        self.groups.get(group).is_some_and(|g| g.voters.len() >= 2)
+    }
+
+    /// Delivers an outcome of `group` to whoever waits for it.
+    fn respond<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        group: &str,
+        asker: Asker,
+        outcome: Outcome,
+    ) {
+        let early = self.early_safe(group);
         match asker {
-            Asker::Local(seq) => self.local_outcome(env, seq, outcome),
+            Asker::Local(seq) => self.local_outcome(env, seq, outcome, early),
             Asker::Remote {
                 node,
                 incarnation,
@@ -669,6 +694,7 @@ impl Primary {
                     incarnation,
                     seq,
                     outcome,
+                    early,
                 },
             }),
         }
@@ -676,7 +702,13 @@ impl Primary {
 
     /// An outcome for this node's own request `seq`: a redirect is followed, anything else
     /// answers the client.
-    fn local_outcome<S: Storage>(&mut self, env: &mut Env<'_, S>, seq: u64, outcome: Outcome) {
+    fn local_outcome<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        seq: u64,
+        outcome: Outcome,
+        early: bool,
+    ) {
         let Some(p) = self.pending.get(&seq) else {
             return;
         };
@@ -702,11 +734,13 @@ impl Primary {
                     }
                 }
             }
-            outcome => self.finish(seq, outcome),
+            outcome => self.finish(seq, outcome, early),
         }
     }
 
-    fn finish(&mut self, seq: u64, outcome: Outcome) {
+    /// Answers the client of request `seq`. `early`: the outcome vouches for nothing this node
+    /// has only staged (see [`Primary::early_safe`]).
+    fn finish(&mut self, seq: u64, outcome: Outcome, early: bool) {
         if let Some(p) = self.pending.remove(&seq) {
             if outcome == Outcome::Timeout {
                 self.stats.timeouts += 1;
@@ -714,6 +748,7 @@ impl Primary {
             self.effects.push_back(Effect::Reply {
                 request: p.request,
                 outcome,
+                early,
             });
         }
     }
@@ -747,11 +782,11 @@ impl Primary {
                     Some(g) if g.raft.is_leader() => self.serve(env, &group, asker, origin, op),
                     Some(g) => {
                         let leader = g.raft.leader();
-                        self.respond(env, asker, Outcome::NotLeader { leader });
+                        self.respond(env, &group, asker, Outcome::NotLeader { leader });
                     }
                     None => {
                         let leader = self.hints.get(&group).copied();
-                        self.respond(env, asker, Outcome::NotLeader { leader });
+                        self.respond(env, &group, asker, Outcome::NotLeader { leader });
                     }
                 }
             }
@@ -759,9 +794,10 @@ impl Primary {
                 incarnation,
                 seq,
                 outcome,
+                early,
             } => {
                 if incarnation == self.incarnation {
-                    self.local_outcome(env, seq, outcome);
+                    self.local_outcome(env, seq, outcome, early);
                 }
             }
         }
@@ -814,7 +850,7 @@ impl Primary {
             .map(|(seq, _)| *seq)
             .collect();
         for seq in expired {
-            self.finish(seq, Outcome::Timeout);
+            self.finish(seq, Outcome::Timeout, true);
         }
         // Forwards unanswered for an election timeout: the member may be down or partitioned
         // away. Forward again (the machine's sessions make a second copy harmless), to a fresh
@@ -894,11 +930,11 @@ impl Primary {
                         Ok(records) => Outcome::Read(records),
                         Err(e) => Outcome::Storage(e.to_string()),
                     };
-                    self.respond(env, job.asker, outcome);
+                    self.respond(env, name, job.asker, outcome);
                 }
                 RaftOutput::ReadFailed { ctx, leader } => {
                     if let Some(job) = g.reads.remove(&ctx) {
-                        self.respond(env, job.asker, Outcome::NotLeader { leader });
+                        self.respond(env, name, job.asker, Outcome::NotLeader { leader });
                     }
                 }
                 RaftOutput::LeaderChanged { leader, .. } => {
@@ -963,12 +999,12 @@ impl Primary {
         if let Some(mine) = mine {
             if proposal.as_ref().map(|p| p.origin) == Some(mine.origin) {
                 if applied != Applied::Duplicate {
-                    self.respond(env, mine.asker, Outcome::Applied(applied.clone()));
+                    self.respond(env, name, mine.asker, Outcome::Applied(applied.clone()));
                 }
             } else {
                 // Another entry won this index: ours was lost to a leader change and can no
                 // longer commit.
-                self.respond(env, mine.asker, Outcome::NotLeader { leader });
+                self.respond(env, name, mine.asker, Outcome::NotLeader { leader });
             }
         }
         if let Some(p) = proposal
@@ -976,7 +1012,8 @@ impl Primary {
             && p.origin.incarnation == self.incarnation
             && applied != Applied::Duplicate
         {
-            self.finish(p.origin.seq, Outcome::Applied(applied));
+            let early = self.early_safe(name);
+            self.finish(p.origin.seq, Outcome::Applied(applied), early);
         }
     }
 

@@ -51,6 +51,13 @@ const SESSION: u8 = b's';
 const APPLIED: &[u8] = b"a";
 /// The last entry's [`Redo`] record.
 const REDO: &[u8] = b"p";
+
+/// Whether a row of a keyspace's table is part of the replicated state (every voter holds the
+/// same rows at the same applied index), rather than one member's recovery bookkeeping (the
+/// redo record of the last entry it applied itself, absent after a snapshot restore).
+pub fn is_replicated_row(key: &[u8]) -> bool {
+    key != REDO
+}
 /// Rows per storage scan when snapshotting or clearing.
 const SCAN_CHUNK: usize = 1024;
 

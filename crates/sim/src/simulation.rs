@@ -212,6 +212,11 @@ pub struct Simulation {
     /// their read repair.
     records_before_final_reads: Option<ReplicaRecords>,
     states_before_final_reads: Option<ReplicaStates>,
+    // ---- anti-entropy (added for `tests/anti_entropy.rs`; see `Simulation::anti_entropy_only`) ----
+    /// Nodes run anti-entropy as `leaderless_config` says, and no client reads anything after
+    /// the final heal, so that convergence must come from anti-entropy alone. Every other run
+    /// switches anti-entropy off: it would repair, and so hide, what their planted bugs break.
+    anti_entropy_only: bool,
 }
 
 impl Simulation {
@@ -219,7 +224,7 @@ impl Simulation {
     /// independent streams per concern (network, nemesis, clients, nodes, disks) so that a change
     /// to one concern's use of randomness leaves the others' choices alone.
     pub fn new(seed: u64, options: &SimOptions) -> Self {
-        Simulation::build(seed, options, None, None)
+        Simulation::build(seed, options, None, None, false)
     }
 
     /// A run of the register workload (`workload: None`) or of a CRDT workload whose nodes all
@@ -233,7 +238,25 @@ impl Simulation {
         workload: Option<MergedWorkload>,
         config: LeaderlessConfig,
     ) -> Self {
-        Simulation::build(seed, options, workload, Some(config))
+        Simulation::build(seed, options, workload, Some(config), false)
+    }
+
+    /// A run of the register workload (`workload: None`) or of a CRDT workload whose nodes run
+    /// the leaderless engine with `config`, anti-entropy as `config.anti_entropy` says, and in
+    /// which no client reads anything after the final heal: the final reads are skipped, so
+    /// replicas that missed writes converge through anti-entropy or not at all. The report's
+    /// convergence checker judges the replicas at the end (the final heal plus [`SETTLE`] plus
+    /// [`FINAL_READ_SETTLE`]); [`Simulation::records_before_final_reads`] (or
+    /// [`Simulation::states_before_final_reads`]) holds them [`SETTLE`] after the final heal.
+    /// `options.planted_bug` is ignored, as for [`Simulation::with_leaderless_config`]. Added for
+    /// `tests/anti_entropy.rs`.
+    pub fn anti_entropy_only(
+        seed: u64,
+        options: &SimOptions,
+        workload: Option<MergedWorkload>,
+        config: LeaderlessConfig,
+    ) -> Self {
+        Simulation::build(seed, options, workload, Some(config), true)
     }
 
     /// Every replica's record of every key when the final reads began: after the final heal
@@ -277,7 +300,7 @@ impl Simulation {
     /// same options; `options.planted_bug` plants the workload's own bug (see
     /// [`crate::run_merged_seed`]).
     pub fn new_merged(seed: u64, options: &SimOptions, workload: MergedWorkload) -> Self {
-        Simulation::build(seed, options, Some(workload), None)
+        Simulation::build(seed, options, Some(workload), None, false)
     }
 
     fn build(
@@ -285,6 +308,7 @@ impl Simulation {
         options: &SimOptions,
         merged: Option<MergedWorkload>,
         leaderless_config: Option<LeaderlessConfig>,
+        anti_entropy_only: bool,
     ) -> Self {
         options
             .validate()
@@ -398,6 +422,7 @@ impl Simulation {
             leaderless_config,
             records_before_final_reads: None,
             states_before_final_reads: None,
+            anti_entropy_only,
         };
         let network = sim.network.describe();
         sim.log(format!("start: {} nodes, {network}", options.nodes));
@@ -574,7 +599,10 @@ impl Simulation {
                 HostState::Up(n) => n.storage().scan(&table, &[], usize::MAX),
                 HostState::Down(disk) => disk.scan(&table, &[], usize::MAX),
             }
-            .expect("SimDisk reads do not fail");
+            .expect("SimDisk reads do not fail")
+            .into_iter()
+            .filter(|(k, _)| triarch_primary::machine::is_replicated_row(k))
+            .collect();
             out.insert(node, rows);
         }
         out
@@ -763,6 +791,10 @@ impl Simulation {
         if let Some(leaderless) = &self.leaderless_config {
             config.leaderless = leaderless.clone(); // `with_leaderless_config`
         }
+        // Anti-entropy only where asked for (`anti_entropy_only`): see the field.
+        if !self.anti_entropy_only {
+            config.leaderless.anti_entropy.enabled = false;
+        }
         if let Some(run) = &self.merged {
             config.keyspaces.push(run.clients.workload.keyspace());
         }
@@ -862,9 +894,8 @@ impl Simulation {
     /// Coordinator requests to replicas (`Message::may_precede_sync`) leave at once, as in the
     /// server: they vouch for nothing on this node's disk.
     fn after_step(&mut self, id: NodeId, outputs: Vec<Output>) {
-        let (early, outputs): (Vec<Output>, Vec<Output>) = outputs
-            .into_iter()
-            .partition(|o| matches!(o, Output::Send { message, .. } if message.may_precede_sync()));
+        let (early, outputs): (Vec<Output>, Vec<Output>) =
+            outputs.into_iter().partition(Output::may_precede_sync);
         if !early.is_empty() {
             self.release(id, early);
         }
@@ -959,7 +990,7 @@ impl Simulation {
                         self.schedule(second, Event::Deliver { from, to, message });
                     }
                 },
-                Output::Reply { request, reply } => self.on_reply(request, reply),
+                Output::Reply { request, reply, .. } => self.on_reply(request, reply),
             }
         }
     }
@@ -1226,6 +1257,17 @@ impl Simulation {
     /// Reads every key through every node. Besides checking for lost writes, these reads repair
     /// every replica that missed a write, which the convergence check then requires.
     fn final_reads(&mut self) {
+        if self.anti_entropy_only {
+            // No client reads after the final heal (`anti_entropy_only`): snapshot, then wait.
+            self.phase = Phase::FinalReads;
+            if self.merged.is_some() {
+                self.states_before_final_reads = Some(self.replica_states());
+            } else {
+                self.records_before_final_reads = Some(self.replica_records());
+            }
+            self.schedule(FINAL_READ_SETTLE, Event::Finish);
+            return;
+        }
         if self.merged.is_some() {
             // For `tests/sloppy.rs`: what hinted handoff alone left on the replicas.
             self.states_before_final_reads = Some(self.replica_states());

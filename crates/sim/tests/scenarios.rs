@@ -60,7 +60,7 @@ impl Cluster {
         for o in outputs {
             match o {
                 Output::Send { to, message } => self.in_flight.push_back((id, to, message)),
-                Output::Reply { request, reply } => self.replies.push((request, reply)),
+                Output::Reply { request, reply, .. } => self.replies.push((request, reply)),
             }
         }
     }

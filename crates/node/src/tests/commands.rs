@@ -70,6 +70,7 @@ impl Cluster {
                 Output::Reply {
                     request: r,
                     reply: rep,
+                    ..
                 } if r == request => reply = Some(rep),
                 Output::Reply { .. } => {}
             }

@@ -17,6 +17,8 @@ struct Cluster {
     now_micros: u64,
     /// Every message delivered, for tests that replay one.
     delivered: Vec<(NodeId, NodeId, Message)>,
+    /// A node whose outputs [`Cluster::drain`] leaves alone.
+    keep: Option<NodeId>,
 }
 
 fn b(s: &str) -> Bytes {
@@ -35,6 +37,7 @@ impl Cluster {
             next_request: 1,
             now_micros: 0,
             delivered: Vec::new(),
+            keep: None,
         };
         c.nodes = (0..size).map(|_| None).collect();
         for i in 1..=size {
@@ -79,10 +82,13 @@ impl Cluster {
             return;
         };
         node.storage_mut().sync().unwrap();
+        if self.keep == Some(id) {
+            return;
+        }
         while let Some(o) = node.poll_output() {
             match o {
                 Output::Send { to, message } => self.in_flight.push_back((id, to, message)),
-                Output::Reply { request, reply } => self.replies.push((id, request, reply)),
+                Output::Reply { request, reply, .. } => self.replies.push((id, request, reply)),
             }
         }
         node.check_invariants();
@@ -548,4 +554,59 @@ fn a_duplicated_forward_applies_once() {
         .stats();
     assert_eq!(stats.proposals, 2, "the duplicate was proposed again");
     assert!(stats.duplicates >= 1, "{stats:?}");
+}
+
+/// A reply vouching for entries committed on a quorum of two or more durable logs may leave
+/// before the batch's sync; a single voter commits what it has only staged, so its replies wait.
+#[test]
+fn replies_leave_before_the_sync_only_when_a_quorum_of_other_logs_holds_the_entry() {
+    let early_of_set = |size: u32| {
+        let mut c = Cluster::new(size);
+        c.call(
+            1,
+            Request::CreateKeyspace(spec("balance", Model::PrimaryBackup)),
+        );
+        let leader = settle_on_preferred(&mut c, "balance");
+        c.keep = Some(leader);
+        let request = c.submit(
+            leader.0,
+            Request::Set {
+                key: b("balance:k"),
+                value: b("1"),
+                w: None,
+            },
+        );
+        // Run the cluster by hand, recording whether the reply was marked early.
+        let deadline = c.now_micros + 5_000_000;
+        loop {
+            let node = c.nodes[leader.0 as usize - 1].as_mut().unwrap();
+            let mut early = None;
+            let mut rest = Vec::new();
+            while let Some(o) = node.poll_output() {
+                match o {
+                    Output::Reply {
+                        request: r,
+                        early: e,
+                        ..
+                    } if r == request => early = Some(e),
+                    o => rest.push(o),
+                }
+            }
+            for o in rest {
+                if let Output::Send { to, message } = o {
+                    c.in_flight.push_back((leader, to, message));
+                }
+            }
+            if let Some(e) = early {
+                return e;
+            }
+            if let Some(reply) = c.reply_to(request) {
+                panic!("answered without its early flag being seen: {reply:?}");
+            }
+            assert!(c.now_micros < deadline, "unanswered");
+            c.step();
+        }
+    };
+    assert!(early_of_set(3), "three voters: early");
+    assert!(!early_of_set(1), "one voter: after the sync");
 }
