@@ -9,9 +9,15 @@
 //! ## Durability contract with the driver (persist-then-send)
 //!
 //! Steps stage storage writes. After a batch of steps the driver calls `storage_mut().sync()`
-//! once, and only after it succeeds releases the outputs produced by that batch. Nothing the node
-//! acknowledges can therefore be lost by a crash. If a sync fails the driver must not release the
-//! batch's outputs and must stop the node (it cannot know which staged writes survived).
+//! once, and only after it succeeds releases the outputs produced by that batch, except those for
+//! which [`Output::may_precede_sync`] holds. Nothing the node acknowledges can therefore be lost
+//! by a crash. If a sync fails the driver must not release the batch's outputs and must stop the
+//! node (it cannot know which staged writes survived).
+//!
+//! The driver also tells the node what each sync covered: it takes [`Node::sync_point`] when the
+//! sync starts (everything staged until then is in it) and calls [`Node::synced`] with it once
+//! the sync has finished. That is a step like any other; primary-backup leaders, which send
+//! their entries before their own copy is durable, count that copy toward a commit only then.
 //!
 //! ## Routing
 //!
@@ -132,6 +138,10 @@ impl Message {
         }
     }
 }
+
+/// What one sync covers (see [`Node::sync_point`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncPoint(triarch_primary::engine::SyncPoints);
 
 /// What the node asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -410,6 +420,23 @@ impl<S: Storage> Node<S> {
     /// Operations this node coordinates that have not finished.
     pub fn in_flight(&self) -> usize {
         self.leaderless.in_flight() + self.primary.in_flight()
+    }
+
+    /// What a sync that starts now will make durable (the driver calls [`Node::synced`] with it
+    /// once that sync has finished).
+    pub fn sync_point(&self) -> SyncPoint {
+        SyncPoint(self.primary.sync_point())
+    }
+
+    /// The sync started at `point` finished. A step: it may produce outputs (a primary-backup
+    /// leader counts its own copy of entries toward committing them only once they are durable).
+    pub fn synced(&mut self, now: Now, point: SyncPoint) {
+        let mut env = triarch_primary::engine::Env {
+            now: now.instant,
+            storage: &mut self.storage,
+        };
+        self.primary.synced(&mut env, point.0);
+        self.drain_primary();
     }
 
     /// The primary-backup engine (Raft groups, counters).

@@ -42,6 +42,13 @@ pub struct RaftConfig {
     /// timeout steps down; followers then ignore vote requests while they hear from a leader
     /// (§4.2.3).
     pub check_quorum: bool,
+    /// Thesis §10.2.1: the leader sends appends before its own copy of the entries is durable,
+    /// and counts itself toward a commit quorum only up to what the driver reported durable
+    /// ([`crate::Raft::mark_durable`]). The leader's fsync and the followers' then overlap, and
+    /// a commit always means a quorum of durable copies, the leader's included when it counts.
+    /// The driver must call `mark_durable` after each sync, and may then release `Append`
+    /// messages before the sync (see [`crate::Message::may_precede_sync_parallel`]).
+    pub parallel_append: bool,
     /// Leader leases (thesis §6.4.1): the leader serves [`crate::Raft::lease_read`] without a
     /// round of messages while a quorum acknowledged a heartbeat round it started less than
     /// `election_timeout_min * (1 - lease_clock_drift)` ago. Safe because, with CheckQuorum,
@@ -76,6 +83,7 @@ impl RaftConfig {
             appends_in_flight_max: 32,
             pre_vote: true,
             check_quorum: true,
+            parallel_append: false,
             lease_reads: false,
             lease_clock_drift_permille: 50,
             applied_index: LogIndex::ZERO,

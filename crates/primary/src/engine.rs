@@ -169,6 +169,10 @@ impl From<Record> for ReadRecord {
     }
 }
 
+/// Every group's [`crate::SyncPoint`]: what one sync covers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncPoints(BTreeMap<String, crate::SyncPoint>);
+
 /// What primary-backup members say to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -200,7 +204,7 @@ impl Message {
     /// apply batch's fsync off the write's path.
     pub fn may_precede_sync(&self) -> bool {
         match self {
-            Message::Raft { message, .. } => message.may_precede_sync(),
+            Message::Raft { message, .. } => message.may_precede_sync_parallel(),
             Message::Forward { .. } => false,
             Message::ForwardReply { early, .. } => *early,
         }
@@ -396,6 +400,7 @@ impl Primary {
         raft_config.heartbeat_interval = self.config.heartbeat_interval;
         raft_config.applied_index = machine.applied();
         raft_config.lease_reads = self.config.lease_reads;
+        raft_config.parallel_append = true;
         let raft = Raft::new(raft_config, env.storage, self.rng.fork(), env.now)
             .map_err(|e| e.to_string())?;
         tracing::info!(node = %self.id, keyspace = keyspace.name, ?voters, "primary-backup group started");
@@ -665,12 +670,37 @@ impl Primary {
     }
 
     /// Whether outcomes of `group` computed here may leave before this node's batch is durable:
-    /// they reflect only entries committed on a quorum of durable logs, which a quorum of two
-    /// or more guarantees (a follower acknowledges an entry only after the leader sent it, and
-    /// the leader sends it only once its own copy is durable). A single voter commits what it
-    /// has merely staged, so its outcomes wait for its sync.
-    fn early_safe(&self, group: &str) -> bool {
-        self.groups.get(group).is_some_and(|g| g.voters.len() >= 2)
+    /// they reflect only entries committed on a quorum of durable logs (groups run in
+    /// [`RaftConfig::parallel_append`] mode: a leader counts itself toward a commit only once
+    /// the driver reported its copy durable), so whatever this node's apply staged can be redone
+    /// from its log. Reads reflect the same committed entries.
+    fn early_safe(&self, _group: &str) -> bool {
+        true
+    }
+
+    /// What the sync that starts now covers of every group's log.
+    pub fn sync_point(&self) -> SyncPoints {
+        SyncPoints(
+            self.groups
+                .iter()
+                .map(|(name, g)| (name.clone(), g.raft.sync_point()))
+                .collect(),
+        )
+    }
+
+    /// The sync that started at `points` finished: leaders may count their own copies of those
+    /// entries toward committing them.
+    pub fn synced<S: Storage>(&mut self, env: &mut Env<'_, S>, points: SyncPoints) {
+        for (name, point) in points.0 {
+            let Some(g) = self.groups.get_mut(&name) else {
+                continue;
+            };
+            if g.broken.is_some() {
+                continue;
+            }
+            g.raft.mark_durable(env.now, point);
+            self.drain(env, &name);
+        }
     }
 
     /// Delivers an outcome of `group` to whoever waits for it.

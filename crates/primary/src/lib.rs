@@ -111,7 +111,7 @@ pub use error::{
 };
 pub use message::{AppendOutcome, Message, MessageKind};
 pub use persist::FORMAT_VERSION;
-pub use raft::{Env, MembershipChange, Output, Raft, Role};
+pub use raft::{Env, MembershipChange, Output, Raft, Role, SyncPoint};
 pub use types::{Entry, EntryData, LogIndex, Snapshot, Term};
 
 #[cfg(test)]

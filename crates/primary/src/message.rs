@@ -95,6 +95,14 @@ impl Message {
         )
     }
 
+    /// [`Message::may_precede_sync`] for a leader in [`crate::RaftConfig::parallel_append`]
+    /// mode: appends too may leave before the leader's own copy of their entries is durable
+    /// (their term is durable since the election; the leader counts itself toward a commit
+    /// only once its copy is).
+    pub fn may_precede_sync_parallel(&self) -> bool {
+        self.may_precede_sync() || matches!(self.kind, MessageKind::Append { .. })
+    }
+
     /// The wire encoding (postcard).
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("a message always encodes")

@@ -967,12 +967,26 @@ impl Simulation {
             unreachable!("a live incarnation is up");
         };
         assert!(host.sync_in_flight);
+        // `SimDisk::sync` makes everything staged so far durable: the point is taken now.
+        let point = node.sync_point();
         node.storage_mut()
             .sync()
             .expect("the simulator never makes SimDisk syncs fail");
         host.sync_in_flight = false;
         let held = std::mem::take(&mut host.held);
         self.release(id, held);
+        // Tell the node what became durable: a step like any other.
+        let now = Now::new(self.now, self.wall_ms(id));
+        let HostState::Up(node) = &mut self.hosts[index(id)].state else {
+            unreachable!("still up");
+        };
+        node.synced(now, point);
+        node.check_invariants();
+        let mut outputs = Vec::new();
+        while let Some(output) = node.poll_output() {
+            outputs.push(output);
+        }
+        self.after_step(id, outputs);
     }
 
     fn release(&mut self, from: NodeId, outputs: Vec<Output>) {

@@ -154,6 +154,7 @@ impl Raft {
                             );
                             self.log
                                 .truncate_from(env.storage, &self.table, entry.index)?;
+                            self.note_truncated(entry.index);
                             voters_changed = true;
                         }
                         None => {}
@@ -192,8 +193,10 @@ impl Raft {
             return Ok(());
         }
         let index = snapshot.index;
+        let first = self.log.first_index();
         self.log
             .install(env.storage, &self.table, snapshot.clone())?;
+        self.note_truncated(first);
         self.commit = index;
         self.applied = index;
         tracing::info!(

@@ -259,10 +259,17 @@ impl Raft {
             return;
         }
         let last_index = self.log.last_index();
+        // The leader's own copy counts once durable (always, without parallel appends: they
+        // leave only after the leader's sync).
+        let own = if self.config.parallel_append {
+            self.durable.min(last_index)
+        } else {
+            last_index
+        };
         let candidate = if self.config.bug_commit_without_majority {
             last_index
         } else {
-            self.quorum_agreed(last_index, |pr| pr.match_index)
+            self.quorum_agreed(own, |pr| pr.match_index)
         };
         if candidate > self.commit && self.log.term_at(candidate) == Some(self.term) {
             self.advance_commit(candidate);

@@ -63,6 +63,16 @@ pub enum Output {
     LeaderChanged { term: Term, leader: Option<NodeId> },
 }
 
+/// What a sync that starts now will make durable of this server's log, for
+/// [`Raft::mark_durable`] once it has finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyncPoint {
+    index: LogIndex,
+    /// Log truncations so far: a point taken before a truncation no longer names the entries
+    /// now at its indexes.
+    epoch: u64,
+}
+
 /// A single-server configuration change (thesis §4.1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MembershipChange {
@@ -179,6 +189,10 @@ pub struct Raft {
     term_leader: Option<NodeId>,
     /// When this server last heard from `leader`.
     leader_contact: Option<Instant>,
+    /// With `parallel_append`: the last index of this server's log known to be durable.
+    durable: LogIndex,
+    /// How many times the log was truncated (see [`SyncPoint`]).
+    log_epoch: u64,
     /// With leases: a restarted server may have acknowledged a leader's round before it
     /// crashed, and has forgotten when; it refuses votes until this instant, one minimum
     /// election timeout after its start, as if it had just heard from that leader.
@@ -230,6 +244,7 @@ impl Raft {
                 snapshot: log.snapshot().clone(),
             });
         }
+        let log_last_index = log.last_index();
         let (voters_index, voters) = log.latest_voters();
         let (voters_index, voters) = (voters_index, voters.clone());
         let mut raft = Raft {
@@ -247,6 +262,9 @@ impl Raft {
             leader: None,
             term_leader: None,
             leader_contact: None,
+            // What storage held at start is durable.
+            durable: log_last_index,
+            log_epoch: 0,
             votes_refused_until: config
                 .lease_reads
                 .then(|| now + config.election_timeout_min),
@@ -492,6 +510,33 @@ impl Raft {
             lead.reads_awaiting_commit.push(ctx);
         }
         Ok(())
+    }
+
+    /// What a sync that starts now covers of this server's log (see
+    /// [`RaftConfig::parallel_append`]).
+    pub fn sync_point(&self) -> SyncPoint {
+        SyncPoint {
+            index: self.log.last_index(),
+            epoch: self.log_epoch,
+        }
+    }
+
+    /// The sync that started at `point` finished: the log is durable up to it. A leader may now
+    /// count itself toward committing those entries.
+    pub fn mark_durable(&mut self, now: Instant, point: SyncPoint) {
+        self.begin(now);
+        if point.epoch == self.log_epoch && point.index > self.durable {
+            self.durable = point.index.min(self.log.last_index());
+            self.maybe_commit();
+        }
+    }
+
+    /// The log lost its entries from `from` on: earlier sync points no longer describe it.
+    fn note_truncated(&mut self, from: LogIndex) {
+        self.log_epoch += 1;
+        if from <= self.durable {
+            self.durable = from.prev();
+        }
     }
 
     /// A read under the leader's lease (thesis §6.4.1, see [`RaftConfig::lease_reads`]): the
