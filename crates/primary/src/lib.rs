@@ -86,11 +86,12 @@
 //! - New voters are added without a catch-up phase (thesis §4.2.1) and there are no
 //!   non-voting learners; a removed server is not told it was removed (the node should stop
 //!   its member when a committed configuration excludes it).
-//! - No leader leases (thesis §6.4.1). Only the leader serves `read_index`; a follower answers
-//!   `NotLeader` (no forwarding, no follower reads).
-//! - Appends wait for the leader's own sync (the contract above); the thesis §10.2.1
-//!   optimization (replicate in parallel with the leader's fsync, counting the leader toward
-//!   the quorum only once durable) is not done.
+//! - Only the leader serves reads (`read_index`, or `lease_read` with
+//!   [`RaftConfig::lease_reads`]); no follower reads.
+//! - With [`RaftConfig::parallel_append`] (what the node runs), appends leave before the
+//!   leader's own sync and the leader counts itself toward a commit only once the driver
+//!   reports its copy durable ([`Raft::sync_point`], [`Raft::mark_durable`]); the crate's own
+//!   simulation and model checker run the plain mode.
 //! - No flow control beyond the in-flight window and the per-append entry and byte limits;
 //!   pending reads and proposals are not bounded here (the node bounds requests in flight).
 
