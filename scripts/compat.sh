@@ -47,4 +47,19 @@ echo "$OUT"
 [ "$(echo "$OUT" | grep -c 'requests per second')" = 2 ] || { echo "compat: redis-benchmark did not finish both tests"; exit 1; }
 ERRORS="$(redis-cli -p "$P1" INFO | grep -c 'quorum_failures=[1-9]' || true)"
 [ "$ERRORS" = 0 ] || { echo "compat: quorum failures during the benchmark"; exit 1; }
+
+echo "== redis-benchmark on a primary-backup keyspace"
+# redis-benchmark's SET/GET keys are `key:__rand_int__` (with -r: key:000000000042), so a
+# primary-backup keyspace named `key` takes the whole benchmark; INCR of one balance key through
+# a follower must end exactly at the number of requests (each applied once).
+[ "$(redis-cli -p "$P1" TRIARCH.KEYSPACE CREATE key MODEL primary-backup)" = "OK" ]
+for _ in $(seq 1 100); do  # until node 3 knows the new group's leader (INFO: leader=nK)
+  redis-cli -p "$P3" INFO | grep -q '^keyspace_key:.*leader=n[0-9]' && break
+  sleep 0.1
+done
+OUT="$(redis-benchmark -p "$P3" -t set,get -r 1000 -n "${BENCH_N:-20000}" -c 50 -d 100 -q 2>&1 | tr '\r' '\n' | grep -E '^(SET|GET):.*requests per second' || true)"
+echo "$OUT"
+[ "$(echo "$OUT" | grep -c 'requests per second')" = 2 ] || { echo "compat: redis-benchmark on a primary-backup keyspace did not finish"; exit 1; }
+redis-benchmark -p "$P3" -n 5000 -c 50 -q INCR balance:bench 2>&1 | tr '\r' '\n' | grep 'requests per second'
+[ "$(redis-cli -p "$P1" GET balance:bench)" = "5000" ] || { echo "compat: INCR count $(redis-cli -p "$P1" GET balance:bench), expected 5000"; exit 1; }
 echo "compat: all clients ok"

@@ -2,12 +2,38 @@
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+use triarch_core::{MergePolicy, Model};
 use triarch_server::config::{KeyspaceFileConfig, MemberConfig, ServerConfig};
+
+/// The canonical deployment's keyspaces available in this version: `balance` (primary-backup:
+/// one Raft group over N=min(3, nodes) voters) and `prefs` (leaderless, last-writer-wins, N=3
+/// R=2 W=2 on three or more nodes). `cart` (multi-leader) is not available yet.
+pub fn canonical_keyspaces() -> Vec<KeyspaceFileConfig> {
+    vec![
+        KeyspaceFileConfig {
+            name: "balance".into(),
+            model: Model::PrimaryBackup,
+            n: None,
+            r: None,
+            w: None,
+            merge: None,
+        },
+        KeyspaceFileConfig {
+            name: "prefs".into(),
+            model: Model::Leaderless,
+            n: None,
+            r: None,
+            w: None,
+            merge: Some(MergePolicy::Lww),
+        },
+    ]
+}
 
 pub struct NodeProcess {
     pub id: u32,
@@ -113,6 +139,8 @@ impl LocalCluster {
                 clock_forward_bound_ms: 60_000,
                 max_clients: 10_000,
                 bug_ack_before_quorum: false,
+                bug_local_reads: false,
+                primary: Default::default(),
             };
             config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
             let config_path = dir.join(format!("n{i}.toml"));
@@ -245,6 +273,54 @@ impl LocalCluster {
         }
     }
 
+    /// The running nodes' ids.
+    pub fn running(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .map(|n| n.id)
+            .collect()
+    }
+
+    /// Waits until every running voter of primary-backup keyspace `keyspace` names the same
+    /// leader, that leader is running and is not `not`, and returns it. Only running nodes are
+    /// asked; a node that is not a voter (`role` none) is skipped.
+    pub fn wait_for_leader(
+        &self,
+        keyspace: &str,
+        not: Option<u32>,
+        timeout: Duration,
+    ) -> Result<u32> {
+        let deadline = Instant::now() + timeout;
+        let running = self.running();
+        loop {
+            let mut seen = Vec::new();
+            for id in &running {
+                let Ok(info) = keyspace_info(self.node(*id), keyspace) else {
+                    seen.push(None);
+                    continue;
+                };
+                if info.get("role").map(String::as_str) == Some("none") {
+                    continue;
+                }
+                seen.push(info.get("leader").and_then(|l| parse_node(l)));
+            }
+            if let Some(Some(first)) = seen.first()
+                && seen.iter().all(|l| *l == Some(*first))
+                && running.contains(first)
+                && Some(*first) != not
+            {
+                return Ok(*first);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no agreed leader of keyspace {keyspace} within {timeout:?} (running nodes report {seen:?})"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn write_cluster_file(&self) -> Result<()> {
         let file = ClusterFile {
             nodes: self
@@ -324,4 +400,31 @@ fn info(node: &NodeProcess) -> Result<String> {
         triarch_client::Value::Bulk(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
         other => bail!("INFO answered {other:?}"),
     }
+}
+
+/// `TRIARCH.KEYSPACE INFO name` on `node`, as a map of field to value.
+pub fn keyspace_info(node: &NodeProcess, name: &str) -> Result<BTreeMap<String, String>> {
+    let mut c = triarch_client::Client::connect_timeout(
+        node.resp,
+        Duration::from_secs(2),
+        Duration::from_secs(5),
+    )?;
+    match c.call(&["TRIARCH.KEYSPACE", "INFO", name])? {
+        triarch_client::Value::Array(items) => {
+            let text = |v: &triarch_client::Value| match v {
+                triarch_client::Value::Bulk(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+                other => bail!("unexpected field {other:?}"),
+            };
+            items
+                .chunks(2)
+                .map(|kv| Ok((text(&kv[0])?, text(kv.get(1).unwrap_or(&kv[0]))?)))
+                .collect()
+        }
+        other => bail!("TRIARCH.KEYSPACE INFO {name} answered {other:?}"),
+    }
+}
+
+/// `n3` -> 3.
+pub fn parse_node(name: &str) -> Option<u32> {
+    name.strip_prefix('n')?.parse().ok()
 }

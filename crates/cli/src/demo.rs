@@ -52,6 +52,28 @@ impl Session<'_> {
         Ok(v)
     }
 
+    /// `TRIARCH.KEYSPACE INFO keyspace` on node `id`, printed as the Raft group's state.
+    fn group_info(&self, id: u32, keyspace: &str) -> Result<()> {
+        let info = crate::cluster::keyspace_info(self.cluster.node(id), keyspace)?;
+        let shown: Vec<String> = [
+            "role",
+            "leader",
+            "term",
+            "commit_index",
+            "applied_index",
+            "follower_lag",
+        ]
+        .iter()
+        .filter_map(|k| info.get(*k).map(|v| format!("{k}={v}")))
+        .collect();
+        println!(
+            "  n{id}> {:<60} {}",
+            format!("TRIARCH.KEYSPACE INFO {keyspace}"),
+            shown.join(" ")
+        );
+        Ok(())
+    }
+
     /// Like `run` but on one connection with a per-connection consistency setting first.
     fn run_with(&self, id: u32, setting: &[&str], args: &[&str]) -> Result<Value> {
         let mut c = Client::connect(self.cluster.node(id).resp)?;
@@ -63,6 +85,34 @@ impl Session<'_> {
             show(&v)
         );
         Ok(v)
+    }
+}
+
+/// One connection to one node, for commands that keep per-connection state (WATCH, MULTI).
+struct Conn {
+    id: u32,
+    client: Client,
+}
+
+impl Conn {
+    fn open(cluster: &LocalCluster, id: u32) -> Result<Conn> {
+        let client = Client::connect(cluster.node(id).resp)
+            .with_context(|| format!("connecting to node {id}"))?;
+        Ok(Conn { id, client })
+    }
+
+    fn run(&mut self, args: &[&str]) -> Result<Value> {
+        let v = self.client.call(args)?;
+        println!("  n{}> {:<60} {}", self.id, args.join(" "), show(&v));
+        Ok(v)
+    }
+}
+
+/// The integer in a bulk-string reply (what GET answers for a counter).
+fn int(v: &Value) -> Result<i64> {
+    match v {
+        Value::Bulk(b) => Ok(String::from_utf8_lossy(b).parse()?),
+        other => bail!("expected an integer value, got {}", show(other)),
     }
 }
 
@@ -118,18 +168,24 @@ pub fn run(dir: &Path) -> Result<()> {
     )?;
     s.wait_for_keyspace("prefs")?;
     println!(
-        "   balance (primary-backup) and cart (multi-leader) answer a clear error until those models land:"
+        "   balance is primary-backup: one Raft group over the three nodes, every write ordered by its leader:"
     );
-    s.run(
-        1,
-        &[
-            "TRIARCH.KEYSPACE",
-            "CREATE",
-            "balance",
-            "MODEL",
-            "primary-backup",
-        ],
+    expect(
+        &s.run(
+            1,
+            &[
+                "TRIARCH.KEYSPACE",
+                "CREATE",
+                "balance",
+                "MODEL",
+                "primary-backup",
+            ],
+        )?,
+        &ok,
+        "create balance",
     )?;
+    s.wait_for_keyspace("balance")?;
+    println!("   cart (multi-leader) answers a clear error until that model lands:");
     s.run(
         1,
         &[
@@ -284,7 +340,10 @@ pub fn run(dir: &Path) -> Result<()> {
     )?;
     s.run(1, &["INCR", "wishlist:alice"])?;
 
-    println!("\n6. Bad input gets a clear error and changes nothing:");
+    primary_backup(&mut cluster)?;
+    let s = Session { cluster: &cluster };
+
+    println!("\n7. Bad input gets a clear error and changes nothing:");
     s.run(1, &["SET", "k"])?;
     s.run(1, &["FLUSHALL"])?;
     s.run(
@@ -304,5 +363,122 @@ pub fn run(dir: &Path) -> Result<()> {
 
     println!("\nThe demo passed. Logs and data are in {}.", dir.display());
     cluster.stop_all();
+    Ok(())
+}
+
+/// Section 6: the primary-backup keyspace `balance`: a transfer with WATCH/MULTI/EXEC through a
+/// follower, an aborted transfer, INCR, a failed compare-and-set, then kill -9 of the leader.
+fn primary_backup(cluster: &mut LocalCluster) -> Result<()> {
+    let ok = Value::Simple("OK".into());
+    let bulk = |b: &str| Value::Bulk(b.as_bytes().to_vec());
+    let timeout = std::time::Duration::from_secs(15);
+    let leader = cluster.wait_for_leader("balance", None, timeout)?;
+    let followers: Vec<u32> = (1..=3).filter(|id| *id != leader).collect();
+    let (f1, f2) = (followers[0], followers[1]);
+    println!(
+        "\n6. Primary-backup. balance's Raft group elected n{leader}; the other nodes forward to it,"
+    );
+    println!("   so every node serves linearizable reads and writes:");
+    let s = Session { cluster };
+    s.group_info(leader, "balance")?;
+    expect(&s.run(f1, &["SET", "balance:alice", "100"])?, &ok, "SET")?;
+    expect(&s.run(f2, &["SET", "balance:bob", "50"])?, &ok, "SET")?;
+    println!(
+        "   A transfer of 30 through follower n{f1}: WATCH the balances, read, then MULTI/EXEC applies"
+    );
+    println!("   both commands as one log entry, only if neither balance changed since the WATCH:");
+    let mut tx = Conn::open(cluster, f1)?;
+    expect(
+        &tx.run(&["WATCH", "balance:alice", "balance:bob"])?,
+        &ok,
+        "WATCH",
+    )?;
+    let alice = int(&tx.run(&["GET", "balance:alice"])?)?;
+    if alice < 30 {
+        bail!("demo check failed: alice has {alice}, expected at least 30");
+    }
+    expect(&tx.run(&["MULTI"])?, &ok, "MULTI")?;
+    tx.run(&["DECRBY", "balance:alice", "30"])?;
+    tx.run(&["INCRBY", "balance:bob", "30"])?;
+    expect(
+        &tx.run(&["EXEC"])?,
+        &Value::Array(vec![Value::Integer(70), Value::Integer(80)]),
+        "the transfer",
+    )?;
+    println!(
+        "   The same transfer again, but alice's balance changes (through n{f2}) between WATCH and"
+    );
+    println!("   EXEC: EXEC applies nothing and answers nil; the client retries from WATCH:");
+    expect(&tx.run(&["WATCH", "balance:alice"])?, &ok, "WATCH")?;
+    expect(&tx.run(&["MULTI"])?, &ok, "MULTI")?;
+    tx.run(&["DECRBY", "balance:alice", "30"])?;
+    tx.run(&["INCRBY", "balance:bob", "30"])?;
+    expect(
+        &s.run(f2, &["INCR", "balance:alice"])?,
+        &Value::Integer(71),
+        "INCR",
+    )?;
+    expect(&tx.run(&["EXEC"])?, &Value::Nil, "the aborted transfer")?;
+    drop(tx);
+    println!(
+        "   Compare-and-set writes only if the value is the one expected; alice has 71, not 100:"
+    );
+    expect(
+        &s.run(leader, &["TRIARCH.CAS", "balance:alice", "100", "0"])?,
+        &Value::Integer(0),
+        "the failed CAS",
+    )?;
+    expect(
+        &s.run(f2, &["GET", "balance:alice"])?,
+        &bulk("71"),
+        "alice after the failed CAS",
+    )?;
+
+    // Leadership can move on its own (a group hands it to its preferred member), so ask again.
+    let leader = cluster.wait_for_leader("balance", None, timeout)?;
+    println!("\n   kill -9 the leader n{leader}; the two survivors elect a new one:");
+    let killed_at = std::time::Instant::now();
+    cluster.kill(leader)?;
+    let new_leader = cluster.wait_for_leader("balance", Some(leader), timeout)?;
+    println!(
+        "   n{new_leader} leads balance {:.1} s after the kill (election timeouts are 1-2 s)",
+        killed_at.elapsed().as_secs_f64()
+    );
+    let s = Session { cluster };
+    let survivor = (1..=3)
+        .find(|id| *id != leader && *id != new_leader)
+        .expect("three nodes");
+    s.group_info(survivor, "balance")?;
+    println!(
+        "   Every acknowledged write survived: the balances are intact, and the new leader takes writes:"
+    );
+    expect(
+        &s.run(survivor, &["MGET", "balance:alice", "balance:bob"])?,
+        &Value::Array(vec![bulk("71"), bulk("80")]),
+        "the balances after the failover",
+    )?;
+    expect(
+        &s.run(new_leader, &["INCRBY", "balance:bob", "5"])?,
+        &Value::Integer(85),
+        "a write after the failover",
+    )?;
+
+    println!(
+        "   Restart n{leader}: it rejoins, catches up from the new leader's log, and serves the same"
+    );
+    println!("   state (leadership moves back to it if it is the group's preferred member):");
+    cluster.start(leader)?;
+    cluster.wait_for_links(timeout)?;
+    let back = cluster.wait_for_leader("balance", None, timeout)?;
+    let s = Session { cluster };
+    s.group_info(leader, "balance")?;
+    expect(
+        &s.run(leader, &["MGET", "balance:alice", "balance:bob"])?,
+        &Value::Array(vec![bulk("71"), bulk("85")]),
+        "the balances through the restarted node",
+    )?;
+    if back == leader {
+        println!("   (n{leader} leads again; the balances are the same either way)");
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use std::time::Duration;
 use triarch_cli::cluster::LocalCluster;
 
 #[derive(Parser)]
@@ -34,6 +35,10 @@ enum Cmd {
         /// RESP ports are base..base+N-1, HTTP base+100.., peers base+200..
         #[arg(long, default_value_t = 6380)]
         base_port: u16,
+        /// Start with only the `default` keyspace instead of the canonical `balance`
+        /// (primary-backup) and `prefs` (leaderless, last-writer-wins).
+        #[arg(long)]
+        no_keyspaces: bool,
     },
     /// A short scripted session against a fresh local 3-node cluster.
     Demo {
@@ -86,7 +91,8 @@ fn main() -> Result<()> {
             regions,
             dir,
             base_port,
-        } => up(nodes, regions, dir, base_port),
+            no_keyspaces,
+        } => up(nodes, regions, dir, base_port, !no_keyspaces),
         Cmd::Demo { dir } => {
             if dir.exists() {
                 std::fs::remove_dir_all(&dir)
@@ -133,14 +139,28 @@ async fn wait_for_signal() {
     }
 }
 
-fn up(nodes: u32, regions: u32, dir: PathBuf, base_port: u16) -> Result<()> {
-    let mut cluster = LocalCluster::configure(&dir, nodes, regions, base_port, Vec::new())?;
+fn up(nodes: u32, regions: u32, dir: PathBuf, base_port: u16, canonical: bool) -> Result<()> {
+    let keyspaces = if canonical {
+        triarch_cli::cluster::canonical_keyspaces()
+    } else {
+        Vec::new()
+    };
+    let mut cluster = LocalCluster::configure(&dir, nodes, regions, base_port, keyspaces.clone())?;
     cluster.start_all()?;
     println!(
         "{} nodes up; cluster file {}",
         nodes,
         cluster.dir.join("cluster.json").display()
     );
+    for k in &keyspaces {
+        let mut line = format!("  keyspace {} ({})", k.name, k.model);
+        if k.model == triarch_core::Model::PrimaryBackup {
+            // Wait for the group's first leader so that the cluster is ready when this returns.
+            let leader = cluster.wait_for_leader(&k.name, None, Duration::from_secs(20))?;
+            line.push_str(&format!(": leader n{leader}"));
+        }
+        println!("{line}");
+    }
     for n in &cluster.nodes {
         println!(
             "  node {} ({}): resp {}  http {}  peer {}  pid {}",

@@ -1,21 +1,34 @@
 //! Real processes, real TCP, real fsync: a local cluster of `triarch serve` processes.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::net::TcpStream;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
-use triarch_cli::cluster::{LocalCluster, free_base_port};
-use triarch_client::{Client, Value};
+use std::time::Instant;
+use triarch_cli::cluster::{LocalCluster, canonical_keyspaces, free_base_port, keyspace_info};
+use triarch_client::{Client, ClientError, Value};
+use triarch_server::config::KeyspaceFileConfig;
 
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_triarch"))
 }
 
 fn cluster(nodes: u32) -> (tempfile::TempDir, LocalCluster) {
+    cluster_with(nodes, Vec::new())
+}
+
+fn cluster_with(
+    nodes: u32,
+    keyspaces: Vec<KeyspaceFileConfig>,
+) -> (tempfile::TempDir, LocalCluster) {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(nodes).unwrap();
-    let mut c = LocalCluster::configure(dir.path(), nodes, 1, base, Vec::new())
+    let mut c = LocalCluster::configure(dir.path(), nodes, 1, base, keyspaces)
         .unwrap()
         .with_binary(binary());
     c.start_all().unwrap();
@@ -192,4 +205,212 @@ fn bad_input_gets_clear_errors_and_changes_nothing() {
         Client::connect(c.node(3).resp).unwrap().get("k").unwrap(),
         Some(b"v".to_vec())
     );
+}
+
+/// What one client thread of the failover test did.
+#[derive(Default)]
+struct LoadReport {
+    incr_attempted: u64,
+    incr_acked: u64,
+    /// Acknowledged SETs of distinct keys: key -> value.
+    sets_acked: Vec<(String, String)>,
+    /// Error replies and connection failures, by their first word.
+    errors: BTreeMap<String, u64>,
+}
+
+/// One client of the failover load: alternately `INCR balance:counter` and `SET` of a key of its
+/// own, one command at a time, through node `first` and, when its connection fails (the node
+/// was killed), through the next node that accepts a connection. A reply other than the
+/// expected one is not an acknowledgement; a connection that fails after the command was sent
+/// leaves the command unknown (counted as attempted).
+fn failover_client(
+    thread: usize,
+    nodes: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    acked: Arc<AtomicU64>,
+) -> LoadReport {
+    let mut report = LoadReport::default();
+    let mut node = thread % nodes.len();
+    let mut conn: Option<Client> = None;
+    let error = |report: &mut LoadReport, what: String| {
+        let code = what.split_whitespace().next().unwrap_or("").to_string();
+        *report.errors.entry(code).or_default() += 1;
+    };
+    for i in 0u64.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let client = match conn.as_mut() {
+            Some(c) => c,
+            None => match Client::connect_timeout(
+                nodes[node],
+                Duration::from_millis(500),
+                Duration::from_secs(10),
+            ) {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    error(&mut report, format!("connect: {e}"));
+                    node = (node + 1) % nodes.len();
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+            },
+        };
+        let (result, key, value) = if i % 2 == 0 {
+            report.incr_attempted += 1;
+            (
+                client.call(&["INCR", "balance:counter"]),
+                String::new(),
+                String::new(),
+            )
+        } else {
+            let key = format!("balance:w{thread}:{i}");
+            let value = format!("v{i}");
+            (client.call(&["SET", &key, &value]), key, value)
+        };
+        match result {
+            Ok(Value::Integer(_)) if i % 2 == 0 => report.incr_acked += 1,
+            Ok(Value::Simple(s)) if s == "OK" && i % 2 == 1 => report.sets_acked.push((key, value)),
+            Ok(Value::Error(e)) => {
+                error(&mut report, e);
+                continue;
+            }
+            Ok(other) => panic!("unexpected reply {other:?}"),
+            Err(e @ (ClientError::Io(_) | ClientError::Timeout | ClientError::Protocol(_))) => {
+                error(&mut report, format!("io: {e}"));
+                conn = None;
+                node = (node + 1) % nodes.len();
+                continue;
+            }
+            Err(e) => panic!("client error {e}"),
+        }
+        acked.fetch_add(1, Ordering::Relaxed);
+    }
+    report
+}
+
+/// Waits until `acked` has grown by `by` (the load makes progress), or panics after `timeout`.
+fn wait_for_progress(acked: &AtomicU64, by: u64, timeout: Duration, what: &str) {
+    let start = acked.load(Ordering::Relaxed);
+    let deadline = Instant::now() + timeout;
+    while acked.load(Ordering::Relaxed) < start + by {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: fewer than {by} acknowledgements in {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Primary-backup failover with real processes (issue 5's acceptance): six clients write through
+/// all three nodes; kill -9 of the `balance` leader mid-load; a new leader within three election
+/// timeouts (3 x 2 s, `PrimaryConfig`'s maximum); the killed node restarted; then every
+/// acknowledged write is there, read through every node: the counter lies between the
+/// acknowledged and the attempted increments, every acknowledged SET is readable.
+#[test]
+fn primary_backup_failover_loses_no_acknowledged_write() {
+    const ELECTION_TIMEOUT_MAX: Duration = Duration::from_secs(2);
+    let (_dir, mut c) = cluster_with(3, canonical_keyspaces());
+    c.wait_for_leader("balance", None, Duration::from_secs(20))
+        .unwrap();
+    let nodes: Vec<SocketAddr> = c.nodes.iter().map(|n| n.resp).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..6)
+        .map(|t| {
+            let (nodes, stop, acked) = (nodes.clone(), stop.clone(), acked.clone());
+            std::thread::spawn(move || failover_client(t, nodes, stop, acked))
+        })
+        .collect();
+    wait_for_progress(&acked, 300, Duration::from_secs(20), "before the kill");
+
+    // The leader now (a new group hands leadership to its preferred member soon after the first
+    // election, so it is looked up only now), and its term.
+    let leader = c
+        .wait_for_leader("balance", None, Duration::from_secs(10))
+        .unwrap();
+    let term = |c: &LocalCluster, id: u32| -> u64 {
+        keyspace_info(c.node(id), "balance").unwrap()["term"]
+            .parse()
+            .unwrap()
+    };
+    let old_term = term(&c, leader);
+    let killed_at = Instant::now();
+    c.kill(leader).unwrap();
+    let new_leader = c
+        .wait_for_leader("balance", Some(leader), 3 * ELECTION_TIMEOUT_MAX)
+        .unwrap_or_else(|e| panic!("no new leader within 3 election timeouts: {e}"));
+    let failover = killed_at.elapsed();
+    assert!(
+        term(&c, new_leader) > old_term,
+        "the new leader was elected in a later term"
+    );
+    wait_for_progress(&acked, 300, Duration::from_secs(10), "after the failover");
+
+    c.start(leader).unwrap();
+    c.wait_for_links(Duration::from_secs(20)).unwrap();
+    wait_for_progress(&acked, 300, Duration::from_secs(10), "after the restart");
+    stop.store(true, Ordering::Relaxed);
+    let reports: Vec<LoadReport> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+
+    let incr_attempted: u64 = reports.iter().map(|r| r.incr_attempted).sum();
+    let incr_acked: u64 = reports.iter().map(|r| r.incr_acked).sum();
+    let sets: Vec<&(String, String)> = reports.iter().flat_map(|r| &r.sets_acked).collect();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &reports {
+        for (code, n) in &r.errors {
+            *errors.entry(code.clone()).or_default() += n;
+        }
+    }
+    eprintln!(
+        "killed leader n{leader}; n{new_leader} leads after {:.2} s; INCR acked {incr_acked} of \
+         {incr_attempted}; SET acked {}; errors {errors:?}",
+        failover.as_secs_f64(),
+        sets.len()
+    );
+    for id in 1..=3 {
+        let mut reader = Client::connect(c.node(id).resp).unwrap();
+        let counter: u64 = String::from_utf8(reader.get("balance:counter").unwrap().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            (incr_acked..=incr_attempted).contains(&counter),
+            "through n{id}: counter {counter}, acknowledged {incr_acked}, attempted {incr_attempted}"
+        );
+        for chunk in sets.chunks(250) {
+            let mut args = vec!["MGET"];
+            args.extend(chunk.iter().map(|(k, _)| k.as_str()));
+            let want: Vec<Value> = chunk
+                .iter()
+                .map(|(_, v)| Value::Bulk(v.clone().into_bytes()))
+                .collect();
+            assert_eq!(
+                reader.call(&args).unwrap(),
+                Value::Array(want),
+                "through n{id}: an acknowledged SET is missing or wrong"
+            );
+        }
+    }
+    // The restarted node's own replica catches up with the leader's log.
+    let current = c
+        .wait_for_leader("balance", None, Duration::from_secs(10))
+        .unwrap();
+    let commit: u64 = keyspace_info(c.node(current), "balance").unwrap()["commit_index"]
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let applied: u64 = keyspace_info(c.node(leader), "balance").unwrap()["applied_index"]
+            .parse()
+            .unwrap();
+        if applied >= commit {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "restarted n{leader} applied {applied}, the leader committed {commit}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

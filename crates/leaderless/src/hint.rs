@@ -125,6 +125,7 @@ impl HintKey {
 }
 
 /// What a hint holds: an LWW record, or a whole state of a keyspace of another merge policy.
+/// Anti-entropy ships stored values in the same form ([`crate::anti_entropy`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HintPayload {
     Record(Record),

@@ -81,19 +81,55 @@
 //! needs strict quorums. Counters lose nothing: every acknowledged increment is counted once its
 //! hints are delivered.
 //!
+//! ## Anti-entropy (Dynamo §4.7)
+//!
+//! Replicas that missed writes converge without any read touching the keys ([`anti_entropy`]).
+//! A *range* is every key whose replica set is one given set of N nodes; each node keeps, per
+//! keyspace, an in-memory index of its data table (ring position, key -> hash of the stored
+//! bytes) and one fixed-shape [`merkle`] tree per range (32-way, 4 levels, 32,768 leaves;
+//! node hashes are sums, so a write updates a path in O(depth)). Every write to a data table,
+//! whatever the path, goes through one function that updates the index. The index is rebuilt
+//! by scanning the table after a start, never persisted: a persisted tree could disagree with
+//! what a crash left of the data and hide the very difference it exists to find.
+//!
+//! Every `exchange_interval` (default 10 s) a node compares each of its ranges with each other
+//! replica of the range, at most `exchanges_in_flight_max` (2) at once: roots first (a range in
+//! sync costs one round trip of about 30 bytes), then level by level into the differing
+//! subtrees only, then the keys of the differing leaves, at most `keys_per_message_max` (256)
+//! per message, and only the differing keys' values cross, merged by the usual rules (LWW with
+//! its refusals, CRDT join). Repairs are staged writes like any other, and answers wait for
+//! the sync (persist-then-send). Counters per keyspace in [`KeyspaceStats`]
+//! (`anti_entropy_ranges_compared`, `anti_entropy_ranges_in_sync`,
+//! `anti_entropy_keys_repaired`, `anti_entropy_bytes_sent`,
+//! `anti_entropy_exchanges_abandoned`); the trees' state in [`Leaderless::anti_entropy_status`].
+//! The engine learns each keyspace's N from the requests it coordinates, from peers' exchanges
+//! and from [`Leaderless::observe_keyspace`], which the node should call with its catalog.
+//!
+//! ## Tombstones
+//!
+//! LWW deletes are tombstones. With `tombstone_collection` on (the default) a tombstone is
+//! deleted once exchanges confirmed that every replica of its key durably holds it, and a grace
+//! period (`tombstone_grace`, at least the hint age limit, monotonic time) has passed since,
+//! for writes already in flight; never on a timer alone. The collecting node remembers it
+//! until every other replica is seen without it, so the replicas' staggered collections never
+//! hand it back and bring nothing back (`tombstones_collected` in [`KeyspaceStats`]).
+//!
 //! Everything the engine wants done comes out of [`Leaderless::poll_effect`]; the node routes the
 //! effects. Staged storage writes become durable when the driver syncs the batch, before any
 //! effect of that batch is released (persist-then-send), so a local acknowledgement counted here
 //! is durable by the time anyone can observe it.
 
+pub mod anti_entropy;
 pub mod forward;
 pub mod health;
 pub mod hint;
+pub mod merkle;
 pub mod message;
 pub mod record;
 pub mod ring;
 pub mod state;
 
+use anti_entropy::{AntiEntropy, AntiEntropyConfig, Source};
 use bytes::Bytes;
 use forward::{Admission, ForwardAdmission};
 use health::{DetectorConfig, FailureDetector, PeerHealth};
@@ -156,8 +192,10 @@ pub struct LeaderlessConfig {
     /// The bounds of the hint store ([`hint`]).
     pub hints: HintConfig,
     /// How often the engine does its background work when it has any: raising suspicions,
-    /// probing suspected peers, delivering and expiring hints.
+    /// probing suspected peers, delivering and expiring hints, anti-entropy.
     pub maintenance_interval: Duration,
+    /// Merkle-tree anti-entropy between the replicas of each range ([`anti_entropy`]).
+    pub anti_entropy: AntiEntropyConfig,
     /// PLANTED BUG for checker tests: acknowledge a write after the first replica holds it,
     /// whatever W says. Never set outside tests.
     pub bug_ack_before_quorum: bool,
@@ -183,6 +221,7 @@ impl Default for LeaderlessConfig {
             detector: DetectorConfig::default(),
             hints: HintConfig::default(),
             maintenance_interval: Duration::from_millis(200),
+            anti_entropy: AntiEntropyConfig::default(),
             bug_ack_before_quorum: false,
             bug_shared_actor: false,
             bug_remove_unobserved: false,
@@ -263,6 +302,18 @@ pub struct KeyspaceStats {
     pub hints_refused: u64,
     /// Hints this node holds for other nodes now (a gauge).
     pub hints_pending: u64,
+    /// Anti-entropy: ranges whose roots this node compared with a peer (as initiator).
+    pub anti_entropy_ranges_compared: u64,
+    /// Of those, the ranges found identical at the root (nothing else exchanged).
+    pub anti_entropy_ranges_in_sync: u64,
+    /// Keys whose value on this replica an anti-entropy exchange changed (either role).
+    pub anti_entropy_keys_repaired: u64,
+    /// Bytes of anti-entropy messages this node sent (encoded, either role).
+    pub anti_entropy_bytes_sent: u64,
+    /// Exchanges this node initiated that the peer refused or left unanswered.
+    pub anti_entropy_exchanges_abandoned: u64,
+    /// LWW tombstones this replica deleted once every replica confirmed holding them.
+    pub tombstones_collected: u64,
 }
 
 /// The storage table holding a keyspace's records.
@@ -432,6 +483,7 @@ pub struct Leaderless {
     cache: state::StateCache,
     detector: FailureDetector,
     hints: HintStore,
+    anti_entropy: AntiEntropy,
     /// The latest `Env::now` seen (for the failure detector's bookkeeping of sends).
     now: Instant,
     /// When background work is next due (`None` before the first step).
@@ -448,9 +500,16 @@ impl Leaderless {
             !config.maintenance_interval.is_zero(),
             "background work needs a positive interval"
         );
+        let ring = Ring::new(members, ring::VNODES_PER_NODE_DEFAULT);
         Leaderless {
             node,
-            ring: Ring::new(members, ring::VNODES_PER_NODE_DEFAULT),
+            anti_entropy: AntiEntropy::new(
+                node,
+                ring.clone(),
+                config.anti_entropy.clone(),
+                config.hints.hint_age_max,
+            ),
+            ring,
             next_op: 1,
             pending: BTreeMap::new(),
             deadlines: BTreeSet::new(),
@@ -504,7 +563,10 @@ impl Leaderless {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let deadline = self.deadlines.first().map(|(t, _)| *t);
         let maintenance = self.next_maintenance.filter(|_| {
-            !self.hints.is_loaded() || !self.hints.is_empty() || self.detector.is_watching()
+            !self.hints.is_loaded()
+                || !self.hints.is_empty()
+                || self.detector.is_watching()
+                || self.anti_entropy.wants_maintenance()
         });
         deadline.into_iter().chain(maintenance).min()
     }
@@ -540,6 +602,7 @@ impl Leaderless {
     /// arms the background work.
     fn begin<S: Storage>(&mut self, env: &mut Env<'_, S>) {
         self.now = self.now.max(env.now.instant);
+        self.anti_entropy.set_now(env.now.instant);
         if self.next_maintenance.is_none() {
             self.next_maintenance = Some(env.now.instant + self.config.maintenance_interval);
         }
@@ -560,6 +623,10 @@ impl Leaderless {
                 Err(e) => tracing::error!(error = %e, "cannot load the hint store"),
             }
         }
+        // Retried on the next step; meanwhile nothing is indexed (the scans will see it all).
+        if let Err(e) = self.anti_entropy.load(env.storage) {
+            tracing::error!(error = %e, "cannot load the anti-entropy registry");
+        }
     }
 
     /// Queues `message` for `to`, noting for the failure detector a request that expects an
@@ -576,6 +643,8 @@ impl Leaderless {
                 | Message::HintedMerge { .. }
                 | Message::Forward { .. }
                 | Message::Handoff { .. }
+                | Message::TreeHashes { .. }
+                | Message::KeyHashes { .. }
         );
         if expects_answer {
             self.detector.on_request_sent(to, self.now);
@@ -672,6 +741,7 @@ impl Leaderless {
         mode: QuorumMode,
     ) {
         self.begin(env);
+        self.learn_keyspace(env.storage, keyspace, Source::Local);
         assert!(w >= 1 && w <= keyspace.n, "W is validated by the node");
         self.stats_mut(&keyspace.name).writes += 1;
         let replicas = self.replicas(keyspace, &key);
@@ -715,6 +785,7 @@ impl Leaderless {
         r: u8,
     ) {
         self.begin(env);
+        self.learn_keyspace(env.storage, keyspace, Source::Local);
         assert!(r >= 1 && r <= keyspace.n, "R is validated by the node");
         self.stats_mut(&keyspace.name).reads += 1;
         let replicas = self.replicas(keyspace, &key);
@@ -772,6 +843,7 @@ impl Leaderless {
         w: u8,
     ) {
         self.begin(env);
+        self.learn_keyspace(env.storage, keyspace, Source::Local);
         assert_eq!(
             operation.policy(),
             keyspace.merge,
@@ -1063,6 +1135,7 @@ impl Leaderless {
             "lww keys are read by `read`"
         );
         self.begin(env);
+        self.learn_keyspace(env.storage, keyspace, Source::Local);
         assert!(r >= 1 && r <= keyspace.n, "R is validated by the node");
         self.stats_mut(&keyspace.name).reads += 1;
         let replicas = self.replicas(keyspace, &key);
@@ -1167,6 +1240,64 @@ impl Leaderless {
         self.stats_mut(&p.keyspace).read_repairs += repairs;
     }
 
+    /// Last-writer-wins at a replica: stores `record` unless the replica holds a newer one.
+    /// `tracked: false` only for the planted bug that skips the anti-entropy tree.
+    fn apply_record<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        keyspace: &str,
+        key: &[u8],
+        record: &Record,
+        tracked: bool,
+    ) -> Result<Applied, StorageError> {
+        // A tombstone collected here lately still orders writes as if it were held (so a
+        // straggling older write, or the tombstone itself handed back by a replica that has
+        // not collected it yet, is refused or recognised rather than stored).
+        let existing = load(storage, keyspace, key)?.or_else(|| {
+            self.anti_entropy
+                .collected(keyspace, key)
+                .map(|timestamp| Record {
+                    timestamp,
+                    value: None,
+                })
+        });
+        match existing {
+            Some(e) if e.timestamp > record.timestamp => Ok(Applied {
+                accepted: false,
+                current: e.timestamp,
+                existed: e.value.is_some(),
+                changed: false,
+            }),
+            // The same record again: a duplicate delivery, acknowledged as accepted.
+            Some(e) if e.timestamp == record.timestamp && e.value == record.value => Ok(Applied {
+                accepted: true,
+                current: e.timestamp,
+                existed: e.value.is_some(),
+                changed: false,
+            }),
+            // A different record under the same timestamp: a timestamp was reused (the node's
+            // clock ceiling exists so that it never is). Refuse, so the coordinator re-stamps
+            // past it, rather than acknowledge a write this replica does not hold.
+            Some(e) if e.timestamp == record.timestamp => Ok(Applied {
+                accepted: false,
+                current: e.timestamp,
+                existed: e.value.is_some(),
+                changed: false,
+            }),
+            existing => {
+                let tombstone = record.value.is_none().then_some(record.timestamp);
+                self.put_data(storage, keyspace, key, &record.encode(), tombstone, tracked)?;
+                let existed = existing.is_some_and(|e| e.value.is_some());
+                Ok(Applied {
+                    accepted: true,
+                    current: record.timestamp,
+                    existed,
+                    changed: true,
+                })
+            }
+        }
+    }
+
     /// Loads the local state of `key`, folds `update` into it with the CRDT merge and stages
     /// the result if it changed; counts LWW losers and siblings.
     fn store_update<S: Storage>(
@@ -1176,6 +1307,18 @@ impl Leaderless {
         key: &[u8],
         update: &Update,
     ) -> Result<(), Outcome> {
+        self.store_update_changed(storage, keyspace, key, update)
+            .map(|_| ())
+    }
+
+    /// [`Self::store_update`], telling whether the stored state changed.
+    fn store_update_changed<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        keyspace: &str,
+        key: &[u8],
+        update: &Update,
+    ) -> Result<bool, Outcome> {
         let stored = self
             .cached_stored(storage, keyspace, key)
             .map_err(|e| Outcome::Storage(e.to_string()))?;
@@ -1184,7 +1327,8 @@ impl Leaderless {
 
     /// [`Self::store_update`] over a state already loaded (`stored`: its bytes and its decoding).
     /// With a `limit` (a coordinator's own operation that may grow the state) a result larger
-    /// than it is refused and nothing is stored; merges from others are never refused.
+    /// than it is refused and nothing is stored; merges from others are never refused. Tells
+    /// whether the stored state changed.
     fn merge_and_store<S: Storage>(
         &mut self,
         storage: &mut S,
@@ -1193,7 +1337,7 @@ impl Leaderless {
         stored: Option<(Vec<u8>, State)>,
         update: &Update,
         limit: Option<usize>,
-    ) -> Result<(), Outcome> {
+    ) -> Result<bool, Outcome> {
         let (bytes, mut current) = match stored {
             Some((bytes, state)) => (Some(bytes), Some(state)),
             None => (None, None),
@@ -1208,9 +1352,9 @@ impl Leaderless {
             return Err(Outcome::Refused(Refusal::StateTooLarge { bytes, max }));
         }
         // Encodings are canonical: equal bytes, equal state (a duplicate changes nothing).
-        if bytes.as_deref() != Some(encoded.as_slice()) {
-            storage
-                .put(&table_name(keyspace), key, &encoded)
+        let changed = bytes.as_deref() != Some(encoded.as_slice());
+        if changed {
+            self.put_data(storage, keyspace, key, &encoded, None, true)
                 .map_err(|e| Outcome::Storage(e.to_string()))?;
         }
         self.cache.insert(
@@ -1224,7 +1368,7 @@ impl Leaderless {
         let (before, after) = (applied.siblings_before, applied.siblings_after);
         stats.siblings_created += after.saturating_sub(before.max(1)) as u64;
         stats.siblings_resolved += before.saturating_sub(after.max(1)) as u64;
-        Ok(())
+        Ok(changed)
     }
 
     /// The stored state of `key` (with its bytes), decoded through the cache.
@@ -1309,7 +1453,9 @@ impl Leaderless {
             && (1..=keyspace.n).contains(&r)
             && (1..=keyspace.n).contains(&w)
             && self.replicas(&keyspace, &key).contains(&self.node);
-        if !valid {
+        if valid {
+            self.learn_keyspace(env.storage, &keyspace, Source::Peer);
+        } else {
             tracing::warn!(%from, keyspace = keyspace.name, "forward this node cannot coordinate");
             return self.answer(
                 env,
@@ -1350,7 +1496,7 @@ impl Leaderless {
             }
         }
         if replicas.contains(&self.node) {
-            match apply(env.storage, &keyspace, &key, &record) {
+            match self.apply_record(env.storage, &keyspace, &key, &record, true) {
                 Ok(applied) => {
                     if !applied.accepted {
                         self.stats_mut(&keyspace).lww_discarded += 1;
@@ -1415,7 +1561,7 @@ impl Leaderless {
         let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
         if owner == self.node {
             // A coordinator whose ring disagrees with ours: we are the owner, so just apply.
-            return match apply(env.storage, keyspace, key, record) {
+            return match self.apply_record(env.storage, keyspace, key, record, true) {
                 Ok(applied) => {
                     if !applied.accepted {
                         self.stats_mut(keyspace).lww_discarded += 1;
@@ -1434,6 +1580,7 @@ impl Leaderless {
                 accepted: true,
                 current: record.timestamp,
                 existed: false,
+                changed: false,
             }));
         }
         if !self.hints.is_loaded() {
@@ -1455,6 +1602,7 @@ impl Leaderless {
                     accepted: true,
                     current: record.timestamp,
                     existed,
+                    changed: false,
                 }))
             }
             Ok(Stored::Older { current, existed }) => {
@@ -1463,6 +1611,7 @@ impl Leaderless {
                     accepted: false,
                     current,
                     existed,
+                    changed: false,
                 }))
             }
             Ok(Stored::Refused) => {
@@ -1627,6 +1776,7 @@ impl Leaderless {
                 self.send(owner, message);
             }
         }
+        self.maintain_anti_entropy(env);
     }
 
     /// An owner receives a hint a fallback held for it: applied like a write or a merge, then
@@ -1644,7 +1794,7 @@ impl Leaderless {
         let applied = match payload {
             HintPayload::Record(record) => {
                 let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
-                match apply(env.storage, &keyspace, &key, &record) {
+                match self.apply_record(env.storage, &keyspace, &key, &record, true) {
                     // Refused: this replica holds a newer record, which supersedes the hint.
                     Ok(a) => {
                         if !a.accepted {
@@ -1701,7 +1851,8 @@ impl Leaderless {
             } => {
                 // Observing the writer's timestamp keeps this node's later writes after it.
                 let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
-                match apply(env.storage, &keyspace, &key, &record) {
+                // `tracked: false` only under the planted bug of this path.
+                match self.apply_record(env.storage, &keyspace, &key, &record, false) {
                     Ok(a) => {
                         if !a.accepted {
                             self.stats_mut(&keyspace).lww_discarded += 1;
@@ -1730,6 +1881,7 @@ impl Leaderless {
                     accepted,
                     current,
                     existed,
+                    changed: false, // not carried: a coordinator has no use for it
                 };
                 self.on_write_ack(env, from, op, timestamp, applied);
             }
@@ -1752,7 +1904,7 @@ impl Leaderless {
                 record,
             } => {
                 let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
-                if let Err(e) = apply(env.storage, &keyspace, &key, &record) {
+                if let Err(e) = self.apply_record(env.storage, &keyspace, &key, &record, true) {
                     tracing::error!(%from, keyspace, error = %e, "read repair failed");
                 }
             }
@@ -1867,6 +2019,36 @@ impl Leaderless {
                 message: Message::Pong,
             }),
             Message::Pong => {} // heard: that was the point
+            Message::TreeHashes {
+                op,
+                keyspace,
+                n,
+                replicas,
+                level,
+                hashes,
+            } => self.on_tree_hashes(env, from, op, keyspace, n, replicas, level, hashes),
+            Message::TreeDiff {
+                op,
+                level,
+                differing,
+            } => self.on_tree_diff(env, from, op, level, differing),
+            Message::KeyHashes {
+                op,
+                keyspace,
+                n,
+                replicas,
+                from: first,
+                to: last,
+                keys,
+            } => self.on_key_hashes(env, from, op, keyspace, n, replicas, (first, last), keys),
+            Message::KeyDiff {
+                op,
+                push,
+                pull,
+                through,
+            } => self.on_key_diff(env, from, op, push, pull, through),
+            Message::KeyValues { keyspace, entries } => self.on_key_values(env, keyspace, entries),
+            Message::ExchangeRefused { op } => self.on_exchange_refused(env, from, op),
         }
     }
 
@@ -1961,7 +2143,7 @@ impl Leaderless {
                 .is_none_or(|r| r.timestamp < newest.timestamp);
             if stale && node == self.node {
                 repairs += 1;
-                if let Err(e) = apply(env.storage, &p.keyspace, &p.key, &newest) {
+                if let Err(e) = self.apply_record(env.storage, &p.keyspace, &p.key, &newest, true) {
                     tracing::error!(keyspace = p.keyspace, error = %e, "local read repair failed");
                 }
             } else if stale {
@@ -2074,6 +2256,7 @@ impl Leaderless {
         );
         self.detector.check_invariants();
         self.hints.check_invariants();
+        self.anti_entropy.check_invariants();
         if self.hints.is_loaded() {
             for (keyspace, stats) in &self.stats {
                 assert_eq!(
@@ -2176,6 +2359,8 @@ struct Applied {
     current: HlcTimestamp,
     /// Whether a live value was there before.
     existed: bool,
+    /// Whether the replica's record changed (stored, not merely already held).
+    changed: bool,
 }
 
 fn newest(replies: &BTreeMap<NodeId, Option<Record>>) -> Option<&Record> {
@@ -2192,46 +2377,6 @@ fn load<S: Storage>(
         Some(bytes) => Record::decode(&bytes)
             .map(Some)
             .map_err(|e| StorageError::Engine(format!("key in keyspace {keyspace}: {e}"))),
-    }
-}
-
-/// Last-writer-wins at a replica: stores `record` unless the replica holds a newer one.
-fn apply<S: Storage>(
-    storage: &mut S,
-    keyspace: &str,
-    key: &[u8],
-    record: &Record,
-) -> Result<Applied, StorageError> {
-    let existing = load(storage, keyspace, key)?;
-    match existing {
-        Some(e) if e.timestamp > record.timestamp => Ok(Applied {
-            accepted: false,
-            current: e.timestamp,
-            existed: e.value.is_some(),
-        }),
-        // The same record again: a duplicate delivery, acknowledged as accepted.
-        Some(e) if e.timestamp == record.timestamp && e.value == record.value => Ok(Applied {
-            accepted: true,
-            current: e.timestamp,
-            existed: e.value.is_some(),
-        }),
-        // A different record under the same timestamp: a timestamp was reused (the node's clock
-        // ceiling exists so that it never is). Refuse, so the coordinator re-stamps past it,
-        // rather than acknowledge a write this replica does not hold.
-        Some(e) if e.timestamp == record.timestamp => Ok(Applied {
-            accepted: false,
-            current: e.timestamp,
-            existed: e.value.is_some(),
-        }),
-        existing => {
-            storage.put(&table_name(keyspace), key, &record.encode())?;
-            let existed = existing.is_some_and(|e| e.value.is_some());
-            Ok(Applied {
-                accepted: true,
-                current: record.timestamp,
-                existed,
-            })
-        }
     }
 }
 

@@ -126,4 +126,50 @@ pub enum Message {
     Ping,
     /// The answer to a `Ping`.
     Pong,
+    // ---- anti-entropy (crate::anti_entropy) ----
+    /// Initiator -> another replica of the range `replicas` (its N nodes, sorted) of `keyspace`
+    /// (whose N is `n`): my hashes of these nodes (index, hash) of level `level` of my tree of
+    /// the range; answer with those that differ from yours (`TreeDiff`).
+    TreeHashes {
+        op: OpId,
+        keyspace: String,
+        n: u8,
+        replicas: Vec<NodeId>,
+        level: u8,
+        hashes: Vec<(u32, u64)>,
+    },
+    /// Replica -> initiator: the nodes of `level` whose hashes differ (empty: in sync).
+    TreeDiff {
+        op: OpId,
+        level: u8,
+        differing: Vec<u32>,
+    },
+    /// Initiator -> replica: every key I hold of the range with a ring position in
+    /// `from..=to`, with its entry hash; answer with what differs (`KeyDiff`).
+    KeyHashes {
+        op: OpId,
+        keyspace: String,
+        n: u8,
+        replicas: Vec<NodeId>,
+        from: u64,
+        to: u64,
+        keys: Vec<(Bytes, u64)>,
+    },
+    /// Replica -> initiator: my values of the keys you lack or hold differently (`push`), the
+    /// keys whose values I want from you (`pull`); I compared the page up to position
+    /// `through` (the rest of the page is for another `KeyHashes`).
+    KeyDiff {
+        op: OpId,
+        push: Vec<(Bytes, HintPayload)>,
+        pull: Vec<Bytes>,
+        through: u64,
+    },
+    /// Initiator -> replica: my values of the keys you pulled (merged with yours first).
+    KeyValues {
+        keyspace: String,
+        entries: Vec<(Bytes, HintPayload)>,
+    },
+    /// Replica -> initiator: I cannot compare this range now (my index is still being built,
+    /// or my N or ring disagrees).
+    ExchangeRefused { op: OpId },
 }

@@ -59,12 +59,17 @@ impl Ring {
 
     /// The first `n` distinct nodes clockwise from `position` (fewer if the ring has fewer).
     pub fn preference_list(&self, position: u64, n: usize) -> Vec<NodeId> {
+        let start = self.points.partition_point(|(p, _)| *p < position);
+        self.preference_list_from(start, n)
+    }
+
+    /// The first `n` distinct nodes met walking clockwise from point `start`.
+    fn preference_list_from(&self, start: usize, n: usize) -> Vec<NodeId> {
         let want = n.min(self.nodes.len());
         let mut out = Vec::with_capacity(want);
         if want == 0 {
             return out;
         }
-        let start = self.points.partition_point(|(p, _)| *p < position);
         for i in 0..self.points.len() {
             let (_, node) = self.points[(start + i) % self.points.len()];
             if !out.contains(&node) {
@@ -76,6 +81,81 @@ impl Ring {
         }
         assert_eq!(out.len(), want, "a preference list holds N distinct nodes");
         out
+    }
+}
+
+/// The ring cut into arcs for one replication factor N (the ranges of anti-entropy).
+///
+/// Every key between two consecutive points of the ring has the same preference list, so the
+/// same replica set; the keys of all the arcs that share one *set* of N nodes are held by exactly
+/// those N nodes, and are what those nodes compare with each other ([`crate::anti_entropy`]).
+/// With V points per node there are at most V x nodes arcs but far fewer distinct sets (5 nodes,
+/// N = 3: 10 sets, each node in 6 of them).
+#[derive(Clone, Debug)]
+pub struct ReplicaSets {
+    /// Each arc's last position: the ring's points, sorted. Arc `i` holds the positions in
+    /// `(ends[i - 1], ends[i]]`; arc 0 also those above the last point (the ring wraps).
+    ends: Vec<u64>,
+    /// The set each arc's keys belong to (an index into `sets`).
+    set_of_arc: Vec<u32>,
+    /// The distinct replica sets, each sorted by node id, in order of first appearance.
+    sets: Vec<Vec<NodeId>>,
+}
+
+impl Ring {
+    /// The replica sets of replication factor `n` (at least 1), and which arc maps to which.
+    pub fn replica_sets(&self, n: usize) -> ReplicaSets {
+        assert!(n >= 1, "a replication factor is at least 1");
+        let mut sets: Vec<Vec<NodeId>> = Vec::new();
+        let mut index: std::collections::BTreeMap<Vec<NodeId>, u32> = Default::default();
+        let mut set_of_arc = Vec::with_capacity(self.points.len());
+        for start in 0..self.points.len() {
+            let mut set = self.preference_list_from(start, n);
+            set.sort();
+            let i = *index.entry(set.clone()).or_insert_with(|| {
+                sets.push(set);
+                (sets.len() - 1) as u32
+            });
+            set_of_arc.push(i);
+        }
+        ReplicaSets {
+            ends: self.points.iter().map(|(p, _)| *p).collect(),
+            set_of_arc,
+            sets,
+        }
+    }
+}
+
+impl ReplicaSets {
+    /// The replica set (an index) of the key at ring `position`.
+    pub fn set_of(&self, position: u64) -> usize {
+        let arc = self.ends.partition_point(|e| *e < position) % self.ends.len();
+        self.set_of_arc[arc] as usize
+    }
+
+    /// The nodes of set `set`, sorted.
+    pub fn nodes(&self, set: usize) -> &[NodeId] {
+        &self.sets[set]
+    }
+
+    /// The index of the set holding exactly `nodes` (sorted), if it is one.
+    pub fn find(&self, nodes: &[NodeId]) -> Option<usize> {
+        self.sets.iter().position(|s| s == nodes)
+    }
+
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+
+    /// The sets `node` belongs to, in index order.
+    pub fn sets_of(&self, node: NodeId) -> Vec<usize> {
+        (0..self.sets.len())
+            .filter(|&s| self.sets[s].contains(&node))
+            .collect()
     }
 }
 
@@ -137,6 +217,34 @@ mod tests {
             .count() as u32;
         // Ideal is 1/5 of the keys; everything that moved must have moved to the new node.
         assert!(moved < keys * 3 / 10, "{moved} of {keys} keys moved");
+    }
+
+    #[test]
+    fn replica_sets_agree_with_preference_lists() {
+        let ring = Ring::new(&ids(5), VNODES_PER_NODE_DEFAULT);
+        for n in 1..=5 {
+            let sets = ring.replica_sets(n);
+            let mut probes: Vec<u64> = (0..5_000u32)
+                .map(|k| Ring::position("ks", &k.to_be_bytes()))
+                .collect();
+            // The points themselves, either side of them, and the ends of the ring.
+            for &(p, _) in &ring.points {
+                probes.extend([p, p.wrapping_add(1), p.wrapping_sub(1)]);
+            }
+            probes.extend([0, u64::MAX]);
+            for position in probes {
+                let mut expected = ring.preference_list(position, n);
+                expected.sort();
+                assert_eq!(sets.nodes(sets.set_of(position)), expected.as_slice());
+            }
+            for set in 0..sets.len() {
+                assert_eq!(sets.find(sets.nodes(set)), Some(set));
+            }
+        }
+        // 5 nodes, N = 3: every 3-subset is a set (10 of them), each node in 6.
+        let sets = ring.replica_sets(3);
+        assert_eq!(sets.len(), 10);
+        assert_eq!(sets.sets_of(NodeId(1)).len(), 6);
     }
 
     #[test]

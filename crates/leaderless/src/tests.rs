@@ -12,9 +12,14 @@ struct Replica {
 }
 
 struct Cluster {
+    /// Whether the engines run anti-entropy (only the tests of it: the others count messages
+    /// and repairs that background exchanges would change).
+    anti_entropy: bool,
     nodes: BTreeMap<NodeId, Replica>,
     /// Messages produced and not yet delivered: (from, to, message).
     in_flight: VecDeque<(NodeId, NodeId, Message)>,
+    /// Every message delivered, with the time (recorded only with anti-entropy on).
+    trace: Vec<(Instant, NodeId, NodeId, Message)>,
     replies: Vec<(NodeId, RequestId, Outcome)>,
     down: BTreeSet<NodeId>,
     now: Instant,
@@ -25,7 +30,23 @@ fn ks() -> KeyspaceConfig {
 }
 
 impl Cluster {
+    /// A cluster of `n` nodes running `config` without anti-entropy.
     fn new(n: u32, config: LeaderlessConfig) -> Self {
+        Cluster::build(n, config, false)
+    }
+
+    /// A cluster of `n` nodes running `config` as given, anti-entropy included.
+    fn with_anti_entropy(n: u32, config: LeaderlessConfig) -> Self {
+        Cluster::build(n, config, true)
+    }
+
+    fn engine_config(&self, mut config: LeaderlessConfig) -> LeaderlessConfig {
+        config.anti_entropy.enabled &= self.anti_entropy;
+        config
+    }
+
+    fn build(n: u32, mut config: LeaderlessConfig, anti_entropy: bool) -> Self {
+        config.anti_entropy.enabled &= anti_entropy;
         let members: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let nodes = members
             .iter()
@@ -41,8 +62,10 @@ impl Cluster {
             })
             .collect();
         Cluster {
+            anti_entropy,
             nodes,
             in_flight: VecDeque::new(),
+            trace: Vec::new(),
             replies: vec![],
             down: BTreeSet::new(),
             now: Instant(0),
@@ -75,6 +98,9 @@ impl Cluster {
             if self.down.contains(&to) || self.down.contains(&from) {
                 continue;
             }
+            if self.anti_entropy {
+                self.trace.push((self.now, from, to, message.clone()));
+            }
             self.step(to, |e, env| e.handle_message(env, from, message));
         }
     }
@@ -92,6 +118,44 @@ impl Cluster {
         let k = Bytes::copy_from_slice(key.as_bytes());
         self.step(NodeId(via), |e, env| e.read(env, req, &ks(), k, 2));
         self.finish(req)
+    }
+
+    /// Advances both clocks by `d` in steps of 100 ms, running every node's timers and
+    /// delivering what they send.
+    fn tick(&mut self, d: Duration) {
+        let steps = d.as_millis() / 100;
+        for _ in 0..steps {
+            self.now = self.now + Duration::from_millis(100);
+            for r in self.nodes.values_mut() {
+                r.wall_ms += 100;
+            }
+            let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+            for id in ids {
+                if !self.down.contains(&id) {
+                    self.step(id, |e, env| e.handle_timeout(env));
+                }
+            }
+            self.deliver_all();
+        }
+    }
+
+    fn stats_of(&self, id: NodeId, keyspace: &str) -> KeyspaceStats {
+        self.nodes[&id]
+            .engine
+            .stats()
+            .get(keyspace)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The process restarts over its disk: everything not synced is lost.
+    fn crash_restart(&mut self, id: NodeId, config: LeaderlessConfig) {
+        let config = self.engine_config(config);
+        let members: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let r = self.nodes.get_mut(&id).unwrap();
+        r.disk.crash();
+        let started = r.hlc.now(r.wall_ms);
+        r.engine = Leaderless::new(id, &members, config).with_incarnation(1 << 40, started);
     }
 
     fn finish(&mut self, req: RequestId) -> Outcome {
@@ -273,12 +337,17 @@ fn a_different_record_under_a_timestamp_already_held_is_refused() {
         timestamp: ts,
         value: Some(Bytes::from_static(b"2")),
     };
-    assert!(apply(&mut disk, "default", b"k", &one).unwrap().accepted);
-    assert!(
-        apply(&mut disk, "default", b"k", &one).unwrap().accepted,
-        "duplicate delivery"
-    );
-    let refused = apply(&mut disk, "default", b"k", &two).unwrap();
+    let members = [NodeId(1)];
+    let mut engine = Leaderless::new(NodeId(1), &members, LeaderlessConfig::default());
+    let mut apply = |disk: &mut SimDisk, record: &Record| {
+        engine
+            .apply_record(disk, "default", b"k", record, true)
+            .unwrap()
+    };
+    assert!(apply(&mut disk, &one).accepted);
+    let again = apply(&mut disk, &one);
+    assert!(again.accepted && !again.changed, "duplicate delivery");
+    let refused = apply(&mut disk, &two);
     assert!(!refused.accepted && refused.current == ts);
     assert_eq!(load(&disk, "default", b"k").unwrap(), Some(one));
 }
@@ -739,25 +808,6 @@ mod sloppy {
     }
 
     impl Cluster {
-        /// Advances both clocks by `d` in steps of 100 ms, running every node's timers and
-        /// delivering what they send.
-        fn tick(&mut self, d: Duration) {
-            let steps = d.as_millis() / 100;
-            for _ in 0..steps {
-                self.now = self.now + Duration::from_millis(100);
-                for r in self.nodes.values_mut() {
-                    r.wall_ms += 100;
-                }
-                let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
-                for id in ids {
-                    if !self.down.contains(&id) {
-                        self.step(id, |e, env| e.handle_timeout(env));
-                    }
-                }
-                self.deliver_all();
-            }
-        }
-
         fn write_to(
             &mut self,
             via: NodeId,
@@ -794,24 +844,6 @@ mod sloppy {
 
         fn hints_at(&self, id: NodeId) -> Vec<crate::hint::StoredHint> {
             stored_hints(&self.nodes[&id].disk).unwrap()
-        }
-
-        fn stats_of(&self, id: NodeId, keyspace: &str) -> KeyspaceStats {
-            self.nodes[&id]
-                .engine
-                .stats()
-                .get(keyspace)
-                .cloned()
-                .unwrap_or_default()
-        }
-
-        /// The process restarts over its disk: everything not synced is lost.
-        fn crash_restart(&mut self, id: NodeId, config: LeaderlessConfig) {
-            let members: Vec<NodeId> = self.nodes.keys().copied().collect();
-            let r = self.nodes.get_mut(&id).unwrap();
-            r.disk.crash();
-            let started = r.hlc.now(r.wall_ms);
-            r.engine = Leaderless::new(id, &members, config).with_incarnation(1 << 40, started);
         }
     }
 
@@ -1155,3 +1187,5 @@ mod sloppy {
         );
     }
 }
+
+mod anti_entropy_exchanges;

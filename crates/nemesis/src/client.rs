@@ -43,6 +43,36 @@ use triarch_core::DetRng;
 /// The keyspace the workload's registers live in (configured on every node).
 pub const KEYSPACE: &str = "nemesis";
 
+/// Which model the run tests, and so which workload and checkers it uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Keyspace `nemesis` is leaderless (N=3, R=2, W=2, lww): one writer per key, checked by
+    /// the simulator's single-writer checker.
+    SingleWriter,
+    /// Keyspace `nemesis` is primary-backup (N=3): every writer writes unique values to random
+    /// keys, checked for linearizability per key.
+    Registers,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::SingleWriter => "single-writer",
+            Workload::Registers => "registers",
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<Workload, String> {
+        match text {
+            "single-writer" => Ok(Workload::SingleWriter),
+            "registers" => Ok(Workload::Registers),
+            other => Err(format!(
+                "unknown workload {other:?}: single-writer (leaderless) or registers (primary-backup)"
+            )),
+        }
+    }
+}
+
 /// The RESP key of register `key`.
 pub fn key_name(key: u64) -> String {
     format!("{KEYSPACE}:{key}")
@@ -70,6 +100,7 @@ pub struct ClientOptions {
     pub history: PathBuf,
     /// Where each node's final `INFO` goes (`info-n<i>.txt`).
     pub dir: PathBuf,
+    pub workload: Workload,
 }
 
 struct Shared {
@@ -233,7 +264,14 @@ fn connect(addr: SocketAddr, timeout: Duration, setup: &[Vec<String>]) -> Result
 
 #[derive(Clone, Copy, Debug)]
 enum Role {
-    Writer { key: u64 },
+    /// Writes increasing values to its own key (single-writer).
+    Writer {
+        key: u64,
+    },
+    /// Writes values unique over the run to random keys (registers): `index` makes them unique.
+    AnyKeyWriter {
+        index: u64,
+    },
     Reader,
 }
 
@@ -253,6 +291,11 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
             Role::Writer { key } => {
                 next_value += 1;
                 (F::Write, key, Some(next_value - 1))
+            }
+            Role::AnyKeyWriter { index } => {
+                next_value += 1;
+                let value = (index + 1) * 1_000_000_000 + next_value - 1;
+                (F::Write, rng.below(options.keys), Some(value))
             }
             Role::Reader => (F::Read, rng.below(options.keys), None),
         };
@@ -401,8 +444,14 @@ pub fn run(options: ClientOptions) -> Result<()> {
     });
     let options = Arc::new(options);
     let mut rng = DetRng::seed_from_u64(triarch_core::hash::mix64(options.seed ^ 0xc11e_7700));
-    let roles = (0..options.keys)
-        .map(|key| Role::Writer { key })
+    let writers: Vec<Role> = match options.workload {
+        Workload::SingleWriter => (0..options.keys).map(|key| Role::Writer { key }).collect(),
+        Workload::Registers => (0..options.keys)
+            .map(|index| Role::AnyKeyWriter { index })
+            .collect(),
+    };
+    let roles = writers
+        .into_iter()
         .chain((0..options.readers).map(|_| Role::Reader));
     let workers: Vec<_> = roles
         .map(|role| {

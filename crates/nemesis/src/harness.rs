@@ -32,8 +32,29 @@ pub fn resp_addr(id: u32) -> SocketAddr {
 /// Built from the documented file format (README, "Configuration") rather than field by field,
 /// so that it keeps working while the Rust structs behind the format are reorganised; `validate`
 /// (and this crate's tests) catch any disagreement.
-pub fn node_config(dir: &Path, id: u32, nodes: u32, planted_bug: bool) -> Result<ServerConfig> {
+pub fn node_config(
+    dir: &Path,
+    id: u32,
+    nodes: u32,
+    workload: crate::Workload,
+    planted_bug: bool,
+) -> Result<ServerConfig> {
     let peer = |i: u32| SocketAddr::from((host_ip(i), PEER_PORT)).to_string();
+    let keyspace = match workload {
+        crate::Workload::SingleWriter => serde_json::json!({
+            "name": crate::client::KEYSPACE,
+            "model": "leaderless",
+            "n": 3,
+            "r": 2,
+            "w": 2,
+            "merge": "lww",
+        }),
+        crate::Workload::Registers => serde_json::json!({
+            "name": crate::client::KEYSPACE,
+            "model": "primary-backup",
+            "n": 3,
+        }),
+    };
     let members: Vec<serde_json::Value> = (1..=nodes)
         .map(|i| serde_json::json!({"id": i, "region": "r1", "peer_addr": peer(i)}))
         .collect();
@@ -45,17 +66,11 @@ pub fn node_config(dir: &Path, id: u32, nodes: u32, planted_bug: bool) -> Result
         "resp_addr": resp_addr(id).to_string(),
         "http_addr": SocketAddr::from((host_ip(id), HTTP_PORT)).to_string(),
         "members": members,
-        "keyspaces": [{
-            "name": crate::client::KEYSPACE,
-            "model": "leaderless",
-            "n": 3,
-            "r": 2,
-            "w": 2,
-            "merge": "lww",
-        }],
+        "keyspaces": [keyspace],
         "request_timeout_ms": 1_000,
         "clock_forward_bound_ms": 60_000,
-        "bug_ack_before_quorum": planted_bug,
+        "bug_ack_before_quorum": planted_bug && workload == crate::Workload::SingleWriter,
+        "bug_local_reads": planted_bug && workload == crate::Workload::Registers,
     });
     let config: ServerConfig =
         serde_json::from_value(file).with_context(|| format!("building n{id}'s configuration"))?;
@@ -146,10 +161,10 @@ impl Harness {
     }
 
     /// Writes every node's configuration (and a neutral clock control file).
-    pub fn write_configs(&self, planted_bug: bool) -> Result<()> {
+    pub fn write_configs(&self, workload: crate::Workload, planted_bug: bool) -> Result<()> {
         let n = self.node_count();
         for node in &self.nodes {
-            let config = node_config(&self.dir, node.id, n, planted_bug)?;
+            let config = node_config(&self.dir, node.id, n, workload, planted_bug)?;
             std::fs::write(&node.config, config.to_toml())
                 .with_context(|| format!("writing {}", node.config.display()))?;
             if let Some(clock) = &node.clock {
@@ -507,15 +522,20 @@ mod tests {
     fn node_configs_are_valid_and_name_the_namespace_addresses() {
         let dir = Path::new("/tmp/run");
         for planted_bug in [false, true] {
-            let c = node_config(dir, 2, 5, planted_bug).unwrap();
+            let c = node_config(dir, 2, 5, crate::Workload::SingleWriter, planted_bug).unwrap();
             assert_eq!(c.resp_addr.to_string(), "10.99.0.2:6379");
             assert_eq!(c.members.len(), 5);
             assert_eq!(c.members[4].peer_addr.to_string(), "10.99.0.5:7000");
             assert_eq!(c.bug_ack_before_quorum, planted_bug);
+            assert!(!c.bug_local_reads);
             let text = c.to_toml();
             assert!(text.contains("name = \"nemesis\""), "{text}");
             assert!(text.contains("w = 2"), "{text}");
             assert_eq!(c.data_dir, dir.join("data/n2"));
+            let c = node_config(dir, 2, 5, crate::Workload::Registers, planted_bug).unwrap();
+            assert_eq!(c.bug_local_reads, planted_bug);
+            assert!(!c.bug_ack_before_quorum);
+            assert!(c.to_toml().contains("primary-backup"));
         }
     }
 

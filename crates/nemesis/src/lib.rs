@@ -40,13 +40,15 @@
 //! 6. **Teardown**, always (success, failure, panic, SIGINT/SIGTERM/SIGHUP), then a check that no
 //!    namespace, process or nft table of the run is left.
 //! 7. **Checkers** ([`check`]): the simulator's single-writer register checker on the real
-//!    history, and convergence of the final reads. **Report** ([`report`]): `summary.txt`,
-//!    `latency-raw.svg`.
+//!    history (`--workload single-writer`, leaderless), or its linearizability checker per key
+//!    (`--workload registers`, primary-backup), and convergence of the final reads. **Report**
+//!    ([`report`]): `summary.txt`, `latency-raw.svg`.
 //!
 //! Not in this increment: region latency (NFQUEUE at the bridge), other workloads (sets,
-//! counters, linearizable registers, bank: they wait for the models that need them).
+//! counters, compare-and-set, bank over RESP).
 
 pub mod check;
+pub use client::Workload;
 pub mod client;
 pub mod harness;
 pub mod history;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use triarch_nemesis::client::ClientOptions;
 use triarch_nemesis::run::RunOptions;
 use triarch_nemesis::schedule::FaultClass;
-use triarch_nemesis::{check, clean, client, history, run, signals};
+use triarch_nemesis::{Workload, check, clean, client, history, run, signals};
 
 #[derive(Parser)]
 #[command(
@@ -66,6 +66,10 @@ struct RunArgs {
     /// Registers (one writer each).
     #[arg(long, default_value_t = 8)]
     keys: u64,
+    /// single-writer (a leaderless keyspace, the single-writer checker) or registers (a
+    /// primary-backup keyspace, linearizability per key).
+    #[arg(long, default_value = "single-writer")]
+    workload: String,
     /// Reader processes (default: as many as keys).
     #[arg(long)]
     readers: Option<u64>,
@@ -101,6 +105,8 @@ struct ClientArgs {
     history: PathBuf,
     #[arg(long)]
     dir: PathBuf,
+    #[arg(long, default_value = "single-writer")]
+    workload: String,
 }
 
 fn main() -> ExitCode {
@@ -127,6 +133,13 @@ fn main() -> ExitCode {
                 timeout: Duration::from_millis(args.timeout_ms),
                 history: args.history,
                 dir: args.dir,
+                workload: match Workload::parse(&args.workload) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        eprintln!("triarch-nemesis client: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
             })
             .map(|()| true),
         ),
@@ -211,6 +224,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         timeout: Duration::from_millis(args.timeout_ms),
         settle: Duration::from_secs(args.settle_s),
         triarch,
+        workload: Workload::parse(&args.workload).map_err(anyhow::Error::msg)?,
     })
 }
 
@@ -225,7 +239,14 @@ fn check_command(dir: &std::path::Path) -> Result<bool> {
         bail!("no n1.toml in {}: not a run directory", dir.display());
     }
     let keys = parsed.events.iter().map(|e| e.key + 1).max().unwrap_or(0);
-    let results = check::check_all(&parsed.history, nodes, keys);
+    // The workload the run used, from its keyspace's model.
+    let n1 = std::fs::read_to_string(dir.join("n1.toml"))?;
+    let workload = if n1.contains("primary-backup") {
+        Workload::Registers
+    } else {
+        Workload::SingleWriter
+    };
+    let results = check::check_all(&parsed.history, workload, nodes, keys);
     let (ok, fail, info) = parsed.history.outcome_counts();
     println!(
         "{} events: {ok} ok, {fail} fail, {info} info",

@@ -36,6 +36,7 @@ pub struct RunOptions {
     pub settle: Duration,
     /// The `triarch` binary the nodes run.
     pub triarch: PathBuf,
+    pub workload: crate::Workload,
 }
 
 impl RunOptions {
@@ -55,6 +56,9 @@ impl RunOptions {
         );
         if self.keys != 8 {
             let _ = write!(c, " --keys {}", self.keys);
+        }
+        if self.workload != crate::Workload::SingleWriter {
+            let _ = write!(c, " --workload {}", self.workload.name());
         }
         if self.planted_bug {
             c.push_str(" --planted-bug");
@@ -243,7 +247,12 @@ pub fn run(options: &RunOptions, interrupted: &Interrupted) -> Result<RunOutcome
 
     let check_started = Instant::now();
     let parsed = history::read(&dir.join("history.jsonl"))?;
-    let results = check::check_all(&parsed.history, options.nodes, options.keys);
+    let results = check::check_all(
+        &parsed.history,
+        options.workload,
+        options.nodes,
+        options.keys,
+    );
     timings.check = check_started.elapsed();
     let checkers_failed = results.iter().any(|r| !r.is_ok()) || !driven.unexpected_exits.is_empty();
     let passed = checkers_failed == options.expect_failure;
@@ -336,7 +345,7 @@ fn drive(
 ) -> Result<Driven> {
     let setup_started = Instant::now();
     harness.create_network()?;
-    harness.write_configs(options.planted_bug)?;
+    harness.write_configs(options.workload, options.planted_bug)?;
     harness.start_all()?;
     let self_exe = std::env::current_exe().context("locating triarch-nemesis")?;
     let addrs: Vec<String> = (1..=options.nodes)
@@ -359,6 +368,8 @@ fn drive(
         dir.join("history.jsonl").display().to_string(),
         "--dir".into(),
         dir.display().to_string(),
+        "--workload".into(),
+        options.workload.name().into(),
     ];
     harness.spawn_client(&self_exe, &client_args)?;
 
@@ -551,20 +562,32 @@ fn summary(
     let _ = writeln!(s);
     let _ = writeln!(s, "replay:     {}", options.replay_command());
     let _ = writeln!(s, "directory:  {}", dir.display());
+    let (model, bug, workload) = match options.workload {
+        crate::Workload::SingleWriter => (
+            "leaderless, N=3 R=2 W=2, lww",
+            "bug_ack_before_quorum",
+            "single-writer registers (one writer per key)",
+        ),
+        crate::Workload::Registers => (
+            "primary-backup, N=3",
+            "bug_local_reads",
+            "linearizable registers (writers of unique values to random keys)",
+        ),
+    };
     let _ = writeln!(
         s,
-        "cluster:    {} nodes in their own network namespaces, keyspace {} (leaderless, N=3 R=2 W=2, lww), planted bug {}",
+        "cluster:    {} nodes in their own network namespaces, keyspace {} ({model}), planted bug {}",
         options.nodes,
         crate::client::KEYSPACE,
         if options.planted_bug {
-            "ON (bug_ack_before_quorum)"
+            format!("ON ({bug})")
         } else {
-            "off"
+            "off".to_string()
         }
     );
     let _ = writeln!(
         s,
-        "workload:   single-writer registers: {} keys, {} writers + {} readers, think ~{} ms, client timeout {} ms",
+        "workload:   {workload}: {} keys, {} writers + {} readers, think ~{} ms, client timeout {} ms",
         options.keys,
         options.keys,
         options.readers,

@@ -66,8 +66,9 @@ const HLC_CEILING_KEY: &[u8] = b"hlc/ceiling";
 
 /// Version of the peer message encoding. A peer that sends another version is disconnected.
 /// Version 2 added the messages of the `siblings`, `counter`, `set` and `map` merge policies;
-/// version 3 the primary-backup model's.
-pub const WIRE_VERSION: u8 = 3;
+/// version 3 the primary-backup model's; version 4 sloppy quorums, hinted handoff and
+/// anti-entropy.
+pub const WIRE_VERSION: u8 = 4;
 
 /// Everything nodes say to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -380,7 +381,7 @@ impl<S: Storage> Node<S> {
             shapes: BTreeMap::new(),
             pb_shapes: BTreeMap::new(),
         };
-        node.ensure_primary_groups(now);
+        node.catalog_changed(now);
         node.raise_hlc_ceiling();
         node.drain_primary();
         Ok(node)
@@ -734,7 +735,7 @@ impl<S: Storage> Node<S> {
             let message = Message::Catalog(CatalogMessage::Entries(vec![entry.clone()]));
             self.outputs.push_back(Output::Send { to, message });
         }
-        self.ensure_primary_groups(now);
+        self.catalog_changed(now);
         Ok(())
     }
 
@@ -755,7 +756,7 @@ impl<S: Storage> Node<S> {
                         tracing::error!(error = %e, "catalog merge failed");
                     }
                 }
-                self.ensure_primary_groups(now);
+                self.catalog_changed(now);
             }
             Message::Primary(m) => {
                 let mut env = triarch_primary::engine::Env {
@@ -805,6 +806,32 @@ impl<S: Storage> Node<S> {
         self.primary.handle_timeout(&mut env);
         self.drain_leaderless();
         self.drain_primary();
+    }
+
+    /// Tells the models about the catalog: primary-backup voters start their keyspaces' Raft
+    /// groups, and the leaderless engine learns every leaderless keyspace's N (the ranges its
+    /// anti-entropy compares).
+    fn catalog_changed(&mut self, now: Now) {
+        self.ensure_primary_groups(now);
+        let leaderless: Vec<KeyspaceConfig> = self
+            .catalog
+            .entries()
+            .filter(|e| e.config.model == Model::Leaderless)
+            .map(|e| e.config.clone())
+            .collect();
+        for keyspace in leaderless {
+            let mut env = Env {
+                now,
+                storage: &mut self.storage,
+                hlc: &mut self.hlc,
+            };
+            self.leaderless.observe_keyspace(&mut env, &keyspace);
+        }
+    }
+
+    /// Anti-entropy on this node (trees, exchanges in flight, tombstones).
+    pub fn anti_entropy_status(&self) -> triarch_leaderless::anti_entropy::AntiEntropyStatus {
+        self.leaderless.anti_entropy_status()
     }
 
     /// Persists a new clock ceiling once the clock has reached the old one. It is staged in the

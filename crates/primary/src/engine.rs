@@ -64,7 +64,8 @@ pub struct PrimaryConfig {
     /// How many members a request is forwarded to before the client is told the keyspace is
     /// unavailable.
     pub forward_attempts_max: u8,
-    /// Compact a group's log once this many entries were applied since its last snapshot.
+    /// Compact a group's log once this many entries were applied since its last snapshot (a
+    /// snapshot copies the keyspace's whole state, on the node's core task).
     pub compact_every: u64,
     /// Serve reads under the leader's lease when it holds one (no round of messages; see
     /// [`RaftConfig::lease_reads`] for what it assumes of clocks), else by ReadIndex.
@@ -86,7 +87,7 @@ impl Default for PrimaryConfig {
             heartbeat_interval: Duration::from_millis(100),
             request_timeout: Duration::from_secs(5),
             forward_attempts_max: 10,
-            compact_every: 10_000,
+            compact_every: 100_000,
             lease_reads: false,
             spread_leaders: true,
             bug_local_reads: false,
@@ -1052,9 +1053,19 @@ impl Primary {
             return;
         };
         let applied = g.machine.applied();
-        if g.broken.is_some()
-            || applied.distance_from(g.raft.snapshot().index) < self.config.compact_every
-        {
+        let since = applied.distance_from(g.raft.snapshot().index);
+        if g.broken.is_some() || since < self.config.compact_every {
+            return;
+        }
+        // A leader keeps its log while a follower still needs entries from it: compacting them
+        // away would make it send that follower the whole state again, and again at every
+        // compaction under load. Past four times the interval it compacts anyway.
+        let lagging = g
+            .raft
+            .follower_progress()
+            .iter()
+            .any(|(_, matched)| *matched < applied);
+        if lagging && since < 4 * self.config.compact_every {
             return;
         }
         let data = match g.machine.snapshot(env.storage) {

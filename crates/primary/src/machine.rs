@@ -573,11 +573,16 @@ impl Machine {
         // restore leaves applied index 0, and the restore happens again at restart.
         storage.delete(&self.table, APPLIED)?;
         storage.delete(&self.table, REDO)?;
+        // Resume each scan after the last key deleted: staged deletes would otherwise be
+        // scanned past again and again.
+        let mut from: Vec<u8> = Vec::new();
         loop {
-            let chunk = storage.scan(&self.table, &[], SCAN_CHUNK)?;
-            if chunk.is_empty() {
+            let chunk = storage.scan(&self.table, &from, SCAN_CHUNK)?;
+            let Some((last, _)) = chunk.last() else {
                 break;
-            }
+            };
+            from = last.clone();
+            from.push(0);
             for (k, _) in chunk {
                 storage.delete(&self.table, &k)?;
             }

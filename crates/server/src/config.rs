@@ -58,6 +58,71 @@ pub struct ServerConfig {
     /// PLANTED BUG for checker tests only: acknowledge writes before W replicas hold them.
     #[serde(default)]
     pub bug_ack_before_quorum: bool,
+    /// PLANTED BUG for the fault suite: primary-backup voters serve reads from their own state,
+    /// without confirming leadership (`PrimaryConfig::bug_local_reads`). Never set it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bug_local_reads: bool,
+    /// Timing of primary-backup keyspaces' Raft groups (`[primary]`; every setting optional).
+    #[serde(default, skip_serializing_if = "PrimaryFileConfig::is_default")]
+    pub primary: PrimaryFileConfig,
+}
+
+/// `[primary]`: the Raft timing of every primary-backup keyspace on this node. Every node of a
+/// cluster should use the same values.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrimaryFileConfig {
+    /// A follower that hears nothing from a leader for a random time in [min, max] starts an
+    /// election (after a PreVote round).
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    pub heartbeat_interval_ms: u64,
+    /// How long a request may wait for its outcome before the client gets `TRYAGAIN`.
+    pub request_timeout_ms: u64,
+    /// A group snapshots its state and compacts its log after this many applied entries.
+    pub compact_every_entries: u64,
+    /// Leaders serve reads under a lease (no round of messages) rather than by ReadIndex;
+    /// assumes clocks drift apart by less than 5% (docs/primary-backup.md).
+    pub lease_reads: bool,
+}
+
+impl Default for PrimaryFileConfig {
+    fn default() -> Self {
+        // The engine's defaults (`PrimaryConfig::default()`), through the node's configuration.
+        let d = NodeConfig::new(NodeId(1), Vec::new()).primary;
+        let ms = |t: Duration| t.as_millis() as u64;
+        PrimaryFileConfig {
+            election_timeout_ms_min: ms(d.election_timeout_min),
+            election_timeout_ms_max: ms(d.election_timeout_max),
+            heartbeat_interval_ms: ms(d.heartbeat_interval),
+            request_timeout_ms: ms(d.request_timeout),
+            compact_every_entries: d.compact_every,
+            lease_reads: d.lease_reads,
+        }
+    }
+}
+
+impl PrimaryFileConfig {
+    fn is_default(&self) -> bool {
+        *self == PrimaryFileConfig::default()
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let p = self;
+        if p.heartbeat_interval_ms == 0 || p.request_timeout_ms == 0 || p.compact_every_entries == 0
+        {
+            return Err("[primary] timings and compact_every_entries must be at least 1".into());
+        }
+        if p.election_timeout_ms_min <= p.heartbeat_interval_ms
+            || p.election_timeout_ms_max < p.election_timeout_ms_min
+        {
+            return Err(format!(
+                "[primary] needs heartbeat_interval_ms ({}) < election_timeout_ms_min ({}) <= election_timeout_ms_max ({})",
+                p.heartbeat_interval_ms, p.election_timeout_ms_min, p.election_timeout_ms_max
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +211,7 @@ impl ServerConfig {
                 "value_bytes_max must be between 1 and {VALUE_BYTES_LIMIT}"
             ));
         }
+        self.primary.validate().map_err(ConfigFileError::Invalid)?;
         if self.request_timeout_ms == 0 {
             return invalid("request_timeout_ms must be at least 1".into());
         }
@@ -153,9 +219,9 @@ impl ServerConfig {
             let ks = self.keyspace_config(k);
             ks.validate(self.members.len())
                 .map_err(|e| ConfigFileError::Invalid(format!("keyspace {}: {e}", k.name)))?;
-            if ks.model != Model::Leaderless || ks.merge != MergePolicy::Lww {
+            if ks.model == Model::MultiLeader {
                 return invalid(format!(
-                    "keyspace {}: only leaderless keyspaces with merge = \"lww\" are available in this version",
+                    "keyspace {}: multi-leader keyspaces are not available in this version (leaderless and primary-backup are)",
                     k.name
                 ));
             }
@@ -191,6 +257,14 @@ impl ServerConfig {
             .collect();
         config.leaderless.request_timeout = Duration::from_millis(self.request_timeout_ms);
         config.leaderless.bug_ack_before_quorum = self.bug_ack_before_quorum;
+        config.primary.bug_local_reads = self.bug_local_reads;
+        let p = &self.primary;
+        config.primary.election_timeout_min = Duration::from_millis(p.election_timeout_ms_min);
+        config.primary.election_timeout_max = Duration::from_millis(p.election_timeout_ms_max);
+        config.primary.heartbeat_interval = Duration::from_millis(p.heartbeat_interval_ms);
+        config.primary.request_timeout = Duration::from_millis(p.request_timeout_ms);
+        config.primary.compact_every = p.compact_every_entries;
+        config.primary.lease_reads = p.lease_reads;
         config.clock_forward_bound_ms = self.clock_forward_bound_ms;
         config.value_bytes_max = self.value_bytes_max;
         config
@@ -232,6 +306,56 @@ w = 3
         assert_eq!((ks.n, ks.r, ks.w), (3, 2, 3));
         let again: ServerConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn primary_backup_keyspaces_in_the_file_but_not_multi_leader_yet() {
+        let pb = SAMPLE.replace(
+            "name = \"prefs\"\nmodel = \"leaderless\"\nw = 3",
+            "name = \"balance\"\nmodel = \"primary-backup\"",
+        );
+        let c: ServerConfig = toml::from_str(&pb).unwrap();
+        c.validate().unwrap();
+        let ks = &c.node_config().keyspaces[0];
+        assert_eq!(
+            (ks.name.as_str(), ks.model, ks.n),
+            ("balance", Model::PrimaryBackup, 3)
+        );
+        let ml = pb.replace("primary-backup", "multi-leader");
+        let c: ServerConfig = toml::from_str(&ml).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("keyspace balance: multi-leader"), "{e}");
+        let merged = pb.replace("primary-backup\"", "primary-backup\"\nmerge = \"counter\"");
+        let c: ServerConfig = toml::from_str(&merged).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("never merge"), "{e}");
+    }
+
+    #[test]
+    fn primary_timings_default_to_the_engine_s_and_are_checked() {
+        let c: ServerConfig = toml::from_str(SAMPLE).unwrap();
+        assert_eq!(c.primary, PrimaryFileConfig::default());
+        assert!(
+            !c.to_toml().contains("[primary]"),
+            "defaults are not written out"
+        );
+        let tuned = format!(
+            "{SAMPLE}\n[primary]\nelection_timeout_ms_min = 300\nelection_timeout_ms_max = 600\n"
+        );
+        let c: ServerConfig = toml::from_str(&tuned).unwrap();
+        c.validate().unwrap();
+        let p = c.node_config().primary;
+        assert_eq!(
+            (p.election_timeout_min, p.election_timeout_max),
+            (Duration::from_millis(300), Duration::from_millis(600))
+        );
+        let again: ServerConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(again, c);
+        let bad: ServerConfig = toml::from_str(&tuned.replace("600", "200")).unwrap();
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("election_timeout_ms_max (200)"), "{e}");
+        let e = toml::from_str::<ServerConfig>(&format!("{tuned}heartbeat_ms = 5\n")).unwrap_err();
+        assert!(e.to_string().contains("heartbeat_ms"), "{e}");
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use triarch_core::{Instant as CoreInstant, NodeId, Now, RequestId};
-use triarch_node::{Message, Node, Output, Reply, Request};
+use triarch_node::{Message, Node, Output, Reply, Request, SyncPoint};
 use triarch_storage::{FjallSyncer, StorageError};
 
 /// Most inputs stepped before the batch is synced: bounds how long replies of the first input of a
@@ -69,6 +69,10 @@ pub struct Snapshot {
     pub node: NodeId,
     pub keyspaces: Vec<triarch_core::KeyspaceConfig>,
     pub leaderless: BTreeMap<String, triarch_node::KeyspaceStats>,
+    /// This node's view of every primary-backup group it is a voter of.
+    pub primary: BTreeMap<String, triarch_node::GroupInfo>,
+    /// The primary-backup engine's counters (`proposals`, `forwards_sent`, ...).
+    pub primary_counters: Vec<(&'static str, u64)>,
     pub in_flight: usize,
     pub batches: u64,
     pub syncs: u64,
@@ -123,6 +127,8 @@ struct Core {
     outbound: BTreeMap<NodeId, Vec<Message>>,
     batches: u64,
     syncs: u64,
+    /// What the running sync covers, for `Node::synced` once it finishes.
+    sync_point: Option<SyncPoint>,
 }
 
 /// Runs the core until every input sender is dropped. A failed sync is fatal: the process exits,
@@ -147,6 +153,7 @@ pub async fn run(
         outbound: BTreeMap::new(),
         batches: 0,
         syncs: 0,
+        sync_point: None,
     };
     let mut sync_task: Option<JoinHandle<Result<(), StorageError>>> = None;
     let mut batch: Vec<CoreInput> = Vec::with_capacity(256);
@@ -161,6 +168,12 @@ pub async fn run(
                     Err(e) => fatal(&e.to_string()),
                 }
                 core.syncs += 1;
+                // Tell the node what became durable (a step: primary-backup leaders may commit).
+                if let Some(point) = core.sync_point.take() {
+                    let now = core.clock.now();
+                    core.node.synced(now, point);
+                    core.collect_outputs();
+                }
                 let released = std::mem::take(&mut core.syncing);
                 core.release(released);
                 sync_task = core.sync_or_release();
@@ -184,16 +197,7 @@ pub async fn run(
             }
         }
         core.batches += 1;
-        let mut early = Vec::new();
-        while let Some(o) = core.node.poll_output() {
-            match o {
-                Output::Send { ref message, .. } if message.may_precede_sync() => early.push(o),
-                o => core.waiting.push(o),
-            }
-        }
-        if !early.is_empty() {
-            core.release(early);
-        }
+        core.collect_outputs();
         if sync_task.is_none() {
             sync_task = core.sync_or_release();
         }
@@ -224,9 +228,26 @@ impl Core {
     /// With no sync running: if writes are staged, hands them to the engine and starts a sync
     /// that the waiting outputs ride on; otherwise everything staged is durable, so the waiting
     /// outputs go now.
+    /// Takes the node's outputs: those that may precede the sync go at once, the others wait.
+    fn collect_outputs(&mut self) {
+        let mut early = Vec::new();
+        while let Some(o) = self.node.poll_output() {
+            if o.may_precede_sync() {
+                early.push(o);
+            } else {
+                self.waiting.push(o);
+            }
+        }
+        if !early.is_empty() {
+            self.release(early);
+        }
+    }
+
     fn sync_or_release(&mut self) -> Option<JoinHandle<Result<(), StorageError>>> {
         match self.node.storage_mut().flush_to_engine() {
             Ok(true) => {
+                // Everything staged is in the engine now, so in the sync about to start.
+                self.sync_point = Some(self.node.sync_point());
                 self.syncing = std::mem::take(&mut self.waiting);
                 Some(self.start_sync())
             }
@@ -275,6 +296,16 @@ impl Core {
                         .map(|e| e.config.clone())
                         .collect(),
                     leaderless: self.node.leaderless_stats().clone(),
+                    primary: self
+                        .node
+                        .primary()
+                        .groups()
+                        .filter_map(|name| {
+                            let info = self.node.primary().info(name)?;
+                            Some((name.to_string(), info))
+                        })
+                        .collect(),
+                    primary_counters: crate::metrics::primary_counters(&self.node),
                     in_flight: self.node.in_flight(),
                     batches: self.batches,
                     syncs: self.syncs,
@@ -287,7 +318,7 @@ impl Core {
     fn release(&mut self, outputs: Vec<Output>) {
         for output in outputs {
             match output {
-                Output::Reply { request, reply } => {
+                Output::Reply { request, reply, .. } => {
                     if let Some((reply_to, started, label)) = self.pending.remove(&request) {
                         self.metrics.record_reply(&label, &reply, started.elapsed());
                         reply_to.send(reply);
@@ -302,5 +333,6 @@ impl Core {
             }
         }
         self.metrics.observe_stats(self.node.leaderless_stats());
+        self.metrics.observe_primary(&self.node);
     }
 }

@@ -125,7 +125,9 @@ fn error_response(e: &RequestError) -> Response {
     let status = match e {
         RequestError::QuorumFailed { .. }
         | RequestError::Superseded
-        | RequestError::CoordinatorUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        | RequestError::CoordinatorUnavailable { .. }
+        | RequestError::NoLeader { .. }
+        | RequestError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
         RequestError::UnknownKeyspace(_) => StatusCode::NOT_FOUND,
         RequestError::KeyspaceExists(_) | RequestError::StoredPolicyMismatch { .. } => {
             StatusCode::CONFLICT

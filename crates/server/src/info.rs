@@ -40,6 +40,10 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
         let _ = writeln!(s, "syncs:{}\r", snap.syncs);
         let _ = writeln!(s, "\r\n# Keyspaces\r");
         for k in &snap.keyspaces {
+            if k.model == triarch_core::Model::PrimaryBackup {
+                render_group(&mut s, k, snap.primary.get(&k.name));
+                continue;
+            }
             let st = snap.leaderless.get(&k.name).cloned().unwrap_or_default();
             let _ = writeln!(
                 s,
@@ -61,6 +65,49 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
                 st.forwarded
             );
         }
+        if !snap.primary.is_empty() {
+            let _ = writeln!(s, "\r\n# Primary-backup\r");
+            for (name, value) in &snap.primary_counters {
+                let _ = writeln!(s, "primary_{name}:{value}\r");
+            }
+        }
     }
     s
+}
+
+/// A primary-backup keyspace's line: its settings and this node's view of its Raft group
+/// (`role=none` on a node that is not one of its voters). On the leader, `lag_<node>` is each
+/// follower's lag in log entries.
+fn render_group(
+    s: &mut String,
+    k: &triarch_core::KeyspaceConfig,
+    group: Option<&triarch_node::GroupInfo>,
+) {
+    let _ = write!(s, "keyspace_{}:model={},n={}", k.name, k.model, k.n);
+    match group {
+        Some(g) => {
+            let voters: Vec<String> = g.voters.iter().map(|v| v.to_string()).collect();
+            let _ = write!(
+                s,
+                ",role={},leader={},term={},commit_index={},applied_index={},last_index={},snapshot_index={},voters={}",
+                format!("{:?}", g.role).to_ascii_lowercase(),
+                g.leader
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                g.term.0,
+                g.commit_index.0,
+                g.applied_index.0,
+                g.last_index.0,
+                g.snapshot_index.0,
+                voters.join(";"),
+            );
+            for (follower, _, lag) in &g.followers {
+                let _ = write!(s, ",lag_{follower}={lag}");
+            }
+        }
+        None => {
+            let _ = write!(s, ",role=none");
+        }
+    }
+    let _ = writeln!(s, "\r");
 }

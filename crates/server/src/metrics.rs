@@ -45,6 +45,12 @@ pub enum Op {
     Read,
     /// An operation on a merged state (INCR, SADD, HSET, SETV, ...).
     Apply,
+    /// Compare-and-set (primary-backup).
+    Cas,
+    /// WATCH's version read (primary-backup).
+    Watch,
+    /// A MULTI/EXEC transaction (primary-backup).
+    Exec,
     Admin,
 }
 
@@ -56,6 +62,9 @@ impl Op {
             Op::Delete => "delete",
             Op::Read => "read",
             Op::Apply => "apply",
+            Op::Cas => "cas",
+            Op::Watch => "watch",
+            Op::Exec => "exec",
             Op::Admin => "admin",
         }
     }
@@ -80,6 +89,7 @@ pub struct OpMetrics {
     keyspaces: BTreeMap<String, (Arc<str>, &'static str)>,
     handles: HashMap<(Arc<str>, Op), OpHandles>,
     stats_seen: BTreeMap<String, KeyspaceStats>,
+    primary_published: Option<std::time::Instant>,
 }
 
 impl OpMetrics {
@@ -90,6 +100,9 @@ impl OpMetrics {
             Request::Delete { key, .. } => (Some(key), Op::Delete),
             Request::Read { key, .. } => (Some(key), Op::Read),
             Request::Apply { key, .. } => (Some(key), Op::Apply),
+            Request::Cas { key, .. } => (Some(key), Op::Cas),
+            Request::Watch { keys } => (keys.first(), Op::Watch),
+            Request::Exec { commands, .. } => (commands.first().map(|c| c.key()), Op::Exec),
             Request::CreateKeyspace(_) | Request::ListKeyspaces | Request::KeyspaceInfo { .. } => {
                 (None, Op::Admin)
             }
@@ -139,6 +152,19 @@ impl OpMetrics {
         handles.latency.record(elapsed.as_secs_f64());
     }
 
+    /// Publishes the primary-backup groups' state, at most every 250 ms.
+    pub fn observe_primary<S: Storage>(&mut self, node: &Node<S>) {
+        let now = std::time::Instant::now();
+        if self
+            .primary_published
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(250))
+        {
+            return;
+        }
+        self.primary_published = Some(now);
+        observe_primary(node);
+    }
+
     /// Publishes the node's model counters (cheap when nothing changed).
     pub fn observe_stats(&mut self, stats: &BTreeMap<String, KeyspaceStats>) {
         for (ks, s) in stats {
@@ -160,6 +186,49 @@ impl OpMetrics {
             self.stats_seen.insert(ks.clone(), s.clone());
         }
     }
+}
+
+/// Publishes each primary-backup group's Raft state on this node: term, commit and applied
+/// indexes, whether this node leads, and (on the leader) each follower's lag in entries.
+fn observe_primary<S: Storage>(node: &Node<S>) {
+    for name in node.primary().groups() {
+        let Some(g) = node.primary().info(name) else {
+            continue;
+        };
+        let ks = name.to_string();
+        gauge!("triarch_raft_term", "keyspace" => ks.clone()).set(g.term.0 as f64);
+        gauge!("triarch_raft_commit_index", "keyspace" => ks.clone()).set(g.commit_index.0 as f64);
+        gauge!("triarch_raft_applied_index", "keyspace" => ks.clone())
+            .set(g.applied_index.0 as f64);
+        let leading = g.leader == Some(node.id());
+        gauge!("triarch_raft_is_leader", "keyspace" => ks.clone())
+            .set(f64::from(u8::from(leading)));
+        for (follower, _, lag) in &g.followers {
+            gauge!("triarch_raft_follower_lag_entries", "keyspace" => ks.clone(), "follower" => follower.to_string())
+                .set(*lag as f64);
+        }
+    }
+    for (name, value) in primary_counters(node) {
+        counter!(format!("triarch_primary_{name}_total")).absolute(value);
+    }
+}
+
+/// The primary-backup engine's counters, by short name: `/metrics` publishes each as
+/// `triarch_primary_<name>_total`, `INFO` as `<name>:<value>`.
+pub fn primary_counters<S: Storage>(node: &Node<S>) -> Vec<(&'static str, u64)> {
+    let s = node.primary().stats();
+    vec![
+        ("proposals", s.proposals),
+        ("reads", s.reads),
+        ("forwards_sent", s.forwards_sent),
+        ("forwards_served", s.forwards_served),
+        ("redirects", s.not_leader),
+        ("timeouts", s.timeouts),
+        ("duplicates", s.duplicates),
+        ("transactions_aborted", s.aborted),
+        ("snapshots_restored", s.snapshots_restored),
+        ("compactions", s.compactions),
+    ]
 }
 
 pub fn record_sync(elapsed: Duration, batch_outputs: usize) {

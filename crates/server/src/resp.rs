@@ -36,10 +36,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use triarch_core::{KeyspaceSettings, MergePolicy, Model};
 use triarch_node::{
-    CausalToken, Consistency, KeyspaceSpec, Operation, OperationResult, Reply as NodeReply,
-    Request, SiblingsView, View,
+    CausalToken, Command, CommandResult, Consistency, KeyspaceSpec, Operation, OperationResult,
+    Reply as NodeReply, Request, SiblingsView, View,
 };
-use triarch_resp::{Command, Decoder, Limits, Protocol, Reply};
+use triarch_resp::{Command as RespCommand, Decoder, Limits, Protocol, Reply};
 
 /// Commands in flight per connection before the connection stops reading.
 pub const PIPELINE_MAX: usize = 1024;
@@ -75,8 +75,36 @@ enum Combine {
     Fields,
     /// TRIARCH.GETV, TRIARCH.SETV: [context, value...].
     Siblings,
+    /// TRIARCH.CAS: 1 if it wrote, 0 if not.
+    Cas,
+    /// EXEC: one reply per queued command, or a null array when a watched key changed.
+    Exec(Vec<TxKind>),
     /// Admin commands: rendered by `admin_reply`.
     Admin(AdminKind),
+}
+
+/// A command queued between MULTI and EXEC, and how its results render.
+#[derive(Clone, Copy, Debug)]
+enum TxKind {
+    /// GET: the value or null.
+    Get,
+    /// SET: +OK.
+    Set,
+    /// DEL of this many keys: how many existed.
+    Del(usize),
+    /// INCR and friends: the new value.
+    Counter,
+    /// TRIARCH.CAS: 1 or 0.
+    Cas,
+}
+
+/// The state of a MULTI block.
+#[derive(Default)]
+struct Multi {
+    commands: Vec<Command>,
+    kinds: Vec<TxKind>,
+    /// A command could not be queued: EXEC answers EXECABORT, as Redis does.
+    failed: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -103,6 +131,10 @@ struct Session {
     read_quorum: Option<Consistency>,
     write_quorum: Option<Consistency>,
     name: Option<Bytes>,
+    /// Inside MULTI: the queued commands.
+    multi: Option<Multi>,
+    /// `(key, version)` recorded by WATCH, checked by the next EXEC.
+    watches: Vec<(Bytes, u64)>,
 }
 
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
@@ -124,6 +156,8 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
         read_quorum: None,
         write_quorum: None,
         name: None,
+        multi: None,
+        watches: Vec::new(),
     };
     let mut closing = false;
     loop {
@@ -334,8 +368,95 @@ fn combine(command: &'static str, kind: Combine, parts: Vec<Option<NodeReply>>) 
         | (Combine::Siblings, Some(NodeReply::Applied(OperationResult::Siblings(view)))) => {
             siblings_reply(view)
         }
+        (Combine::Cas, Some(NodeReply::Swapped(swapped))) => Reply::Integer(i64::from(swapped)),
+        (Combine::Exec(_), Some(NodeReply::Exec(None))) => Reply::NullArray,
+        (Combine::Exec(kinds), Some(NodeReply::Exec(Some(results)))) => exec_reply(&kinds, results),
         (Combine::Admin(kind), Some(r)) => admin_reply(kind, r),
         (_, other) => unexpected(other),
+    }
+}
+
+/// EXEC's array: each queued command's result as that command alone would have answered.
+fn exec_reply(kinds: &[TxKind], results: Vec<CommandResult>) -> Reply {
+    let mut results = results.into_iter();
+    let mut items = Vec::with_capacity(kinds.len());
+    let error = |r: &CommandResult| match r {
+        CommandResult::NotAnInteger => {
+            Some(Reply::error("ERR value is not an integer or out of range"))
+        }
+        CommandResult::Overflow => Some(Reply::error("ERR increment or decrement would overflow")),
+        _ => None,
+    };
+    for kind in kinds {
+        let n = match kind {
+            TxKind::Del(n) => *n,
+            _ => 1,
+        };
+        let mine: Vec<CommandResult> = results.by_ref().take(n).collect();
+        if mine.len() != n {
+            return unexpected(None);
+        }
+        if let Some(e) = mine.iter().find_map(error) {
+            items.push(e);
+            continue;
+        }
+        items.push(match (kind, &mine[0]) {
+            (TxKind::Get, CommandResult::Value(v)) => Reply::bulk_or_null(v.clone()),
+            (TxKind::Set, _) => Reply::ok(),
+            (TxKind::Del(_), _) => Reply::Integer(
+                mine.iter()
+                    .filter(|r| matches!(r, CommandResult::Written { existed: true }))
+                    .count() as i64,
+            ),
+            (TxKind::Counter, CommandResult::Integer(v)) => Reply::Integer(*v),
+            (TxKind::Cas, CommandResult::Swapped(b)) => Reply::Integer(i64::from(*b)),
+            _ => return unexpected(None),
+        });
+    }
+    Reply::array(items)
+}
+
+/// Parses a command given inside MULTI into what EXEC will apply, or the error Redis gives.
+fn queue_command(name: &str, args: &[Bytes]) -> Result<(Vec<Command>, TxKind), Reply> {
+    let argc = args.len();
+    let key = || args[1].clone();
+    match name {
+        "GET" if argc == 2 => Ok((vec![Command::Get { key: key() }], TxKind::Get)),
+        "SET" if argc == 3 => Ok((
+            vec![Command::Set {
+                key: key(),
+                value: args[2].clone(),
+            }],
+            TxKind::Set,
+        )),
+        "DEL" | "UNLINK" if argc >= 2 => Ok((
+            args[1..]
+                .iter()
+                .map(|k| Command::Delete { key: k.clone() })
+                .collect(),
+            TxKind::Del(argc - 1),
+        )),
+        "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+            let by = counter_amount(name, args)?;
+            Ok((vec![Command::IncrBy { key: key(), by }], TxKind::Counter))
+        }
+        "TRIARCH.CAS" if argc == 4 => Ok((
+            vec![Command::Cas {
+                key: key(),
+                expected: Some(args[2].clone()),
+                new: args[3].clone(),
+            }],
+            TxKind::Cas,
+        )),
+        "GET" | "SET" | "DEL" | "UNLINK" | "TRIARCH.CAS" => Err(wrong_arity(name)),
+        _ => Err(Reply::error(format!(
+            "ERR {} is not supported inside MULTI (GET, SET, DEL, INCR, INCRBY, DECR, DECRBY and TRIARCH.CAS are)",
+            if name.is_empty() {
+                "this command"
+            } else {
+                name
+            }
+        ))),
     }
 }
 
@@ -355,6 +476,55 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
             let c = &info.config;
             let s = &info.stats;
             let field = |k: &str, v: String| (Reply::bulk(k.to_string()), Reply::bulk(v));
+            let members = field(
+                "members",
+                info.members
+                    .iter()
+                    .map(|m| m.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+            if c.model == Model::PrimaryBackup {
+                // Settings, then this node's view of the keyspace's Raft group; R, W, the merge
+                // policy and the leaderless counters mean nothing here.
+                let mut fields = vec![
+                    field("name", c.name.clone()),
+                    field("model", c.model.to_string()),
+                    field("n", c.n.to_string()),
+                    members,
+                ];
+                let Some(g) = &info.group else {
+                    fields.push(field("role", "none".into()));
+                    return Reply::Map(fields);
+                };
+                let list = |items: Vec<String>| items.join(",");
+                fields.extend([
+                    field("role", format!("{:?}", g.role).to_ascii_lowercase()),
+                    field(
+                        "leader",
+                        g.leader.map(|l| l.to_string()).unwrap_or_default(),
+                    ),
+                    field("term", g.term.0.to_string()),
+                    field("commit_index", g.commit_index.0.to_string()),
+                    field("applied_index", g.applied_index.0.to_string()),
+                    field("last_index", g.last_index.0.to_string()),
+                    field("snapshot_index", g.snapshot_index.0.to_string()),
+                    field(
+                        "voters",
+                        list(g.voters.iter().map(|v| v.to_string()).collect()),
+                    ),
+                    field(
+                        "follower_lag",
+                        list(
+                            g.followers
+                                .iter()
+                                .map(|(id, _, lag)| format!("{id}={lag}"))
+                                .collect(),
+                        ),
+                    ),
+                ]);
+                return Reply::Map(fields);
+            }
             Reply::Map(vec![
                 field("name", c.name.clone()),
                 field("model", c.model.to_string()),
@@ -362,14 +532,7 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                 field("r", c.r.to_string()),
                 field("w", c.w.to_string()),
                 field("merge", c.merge.to_string()),
-                field(
-                    "members",
-                    info.members
-                        .iter()
-                        .map(|m| m.to_string())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                ),
+                members,
                 field("reads", s.reads.to_string()),
                 field("writes", s.writes.to_string()),
                 field("read_repairs", s.read_repairs.to_string()),
@@ -387,7 +550,7 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
 
 /// Handles one command: answers it at once or submits its parts to the core.
 async fn dispatch(
-    cmd: &Command,
+    cmd: &RespCommand,
     session: &mut Session,
     shared: &Arc<Shared>,
     seq: u64,
@@ -428,7 +591,76 @@ async fn dispatch(
     };
     let r = session.read_quorum;
     let w = session.write_quorum;
+    // Inside MULTI every command but the transaction's own is queued.
+    if let Some(multi) = &mut session.multi
+        && !matches!(
+            name.as_str(),
+            "EXEC" | "DISCARD" | "MULTI" | "WATCH" | "UNWATCH" | "QUIT" | "RESET"
+        )
+    {
+        return match queue_command(&name, args) {
+            Ok((commands, kind)) => {
+                multi.commands.extend(commands);
+                multi.kinds.push(kind);
+                ready(Reply::simple("QUEUED"))
+            }
+            Err(e) => {
+                multi.failed = true;
+                ready(e)
+            }
+        };
+    }
     match name.as_str() {
+        "MULTI" if argc == 1 => {
+            if session.multi.is_some() {
+                ready(Reply::error("ERR MULTI calls can not be nested"))
+            } else {
+                session.multi = Some(Multi::default());
+                ready(Reply::ok())
+            }
+        }
+        "DISCARD" if argc == 1 => match session.multi.take() {
+            Some(_) => {
+                session.watches.clear();
+                ready(Reply::ok())
+            }
+            None => ready(Reply::error("ERR DISCARD without MULTI")),
+        },
+        "UNWATCH" if argc == 1 => {
+            session.watches.clear();
+            ready(Reply::ok())
+        }
+        "WATCH" if argc >= 2 => {
+            if session.multi.is_some() {
+                return ready(Reply::error("ERR WATCH inside MULTI is not allowed"));
+            }
+            let keys = args[1..].to_vec();
+            ready(watch(shared, session, keys).await)
+        }
+        "EXEC" if argc == 1 => {
+            let Some(multi) = session.multi.take() else {
+                return ready(Reply::error("ERR EXEC without MULTI"));
+            };
+            let watches = std::mem::take(&mut session.watches);
+            if multi.failed {
+                return ready(Reply::error(
+                    "EXECABORT Transaction discarded because of previous errors.",
+                ));
+            }
+            let request = Request::Exec {
+                watches,
+                commands: multi.commands,
+            };
+            submit(Combine::Exec(multi.kinds), vec![request]).await
+        }
+        "TRIARCH.CAS" if argc == 4 => {
+            let request = Request::Cas {
+                key: args[1].clone(),
+                expected: Some(args[2].clone()),
+                new: args[3].clone(),
+            };
+            submit(Combine::Cas, vec![request]).await
+        }
         "PING" => match argc {
             1 => ready(Reply::pong()),
             2 => ready(Reply::bulk(args[1].clone())),
@@ -571,7 +803,8 @@ async fn dispatch(
         },
         "GET" | "SET" | "ECHO" | "SELECT" | "DEL" | "UNLINK" | "EXISTS" | "MGET" | "MSET"
         | "SADD" | "SREM" | "SMEMBERS" | "SCARD" | "SISMEMBER" | "HSET" | "HDEL" | "HGET"
-        | "HGETALL" | "TRIARCH.GETV" | "TRIARCH.SETV" => ready(wrong_arity(&name)),
+        | "HGETALL" | "TRIARCH.GETV" | "TRIARCH.SETV" | "TRIARCH.CAS" | "MULTI" | "EXEC"
+        | "DISCARD" | "WATCH" | "UNWATCH" => ready(wrong_arity(&name)),
         _ => ready(unknown_command(args)),
     }
 }
@@ -602,7 +835,7 @@ fn read(key: Bytes, r: Option<Consistency>) -> Request {
 
 /// The command names that can appear in a node's error, as static strings.
 fn static_name(name: &str) -> &'static str {
-    const NAMES: [&str; 22] = [
+    const NAMES: [&str; 25] = [
         "GET",
         "SET",
         "DEL",
@@ -625,8 +858,38 @@ fn static_name(name: &str) -> &'static str {
         "HGETALL",
         "TRIARCH.GETV",
         "TRIARCH.SETV",
+        "TRIARCH.CAS",
+        "WATCH",
+        "EXEC",
     ];
     NAMES.into_iter().find(|n| *n == name).unwrap_or("")
+}
+
+/// WATCH: reads the keys' versions (linearizably, at their keyspace's leader) and remembers
+/// them for the next EXEC. Waits for the answer before the connection reads on: the session
+/// must hold the versions before a following EXEC is queued.
+async fn watch(shared: &Arc<Shared>, session: &mut Session, keys: Vec<Bytes>) -> Reply {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let request = Request::Watch { keys: keys.clone() };
+    let reply_to = ReplyTo::Once(tx);
+    if shared
+        .core
+        .send(CoreInput::Request { request, reply_to })
+        .await
+        .is_err()
+    {
+        return Reply::error("ERR node is shutting down");
+    }
+    match rx.await {
+        Ok(NodeReply::Watched(records)) if records.len() == keys.len() => {
+            let versions = records.into_iter().map(|r| r.version);
+            session.watches.extend(keys.into_iter().zip(versions));
+            Reply::ok()
+        }
+        Ok(NodeReply::Error(e)) => command_error("WATCH", &e),
+        Ok(other) => unexpected(Some(other)),
+        Err(_) => Reply::error("ERR node is shutting down"),
+    }
 }
 
 /// The signed amount of INCR, DECR, INCRBY, DECRBY, or the error Redis gives.
@@ -987,6 +1250,8 @@ mod tests {
             read_quorum: None,
             write_quorum: None,
             name: None,
+            multi: None,
+            watches: Vec::new(),
         }
     }
 
