@@ -583,14 +583,7 @@ impl Primary {
         }
         match op {
             Op::Read { keys } if self.config.bug_local_reads => {
-                let records = keys
-                    .iter()
-                    .map(|k| g.machine.record(env.storage, k).map(ReadRecord::from))
-                    .collect::<Result<Vec<_>, _>>();
-                let outcome = match records {
-                    Ok(records) => Outcome::Read(records),
-                    Err(e) => Outcome::Storage(e.to_string()),
-                };
+                let outcome = read_outcome(&g.machine, env.storage, &keys);
                 return self.respond(env, name, asker, outcome);
             }
             Op::Read { keys }
@@ -599,14 +592,7 @@ impl Primary {
                     .is_some_and(|index| g.machine.applied() >= index) =>
             {
                 self.stats.lease_reads += 1;
-                let records = keys
-                    .iter()
-                    .map(|k| g.machine.record(env.storage, k).map(ReadRecord::from))
-                    .collect::<Result<Vec<_>, _>>();
-                let outcome = match records {
-                    Ok(records) => Outcome::Read(records),
-                    Err(e) => Outcome::Storage(e.to_string()),
-                };
+                let outcome = read_outcome(&g.machine, env.storage, &keys);
                 return self.respond(env, name, asker, outcome);
             }
             Op::Read { keys } => {
@@ -952,15 +938,7 @@ impl Primary {
                     let Some(job) = g.reads.remove(&ctx) else {
                         continue;
                     };
-                    let records: Result<Vec<ReadRecord>, StorageError> = job
-                        .keys
-                        .iter()
-                        .map(|k| g.machine.record(env.storage, k).map(ReadRecord::from))
-                        .collect();
-                    let outcome = match records {
-                        Ok(records) => Outcome::Read(records),
-                        Err(e) => Outcome::Storage(e.to_string()),
-                    };
+                    let outcome = read_outcome(&g.machine, env.storage, &job.keys);
                     self.respond(env, name, job.asker, outcome);
                 }
                 RaftOutput::ReadFailed { ctx, leader } => {
@@ -1099,4 +1077,12 @@ impl Primary {
             "a pending request was never numbered"
         );
     }
+}
+
+/// A read's outcome: the records of `keys` in the machine's applied state.
+fn read_outcome<S: Storage>(machine: &Machine, storage: &S, keys: &[Bytes]) -> Outcome {
+    keys.iter()
+        .map(|k| machine.record(storage, k).map(ReadRecord::from))
+        .collect::<Result<Vec<_>, StorageError>>()
+        .map_or_else(|e| Outcome::Storage(e.to_string()), Outcome::Read)
 }

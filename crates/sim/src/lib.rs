@@ -82,6 +82,7 @@ pub mod history;
 pub mod latency;
 pub mod merged;
 pub mod nemesis;
+pub mod testing;
 mod network;
 mod simulation;
 mod workload;

@@ -42,6 +42,7 @@ use triarch_leaderless::anti_entropy::AntiEntropyConfig;
 use triarch_leaderless::state::{State, View};
 use triarch_leaderless::{KeyspaceStats, LeaderlessConfig};
 use triarch_sim::checker::{convergence, counter};
+use triarch_sim::testing::{env_u64, stopwatch};
 use triarch_sim::{
     EventType, Function, MergedFunction, MergedWorkload, SETTLE, SeedReport, SimOptions,
     Simulation, ViolationKind,
@@ -81,19 +82,6 @@ impl Workload {
             Workload::Counters => "hits",
         }
     }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
-}
-
-/// The test harness measures its own speed; it is not protocol code.
-#[allow(clippy::disallowed_methods)]
-fn stopwatch() -> std::time::Instant {
-    std::time::Instant::now()
 }
 
 /// Anti-entropy every second, four exchanges in flight per node.

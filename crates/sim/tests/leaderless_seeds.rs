@@ -10,21 +10,8 @@
 
 use std::collections::BTreeSet;
 use triarch_sim::checker::single_writer;
+use triarch_sim::testing::{env_u64, stopwatch};
 use triarch_sim::{SeedReport, SimOptions, Simulation, run_seed, run_seeds};
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
-}
-
-/// The test harness measures its own speed; it is not protocol code, which is what the
-/// workspace's ban on reading the clock protects.
-#[allow(clippy::disallowed_methods)]
-fn stopwatch() -> std::time::Instant {
-    std::time::Instant::now()
-}
 
 /// Runs `seed` alone and prints everything needed to debug it.
 fn replay(seed: u64, options: &SimOptions) -> SeedReport {

@@ -9,23 +9,11 @@
 
 use std::collections::BTreeSet;
 use triarch_sim::checker::{bank_history, convergence, counter, registers, set};
+use triarch_sim::testing::{env_u64, stopwatch};
 use triarch_sim::{
     MergedWorkload, SeedReport, SimOptions, Simulation, merged_replay_command, run_merged_seed,
     run_merged_seeds,
 };
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
-}
-
-/// The test harness measures its own speed; it is not protocol code.
-#[allow(clippy::disallowed_methods)]
-fn stopwatch() -> std::time::Instant {
-    std::time::Instant::now()
-}
 
 fn options() -> SimOptions {
     SimOptions {

@@ -41,6 +41,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use triarch_leaderless::state::State;
 use triarch_leaderless::{KeyspaceStats, LeaderlessConfig, QuorumMode};
 use triarch_sim::checker::{convergence, counter, single_writer};
+use triarch_sim::testing::{env_u64, stopwatch};
 use triarch_sim::{
     EventType, Function, MergedFunction, MergedWorkload, SeedReport, SimOptions, Simulation,
     ViolationKind,
@@ -74,19 +75,6 @@ impl Workload {
             Workload::Counters => Some(MergedWorkload::Counter),
         }
     }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
-}
-
-/// The test harness measures its own speed; it is not protocol code.
-#[allow(clippy::disallowed_methods)]
-fn stopwatch() -> std::time::Instant {
-    std::time::Instant::now()
 }
 
 /// Sloppy quorums for both workloads' keyspaces.

@@ -42,6 +42,7 @@ use triarch_leaderless::record::Record;
 use triarch_leaderless::ring::{Ring, VNODES_PER_NODE_DEFAULT};
 use triarch_leaderless::{LeaderlessConfig, table_name};
 use triarch_node::{Member, Message, Node, NodeConfig, Output, Reply, Request};
+use triarch_sim::testing::{env_u64, stopwatch};
 use triarch_storage::{SimDisk, Storage};
 
 const NOT_RESURRECTED: &str = "nothing resurrected";
@@ -53,19 +54,6 @@ const MAIN: Duration = Duration::from_secs(20);
 const AFTER_HEAL: Duration = Duration::from_secs(25);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 const WALL_START_MS: u64 = 1_700_000_000_000;
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().map(|v| {
-        v.parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
-}
-
-/// The test harness measures its own speed; it is not protocol code.
-#[allow(clippy::disallowed_methods)]
-fn stopwatch() -> std::time::Instant {
-    std::time::Instant::now()
-}
 
 /// Anti-entropy every second; tombstones collected 3 s after the last replica confirmed them,
 /// remembered until every replica is seen without them (at most 60 s). The planted bug's runs
