@@ -47,7 +47,7 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
             let st = snap.leaderless.get(&k.name).cloned().unwrap_or_default();
             let _ = writeln!(
                 s,
-                "keyspace_{}:model={},n={},r={},w={},merge={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},write_restamps={},siblings_created={},siblings_resolved={},forwarded={}\r",
+                "keyspace_{}:model={},n={},r={},w={},merge={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},write_restamps={},siblings_created={},siblings_resolved={},forwarded={},hinted_writes={},hints_pending={},hints_delivered={},anti_entropy_keys_repaired={},tombstones_collected={}\r",
                 k.name,
                 k.model,
                 k.n,
@@ -62,7 +62,12 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
                 st.write_restamps,
                 st.siblings_created,
                 st.siblings_resolved,
-                st.forwarded
+                st.forwarded,
+                st.hinted_writes,
+                st.hints_pending,
+                st.hints_delivered,
+                st.anti_entropy_keys_repaired,
+                st.tombstones_collected
             );
         }
         if !snap.primary.is_empty() {

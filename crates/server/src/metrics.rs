@@ -179,10 +179,37 @@ impl OpMetrics {
                 ("triarch_siblings_created_total", s.siblings_created),
                 ("triarch_siblings_resolved_total", s.siblings_resolved),
                 ("triarch_forwarded_total", s.forwarded),
+                ("triarch_hinted_writes_total", s.hinted_writes),
+                ("triarch_hints_stored_total", s.hints_stored),
+                ("triarch_hints_delivered_total", s.hints_delivered),
+                ("triarch_hints_expired_total", s.hints_expired),
+                ("triarch_hints_refused_total", s.hints_refused),
+                (
+                    "triarch_anti_entropy_ranges_compared_total",
+                    s.anti_entropy_ranges_compared,
+                ),
+                (
+                    "triarch_anti_entropy_ranges_in_sync_total",
+                    s.anti_entropy_ranges_in_sync,
+                ),
+                (
+                    "triarch_anti_entropy_keys_repaired_total",
+                    s.anti_entropy_keys_repaired,
+                ),
+                (
+                    "triarch_anti_entropy_bytes_sent_total",
+                    s.anti_entropy_bytes_sent,
+                ),
+                (
+                    "triarch_anti_entropy_exchanges_abandoned_total",
+                    s.anti_entropy_exchanges_abandoned,
+                ),
+                ("triarch_tombstones_collected_total", s.tombstones_collected),
             ];
             for (name, value) in counters {
                 counter!(name, "keyspace" => ks.clone()).absolute(value);
             }
+            gauge!("triarch_hints_pending", "keyspace" => ks.clone()).set(s.hints_pending as f64);
             self.stats_seen.insert(ks.clone(), s.clone());
         }
     }

@@ -542,6 +542,14 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                 field("siblings_created", s.siblings_created.to_string()),
                 field("siblings_resolved", s.siblings_resolved.to_string()),
                 field("forwarded", s.forwarded.to_string()),
+                field("hinted_writes", s.hinted_writes.to_string()),
+                field("hints_pending", s.hints_pending.to_string()),
+                field("hints_delivered", s.hints_delivered.to_string()),
+                field(
+                    "anti_entropy_keys_repaired",
+                    s.anti_entropy_keys_repaired.to_string(),
+                ),
+                field("tombstones_collected", s.tombstones_collected.to_string()),
             ])
         }
         (_, other) => unexpected(Some(other)),

@@ -82,9 +82,9 @@ pub mod history;
 pub mod latency;
 pub mod merged;
 pub mod nemesis;
-pub mod testing;
 mod network;
 mod simulation;
+pub mod testing;
 mod workload;
 
 pub use checker::{CheckerResult, Violation, ViolationKind};
