@@ -829,6 +829,11 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// What the leaderless engine's failure detector thinks of each peer.
+    pub fn peer_health(&self) -> &BTreeMap<NodeId, triarch_leaderless::health::PeerHealth> {
+        self.leaderless.peer_health()
+    }
+
     /// Anti-entropy on this node (trees, exchanges in flight, tombstones).
     pub fn anti_entropy_status(&self) -> triarch_leaderless::anti_entropy::AntiEntropyStatus {
         self.leaderless.anti_entropy_status()

@@ -69,6 +69,8 @@ pub struct Snapshot {
     pub node: NodeId,
     pub keyspaces: Vec<triarch_core::KeyspaceConfig>,
     pub leaderless: BTreeMap<String, triarch_node::KeyspaceStats>,
+    /// The failure detector's verdict on each peer (`up` or `suspect`).
+    pub peer_health: BTreeMap<NodeId, &'static str>,
     /// This node's view of every primary-backup group it is a voter of.
     pub primary: BTreeMap<String, triarch_node::GroupInfo>,
     /// The primary-backup engine's counters (`proposals`, `forwards_sent`, ...).
@@ -296,6 +298,12 @@ impl Core {
                         .map(|e| e.config.clone())
                         .collect(),
                     leaderless: self.node.leaderless_stats().clone(),
+                    peer_health: self
+                        .node
+                        .peer_health()
+                        .iter()
+                        .map(|(id, h)| (*id, h.status.as_str()))
+                        .collect(),
                     primary: self
                         .node
                         .primary()

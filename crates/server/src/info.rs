@@ -34,6 +34,9 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
         );
     }
     if let Some(snap) = snapshot {
+        for (peer, health) in &snap.peer_health {
+            let _ = writeln!(s, "peer_{peer}_health:{health}\r");
+        }
         let _ = writeln!(s, "\r\n# Core\r");
         let _ = writeln!(s, "in_flight_operations:{}\r", snap.in_flight);
         let _ = writeln!(s, "batches:{}\r", snap.batches);
