@@ -69,7 +69,8 @@
 //! failure); for B: [`checker::bank_history`] (every whole-bank read, final ones included,
 //! totals the initial money and has no negative balance); for both,
 //! [`checker::convergence::check_tables`] (every voter holds the same rows once commits have
-//! reached everyone).
+//! reached everyone) and [`checker::leader`] (every up voter follows the same leader
+//! [`SETTLE`] after the final heal).
 //!
 //! ## Replaying a seed
 //!

@@ -3,7 +3,7 @@
 //! durability model.
 
 use crate::checker::convergence::{self, ReplicaRecords, ReplicaStates, ReplicaTables};
-use crate::checker::{bank_history, counter, registers, set, single_writer};
+use crate::checker::{bank_history, counter, leader, registers, set, single_writer};
 use crate::history::{EventType, Function, History, ProcessId};
 use crate::merged::{
     BANK_INITIAL_BALANCE, MergedClients, MergedFunction, MergedHistory, MergedWorkload,
@@ -173,6 +173,8 @@ struct MergedRun {
     states: Option<ReplicaStates>,
     /// Workload L: each voter's data table at the end.
     tables: Option<ReplicaTables>,
+    /// Workloads L and B: each up voter's leader when the final reads start.
+    leaders_after_heal: Option<BTreeMap<NodeId, Option<NodeId>>>,
 }
 
 /// One seeded run. Build it with [`Simulation::new`] (the register workload) or
@@ -392,6 +394,7 @@ impl Simulation {
                     requests: BTreeMap::new(),
                     states: None,
                     tables: None,
+                    leaders_after_heal: None,
                 };
                 (idle, Some(run))
             }
@@ -494,7 +497,7 @@ impl Simulation {
                 self.history.len(),
             ),
             Some(run) => {
-                let (semantics, replicas) = match run.clients.workload {
+                let checkers = match run.clients.workload {
                     MergedWorkload::Set | MergedWorkload::Counter => {
                         let states = run.states.as_ref().expect("snapshot taken at Finish");
                         let semantics = if run.clients.workload == MergedWorkload::Set {
@@ -502,7 +505,7 @@ impl Simulation {
                         } else {
                             counter::check(&run.history)
                         };
-                        (semantics, convergence::check_states(states))
+                        vec![semantics, convergence::check_states(states)]
                     }
                     MergedWorkload::Registers | MergedWorkload::Bank => {
                         let tables = run.tables.as_ref().expect("snapshot taken at Finish");
@@ -518,11 +521,19 @@ impl Simulation {
                         } else {
                             registers::check(&run.history)
                         };
-                        (semantics, convergence::check_tables(tables, key_of))
+                        let leaders = run
+                            .leaders_after_heal
+                            .as_ref()
+                            .expect("noted when the final reads start");
+                        vec![
+                            semantics,
+                            convergence::check_tables(tables, key_of),
+                            leader::check(leaders),
+                        ]
                     }
                 };
                 (
-                    vec![semantics, replicas],
+                    checkers,
                     run.history.outcome_counts(),
                     run.history.fingerprint(),
                     run.history.len(),
@@ -1270,7 +1281,37 @@ impl Simulation {
 
     /// Reads every key through every node. Besides checking for lost writes, these reads repair
     /// every replica that missed a write, which the convergence check then requires.
+    /// Workloads L and B: what every up voter of the keyspace's group takes for its leader,
+    /// [`SETTLE`] after the final heal.
+    fn note_leaders_after_heal(&mut self) {
+        let Some(run) = &self.merged else {
+            return;
+        };
+        if !matches!(
+            run.clients.workload,
+            MergedWorkload::Registers | MergedWorkload::Bank
+        ) {
+            return;
+        }
+        let keyspace = run.clients.workload.keyspace();
+        let views = self
+            .hosts
+            .iter()
+            .filter_map(|h| match &h.state {
+                HostState::Up(node) => node
+                    .primary()
+                    .info(&keyspace.name)
+                    .map(|info| (h.id, info.leader)),
+                HostState::Down(_) => None,
+            })
+            .collect();
+        if let Some(run) = &mut self.merged {
+            run.leaders_after_heal = Some(views);
+        }
+    }
+
     fn final_reads(&mut self) {
+        self.note_leaders_after_heal();
         if self.anti_entropy_only {
             // No client reads after the final heal (`anti_entropy_only`): snapshot, then wait.
             self.phase = Phase::FinalReads;

@@ -8,6 +8,7 @@ pub mod bank;
 pub mod bank_history;
 pub mod convergence;
 pub mod counter;
+pub mod leader;
 pub mod linearizable;
 pub mod registers;
 pub mod set;
@@ -65,6 +66,8 @@ pub enum ViolationKind {
     NotLinearizable,
     /// A bank read whose total is not the initial one, or with an overdrawn account.
     Bank,
+    /// A primary-backup group had no agreed leader a settle period after the final heal.
+    NoLeader,
 }
 
 impl fmt::Display for ViolationKind {
@@ -77,6 +80,7 @@ impl fmt::Display for ViolationKind {
             ViolationKind::Diverged => "diverged",
             ViolationKind::NotLinearizable => "not linearizable",
             ViolationKind::Bank => "bank",
+            ViolationKind::NoLeader => "no leader",
         })
     }
 }
