@@ -775,6 +775,32 @@ impl Leaderless {
         self.send_write_attempt(env, op);
     }
 
+    /// What every read (of a record or of a state) does first: counts it, names its operation
+    /// and deadline, and asks the key's replicas other than this node, healthy ones first, with
+    /// the message `ask` builds. Reads are never sloppy: only replicas answer.
+    fn start_read<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        keyspace: &KeyspaceConfig,
+        key: &Bytes,
+        r: u8,
+        ask: impl Fn(OpId, String, Bytes) -> Message,
+    ) -> (OpId, Vec<NodeId>, Instant) {
+        self.begin(env);
+        self.learn_keyspace(env.storage, keyspace, Source::Local);
+        assert!(r >= 1 && r <= keyspace.n, "R is validated by the node");
+        self.stats_mut(&keyspace.name).reads += 1;
+        let replicas = self.replicas(keyspace, key);
+        let op = self.new_op();
+        let deadline = env.now.instant + self.config.request_timeout;
+        for to in self.healthy_first(&replicas) {
+            if to != self.node {
+                self.send(to, ask(op, keyspace.name.clone(), key.clone()));
+            }
+        }
+        (op, replicas, deadline)
+    }
+
     /// Starts a read that answers after `r` replies.
     pub fn read<S: Storage>(
         &mut self,
@@ -784,24 +810,12 @@ impl Leaderless {
         key: Bytes,
         r: u8,
     ) {
-        self.begin(env);
-        self.learn_keyspace(env.storage, keyspace, Source::Local);
-        assert!(r >= 1 && r <= keyspace.n, "R is validated by the node");
-        self.stats_mut(&keyspace.name).reads += 1;
-        let replicas = self.replicas(keyspace, &key);
-        let op = self.new_op();
-        let deadline = env.now.instant + self.config.request_timeout;
-        // Reads are never sloppy: only replicas answer, healthy ones asked first.
-        for to in self.healthy_first(&replicas) {
-            if to != self.node {
-                let message = Message::Read {
-                    op,
-                    keyspace: keyspace.name.clone(),
-                    key: key.clone(),
-                };
-                self.send(to, message);
-            }
-        }
+        let (op, replicas, deadline) =
+            self.start_read(env, keyspace, &key, r, |op, keyspace, key| Message::Read {
+                op,
+                keyspace,
+                key,
+            });
         let local = replicas.contains(&self.node);
         self.pending.insert(
             op,
@@ -1134,23 +1148,10 @@ impl Leaderless {
             keyspace.merge != MergePolicy::Lww,
             "lww keys are read by `read`"
         );
-        self.begin(env);
-        self.learn_keyspace(env.storage, keyspace, Source::Local);
-        assert!(r >= 1 && r <= keyspace.n, "R is validated by the node");
-        self.stats_mut(&keyspace.name).reads += 1;
-        let replicas = self.replicas(keyspace, &key);
-        let op = self.new_op();
-        let deadline = env.now.instant + self.config.request_timeout;
-        for to in self.healthy_first(&replicas) {
-            if to != self.node {
-                let message = Message::ReadState {
-                    op,
-                    keyspace: keyspace.name.clone(),
-                    key: key.clone(),
-                };
-                self.send(to, message);
-            }
-        }
+        let (op, replicas, deadline) =
+            self.start_read(env, keyspace, &key, r, |op, keyspace, key| {
+                Message::ReadState { op, keyspace, key }
+            });
         let local = replicas.contains(&self.node);
         self.pending.insert(
             op,
