@@ -284,6 +284,8 @@ struct Group {
     voters: BTreeSet<NodeId>,
     /// Entries this member proposed, until applied or overwritten.
     proposed: BTreeMap<LogIndex, Proposed>,
+    /// The origins of `proposed`, to refuse a duplicate forward without a scan.
+    proposed_origins: BTreeSet<Origin>,
     /// ReadIndex reads in flight, by context.
     reads: BTreeMap<RequestId, ReadJob>,
     /// Set when a storage call failed: the member refuses work until the node restarts.
@@ -414,6 +416,7 @@ impl Primary {
                 machine,
                 voters,
                 proposed: BTreeMap::new(),
+                proposed_origins: BTreeSet::new(),
                 reads: BTreeMap::new(),
                 broken: None,
             },
@@ -616,7 +619,7 @@ impl Primary {
                 }
             }
             Op::Write { watches, commands } => {
-                if g.proposed.values().any(|p| p.origin == origin) {
+                if g.proposed_origins.contains(&origin) {
                     // A duplicate of a forward already in the log here.
                     return;
                 }
@@ -629,7 +632,8 @@ impl Primary {
                 match g.raft.propose(env, data) {
                     Ok(index) => {
                         self.stats.proposals += 1;
-                        g.proposed.insert(
+                        g.proposed_origins.insert(origin);
+                        let replaced = g.proposed.insert(
                             index,
                             Proposed {
                                 origin,
@@ -637,6 +641,11 @@ impl Primary {
                                 since: env.now,
                             },
                         );
+                        // A proposal of an earlier term at this index was truncated away
+                        // before it applied.
+                        if let Some(old) = replaced {
+                            g.proposed_origins.remove(&old.origin);
+                        }
                     }
                     Err(crate::ProposeError::NotLeader { leader }) => {
                         return self.respond(env, name, asker, Outcome::NotLeader { leader });
@@ -856,7 +865,11 @@ impl Primary {
             let stale = env.now.as_micros().saturating_sub(
                 2 * u64::try_from(self.config.request_timeout.as_micros()).unwrap_or(u64::MAX),
             );
+            let before = g.proposed.len();
             g.proposed.retain(|_, p| p.since.as_micros() >= stale);
+            if g.proposed.len() != before {
+                g.proposed_origins = g.proposed.values().map(|p| p.origin).collect();
+            }
             g.reads.retain(|_, r| r.since.as_micros() >= stale);
             self.drain(env, name);
         }
@@ -933,6 +946,7 @@ impl Primary {
                     self.stats.snapshots_restored += 1;
                     // Whatever was proposed up to the snapshot has an outcome nobody here knows.
                     g.proposed.retain(|i, _| *i > snapshot.index);
+                    g.proposed_origins = g.proposed.values().map(|p| p.origin).collect();
                 }
                 RaftOutput::ReadReady { ctx, .. } => {
                     let Some(job) = g.reads.remove(&ctx) else {
@@ -1005,6 +1019,9 @@ impl Primary {
         }
         let leader = g.raft.leader();
         let mine = g.proposed.remove(&index);
+        if let Some(m) = &mine {
+            g.proposed_origins.remove(&m.origin);
+        }
         if let Some(mine) = mine {
             if proposal.as_ref().map(|p| p.origin) == Some(mine.origin) {
                 if applied != Applied::Duplicate {
@@ -1066,6 +1083,13 @@ impl Primary {
             assert!(
                 g.machine.applied() <= g.raft.commit_index(),
                 "{name}: applied beyond the commit index"
+            );
+            assert!(
+                g.proposed_origins.len() == g.proposed.len()
+                    && g.proposed
+                        .values()
+                        .all(|p| g.proposed_origins.contains(&p.origin)),
+                "{name}: the index of proposed origins disagrees with the proposals"
             );
             assert!(
                 g.reads.keys().all(|c| c.0 < self.next_ctx),
