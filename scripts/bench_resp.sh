@@ -24,7 +24,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 RPORT=$((30000 + RANDOM % 5000))
 redis-server --port "$RPORT" --dir "$WORK" --appendonly yes --appendfsync always --save "" >"$WORK/redis.log" 2>&1 &
 PIDS+=($!)
-TBASE=$((36000 + RANDOM % 5000))
+TBASE=$((26000 + RANDOM % 6000)) # below 32768: outside the ephemeral ports
 "$BIN" up --nodes 3 --dir "$WORK/triarch" --base-port "$TBASE" >"$WORK/up.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 1 300); do grep -q "Ctrl-C" "$WORK/up.log" 2>/dev/null && redis-cli -p "$RPORT" PING >/dev/null 2>&1 && break; sleep 0.1; done

@@ -11,7 +11,7 @@ done
 python3 -c 'import redis' 2>/dev/null || { echo "compat: python package redis missing"; exit 1; }
 
 DIR="$(mktemp -d /tmp/triarch-compat.XXXXXX)"
-BASE=$((21000 + RANDOM % 20000))
+BASE=$((21000 + RANDOM % 11000)) # below 32768: outside the ephemeral ports
 "$BIN" up --nodes 3 --dir "$DIR" --base-port "$BASE" >"$DIR/up.log" 2>&1 &
 UP=$!
 cleanup() {
