@@ -12,6 +12,7 @@ pub mod hash;
 pub mod hlc;
 pub mod ids;
 pub mod limits;
+pub mod merge;
 pub mod rng;
 pub mod time;
 
