@@ -181,6 +181,8 @@ pub struct KeyspaceInfo {
     /// Primary-backup keyspaces: this node's view of the keyspace's Raft group (`None` on a
     /// node that is not one of its voters).
     pub group: Option<GroupInfo>,
+    /// Multi-leader keyspaces: this node's region, its group, counters and shipping lag.
+    pub multileader: Option<triarch_multileader::engine::KeyspaceInfo>,
 }
 
 /// Why a request did not succeed. Protocol outcomes, not programmer errors: each maps to a clear
@@ -199,8 +201,6 @@ pub enum RequestError {
     UnknownKeyspace(String),
     #[error("keyspace '{0}' already exists")]
     KeyspaceExists(String),
-    #[error("the {0} model is not available yet in this version; use leaderless")]
-    ModelNotAvailable(Model),
     #[error("{0}")]
     InvalidConfig(#[from] ConfigError),
     #[error("{setting}={value} is out of range for this keyspace (1..={n})")]
@@ -362,10 +362,11 @@ impl CausalToken {
         VersionVector::decode(&bytes).map_err(|_| ContextError::Decode)
     }
 
-    /// Checks a decoded context against the cluster's members.
-    pub fn validate(context: &VersionVector, members: &[NodeId]) -> Result<(), ContextError> {
+    /// Checks a decoded context against the actors of its keyspace (the members of a
+    /// leaderless keyspace, the regions of a multi-leader one).
+    pub fn validate(context: &VersionVector, actors: &[ActorId]) -> Result<(), ContextError> {
         for (actor, count) in context.iter() {
-            if !members.iter().any(|m| ActorId::from(*m) == actor) {
+            if !actors.contains(&actor) {
                 return Err(ContextError::UnknownActor(actor));
             }
             if count > CONTEXT_EVENTS_MAX {
@@ -414,7 +415,7 @@ mod tests {
         assert_eq!(CausalToken::decode(b"").unwrap(), VersionVector::new());
         assert_eq!(CausalToken::decode(b"!!"), Err(ContextError::Encoding));
         assert_eq!(CausalToken::decode(b"AAAA"), Err(ContextError::Decode));
-        let members = [NodeId(1), NodeId(2)];
+        let members = [ActorId(1), ActorId(2)];
         assert!(CausalToken::validate(&context, &members).is_ok());
         assert_eq!(
             CausalToken::validate(&context, &members[..1]),

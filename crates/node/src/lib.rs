@@ -35,6 +35,7 @@
 
 pub mod api;
 pub mod catalog;
+mod multileader;
 mod primary;
 
 pub use api::{
@@ -47,6 +48,7 @@ use catalog::{Catalog, CatalogEntry, CatalogMessage};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
+use triarch_core::causal::ActorId;
 use triarch_core::limits::{KEY_BYTES_MAX, KEYSPACES_MAX, VALUE_BYTES_MAX_DEFAULT};
 use triarch_core::{
     DetRng, Hlc, HlcTimestamp, Instant, KeyspaceConfig, MergePolicy, Model, NodeId,
@@ -55,6 +57,7 @@ use triarch_core::{Now, RequestId};
 pub use triarch_leaderless::KeyspaceStats;
 use triarch_leaderless::state::Refusal;
 use triarch_leaderless::{Effect, Env, Leaderless, LeaderlessConfig, Outcome};
+use triarch_multileader::{MultiLeader, MultiLeaderConfig, Regions};
 use triarch_primary::{Primary, PrimaryConfig};
 use triarch_storage::{Storage, StorageError};
 
@@ -67,8 +70,8 @@ const HLC_CEILING_KEY: &[u8] = b"hlc/ceiling";
 /// Version of the peer message encoding. A peer that sends another version is disconnected.
 /// Version 2 added the messages of the `siblings`, `counter`, `set` and `map` merge policies;
 /// version 3 the primary-backup model's; version 4 sloppy quorums, hinted handoff and
-/// anti-entropy.
-pub const WIRE_VERSION: u8 = 4;
+/// anti-entropy; version 5 the multi-leader model's.
+pub const WIRE_VERSION: u8 = 5;
 
 /// Everything nodes say to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +79,7 @@ pub enum Message {
     Catalog(CatalogMessage),
     Leaderless(triarch_leaderless::message::Message),
     Primary(triarch_primary::engine::Message),
+    MultiLeader(triarch_multileader::Message),
 }
 
 impl Message {
@@ -136,13 +140,17 @@ impl Message {
             ) => false,
             Message::Catalog(_) => false,
             Message::Primary(m) => m.may_precede_sync(),
+            Message::MultiLeader(m) => m.may_precede_sync(),
         }
     }
 }
 
 /// What one sync covers (see [`Node::sync_point`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SyncPoint(triarch_primary::engine::SyncPoints);
+pub struct SyncPoint {
+    primary: triarch_primary::engine::SyncPoints,
+    multileader: triarch_primary::engine::SyncPoints,
+}
 
 /// What the node asks its driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -187,6 +195,7 @@ pub struct NodeConfig {
     pub keyspaces: Vec<KeyspaceConfig>,
     pub leaderless: LeaderlessConfig,
     pub primary: PrimaryConfig,
+    pub multileader: MultiLeaderConfig,
     pub catalog_gossip_interval: Duration,
     /// How far ahead of the local wall clock a peer's timestamp may be before it is refused.
     pub clock_forward_bound_ms: u64,
@@ -201,6 +210,7 @@ impl NodeConfig {
             keyspaces: Vec::new(),
             leaderless: LeaderlessConfig::default(),
             primary: PrimaryConfig::default(),
+            multileader: MultiLeaderConfig::default(),
             catalog_gossip_interval: Duration::from_secs(1),
             clock_forward_bound_ms: 60_000,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
@@ -212,6 +222,8 @@ impl NodeConfig {
 pub enum NodeError {
     #[error("node {0} is not among the configured members")]
     NotAMember(NodeId),
+    #[error("invalid regions: {0}")]
+    Regions(#[from] triarch_multileader::region::RegionError),
     #[error("invalid keyspace in configuration: {0}")]
     InvalidKeyspace(#[from] triarch_core::ConfigError),
     #[error(transparent)]
@@ -226,6 +238,7 @@ pub struct Node<S: Storage> {
     catalog: Catalog,
     leaderless: Leaderless,
     primary: Primary,
+    multileader: MultiLeader,
     outputs: VecDeque<Output>,
     next_gossip: Instant,
     peers: Vec<NodeId>,
@@ -236,11 +249,13 @@ pub struct Node<S: Storage> {
     shapes: BTreeMap<RequestId, Shape>,
     /// The same for primary-backup requests in flight, with their keyspace.
     pb_shapes: BTreeMap<RequestId, (primary::PbShape, String)>,
+    /// The same for multi-leader requests in flight.
+    ml_shapes: BTreeMap<RequestId, Shape>,
 }
 
 /// How a request's outcome becomes its reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Shape {
+pub(crate) enum Shape {
     /// `Get` of a counter: its value as text (`None` if never written).
     CounterValue,
     /// `Get` of a `siblings` key: the one value, or an error when there are several.
@@ -254,7 +269,7 @@ enum Shape {
 }
 
 /// What the engine is asked to do for a data request.
-enum Plan {
+pub(crate) enum Plan {
     LwwRead,
     /// An LWW write (`None` deletes).
     LwwWrite(Option<Bytes>),
@@ -354,13 +369,12 @@ impl<S: Storage> Node<S> {
         leaderless_config.state_bytes_max = config.value_bytes_max;
         let leaderless = Leaderless::new(config.id, &members, leaderless_config)
             .with_incarnation(first_op, started);
-        let primary = Primary::new(
-            config.id,
-            &members,
-            config.primary.clone(),
-            started,
-            rng.fork(),
-        );
+        let primary = Primary::new(config.id, config.primary.clone(), started, rng.fork());
+        let regions = Regions::new(config.members.iter().map(|m| (m.id, m.region.clone())))?;
+        let mut multileader_config = config.multileader.clone();
+        multileader_config.record_bytes_max = config.value_bytes_max + 4096;
+        let multileader =
+            MultiLeader::new(config.id, regions, multileader_config, started, rng.fork());
         let peers = members
             .iter()
             .copied()
@@ -375,15 +389,18 @@ impl<S: Storage> Node<S> {
             catalog,
             leaderless,
             primary,
+            multileader,
             outputs: VecDeque::new(),
             peers,
             hlc_ceiling_ms,
             shapes: BTreeMap::new(),
             pb_shapes: BTreeMap::new(),
+            ml_shapes: BTreeMap::new(),
         };
         node.catalog_changed(now);
         node.raise_hlc_ceiling();
         node.drain_primary();
+        node.drain_multileader();
         Ok(node)
     }
 
@@ -420,13 +437,16 @@ impl<S: Storage> Node<S> {
 
     /// Operations this node coordinates that have not finished.
     pub fn in_flight(&self) -> usize {
-        self.leaderless.in_flight() + self.primary.in_flight()
+        self.leaderless.in_flight() + self.primary.in_flight() + self.multileader.in_flight()
     }
 
     /// What a sync that starts now will make durable (the driver calls [`Node::synced`] with it
     /// once that sync has finished).
     pub fn sync_point(&self) -> SyncPoint {
-        SyncPoint(self.primary.sync_point())
+        SyncPoint {
+            primary: self.primary.sync_point(),
+            multileader: self.multileader.sync_point(),
+        }
     }
 
     /// The sync started at `point` finished. A step: it may produce outputs (a primary-backup
@@ -436,8 +456,15 @@ impl<S: Storage> Node<S> {
             now: now.instant,
             storage: &mut self.storage,
         };
-        self.primary.synced(&mut env, point.0);
+        self.primary.synced(&mut env, point.primary);
+        self.multileader.synced(&mut env, point.multileader);
         self.drain_primary();
+        self.drain_multileader();
+    }
+
+    /// The multi-leader engine (region groups, shipping, counters).
+    pub fn multileader(&self) -> &MultiLeader {
+        &self.multileader
     }
 
     /// The primary-backup engine (Raft groups, counters).
@@ -469,6 +496,7 @@ impl<S: Storage> Node<S> {
             gossip,
             self.leaderless.poll_timeout(),
             self.primary.poll_timeout(),
+            self.multileader.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -530,6 +558,7 @@ impl<S: Storage> Node<S> {
                             .unwrap_or_default(),
                         members: self.config.members.iter().map(|m| m.id).collect(),
                         group: self.primary.info(&name),
+                        multileader: self.multileader.info(&self.storage, &name, now.wall_ms),
                     })),
                     None => Reply::Error(RequestError::UnknownKeyspace(name)),
                 };
@@ -538,6 +567,7 @@ impl<S: Storage> Node<S> {
         }
         self.drain_leaderless();
         self.drain_primary();
+        self.drain_multileader();
     }
 
     /// Checks a data request and hands it to the keyspace's model.
@@ -560,7 +590,10 @@ impl<S: Storage> Node<S> {
                 return self.primary_data(now, request, &keyspace, key, data);
             }
             Model::MultiLeader => {
-                return self.fail(request, RequestError::ModelNotAvailable(keyspace.model));
+                return match self.plan(&keyspace, data) {
+                    Ok(plan) => self.multileader_data(now, request, &keyspace, key, plan),
+                    Err(e) => self.fail(request, e),
+                };
             }
         }
         let (reads, writes) = data.quorums(keyspace.merge);
@@ -590,44 +623,7 @@ impl<S: Storage> Node<S> {
             (Ok(r), Ok(w)) => (r, w),
             (Err(e), _) | (_, Err(e)) => return self.fail(request, e),
         };
-        let wrong = |needs: &'static [MergePolicy]| RequestError::WrongPolicy {
-            keyspace: keyspace.name.clone(),
-            policy: keyspace.merge,
-            needs,
-        };
-        use MergePolicy::{Counter, Lww, Map, Set, Siblings};
-        let observed = |value: Option<Bytes>| Operation::SiblingsWriteObserved { value };
-        // What the engine is asked to do, and how its outcome becomes the reply.
-        let plan = match (data, keyspace.merge) {
-            (Data::Get, Lww) => Ok(Plan::LwwRead),
-            (Data::Set(value), Lww) => Ok(Plan::LwwWrite(Some(value))),
-            (Data::Delete, Lww) => Ok(Plan::LwwWrite(None)),
-            (Data::Get, Counter) => Ok(Plan::StateRead(Shape::CounterValue)),
-            (Data::Get, Siblings) => Ok(Plan::StateRead(Shape::SingleSibling)),
-            (Data::Get, _) => Err(wrong(&[Lww, Siblings, Counter])),
-            (Data::Set(value), Siblings) => Ok(Plan::Apply(observed(Some(value)), Shape::Written)),
-            (Data::Set(_), _) => Err(wrong(&[Lww, Siblings])),
-            (Data::Delete, Siblings) => Ok(Plan::Apply(observed(None), Shape::Written)),
-            (Data::Delete, Set) => Ok(Plan::Apply(Operation::SetClear, Shape::Written)),
-            (Data::Delete, Map) => Ok(Plan::Apply(Operation::MapClear, Shape::Written)),
-            (Data::Delete, _) => Err(wrong(&[Lww, Siblings, Set, Map])),
-            (Data::Read, Lww) => Err(wrong(&[Siblings, Counter, Set, Map])),
-            (Data::Read, policy) => Ok(Plan::StateRead(Shape::Read(policy))),
-            (Data::Apply(op), policy) if op.policy() != policy => Err(RequestError::WrongPolicy {
-                keyspace: keyspace.name.clone(),
-                policy,
-                needs: needs_of(&op),
-            }),
-            (Data::Apply(op), _) => match &op {
-                Operation::SiblingsWrite { context, .. } => {
-                    let members: Vec<NodeId> = self.config.members.iter().map(|m| m.id).collect();
-                    CausalToken::validate(context, &members)
-                        .map(|()| Plan::Apply(op, Shape::Plain))
-                        .map_err(RequestError::from)
-                }
-                _ => Ok(Plan::Apply(op, Shape::Plain)),
-            },
-        };
+        let plan = self.plan(&keyspace, data);
         let plan = match plan {
             Ok(plan) => plan,
             Err(e) => return self.fail(request, e),
@@ -654,6 +650,49 @@ impl<S: Storage> Node<S> {
                 self.leaderless
                     .apply(&mut env, request, &keyspace, key, op, r, w);
             }
+        }
+    }
+
+    /// What the engine is asked to do for `data` on a leaderless or multi-leader keyspace, and
+    /// how its outcome becomes the reply; an error when the keyspace's policy does not support
+    /// the request.
+    fn plan(&self, keyspace: &KeyspaceConfig, data: Data) -> Result<Plan, RequestError> {
+        let wrong = |needs: &'static [MergePolicy]| RequestError::WrongPolicy {
+            keyspace: keyspace.name.clone(),
+            policy: keyspace.merge,
+            needs,
+        };
+        use MergePolicy::{Counter, Lww, Map, Set, Siblings};
+        let observed = |value: Option<Bytes>| Operation::SiblingsWriteObserved { value };
+        // What the engine is asked to do, and how its outcome becomes the reply.
+        match (data, keyspace.merge) {
+            (Data::Get, Lww) => Ok(Plan::LwwRead),
+            (Data::Set(value), Lww) => Ok(Plan::LwwWrite(Some(value))),
+            (Data::Delete, Lww) => Ok(Plan::LwwWrite(None)),
+            (Data::Get, Counter) => Ok(Plan::StateRead(Shape::CounterValue)),
+            (Data::Get, Siblings) => Ok(Plan::StateRead(Shape::SingleSibling)),
+            (Data::Get, _) => Err(wrong(&[Lww, Siblings, Counter])),
+            (Data::Set(value), Siblings) => Ok(Plan::Apply(observed(Some(value)), Shape::Written)),
+            (Data::Set(_), _) => Err(wrong(&[Lww, Siblings])),
+            (Data::Delete, Siblings) => Ok(Plan::Apply(observed(None), Shape::Written)),
+            (Data::Delete, Set) => Ok(Plan::Apply(Operation::SetClear, Shape::Written)),
+            (Data::Delete, Map) => Ok(Plan::Apply(Operation::MapClear, Shape::Written)),
+            (Data::Delete, _) => Err(wrong(&[Lww, Siblings, Set, Map])),
+            (Data::Read, Lww) => Err(wrong(&[Siblings, Counter, Set, Map])),
+            (Data::Read, policy) => Ok(Plan::StateRead(Shape::Read(policy))),
+            (Data::Apply(op), policy) if op.policy() != policy => Err(RequestError::WrongPolicy {
+                keyspace: keyspace.name.clone(),
+                policy,
+                needs: needs_of(&op),
+            }),
+            (Data::Apply(op), _) => match &op {
+                Operation::SiblingsWrite { context, .. } => {
+                    CausalToken::validate(context, &self.actors(keyspace.model))
+                        .map(|()| Plan::Apply(op, Shape::Plain))
+                        .map_err(RequestError::from)
+                }
+                _ => Ok(Plan::Apply(op, Shape::Plain)),
+            },
         }
     }
 
@@ -719,10 +758,6 @@ impl<S: Storage> Node<S> {
             ));
         }
         config.validate(nodes)?;
-        // Multi-leader keyspaces are not available yet.
-        if config.model == Model::MultiLeader {
-            return Err(RequestError::ModelNotAvailable(config.model));
-        }
         let entry = CatalogEntry {
             config,
             version: self.hlc.now(now.wall_ms),
@@ -737,6 +772,25 @@ impl<S: Storage> Node<S> {
         }
         self.catalog_changed(now);
         Ok(())
+    }
+
+    /// The actors a causal context of a keyspace of `model` may name: the members for
+    /// leaderless keyspaces (replicas issue dots), the regions for multi-leader ones.
+    fn actors(&self, model: Model) -> Vec<ActorId> {
+        match model {
+            Model::MultiLeader => self
+                .multileader
+                .regions()
+                .names()
+                .map(triarch_multileader::region::actor_of)
+                .collect(),
+            _ => self
+                .config
+                .members
+                .iter()
+                .map(|m| ActorId::from(m.id))
+                .collect(),
+        }
     }
 
     pub fn handle_message(&mut self, now: Now, from: NodeId, message: Message) {
@@ -765,6 +819,13 @@ impl<S: Storage> Node<S> {
                 };
                 self.primary.handle_message(&mut env, from, m);
             }
+            Message::MultiLeader(m) => {
+                let mut env = triarch_primary::engine::Env {
+                    now: now.instant,
+                    storage: &mut self.storage,
+                };
+                self.multileader.handle_message(&mut env, from, m);
+            }
             Message::Leaderless(m) => {
                 if let triarch_leaderless::message::Message::Forward { sent, .. } = &m {
                     // Persist a clock ceiling above `sent` before the forward runs (staged ahead
@@ -783,6 +844,7 @@ impl<S: Storage> Node<S> {
         }
         self.drain_leaderless();
         self.drain_primary();
+        self.drain_multileader();
     }
 
     pub fn handle_timeout(&mut self, now: Now) {
@@ -804,8 +866,10 @@ impl<S: Storage> Node<S> {
             storage: &mut self.storage,
         };
         self.primary.handle_timeout(&mut env);
+        self.multileader.handle_timeout(&mut env);
         self.drain_leaderless();
         self.drain_primary();
+        self.drain_multileader();
     }
 
     /// Tells the models about the catalog: primary-backup voters start their keyspaces' Raft
@@ -813,6 +877,7 @@ impl<S: Storage> Node<S> {
     /// anti-entropy compares).
     fn catalog_changed(&mut self, now: Now) {
         self.ensure_primary_groups(now);
+        self.ensure_multileader_keyspaces(now);
         let leaderless: Vec<KeyspaceConfig> = self
             .catalog
             .entries()
@@ -829,6 +894,11 @@ impl<S: Storage> Node<S> {
         }
     }
 
+    /// Every member's id, this node's included.
+    pub(crate) fn member_ids(&self) -> Vec<NodeId> {
+        self.config.members.iter().map(|m| m.id).collect()
+    }
+
     /// What the leaderless engine's failure detector thinks of each peer.
     pub fn peer_health(&self) -> &BTreeMap<NodeId, triarch_leaderless::health::PeerHealth> {
         self.leaderless.peer_health()
@@ -842,7 +912,7 @@ impl<S: Storage> Node<S> {
     /// Persists a new clock ceiling once the clock has reached the old one. It is staged in the
     /// same batch as the writes that carry the new timestamps, so it is durable before any of them
     /// is acknowledged.
-    fn raise_hlc_ceiling(&mut self) {
+    pub(crate) fn raise_hlc_ceiling(&mut self) {
         let last = self.hlc.last().wall_ms;
         if last >= self.hlc_ceiling_ms {
             let ceiling = last + HLC_CEILING_WINDOW_MS;
@@ -889,6 +959,11 @@ impl<S: Storage> Node<S> {
             self.pb_shapes.len() <= self.primary.in_flight(),
             "a primary-backup reply shape outlived its request"
         );
+        self.multileader.check_invariants();
+        assert!(
+            self.ml_shapes.len() <= self.multileader.in_flight(),
+            "a multi-leader reply shape outlived its request"
+        );
         assert!(
             self.catalog.get(KeyspaceConfig::DEFAULT_NAME).is_some(),
             "default keyspace exists"
@@ -931,7 +1006,7 @@ impl From<Outcome> for Reply {
 }
 
 /// The reply to a request whose outcome needs more than the plain translation.
-fn shaped(outcome: Outcome, shape: Shape) -> Reply {
+pub(crate) fn shaped(outcome: Outcome, shape: Shape) -> Reply {
     match (shape, outcome) {
         (Shape::CounterValue, Outcome::State(view)) => Reply::Value(match view {
             Some(View::Counter(value)) => Some(Bytes::from(value.to_string())),

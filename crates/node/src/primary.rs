@@ -18,7 +18,7 @@ use crate::api::{Command, CommandResult, Operation, OperationResult, Reply, Requ
 use crate::{Data, Message, Node, Output};
 use bytes::Bytes;
 use triarch_core::{KeyspaceConfig, Model, Now, RequestId};
-use triarch_primary::engine::{Effect, Env, Op, Outcome};
+use triarch_primary::engine::{Effect, Env, GroupSpec, Op, Outcome};
 use triarch_primary::machine::Applied;
 use triarch_storage::Storage;
 
@@ -43,11 +43,12 @@ impl<S: Storage> Node<S> {
             .map(|e| e.config.clone())
             .collect();
         for keyspace in keyspaces {
+            let spec = GroupSpec::primary_backup(&keyspace, &self.member_ids());
             let mut env = Env {
                 now: now.instant,
                 storage: &mut self.storage,
             };
-            if let Err(e) = self.primary.ensure_group(&mut env, &keyspace) {
+            if let Err(e) = self.primary.ensure_group(&mut env, &spec) {
                 tracing::error!(keyspace = keyspace.name, error = %e, "cannot start the keyspace's raft group");
             }
         }
@@ -155,7 +156,7 @@ impl<S: Storage> Node<S> {
         let keys = watches
             .iter()
             .map(|(k, _)| k)
-            .chain(commands.iter().map(|c| c.key()));
+            .chain(commands.iter().filter_map(|c| c.key()));
         let checked = self.primary_keyspace_of(keys).and_then(|k| {
             for c in &commands {
                 match c {
@@ -185,11 +186,12 @@ impl<S: Storage> Node<S> {
     ) {
         self.pb_shapes
             .insert(request, (shape, keyspace.name.clone()));
+        let spec = GroupSpec::primary_backup(keyspace, &self.member_ids());
         let mut env = Env {
             now: now.instant,
             storage: &mut self.storage,
         };
-        self.primary.request(&mut env, request, keyspace, op);
+        self.primary.request(&mut env, request, &spec, op);
     }
 
     /// Turns the engine's effects into the node's outputs.

@@ -113,13 +113,13 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let r = call(&mut n, Request::CreateKeyspace(s));
     let Reply::Error(e) = r else { panic!("{r:?}") };
     assert_eq!(e.to_string(), "invalid W: W=5 exceeds N=3");
-    let r = call(
-        &mut n,
-        Request::CreateKeyspace(spec("cart", Model::MultiLeader)),
-    );
+    let mut s = spec("cart", Model::MultiLeader);
+    s.settings.r = Some(1);
+    let r = call(&mut n, Request::CreateKeyspace(s));
+    let Reply::Error(e) = r else { panic!("{r:?}") };
     assert_eq!(
-        r,
-        Reply::Error(RequestError::ModelNotAvailable(Model::MultiLeader))
+        e.to_string(),
+        "invalid R: read and write quorums apply only to leaderless keyspaces"
     );
     call(
         &mut n,
@@ -142,23 +142,24 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 }
 
 #[test]
-fn every_merge_policy_is_available_to_leaderless_keyspaces_only() {
+fn every_merge_policy_is_available_to_leaderless_and_multi_leader_keyspaces() {
     let mut n = node(3);
-    for policy in MergePolicy::ALL {
-        let mut s = spec(&format!("ks-{policy}"), Model::Leaderless);
-        s.settings.merge = Some(policy);
-        assert_eq!(call(&mut n, Request::CreateKeyspace(s)), Reply::Created);
-        assert_eq!(
-            n.catalog().get(&format!("ks-{policy}")).unwrap().merge,
-            policy
-        );
+    for model in [Model::Leaderless, Model::MultiLeader] {
+        for policy in MergePolicy::ALL {
+            let name = format!("ks-{}-{policy}", model.as_str());
+            let mut s = spec(&name, model);
+            s.settings.merge = Some(policy);
+            assert_eq!(call(&mut n, Request::CreateKeyspace(s)), Reply::Created);
+            let created = n.catalog().get(&name).unwrap();
+            assert_eq!((created.model, created.merge), (model, policy));
+        }
     }
-    let mut s = spec("cart", Model::MultiLeader);
+    let mut s = spec("balance", Model::PrimaryBackup);
     s.settings.merge = Some(MergePolicy::Set);
-    assert_eq!(
+    assert!(matches!(
         call(&mut n, Request::CreateKeyspace(s)),
-        Reply::Error(RequestError::ModelNotAvailable(Model::MultiLeader))
-    );
+        Reply::Error(RequestError::InvalidConfig(_))
+    ));
 }
 
 #[test]
@@ -284,5 +285,7 @@ mod frames {
     }
 }
 
+mod cluster;
 mod commands;
+mod multileader;
 mod primary;

@@ -41,13 +41,14 @@
 //! ([`Message::may_precede_sync`]). A reply is released with its batch, after the sync.
 
 use crate::config::RaftConfig;
-use crate::machine::{Applied, Command, Machine, Origin, Proposal, Record};
+use crate::machine::{Applied, Command, Extension, Machine, Origin, Proposal, Record};
 use crate::message::Message as RaftMessage;
 use crate::raft::{Output as RaftOutput, Raft, Role};
 use crate::types::{EntryData, LogIndex, Term};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use triarch_core::hash::{mix64, stable_hash64};
 use triarch_core::{DetRng, HlcTimestamp, Instant, KeyspaceConfig, NodeId, RequestId};
@@ -95,10 +96,10 @@ impl Default for PrimaryConfig {
     }
 }
 
-/// `members` ranked by rendezvous hashing on the keyspace's name: the same order on every node,
-/// a different one for each keyspace.
-fn ranked(keyspace: &KeyspaceConfig, members: &[NodeId]) -> Vec<NodeId> {
-    let seed = stable_hash64(keyspace.name.as_bytes());
+/// `members` ranked by rendezvous hashing on a group's name: the same order on every node, a
+/// different one for each group.
+pub fn ranked(name: &str, members: &[NodeId]) -> Vec<NodeId> {
+    let seed = stable_hash64(name.as_bytes());
     let mut ranked: Vec<(u64, NodeId)> = members
         .iter()
         .map(|m| (mix64(seed ^ u64::from(m.0)), *m))
@@ -110,7 +111,7 @@ fn ranked(keyspace: &KeyspaceConfig, members: &[NodeId]) -> Vec<NodeId> {
 /// The `n` voters of a primary-backup keyspace among `members`: the first `n` of the
 /// keyspace's rendezvous ranking.
 pub fn voters_of(keyspace: &KeyspaceConfig, members: &[NodeId]) -> BTreeSet<NodeId> {
-    ranked(keyspace, members)
+    ranked(&keyspace.name, members)
         .into_iter()
         .take(usize::from(keyspace.n).max(1))
         .collect()
@@ -120,7 +121,32 @@ pub fn voters_of(keyspace: &KeyspaceConfig, members: &[NodeId]) -> BTreeSet<Node
 /// of the keyspace's ranking. Different keyspaces prefer different members, which spreads their
 /// leaders (and so their write load) across the cluster.
 pub fn preferred_leader(keyspace: &KeyspaceConfig, members: &[NodeId]) -> NodeId {
-    ranked(keyspace, members)[0]
+    ranked(&keyspace.name, members)[0]
+}
+
+/// One Raft group this engine runs: a primary-backup keyspace, or one region of a multi-leader
+/// keyspace (whose state lives in the group's [`Extension`]).
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    /// The group's name: the keyspace's, or `keyspace.region` for a region. Names the storage
+    /// table (`data.<name>`) and every message of the group.
+    pub name: String,
+    pub voters: BTreeSet<NodeId>,
+    /// Where leadership should be (see [`preferred_leader`]).
+    pub preferred: NodeId,
+    pub extension: Option<Arc<dyn Extension>>,
+}
+
+impl GroupSpec {
+    /// The group of primary-backup keyspace `keyspace` among the cluster's `members`.
+    pub fn primary_backup(keyspace: &KeyspaceConfig, members: &[NodeId]) -> GroupSpec {
+        GroupSpec {
+            name: keyspace.name.clone(),
+            voters: voters_of(keyspace, members),
+            preferred: preferred_leader(keyspace, members),
+            extension: None,
+        }
+    }
 }
 
 /// What a client asks of a keyspace.
@@ -128,6 +154,8 @@ pub fn preferred_leader(keyspace: &KeyspaceConfig, members: &[NodeId]) -> NodeId
 pub enum Op {
     /// A linearizable read of these keys' records (value and version).
     Read { keys: Vec<Bytes> },
+    /// A linearizable read of these rows of the group's [`Extension`].
+    ReadRows { rows: Vec<Bytes> },
     /// One log entry: `commands` applied atomically if every watched key still has its version.
     Write {
         watches: Vec<(Bytes, u64)>,
@@ -140,6 +168,8 @@ pub enum Op {
 pub enum Outcome {
     /// [`Op::Read`]: one record per key, in order.
     Read(Vec<ReadRecord>),
+    /// [`Op::ReadRows`]: each row's value, in order.
+    Rows(Vec<Option<Bytes>>),
     /// [`Op::Write`]: applied ([`Applied::Done`]) or aborted by a watch. Never `Duplicate`.
     Applied(Applied),
     /// This member does not lead the group; `leader` is its guess. The request did not reach
@@ -269,8 +299,15 @@ struct Proposed {
 
 struct ReadJob {
     asker: Asker,
-    keys: Vec<Bytes>,
+    read: Read,
     since: Instant,
+}
+
+/// What a read reads: user keys' records, or the extension's rows.
+#[derive(Clone, Debug)]
+enum Read {
+    Keys(Vec<Bytes>),
+    Rows(Vec<Bytes>),
 }
 
 /// One primary-backup keyspace on one of its voters.
@@ -329,7 +366,6 @@ pub struct PrimaryStats {
 /// All primary-backup groups of one node.
 pub struct Primary {
     id: NodeId,
-    members: Vec<NodeId>,
     config: PrimaryConfig,
     incarnation: HlcTimestamp,
     rng: DetRng,
@@ -348,16 +384,9 @@ pub struct Primary {
 impl Primary {
     /// `incarnation` must be above every incarnation this node had before (the node's clock,
     /// restored above its persisted ceiling).
-    pub fn new(
-        id: NodeId,
-        members: &[NodeId],
-        config: PrimaryConfig,
-        incarnation: HlcTimestamp,
-        rng: DetRng,
-    ) -> Self {
+    pub fn new(id: NodeId, config: PrimaryConfig, incarnation: HlcTimestamp, rng: DetRng) -> Self {
         Primary {
             id,
-            members: members.to_vec(),
             config,
             incarnation,
             rng,
@@ -387,17 +416,19 @@ impl Primary {
     pub fn ensure_group<S: Storage>(
         &mut self,
         env: &mut Env<'_, S>,
-        keyspace: &KeyspaceConfig,
+        spec: &GroupSpec,
     ) -> Result<(), String> {
-        if self.groups.contains_key(&keyspace.name) {
+        if self.groups.contains_key(&spec.name) {
             return Ok(());
         }
-        let voters = voters_of(keyspace, &self.members);
+        let voters = spec.voters.clone();
         if !voters.contains(&self.id) {
             return Ok(());
         }
-        let machine = Machine::recover(env.storage, &keyspace.name).map_err(|e| e.to_string())?;
-        let mut raft_config = RaftConfig::new(self.id, keyspace.name.clone(), voters.clone());
+        let machine = Machine::recover(env.storage, &spec.name)
+            .map_err(|e| e.to_string())?
+            .with_extension(spec.extension.clone());
+        let mut raft_config = RaftConfig::new(self.id, spec.name.clone(), voters.clone());
         raft_config.election_timeout_min = self.config.election_timeout_min;
         raft_config.election_timeout_max = self.config.election_timeout_max;
         raft_config.heartbeat_interval = self.config.heartbeat_interval;
@@ -406,11 +437,11 @@ impl Primary {
         raft_config.parallel_append = true;
         let raft = Raft::new(raft_config, env.storage, self.rng.fork(), env.now)
             .map_err(|e| e.to_string())?;
-        tracing::info!(node = %self.id, keyspace = keyspace.name, ?voters, "primary-backup group started");
+        tracing::info!(node = %self.id, group = spec.name, ?voters, "raft group started");
         self.groups.insert(
-            keyspace.name.clone(),
+            spec.name.clone(),
             Group {
-                preferred: preferred_leader(keyspace, &self.members),
+                preferred: spec.preferred,
                 handed_over_in: None,
                 raft,
                 machine,
@@ -421,7 +452,7 @@ impl Primary {
                 broken: None,
             },
         );
-        self.drain(env, &keyspace.name);
+        self.drain(env, &spec.name);
         Ok(())
     }
 
@@ -448,6 +479,11 @@ impl Primary {
         })
     }
 
+    /// Whether this node leads group `name`.
+    pub fn leads(&self, name: &str) -> bool {
+        self.groups.get(name).is_some_and(|g| g.raft.is_leader())
+    }
+
     /// Keyspaces this node is a voter of.
     pub fn groups(&self) -> impl Iterator<Item = &str> {
         self.groups.keys().map(|k| k.as_str())
@@ -467,25 +503,24 @@ impl Primary {
         raft.chain(pending).min()
     }
 
-    /// A client's request on keyspace `keyspace` (already validated: the keys belong to it).
+    /// A client's request on group `group` (already validated: the keys belong to it).
     pub fn request<S: Storage>(
         &mut self,
         env: &mut Env<'_, S>,
         request: RequestId,
-        keyspace: &KeyspaceConfig,
+        group: &GroupSpec,
         op: Op,
     ) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if !self.voters.contains_key(&keyspace.name) {
-            let voters = voters_of(keyspace, &self.members);
-            self.voters.insert(keyspace.name.clone(), voters);
+        if !self.voters.contains_key(&group.name) {
+            self.voters.insert(group.name.clone(), group.voters.clone());
         }
         self.pending.insert(
             seq,
             Pending {
                 request,
-                group: keyspace.name.clone(),
+                group: group.name.clone(),
                 op,
                 deadline: env.now + self.config.request_timeout,
                 attempts: 0,
@@ -515,7 +550,8 @@ impl Primary {
         p.retry_at = None;
         let name = p.group.clone();
         let op = p.op.clone();
-        let local_read = self.config.bug_local_reads && matches!(op, Op::Read { .. });
+        let local_read =
+            self.config.bug_local_reads && matches!(op, Op::Read { .. } | Op::ReadRows { .. });
         let target = match self.groups.get(&name) {
             Some(g) if g.raft.is_leader() || local_read => None,
             Some(g) => match g.raft.leader() {
@@ -584,21 +620,26 @@ impl Primary {
             let e = e.clone();
             return self.respond(env, name, asker, Outcome::Storage(e));
         }
-        match op {
-            Op::Read { keys } if self.config.bug_local_reads => {
-                let outcome = read_outcome(&g.machine, env.storage, &keys);
+        let (read, op) = match op {
+            Op::Read { keys } => (Some(Read::Keys(keys)), None),
+            Op::ReadRows { rows } => (Some(Read::Rows(rows)), None),
+            write => (None, Some(write)),
+        };
+        match (read, op) {
+            (Some(read), _) if self.config.bug_local_reads => {
+                let outcome = read_outcome(&g.machine, env.storage, &read);
                 return self.respond(env, name, asker, outcome);
             }
-            Op::Read { keys }
+            (Some(read), _)
                 if g.raft
                     .lease_read(env.now)
                     .is_some_and(|index| g.machine.applied() >= index) =>
             {
                 self.stats.lease_reads += 1;
-                let outcome = read_outcome(&g.machine, env.storage, &keys);
+                let outcome = read_outcome(&g.machine, env.storage, &read);
                 return self.respond(env, name, asker, outcome);
             }
-            Op::Read { keys } => {
+            (Some(read), _) => {
                 let ctx = RequestId(self.next_ctx);
                 self.next_ctx += 1;
                 match g.raft.read_index(env.now, ctx) {
@@ -608,7 +649,7 @@ impl Primary {
                             ctx,
                             ReadJob {
                                 asker,
-                                keys,
+                                read,
                                 since: env.now,
                             },
                         );
@@ -618,7 +659,10 @@ impl Primary {
                     }
                 }
             }
-            Op::Write { watches, commands } => {
+            (None, Some(Op::Read { .. } | Op::ReadRows { .. })) | (None, None) => {
+                unreachable!("reads matched above")
+            }
+            (None, Some(Op::Write { watches, commands })) => {
                 if g.proposed_origins.contains(&origin) {
                     // A duplicate of a forward already in the log here.
                     return;
@@ -952,7 +996,7 @@ impl Primary {
                     let Some(job) = g.reads.remove(&ctx) else {
                         continue;
                     };
-                    let outcome = read_outcome(&g.machine, env.storage, &job.keys);
+                    let outcome = read_outcome(&g.machine, env.storage, &job.read);
                     self.respond(env, name, job.asker, outcome);
                 }
                 RaftOutput::ReadFailed { ctx, leader } => {
@@ -1103,10 +1147,22 @@ impl Primary {
     }
 }
 
-/// A read's outcome: the records of `keys` in the machine's applied state.
-fn read_outcome<S: Storage>(machine: &Machine, storage: &S, keys: &[Bytes]) -> Outcome {
-    keys.iter()
-        .map(|k| machine.record(storage, k).map(ReadRecord::from))
-        .collect::<Result<Vec<_>, StorageError>>()
-        .map_or_else(|e| Outcome::Storage(e.to_string()), Outcome::Read)
+/// A read's outcome: the records of its keys (or its extension rows) in the machine's applied
+/// state.
+fn read_outcome<S: Storage>(machine: &Machine, storage: &S, read: &Read) -> Outcome {
+    match read {
+        Read::Keys(keys) => keys
+            .iter()
+            .map(|k| machine.record(storage, k).map(ReadRecord::from))
+            .collect::<Result<Vec<_>, StorageError>>()
+            .map_or_else(|e| Outcome::Storage(e.to_string()), Outcome::Read),
+        Read::Rows(rows) => rows
+            .iter()
+            .map(|r| {
+                crate::machine::extension_row(storage, machine.table(), r)
+                    .map(|v| v.map(Bytes::from))
+            })
+            .collect::<Result<Vec<_>, StorageError>>()
+            .map_or_else(|e| Outcome::Storage(e.to_string()), Outcome::Rows),
+    }
 }

@@ -13,6 +13,8 @@
 //! | `d` + user key | [`VERSION`-byte, version (u64 BE), live flag, value]: the value and the index of the entry that last wrote it; a deleted key keeps a tombstone so that `WATCH` sees the delete |
 //! | `s` + node (u32 BE) | the latest session of that origin node (postcard [`Session`]) |
 //! | `a` | the last applied index (u64 BE) |
+//! | `p` | the redo record of the last entry this member applied ([`Redo`]) |
+//! | `x` + row | a row of the group's [`Extension`] (a multi-leader region's state) |
 //!
 //! The applied index is written in the same storage batch as the entry's effects, so a restart
 //! resumes exactly after the last applied entry (`RaftConfig::applied_index`).
@@ -40,6 +42,7 @@ use crate::types::{LogIndex, Snapshot};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use triarch_core::{HlcTimestamp, NodeId};
 use triarch_storage::{Storage, StorageError};
 
@@ -48,6 +51,7 @@ pub const VERSION: u8 = 1;
 
 const DATA: u8 = b'd';
 const SESSION: u8 = b's';
+const EXTENSION: u8 = b'x';
 const APPLIED: &[u8] = b"a";
 /// The last entry's [`Redo`] record.
 const REDO: &[u8] = b"p";
@@ -99,16 +103,22 @@ pub enum Command {
         expected: Option<Bytes>,
         new: Bytes,
     },
+    /// A command of the group's [`Extension`], opaque here.
+    Extension {
+        payload: Bytes,
+    },
 }
 
 impl Command {
-    pub fn key(&self) -> &Bytes {
+    /// The user key the command works on (`None` for an extension's command).
+    pub fn key(&self) -> Option<&Bytes> {
         match self {
             Command::Get { key }
             | Command::Set { key, .. }
             | Command::Delete { key }
             | Command::IncrBy { key, .. }
-            | Command::Cas { key, .. } => key,
+            | Command::Cas { key, .. } => Some(key),
+            Command::Extension { .. } => None,
         }
     }
 
@@ -155,6 +165,94 @@ pub enum CommandResult {
     Swapped(bool),
     NotAnInteger,
     Overflow,
+    /// What the group's [`Extension`] answered.
+    Extension(Bytes),
+    /// An extension command reached a group without an extension.
+    NoExtension,
+}
+
+/// Commands that another replication model runs through a primary-backup group's log: a
+/// multi-leader keyspace's region is a Raft group whose machine keeps, besides nothing of the
+/// primary-backup rows, the region's merged states and its outgoing change log
+/// (`triarch_multileader`). The extension is deterministic like the rest of the machine: its
+/// result and its writes depend only on its rows and the payload.
+pub trait Extension: std::fmt::Debug + Send + Sync {
+    /// Applies a committed [`Command::Extension`] payload at log `index`, reading and writing
+    /// through `rows`; returns the result for whoever proposed it.
+    fn apply(&self, rows: &mut Rows<'_>, index: LogIndex, payload: &[u8]) -> Bytes;
+}
+
+/// Reads one stored row of an extension.
+type RowReader<'a> = dyn Fn(&[u8]) -> Result<Option<Vec<u8>>, StorageError> + 'a;
+
+/// A row and its value.
+pub type Row = (Vec<u8>, Vec<u8>);
+
+/// An extension's rows as one entry sees them: reads see the entry's own earlier writes, and
+/// every write becomes part of the entry's [`Redo`] record (so a crash never keeps half of it).
+pub struct Rows<'a> {
+    read: &'a RowReader<'a>,
+    writes: &'a mut BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    error: Option<StorageError>,
+}
+
+impl Rows<'_> {
+    /// The row's value (`None`: absent). A storage failure reads as absent and fails the whole
+    /// entry's apply afterwards, so the extension never acts on it.
+    pub fn get(&mut self, row: &[u8]) -> Option<Vec<u8>> {
+        if let Some(w) = self.writes.get(row) {
+            return w.clone();
+        }
+        match (self.read)(row) {
+            Ok(v) => v,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                None
+            }
+        }
+    }
+
+    pub fn put(&mut self, row: &[u8], value: Vec<u8>) {
+        self.writes.insert(row.to_vec(), Some(value));
+    }
+
+    pub fn delete(&mut self, row: &[u8]) {
+        self.writes.insert(row.to_vec(), None);
+    }
+}
+
+/// Reads of an extension's rows outside an entry (a read served by the group).
+pub fn extension_row<S: Storage>(
+    storage: &S,
+    table: &str,
+    row: &[u8],
+) -> Result<Option<Vec<u8>>, StorageError> {
+    storage.get(table, &extension_key(row))
+}
+
+/// Up to `limit` of the extension's rows from `from` on (in row order), with their values.
+pub fn extension_scan<S: Storage>(
+    storage: &S,
+    table: &str,
+    from: &[u8],
+    limit: usize,
+) -> Result<Vec<Row>, StorageError> {
+    let rows = storage.scan(table, &extension_key(from), limit)?;
+    Ok(rows
+        .into_iter()
+        .take_while(|(k, _)| k.first() == Some(&EXTENSION))
+        .map(|(mut k, v)| {
+            k.remove(0);
+            (k, v)
+        })
+        .collect())
+}
+
+fn extension_key(row: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + row.len());
+    k.push(EXTENSION);
+    k.extend_from_slice(row);
+    k
 }
 
 /// What applying a proposal did.
@@ -304,6 +402,7 @@ fn execute(command: &Command, current: &Record) -> (CommandResult, Option<Option
                 (CommandResult::Swapped(false), None)
             }
         }
+        Command::Extension { .. } => unreachable!("applied by the extension"),
     }
 }
 
@@ -318,6 +417,8 @@ struct Redo {
     node: NodeId,
     session: Session,
     records: Vec<(Bytes, Record)>,
+    /// The extension's row writes (`None`: delete).
+    rows: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 impl Redo {
@@ -355,6 +456,7 @@ pub struct Machine {
     table: String,
     applied: LogIndex,
     sessions: BTreeMap<NodeId, Session>,
+    extension: Option<Arc<dyn Extension>>,
 }
 
 impl Machine {
@@ -386,7 +488,14 @@ impl Machine {
             table,
             applied,
             sessions,
+            extension: None,
         })
+    }
+
+    /// The machine with `extension` running its [`Command::Extension`]s.
+    pub fn with_extension(mut self, extension: Option<Arc<dyn Extension>>) -> Machine {
+        self.extension = extension;
+        self
     }
 
     /// Loads the machine, finishing the writes of an entry a crash interrupted.
@@ -468,6 +577,7 @@ impl Machine {
             node: origin.node,
             session,
             records: Vec::new(),
+            rows: Vec::new(),
         };
         let mut aborted = false;
         for (key, version) in &proposal.watches {
@@ -480,8 +590,30 @@ impl Machine {
         if !aborted {
             // Later commands see earlier ones' writes.
             let mut overlay: BTreeMap<Bytes, Record> = BTreeMap::new();
+            let mut rows: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
             for command in &proposal.commands {
-                let key = command.key();
+                let Some(key) = command.key() else {
+                    let Command::Extension { payload } = command else {
+                        unreachable!("only extension commands have no key")
+                    };
+                    let Some(extension) = &self.extension else {
+                        results.push(CommandResult::NoExtension);
+                        continue;
+                    };
+                    let table = self.table.clone();
+                    let read = |row: &[u8]| extension_row(storage, &table, row);
+                    let mut view = Rows {
+                        read: &read,
+                        writes: &mut rows,
+                        error: None,
+                    };
+                    let result = extension.apply(&mut view, index, payload);
+                    if let Some(e) = view.error {
+                        return Err(e);
+                    }
+                    results.push(CommandResult::Extension(result));
+                    continue;
+                };
                 let current = match overlay.get(key) {
                     Some(r) => r.clone(),
                     None => self.record(storage, key)?,
@@ -499,6 +631,7 @@ impl Machine {
                 results.push(result);
             }
             redo.records = overlay.into_iter().collect();
+            redo.rows = rows.into_iter().collect();
         }
         self.write_redo(storage, &redo)?;
         Ok(if aborted {
@@ -518,6 +651,12 @@ impl Machine {
     fn redo<S: Storage>(&mut self, storage: &mut S, redo: &Redo) -> Result<(), StorageError> {
         for (key, record) in &redo.records {
             storage.put(&self.table, &data_key(key), &record.encode())?;
+        }
+        for (row, value) in &redo.rows {
+            match value {
+                Some(v) => storage.put(&self.table, &extension_key(row), v)?,
+                None => storage.delete(&self.table, &extension_key(row))?,
+            }
         }
         storage.put(
             &self.table,
@@ -592,7 +731,7 @@ impl Machine {
         }
         storage.put(&self.table, APPLIED, &snapshot.index.0.to_be_bytes())?;
         let reloaded = Machine::load(storage, self.table.trim_start_matches("data."))?;
-        *self = reloaded;
+        *self = reloaded.with_extension(self.extension.take());
         Ok(())
     }
 }

@@ -102,7 +102,7 @@ impl OpMetrics {
             Request::Apply { key, .. } => (Some(key), Op::Apply),
             Request::Cas { key, .. } => (Some(key), Op::Cas),
             Request::Watch { keys } => (keys.first(), Op::Watch),
-            Request::Exec { commands, .. } => (commands.first().map(|c| c.key()), Op::Exec),
+            Request::Exec { commands, .. } => (commands.iter().find_map(|c| c.key()), Op::Exec),
             Request::CreateKeyspace(_) | Request::ListKeyspaces | Request::KeyspaceInfo { .. } => {
                 (None, Op::Admin)
             }

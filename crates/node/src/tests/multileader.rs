@@ -1,0 +1,268 @@
+//! Multi-leader keyspaces on a hand-driven cluster of real `Node`s ([`super::cluster`]): six
+//! nodes in three regions of two.
+
+use super::cluster::{Cluster, b};
+use super::*;
+use triarch_multileader::engine::KeyspaceInfo as MlInfo;
+
+/// Nodes of each region (node `i` is in region `(i - 1) % 3 + 1`).
+const R1: [u32; 2] = [1, 4];
+const R2: [u32; 2] = [2, 5];
+const R3: [u32; 2] = [3, 6];
+
+fn cluster(name: &str, policy: MergePolicy) -> Cluster {
+    let mut c = Cluster::with_regions(6, 3);
+    let mut s = spec(name, Model::MultiLeader);
+    s.settings.merge = Some(policy);
+    s.settings.n = Some(2);
+    assert_eq!(c.call(1, Request::CreateKeyspace(s)), Reply::Created);
+    c
+}
+
+fn sadd(c: &mut Cluster, via: u32, key: &str, element: &str) -> Reply {
+    c.call(
+        via,
+        Request::Apply {
+            key: b(key),
+            op: Operation::SetAdd(vec![b(element)]),
+            r: None,
+            w: None,
+        },
+    )
+}
+
+fn members_at(c: &mut Cluster, via: u32, key: &str) -> Vec<Bytes> {
+    match c.call(
+        via,
+        Request::Read {
+            key: b(key),
+            r: None,
+        },
+    ) {
+        Reply::State(View::Set(members)) => members,
+        other => panic!("SMEMBERS via {via}: {other:?}"),
+    }
+}
+
+/// Runs until every running node reads `expected` for the set `key` (30 virtual s at most).
+fn await_members(c: &mut Cluster, key: &str, expected: &[&str]) {
+    let expected: Vec<Bytes> = expected.iter().map(|e| b(e)).collect();
+    let deadline = c.now_micros + 30_000_000;
+    loop {
+        let up: Vec<u32> = (1..=6)
+            .filter(|i| c.nodes[*i as usize - 1].is_some())
+            .collect();
+        if up.iter().all(|&i| members_at(c, i, key) == expected) {
+            return;
+        }
+        assert!(c.now_micros < deadline, "regions never converged on {key}");
+        c.run(20);
+    }
+}
+
+/// The keyspace's state on node `id`.
+fn info(c: &Cluster, id: u32, keyspace: &str) -> MlInfo {
+    let node = c.nodes[id as usize - 1].as_ref().expect("running");
+    node.multileader()
+        .info(node.storage(), keyspace, 0)
+        .expect("a multi-leader keyspace")
+}
+
+/// Cuts the three regions off from each other (links inside each region stay up).
+fn split_regions(c: &mut Cluster) {
+    c.partition(&R1);
+    c.partition(&R2);
+}
+
+#[test]
+fn a_write_is_acknowledged_in_its_region_and_reaches_the_others() {
+    let mut c = cluster("cart", MergePolicy::Set);
+    assert_eq!(
+        sadd(&mut c, 1, "cart:alice", "book"),
+        Reply::Applied(OperationResult::Changed(1))
+    );
+    // The writer's region reads it at once: it was acknowledged there.
+    assert_eq!(members_at(&mut c, 4, "cart:alice"), [b("book")]);
+    await_members(&mut c, "cart:alice", &["book"]);
+    // Every other region applied it once, and the log is trimmed once every region holds it.
+    for id in 1..=6 {
+        let i = info(&c, id, "cart");
+        assert_eq!(i.counters.duplicates, 0);
+    }
+}
+
+#[test]
+fn regions_cut_off_from_each_other_keep_accepting_writes_and_converge() {
+    let mut c = cluster("cart", MergePolicy::Set);
+    // Let every region elect its leader before the split.
+    sadd(&mut c, 1, "cart:warmup", "x");
+    await_members(&mut c, "cart:warmup", &["x"]);
+    split_regions(&mut c);
+    for (via, item) in [(1, "apple"), (2, "bread"), (3, "cheese")] {
+        assert_eq!(
+            sadd(&mut c, via, "cart:bob", item),
+            Reply::Applied(OperationResult::Changed(1)),
+            "region of node {via} accepts writes while cut off"
+        );
+    }
+    // Each region sees its own write only.
+    assert_eq!(members_at(&mut c, 5, "cart:bob"), [b("bread")]);
+    c.heal();
+    await_members(&mut c, "cart:bob", &["apple", "bread", "cheese"]);
+    let conflicts: u64 = [1, 2, 3]
+        .iter()
+        .map(|&id| info(&c, id, "cart").counters.conflicts)
+        .sum();
+    assert!(
+        conflicts >= 3,
+        "concurrent adds are conflicts, merged: {conflicts}"
+    );
+}
+
+#[test]
+fn a_concurrent_re_add_wins_over_a_remove_that_did_not_see_it() {
+    let mut c = cluster("cart", MergePolicy::Set);
+    sadd(&mut c, 1, "cart:k", "book");
+    await_members(&mut c, "cart:k", &["book"]);
+    split_regions(&mut c);
+    let removed = c.call(
+        1,
+        Request::Apply {
+            key: b("cart:k"),
+            op: Operation::SetRemove(vec![b("book")]),
+            r: None,
+            w: None,
+        },
+    );
+    assert_eq!(removed, Reply::Applied(OperationResult::Changed(1)));
+    assert_eq!(
+        sadd(&mut c, 2, "cart:k", "book"),
+        Reply::Applied(OperationResult::Changed(0)),
+        "already there in region 2"
+    );
+    c.heal();
+    await_members(&mut c, "cart:k", &["book"]);
+}
+
+#[test]
+fn an_lww_conflict_converges_everywhere_and_the_loser_is_counted() {
+    let mut c = cluster("prefs", MergePolicy::Lww);
+    let set = |c: &mut Cluster, via: u32, value: &str| {
+        c.call(
+            via,
+            Request::Set {
+                key: b("prefs:theme"),
+                value: b(value),
+                w: None,
+            },
+        )
+    };
+    assert_eq!(set(&mut c, 1, "light"), Reply::Written { existed: false });
+    split_regions(&mut c);
+    assert_eq!(set(&mut c, 2, "dark"), Reply::Written { existed: true });
+    c.run(5);
+    assert_eq!(set(&mut c, 3, "blue"), Reply::Written { existed: true });
+    c.heal();
+    let deadline = c.now_micros + 30_000_000;
+    loop {
+        let values: Vec<Reply> = (1..=6)
+            .map(|i| {
+                c.call(
+                    i,
+                    Request::Get {
+                        key: b("prefs:theme"),
+                        r: None,
+                    },
+                )
+            })
+            .collect();
+        if values.iter().all(|v| *v == values[0]) && values[0] != Reply::Value(Some(b("light"))) {
+            break;
+        }
+        assert!(c.now_micros < deadline, "never converged: {values:?}");
+        c.run(20);
+    }
+    let (conflicts, discarded): (u64, u64) = [1, 2, 3].iter().fold((0, 0), |(a, d), &id| {
+        let k = info(&c, id, "prefs").counters;
+        (a + k.conflicts, d + k.lww_discarded)
+    });
+    assert!(
+        conflicts >= 2 && discarded >= 2,
+        "{conflicts} conflicts, {discarded} discarded"
+    );
+}
+
+#[test]
+fn counters_are_exact_across_regions_and_partitions() {
+    let mut c = cluster("hits", MergePolicy::Counter);
+    let incr = |c: &mut Cluster, via: u32, by: i64| {
+        c.call(
+            via,
+            Request::Apply {
+                key: b("hits:page"),
+                op: Operation::CounterAdd(by),
+                r: None,
+                w: None,
+            },
+        )
+    };
+    incr(&mut c, 1, 1);
+    split_regions(&mut c);
+    for (via, by) in [(1, 2), (2, 3), (3, 4), (5, -1), (6, 10)] {
+        assert!(matches!(incr(&mut c, via, by), Reply::Applied(_)));
+    }
+    c.heal();
+    let deadline = c.now_micros + 30_000_000;
+    loop {
+        let values: Vec<Reply> = (1..=6)
+            .map(|i| {
+                c.call(
+                    i,
+                    Request::Get {
+                        key: b("hits:page"),
+                        r: None,
+                    },
+                )
+            })
+            .collect();
+        if values.iter().all(|v| *v == Reply::Value(Some(b("19")))) {
+            break;
+        }
+        assert!(c.now_micros < deadline, "never converged: {values:?}");
+        c.run(20);
+    }
+}
+
+#[test]
+fn a_region_that_was_down_catches_up_on_restart_and_the_logs_are_trimmed() {
+    let mut c = cluster("cart", MergePolicy::Set);
+    sadd(&mut c, 1, "cart:warmup", "x");
+    await_members(&mut c, "cart:warmup", &["x"]);
+    for id in R3 {
+        c.crash(id);
+    }
+    for (via, item) in [(1, "a"), (2, "b"), (4, "c"), (5, "d")] {
+        assert!(matches!(
+            sadd(&mut c, via, "cart:z", item),
+            Reply::Applied(_)
+        ));
+    }
+    c.run(50);
+    for id in R3 {
+        c.start(id);
+    }
+    await_members(&mut c, "cart:z", &["a", "b", "c", "d"]);
+    // Once every region holds everything, each region's leader trims its whole log.
+    let deadline = c.now_micros + 30_000_000;
+    loop {
+        let trimmed = (1..=6).all(|id| {
+            let i = info(&c, id, "cart");
+            i.counters.trimmed == i.counters.last && i.counters.duplicates == 0
+        });
+        if trimmed {
+            break;
+        }
+        assert!(c.now_micros < deadline, "logs never trimmed");
+        c.run(20);
+    }
+}
