@@ -55,6 +55,12 @@ pub struct MultiLeaderConfig {
     /// Trim the change log once every other region holds this many more changes than were
     /// trimmed (or all of it).
     pub trim_batch: u64,
+    /// The most changes the log keeps for a region that does not take them (down or cut off
+    /// for long): beyond, the log is trimmed anyway and the region gets a state transfer when
+    /// it returns.
+    pub log_changes_max: u64,
+    /// The most bytes of records one state-transfer page carries (at least one record).
+    pub transfer_page_bytes: usize,
     /// The largest encoded record a local write may leave.
     pub record_bytes_max: usize,
 }
@@ -66,6 +72,8 @@ impl Default for MultiLeaderConfig {
             ship_batch_max: 256,
             ship_timeout: Duration::from_secs(1),
             trim_batch: 1024,
+            log_changes_max: 100_000,
+            transfer_page_bytes: 1 << 20,
             record_bytes_max: triarch_core::limits::VALUE_BYTES_MAX_DEFAULT + 4096,
         }
     }
@@ -165,12 +173,34 @@ enum Job {
 struct Link {
     /// The destination's position in this region's log, as last heard (0: not heard yet).
     acked: u64,
-    /// The batch in flight: its last number, when to give up on it, where it went.
-    in_flight: Option<(u64, Instant, NodeId)>,
+    /// The batch in flight.
+    in_flight: Option<InFlight>,
     /// The member of the destination that answered last.
     target: Option<NodeId>,
     /// When the last acknowledgement arrived.
     acked_at: Option<Instant>,
+    /// A state transfer in progress (the destination's position is below the trimmed log).
+    transfer: Option<Transfer>,
+}
+
+#[derive(Clone, Debug)]
+struct InFlight {
+    /// The last change number the batch carries (a transfer's: the number it covers).
+    last: u64,
+    /// When to give up on it.
+    deadline: Instant,
+    to: NodeId,
+    /// A transfer page: the key row the next page starts at.
+    next_page: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    /// The log's last number when the transfer began: the last page moves the destination's
+    /// position there.
+    through: u64,
+    /// The key row the next page starts at.
+    next: Vec<u8>,
 }
 
 struct Keyspace {
@@ -214,6 +244,8 @@ pub struct MultiLeaderStats {
     pub ships_received: u64,
     pub ship_retries: u64,
     pub trims: u64,
+    /// State-transfer pages sent.
+    pub transfer_pages: u64,
 }
 
 /// Every multi-leader keyspace of one node.
@@ -360,10 +392,12 @@ impl MultiLeader {
                 let Some(ks) = self.keyspaces.get(&keyspace) else {
                     return;
                 };
-                // Only another region's changes go into this region's log this way.
+                // Only another region's changes or records go into this region's log this way.
                 let shipment = matches!(
                     machine::Command::decode(&command),
-                    Some(machine::Command::Ship { from, .. }) if from != actor_of(&self.region)
+                    Some(
+                        machine::Command::Ship { from, .. } | machine::Command::Absorb { from, .. }
+                    ) if from != actor_of(&self.region)
                 );
                 if !shipment {
                     tracing::warn!(%from, keyspace, "malformed shipment dropped");
@@ -400,8 +434,17 @@ impl MultiLeader {
                 link.acked = link.acked.max(position);
                 link.target = Some(from);
                 link.acked_at = Some(env.now);
-                if link.in_flight.is_some_and(|(_, _, to)| to == from) {
-                    link.in_flight = None;
+                if let Some(sent) = link.in_flight.take_if(|f| f.to == from)
+                    && let (Some(t), Some(next)) = (&mut link.transfer, sent.next_page)
+                {
+                    t.next = next;
+                }
+                if link
+                    .transfer
+                    .as_ref()
+                    .is_some_and(|t| link.acked >= t.through)
+                {
+                    link.transfer = None;
                 }
             }
         }
@@ -418,7 +461,7 @@ impl MultiLeader {
             .keyspaces
             .values()
             .flat_map(|k| k.links.values())
-            .filter_map(|l| l.in_flight.map(|(_, deadline, _)| deadline));
+            .filter_map(|l| l.in_flight.as_ref().map(|f| f.deadline));
         self.groups.poll_timeout().into_iter().chain(links).min()
     }
 
@@ -526,65 +569,91 @@ impl MultiLeader {
         for region in destinations {
             let ks = self.keyspaces.get_mut(name).expect("present");
             let link = ks.links.get_mut(&region).expect("listed");
-            if let Some((_, deadline, to)) = link.in_flight {
-                if deadline > env.now {
+            if let Some(f) = &link.in_flight {
+                if f.deadline > env.now {
                     continue;
                 }
                 // Unanswered: try another member of the destination next.
                 self.stats.ship_retries += 1;
-                link.in_flight = None;
-                if link.target == Some(to) {
+                if link.target == Some(f.to) {
                     link.target = None;
                 }
+                link.in_flight = None;
             }
-            let first = link.acked.max(counters.trimmed) + 1;
-            if first > counters.last {
-                continue;
+            // A destination heard to be below the trimmed log gets the records instead.
+            if link.acked_at.is_some() && link.acked < counters.trimmed && link.transfer.is_none() {
+                link.transfer = Some(Transfer {
+                    through: counters.last,
+                    next: machine::key_row(b""),
+                });
             }
-            let rows = match extension_scan(
-                env.storage,
-                &table,
-                &machine::outgoing_row(first),
-                self.config.ship_batch_max,
-            ) {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::error!(keyspace = name, error = %e, "cannot read the change log");
-                    return;
+            let batch = match &link.transfer {
+                Some(t) => {
+                    match transfer_page(env.storage, &table, t, self.config.transfer_page_bytes) {
+                        Ok(page) => page,
+                        Err(e) => {
+                            tracing::error!(keyspace = name, error = %e, "cannot read records");
+                            return;
+                        }
+                    }
+                }
+                None => {
+                    let first = link.acked.max(counters.trimmed) + 1;
+                    if first > counters.last {
+                        continue;
+                    }
+                    match log_batch(env.storage, &table, first, self.config.ship_batch_max) {
+                        Ok(Some(batch)) => batch,
+                        Ok(None) => continue,
+                        Err(e) => {
+                            tracing::error!(keyspace = name, error = %e, "cannot read the change log");
+                            return;
+                        }
+                    }
                 }
             };
-            let mut changes: Vec<Outgoing> = Vec::with_capacity(rows.len());
-            for (row, value) in rows {
-                let expected = first + changes.len() as u64;
-                match (machine::outgoing_seq(&row), Outgoing::decode(&value)) {
-                    (Some(seq), Some(outgoing)) if seq == expected => changes.push(outgoing),
-                    _ => break,
-                }
-            }
-            if changes.is_empty() {
-                continue;
-            }
-            let last = first + changes.len() as u64 - 1;
             let members = self.regions.members(&region);
             let to = match link.target {
                 Some(t) => t,
                 None if members.is_empty() => continue,
                 None => members[self.rng.below(members.len() as u64) as usize],
             };
-            link.in_flight = Some((last, env.now + self.config.ship_timeout, to));
-            self.stats.ships_sent += 1;
-            self.stats.changes_sent += changes.len() as u64;
-            let command = machine::Command::Ship {
-                from: actor,
-                first,
-                changes,
-            }
-            .encode();
+            let (command, last, next_page) = match batch {
+                Batch::Changes { first, changes } => {
+                    self.stats.ships_sent += 1;
+                    self.stats.changes_sent += changes.len() as u64;
+                    let last = first + changes.len() as u64 - 1;
+                    let command = machine::Command::Ship {
+                        from: actor,
+                        first,
+                        changes,
+                    };
+                    (command, last, None)
+                }
+                Batch::Records { records, next } => {
+                    self.stats.transfer_pages += 1;
+                    let through = link.transfer.as_ref().expect("transferring").through;
+                    let command = machine::Command::Absorb {
+                        from: actor,
+                        records,
+                        through: next.is_none().then_some(through),
+                    };
+                    // The last page resumes where the first began: its `next` is the start.
+                    let next = next.unwrap_or_else(|| machine::key_row(b""));
+                    (command, through, Some(next))
+                }
+            };
+            link.in_flight = Some(InFlight {
+                last,
+                deadline: env.now + self.config.ship_timeout,
+                to,
+                next_page,
+            });
             self.effects.push_back(Effect::Send {
                 to,
                 message: Message::Ship {
                     keyspace: name.to_string(),
-                    command,
+                    command: command.encode(),
                 },
             });
         }
@@ -595,7 +664,9 @@ impl MultiLeader {
             .values()
             .map(|l| l.acked)
             .min()
-            .unwrap_or(counters.last);
+            .unwrap_or(counters.last)
+            // A region that does not take the log for long gets a state transfer instead.
+            .max(counters.last.saturating_sub(self.config.log_changes_max));
         let worth = held >= counters.trimmed + self.config.trim_batch
             || (held == counters.last && held > counters.trimmed);
         if worth && !ks.trim_in_flight {
@@ -671,12 +742,85 @@ impl MultiLeader {
         self.groups.check_invariants();
         for ks in self.keyspaces.values() {
             for link in ks.links.values() {
-                if let Some((last, _, _)) = link.in_flight {
-                    assert!(last >= 1, "a shipped batch is never empty");
+                if let Some(f) = &link.in_flight {
+                    assert!(f.last >= 1, "a shipped batch is never empty");
                 }
             }
         }
     }
+}
+
+/// What one shipment carries.
+enum Batch {
+    Changes {
+        first: u64,
+        changes: Vec<Outgoing>,
+    },
+    /// A page of records; `next`: the key row the following page starts at (`None`: the last).
+    Records {
+        records: Vec<(Bytes, record::RegionalRecord)>,
+        next: Option<Vec<u8>>,
+    },
+}
+
+/// Up to `max` changes of the log from `first` on (`None` if the log does not hold `first`).
+fn log_batch<S: Storage>(
+    storage: &S,
+    table: &str,
+    first: u64,
+    max: usize,
+) -> Result<Option<Batch>, triarch_storage::StorageError> {
+    let rows = extension_scan(storage, table, &machine::outgoing_row(first), max)?;
+    let mut changes: Vec<Outgoing> = Vec::with_capacity(rows.len());
+    for (row, value) in rows {
+        let expected = first + changes.len() as u64;
+        match (machine::outgoing_seq(&row), Outgoing::decode(&value)) {
+            (Some(seq), Some(outgoing)) if seq == expected => changes.push(outgoing),
+            _ => break,
+        }
+    }
+    Ok((!changes.is_empty()).then_some(Batch::Changes { first, changes }))
+}
+
+/// The next page of a state transfer: records from `transfer.next` on, up to `bytes_max`
+/// bytes (at least one record).
+fn transfer_page<S: Storage>(
+    storage: &S,
+    table: &str,
+    transfer: &Transfer,
+    bytes_max: usize,
+) -> Result<Batch, triarch_storage::StorageError> {
+    const SCAN: usize = 256;
+    let rows = extension_scan(storage, table, &transfer.next, SCAN)?;
+    let scanned = rows.len();
+    let mut records = Vec::new();
+    let mut bytes = 0;
+    let mut next = None;
+    for (row, value) in rows {
+        let Some(key) = machine::key_of(&row) else {
+            // Past the key rows: the transfer is complete.
+            return Ok(Batch::Records {
+                records,
+                next: None,
+            });
+        };
+        if !records.is_empty() && bytes + value.len() > bytes_max {
+            next = Some(row);
+            break;
+        }
+        bytes += value.len();
+        if let Ok(record) = record::RegionalRecord::decode(&value) {
+            records.push((Bytes::copy_from_slice(key), record));
+        }
+        let mut after = row;
+        after.push(0);
+        next = Some(after);
+    }
+    if next.is_some() && scanned < SCAN && records.len() == scanned {
+        // The scan ended before SCAN rows: no key rows follow.
+        next = None;
+    }
+    Ok(Batch::Records { records, next })
 }
 
 fn write_op(command: machine::Command) -> Op {

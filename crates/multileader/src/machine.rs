@@ -15,6 +15,14 @@
 //! | `r` + region actor (u32 BE) | the last sequence number of that region's change log applied here |
 //! | `n` | the machine's [`Counters`] |
 //!
+//! # State transfer
+//!
+//! A region's log is trimmed once every other region holds it, or, when one region is away so
+//! long that the log would pass its bound, past that region's position. The region that
+//! returns then gets the source's records instead, page by page ([`Command::Absorb`]): merging
+//! a record is the same as folding every change it saw (merges are idempotent), and the last
+//! page moves the position to the log's end as it was when the transfer began.
+//!
 //! # Exactly once, in order
 //!
 //! A region applies another region's changes only as an unbroken sequence: a [`Command::Ship`]
@@ -59,8 +67,17 @@ pub enum Command {
         first: u64,
         changes: Vec<Outgoing>,
     },
-    /// Every other region holds this region's changes through `through`: drop them.
+    /// Every other region holds this region's changes through `through` (or one of them is so
+    /// far behind that it will get a state transfer instead): drop them.
     Trim { through: u64 },
+    /// A page of region `from`'s records: the state transfer that replaces `from`'s change log
+    /// once it was trimmed past this region's position. The last page names the number of the
+    /// last change the transfer covers (`through`), which becomes this region's position.
+    Absorb {
+        from: ActorId,
+        records: Vec<(Bytes, RegionalRecord)>,
+        through: Option<u64>,
+    },
 }
 
 /// What a [`Command`] answers.
@@ -105,6 +122,9 @@ pub struct Counters {
     /// Changes whose dot the key had already applied. Always 0 while change logs are applied in
     /// order and exactly once; the simulator checks it.
     pub duplicates: u64,
+    /// Records merged by state transfers (another region's log had been trimmed past this
+    /// region's position).
+    pub absorbed: u64,
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -175,6 +195,14 @@ pub fn received_row(region: ActorId) -> Vec<u8> {
 /// The row of the machine's [`Counters`].
 pub fn counters_row() -> &'static [u8] {
     COUNTERS
+}
+
+/// The user key a key row names (`None` for another row).
+pub fn key_of(row: &[u8]) -> Option<&[u8]> {
+    match row.split_first() {
+        Some((&KEY, key)) => Some(key),
+        _ => None,
+    }
 }
 
 /// The sequence number an outgoing row names (`None` for another row).
@@ -298,6 +326,47 @@ impl RegionMachine {
         Answer::Position(position)
     }
 
+    fn absorb(
+        &self,
+        rows: &mut Rows<'_>,
+        from: ActorId,
+        records: &[(Bytes, RegionalRecord)],
+        through: Option<u64>,
+    ) -> Answer {
+        let row = received_row(from);
+        let position = rows
+            .get(&row)
+            .and_then(|b| decode_position(&b))
+            .unwrap_or(0);
+        if from == self.region {
+            return Answer::Position(position);
+        }
+        let mut counters = Self::counters(rows);
+        for (key, theirs) in records {
+            let current = Self::record(rows, key);
+            match record::absorb(current, theirs, from) {
+                Ok((next, folded)) => {
+                    count(&mut counters, self.policy, folded);
+                    counters.folded -= 1;
+                    counters.absorbed += 1;
+                    rows.put(&key_row(key), next.encode());
+                }
+                Err(mismatch) => {
+                    tracing::warn!(%from, ?mismatch, "transferred record of another policy skipped");
+                }
+            }
+        }
+        let position = match through {
+            Some(through) if through > position => {
+                rows.put(&row, through.to_be_bytes().to_vec());
+                through
+            }
+            _ => position,
+        };
+        rows.put(COUNTERS, encode(&counters));
+        Answer::Position(position)
+    }
+
     fn trim(rows: &mut Rows<'_>, through: u64) -> Answer {
         let mut counters = Self::counters(rows);
         // Bounded per entry, so that one entry's redo record stays small; the leader proposes
@@ -339,6 +408,11 @@ impl Extension for RegionMachine {
                 changes,
             }) => self.ship(rows, from, first, &changes),
             Some(Command::Trim { through }) => Self::trim(rows, through),
+            Some(Command::Absorb {
+                from,
+                records,
+                through,
+            }) => self.absorb(rows, from, &records, through),
         };
         answer.encode()
     }

@@ -510,6 +510,80 @@ pub fn read(record: Option<&RegionalRecord>, policy: MergePolicy) -> Read {
     }
 }
 
+/// Folds another region's whole record of a key into this region's: the state transfer that
+/// replaces a region's change log once the log was trimmed past what this region holds.
+///
+/// The bodies merge as they would change by change (LWW keeps the larger timestamp, CRDTs
+/// join): a body holds the effect of every change it has seen, so merging it is the same as
+/// folding every change it saw that is missing here, and merging twice changes nothing. Only
+/// `from`'s own dots join `seen`: the record also holds third regions' writes, but their own
+/// change logs still bring those (their folds then change nothing), and marking them seen here
+/// would make those changes look like duplicates.
+pub fn absorb(
+    record: Option<RegionalRecord>,
+    theirs: &RegionalRecord,
+    from: ActorId,
+) -> Result<(RegionalRecord, Folded), PolicyMismatch> {
+    let policy = theirs.policy();
+    let mut record = record.unwrap_or_else(|| RegionalRecord::empty(policy));
+    if record.policy() != policy {
+        return Err(PolicyMismatch {
+            stored: record.policy(),
+            expected: policy,
+        });
+    }
+    let mut folded = Folded::default();
+    let news = theirs.seen.get(from) > record.seen.get(from);
+    folded.conflict = news && !theirs.known.descends(&record.seen);
+    match (&mut record.body, &theirs.body) {
+        (
+            Body::Lww {
+                timestamp,
+                value,
+                dot,
+            },
+            Body::Lww {
+                timestamp: their_timestamp,
+                value: their_value,
+                dot: their_dot,
+            },
+        ) => {
+            let wins = (their_timestamp, their_value) > (&*timestamp, &*value);
+            // A write is lost when the other side's winner had not seen it.
+            let lost = if wins {
+                dot.is_some_and(|d| !theirs.known.contains(d))
+            } else {
+                their_dot.is_some_and(|d| Some(d) != *dot && !record.known.contains(d))
+            };
+            folded.lww_discarded = u64::from(lost);
+            if wins {
+                *timestamp = *their_timestamp;
+                value.clone_from(their_value);
+                *dot = *their_dot;
+            }
+        }
+        (Body::State(state), Body::State(their_state)) => {
+            let mut merged = Some(state.clone());
+            let update = Update::State(their_state.clone());
+            folded.lww_discarded = merge::apply_update(&mut merged, &update)?.lww_discarded;
+            *state = merged.expect("apply_update leaves a state");
+        }
+        (body, _) => {
+            return Err(PolicyMismatch {
+                stored: body.policy(),
+                expected: policy,
+            });
+        }
+    }
+    let their_own = theirs.seen.get(from);
+    if their_own > 0 {
+        record.seen.advance_to(Dot::new(from, their_own));
+    }
+    record.known.join(&theirs.known);
+    record.known.join(&record.seen.clone());
+    Ok((record, folded))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -624,6 +698,31 @@ mod tests {
         assert_eq!(deliver(&mut c, &from_b.unwrap()), lost);
         assert_eq!(deliver(&mut c, &from_a.unwrap()), Folded::default());
         assert_eq!(read(c.as_ref(), lww), Read::Lww(Some(b("b"))));
+    }
+
+    #[test]
+    fn absorbing_a_record_equals_folding_its_changes_and_leaves_third_regions_logs_usable() {
+        let set = MergePolicy::Set;
+        let add = |v: &str| op(Operation::SetAdd(vec![b(v)]));
+        let (mut a, mut c, mut late) = (None, None, None);
+        // C writes; A hears it and writes twice; region `late` missed A's log (trimmed).
+        let (from_c, _) = local(&mut c, set, C, add("c"), 5);
+        let from_c = from_c.unwrap();
+        deliver(&mut a, &from_c);
+        local(&mut a, set, A, add("a1"), 10);
+        local(&mut a, set, A, add("a2"), 20);
+        let theirs = a.clone().unwrap();
+        let (once, _) = absorb(late.take(), &theirs, A).unwrap();
+        let (twice, folded) = absorb(Some(once.clone()), &theirs, A).unwrap();
+        assert_eq!(once, twice, "absorbing twice changes nothing");
+        assert_eq!(folded.lww_discarded, 0);
+        assert_eq!(once.seen.get(A), 2);
+        assert_eq!(once.seen.get(C), 0, "C's own log still brings C's write");
+        late = Some(once);
+        assert!(!deliver(&mut late, &from_c).duplicate);
+        assert_eq!(late.as_ref().unwrap().body, theirs.body);
+        let (next, _) = absorb(Some(theirs.clone()), &late.clone().unwrap(), C).unwrap();
+        assert_eq!(next.body, theirs.body);
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub(super) struct Cluster {
     pub(super) members: Vec<Member>,
     /// Directed links that drop every message.
     pub(super) cut: BTreeSet<(NodeId, NodeId)>,
+    /// Adjusts every node's configuration before it starts.
+    pub(super) tune: fn(&mut NodeConfig),
 }
 
 pub(super) fn b(s: &str) -> Bytes {
@@ -45,6 +47,7 @@ impl Cluster {
                 })
                 .collect(),
             cut: BTreeSet::new(),
+            tune: |_| {},
             size,
             nodes: Vec::new(),
             disks: (0..size).map(|_| Some(SimDisk::new())).collect(),
@@ -74,7 +77,8 @@ impl Cluster {
         let disk = self.disks[id as usize - 1]
             .take()
             .expect("a stopped node's disk");
-        let config = NodeConfig::new(NodeId(id), self.members.clone());
+        let mut config = NodeConfig::new(NodeId(id), self.members.clone());
+        (self.tune)(&mut config);
         let seed = u64::from(id) * 7919 + self.now_micros;
         let node = Node::new(config, disk, DetRng::seed_from_u64(seed), self.now()).unwrap();
         self.nodes[id as usize - 1] = Some(node);

@@ -11,7 +11,16 @@ const R2: [u32; 2] = [2, 5];
 const R3: [u32; 2] = [3, 6];
 
 fn cluster(name: &str, policy: MergePolicy) -> Cluster {
+    cluster_tuned(name, policy, |_| {})
+}
+
+fn cluster_tuned(name: &str, policy: MergePolicy, tune: fn(&mut NodeConfig)) -> Cluster {
     let mut c = Cluster::with_regions(6, 3);
+    c.tune = tune;
+    for id in 1..=6 {
+        c.crash(id);
+        c.start(id);
+    }
     let mut s = spec(name, Model::MultiLeader);
     s.settings.merge = Some(policy);
     s.settings.n = Some(2);
@@ -264,5 +273,56 @@ fn a_region_that_was_down_catches_up_on_restart_and_the_logs_are_trimmed() {
         }
         assert!(c.now_micros < deadline, "logs never trimmed");
         c.run(20);
+    }
+}
+
+#[test]
+fn a_region_away_longer_than_the_log_keeps_gets_a_state_transfer() {
+    let mut c = cluster_tuned("cart", MergePolicy::Set, |config| {
+        config.multileader.log_changes_max = 4;
+        config.multileader.trim_batch = 2;
+        config.multileader.transfer_page_bytes = 64;
+    });
+    sadd(&mut c, 1, "cart:warmup", "x");
+    await_members(&mut c, "cart:warmup", &["x"]);
+    for id in R3 {
+        c.crash(id);
+    }
+    let mut expected = vec!["x".to_string()];
+    for i in 0..30 {
+        let via = [1, 2, 4, 5][i % 4];
+        let item = format!("item{i:02}");
+        assert!(matches!(
+            sadd(&mut c, via, &format!("cart:k{}", i % 7), &item),
+            Reply::Applied(_)
+        ));
+        expected.push(item);
+        c.run(2);
+    }
+    c.run(50);
+    // The logs stay bounded while region 3 is away.
+    for id in [1, 2, 4, 5] {
+        let k = info(&c, id, "cart").counters;
+        assert!(k.last - k.trimmed <= 4 + 2, "node {id}: {k:?}");
+    }
+    for id in R3 {
+        c.start(id);
+    }
+    for k in 0..7 {
+        let key = format!("cart:k{k}");
+        let mut items: Vec<&str> = (0..30)
+            .filter(|i| i % 7 == k)
+            .map(|i| expected[i + 1].as_str())
+            .collect();
+        items.sort();
+        await_members(&mut c, &key, &items);
+    }
+    let absorbed: u64 = R3
+        .iter()
+        .map(|&id| info(&c, id, "cart").counters.absorbed)
+        .sum();
+    assert!(absorbed > 0, "region 3 caught up by a state transfer");
+    for id in 1..=6 {
+        assert_eq!(info(&c, id, "cart").counters.duplicates, 0);
     }
 }
