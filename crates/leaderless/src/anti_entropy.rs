@@ -1761,7 +1761,7 @@ impl Leaderless {
     ) {
         let changed = match payload {
             HintPayload::Record(record) => {
-                let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
+                self.follow_stamp(env, keyspace, &record);
                 match self.apply_record(env.storage, keyspace, key, &record, true) {
                     Ok(applied) => applied.changed,
                     Err(e) => {

@@ -151,6 +151,10 @@ use triarch_storage::{Storage, StorageError};
 /// How many times a write is re-stamped after replicas report newer records before giving up.
 pub const WRITE_ATTEMPTS_MAX: u8 = 4;
 
+/// How long a node refuses to coordinate writes after a replica refused its stamp as too far
+/// ahead of the replica's clock (every further refusal extends it).
+pub const CLOCK_AHEAD_HOLD: Duration = Duration::from_secs(10);
+
 /// Which acknowledgements count towards W.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
@@ -281,6 +285,14 @@ pub struct KeyspaceStats {
     pub lww_discarded: u64,
     /// Writes re-stamped because a replica held a newer record.
     pub write_restamps: u64,
+    /// Records this node refused to store (or to follow, as a coordinator) because their
+    /// timestamp ran further ahead of its wall clock than `clock_forward_bound_ms`: a skewed
+    /// clock somewhere, whose writes must not win every conflict.
+    pub clock_ahead_refused: u64,
+    /// Copies moved here by read repair, handoff or anti-entropy whose timestamp ran that far
+    /// ahead (taken, so that replicas converge; a skewed clock's write that reached one replica
+    /// before the others refused it).
+    pub clock_ahead_copied: u64,
     /// `siblings` keyspaces: concurrent values this replica started to hold beyond the first
     /// (a merge or write that left a key with k > 1 values where it had j counts k - max(j, 1)).
     pub siblings_created: u64,
@@ -454,6 +466,9 @@ struct PendingWrite {
     /// the owner itself, or a fallback holding a hint for it. W counts these, so that once
     /// the hints are delivered W distinct owners hold the write, as under a strict quorum.
     accepted: BTreeSet<NodeId>,
+    /// Preference-list places whose node refused the write for a clock too far ahead (ours
+    /// or the record it holds); they cannot count toward W.
+    refused: BTreeSet<NodeId>,
     existed: bool,
     attempts: u8,
     deadline: Instant,
@@ -472,6 +487,8 @@ struct PendingRead {
 
 pub struct Leaderless {
     node: NodeId,
+    /// Until when this node refuses to coordinate writes: replicas refused its stamps lately.
+    clock_ahead_until: Option<Instant>,
     ring: Ring,
     config: LeaderlessConfig,
     next_op: u64,
@@ -503,6 +520,7 @@ impl Leaderless {
         let ring = Ring::new(members, ring::VNODES_PER_NODE_DEFAULT);
         Leaderless {
             node,
+            clock_ahead_until: None,
             anti_entropy: AntiEntropy::new(
                 node,
                 ring.clone(),
@@ -744,6 +762,13 @@ impl Leaderless {
         self.learn_keyspace(env.storage, keyspace, Source::Local);
         assert!(w >= 1 && w <= keyspace.n, "W is validated by the node");
         self.stats_mut(&keyspace.name).writes += 1;
+        if self.clock_ahead_until.is_some_and(|t| env.now.instant < t) {
+            // Replicas lately refused this node's stamps: its clock runs ahead. Stamping more
+            // writes would only leave copies here that the others refuse.
+            self.stats_mut(&keyspace.name).clock_ahead_refused += 1;
+            self.reply(request, Outcome::Refused(Refusal::ClockAhead));
+            return;
+        }
         let replicas = self.replicas(keyspace, &key);
         let fallbacks = self.fallbacks(keyspace, &key, mode);
         if !fallbacks.assigned.is_empty() {
@@ -766,6 +791,7 @@ impl Leaderless {
                 fallbacks,
                 w,
                 accepted: BTreeSet::new(),
+                refused: BTreeSet::new(),
                 existed: false,
                 attempts: 1,
                 deadline,
@@ -1243,6 +1269,38 @@ impl Leaderless {
 
     /// Last-writer-wins at a replica: stores `record` unless the replica holds a newer one.
     /// `tracked: false` only for the planted bug that skips the anti-entropy tree.
+    /// Whether this node takes `record` as a replica of a coordinator's write: its timestamp is
+    /// within `clock_forward_bound_ms` of this node's wall clock (observing it keeps this
+    /// node's later stamps after it). A record stamped further ahead comes from a coordinator
+    /// whose clock runs ahead; the write is refused and counted, so that a skewed clock cannot
+    /// make its writes win every conflict. (Copies that replication moves later, by read
+    /// repair, hinted handoff or anti-entropy, are taken whatever their stamp, and counted:
+    /// refusing them would leave replicas apart for good.)
+    pub(crate) fn admits<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        keyspace: &str,
+        record: &Record,
+    ) -> bool {
+        let admitted = env.hlc.observe(record.timestamp, env.now.wall_ms).is_ok();
+        if !admitted {
+            self.stats_mut(keyspace).clock_ahead_refused += 1;
+        }
+        admitted
+    }
+
+    /// Observes the stamp of a record replication moves here, counting one too far ahead.
+    pub(crate) fn follow_stamp<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        keyspace: &str,
+        record: &Record,
+    ) {
+        if env.hlc.observe(record.timestamp, env.now.wall_ms).is_err() {
+            self.stats_mut(keyspace).clock_ahead_copied += 1;
+        }
+    }
+
     fn apply_record<S: Storage>(
         &mut self,
         storage: &mut S,
@@ -1794,7 +1852,7 @@ impl Leaderless {
     ) {
         let applied = match payload {
             HintPayload::Record(record) => {
-                let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
+                self.follow_stamp(env, &keyspace, &record);
                 match self.apply_record(env.storage, &keyspace, &key, &record, true) {
                     // Refused: this replica holds a newer record, which supersedes the hint.
                     Ok(a) => {
@@ -1850,8 +1908,11 @@ impl Leaderless {
                 key,
                 record,
             } => {
-                // Observing the writer's timestamp keeps this node's later writes after it.
-                let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
+                if !self.admits(env, &keyspace, &record) {
+                    let timestamp = record.timestamp;
+                    self.send(from, Message::ClockAheadRefused { op, timestamp });
+                    return;
+                }
                 // `tracked: false` only under the planted bug of this path.
                 match self.apply_record(env.storage, &keyspace, &key, &record, false) {
                     Ok(a) => {
@@ -1886,6 +1947,12 @@ impl Leaderless {
                 };
                 self.on_write_ack(env, from, op, timestamp, applied);
             }
+            Message::ClockAheadRefused { op, timestamp } => {
+                // This node's clock runs ahead of the refusing replica's by more than the
+                // bound: stop coordinating writes for a while (see `write_with_mode`).
+                self.clock_ahead_until = Some(env.now.instant + CLOCK_AHEAD_HOLD);
+                self.on_clock_ahead(env, from, op, timestamp);
+            }
             Message::Read { op, keyspace, key } => match load(env.storage, &keyspace, &key) {
                 Ok(record) => {
                     let message = Message::ReadReply { op, record };
@@ -1904,7 +1971,7 @@ impl Leaderless {
                 key,
                 record,
             } => {
-                let _ = env.hlc.observe(record.timestamp, env.now.wall_ms);
+                self.follow_stamp(env, &keyspace, &record);
                 if let Err(e) = self.apply_record(env.storage, &keyspace, &key, &record, true) {
                     tracing::error!(%from, keyspace, error = %e, "read repair failed");
                 }
@@ -1975,6 +2042,15 @@ impl Leaderless {
                     self.remove_op(op);
                     self.reply(request, outcome);
                 }
+            }
+            Message::HintedWrite {
+                op,
+                ref keyspace,
+                ref record,
+                ..
+            } if !self.admits(env, keyspace, record) => {
+                let timestamp = record.timestamp;
+                self.send(from, Message::ClockAheadRefused { op, timestamp });
             }
             Message::HintedWrite {
                 op,
@@ -2077,8 +2153,9 @@ impl Leaderless {
             }
             if env.hlc.observe(applied.current, env.now.wall_ms).is_err() {
                 // The newer record is further in the future than our clock may jump: it came
-                // from a badly skewed clock. Refuse rather than follow it.
-                self.fail_op(env, op, Outcome::Superseded);
+                // from a badly skewed clock. Do not follow it: this replica cannot count
+                // toward W, the others still may.
+                self.on_clock_ahead(env, from, op, timestamp);
                 return;
             }
             p.attempts += 1;
@@ -2164,6 +2241,37 @@ impl Leaderless {
         let p = self.pending.remove(&op)?;
         self.deadlines.remove(&(p.deadline(), op));
         Some(p)
+    }
+
+    /// A node of the write's preference list (or its fallback) cannot take attempt `timestamp`
+    /// for a clock too far ahead: ours (it refused the record) or the one that stamped the
+    /// record it holds (we may not follow it). Its place cannot count toward W; once too many
+    /// places are lost, the write fails with a clear error instead of waiting for its deadline.
+    fn on_clock_ahead<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        from: NodeId,
+        op: OpId,
+        timestamp: HlcTimestamp,
+    ) {
+        let Some(Pending::Write(p)) = self.pending.get_mut(&op) else {
+            return;
+        };
+        let Some(slot) = p
+            .fallbacks
+            .slot(&p.replicas, from)
+            .filter(|_| timestamp == p.record.timestamp)
+        else {
+            return;
+        };
+        p.refused.insert(slot);
+        p.accepted.remove(&slot);
+        let possible = p.replicas.len() - p.refused.len();
+        let keyspace = p.keyspace.clone();
+        if possible < usize::from(p.w) {
+            self.stats_mut(&keyspace).clock_ahead_refused += 1;
+            self.fail_op(env, op, Outcome::Refused(Refusal::ClockAhead));
+        }
     }
 
     fn fail_op<S: Storage>(&mut self, env: &mut Env<'_, S>, op: OpId, outcome: Outcome) {

@@ -30,6 +30,10 @@ pub enum Message {
         current: HlcTimestamp,
         existed: bool,
     },
+    /// Replica (or fallback) -> coordinator: the record of attempt `timestamp` is stamped
+    /// further ahead of this node's wall clock than the clock bound allows (the coordinator's
+    /// clock runs ahead): not stored.
+    ClockAheadRefused { op: OpId, timestamp: HlcTimestamp },
     /// Coordinator -> replica: send me your record for `key`.
     Read {
         op: OpId,

@@ -266,6 +266,58 @@ fn a_later_write_through_a_node_with_a_slow_clock_is_restamped_not_lost() {
 }
 
 #[test]
+fn a_node_whose_clock_runs_past_the_bound_cannot_win_every_conflict_or_lock_keys() {
+    let mut c = Cluster::new(3, LeaderlessConfig::default());
+    // Node 1's clock runs 120 s ahead: past the others' 60 s bound.
+    c.nodes.get_mut(&NodeId(1)).unwrap().wall_ms = 121_000;
+    assert_eq!(c.set(2, "k", "before"), Outcome::Written { existed: false });
+    // Its write is refused by both other replicas at once, with a clear outcome (W=2 cannot be
+    // reached with only its own copy), and counted where it was refused.
+    assert_eq!(
+        c.set(1, "k", "future"),
+        Outcome::Refused(Refusal::ClockAhead)
+    );
+    for id in [2, 3] {
+        assert_eq!(
+            c.nodes[&NodeId(id)].engine.stats()["default"].clock_ahead_refused,
+            1
+        );
+        assert_eq!(
+            c.stored(id, "k").unwrap().value.as_deref(),
+            Some(&b"before"[..])
+        );
+    }
+    // Node 1's own copy holds the far-future record, which no other coordinator may follow:
+    // writes through them still succeed on the two replicas that can take them, instead of
+    // failing until real time catches up (the old availability bug).
+    assert_eq!(c.set(2, "k", "after"), Outcome::Written { existed: true });
+    assert_eq!(c.set(3, "k", "later"), Outcome::Written { existed: true });
+    assert_eq!(
+        c.stored(2, "k").unwrap().value.as_deref(),
+        Some(&b"later"[..])
+    );
+    // Node 1 learnt its clock runs ahead: it refuses to coordinate writes for a while
+    // rather than leave more copies that the others refuse.
+    assert_eq!(
+        c.set(1, "other", "x"),
+        Outcome::Refused(Refusal::ClockAhead)
+    );
+    assert!(c.stored(1, "other").is_none());
+    // Its clock set right, its hybrid clock still stamps where it got to (it never goes back):
+    // refused again after the hold, until the others' clocks come within the bound of it.
+    c.nodes.get_mut(&NodeId(1)).unwrap().wall_ms = 1_000;
+    c.tick(CLOCK_AHEAD_HOLD);
+    assert_eq!(
+        c.set(1, "other", "y"),
+        Outcome::Refused(Refusal::ClockAhead)
+    );
+    c.tick(Duration::from_secs(60));
+    // (`existed`: the refused attempt left its copy on node 1 itself, like any failed write.)
+    assert!(matches!(c.set(1, "other", "z"), Outcome::Written { .. }));
+    assert_eq!(c.get(2, "other"), read("z"));
+}
+
+#[test]
 fn duplicate_acknowledgements_do_not_count_twice() {
     let mut c = Cluster::new(3, LeaderlessConfig::default());
     c.down.insert(NodeId(3));

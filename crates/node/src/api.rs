@@ -259,6 +259,10 @@ pub enum RequestError {
     NoLeader { keyspace: String },
     #[error("no outcome within the request timeout; the operation may or may not have happened")]
     Timeout,
+    #[error(
+        "refused for clock skew: a timestamp runs further ahead of a replica's clock than clock_forward_bound_ms allows (this node's clock, or the one that stamped the record this write must follow); the write may have reached some replicas"
+    )]
+    ClockAhead,
 }
 
 fn policies(needs: &[MergePolicy]) -> String {
@@ -277,9 +281,10 @@ impl RequestError {
             RequestError::QuorumFailed { .. } | RequestError::CoordinatorUnavailable { .. } => {
                 "QUORUM"
             }
-            RequestError::Superseded | RequestError::NoLeader { .. } | RequestError::Timeout => {
-                "TRYAGAIN"
-            }
+            RequestError::Superseded
+            | RequestError::NoLeader { .. }
+            | RequestError::Timeout
+            | RequestError::ClockAhead => "TRYAGAIN",
             RequestError::Storage(_) => "IOERR",
             _ => "ERR",
         }
@@ -296,6 +301,7 @@ impl RequestError {
                 | RequestError::Storage(_)
                 | RequestError::NoLeader { .. }
                 | RequestError::Timeout
+                | RequestError::ClockAhead
         )
     }
 

@@ -131,6 +131,7 @@ impl Message {
                 | L::ForwardReply { .. }
                 | L::HintedMerge { .. }
                 | L::HintRefused { .. }
+                | L::ClockAheadRefused { .. }
                 | L::Handoff { .. }
                 | L::HandoffAck { .. }
                 | L::TreeDiff { .. }
@@ -994,8 +995,7 @@ impl From<Outcome> for Reply {
                     stored: m.stored,
                     expected: m.expected,
                 },
-                // A field stamped beyond the clock bound: retrying later may pass it.
-                Refusal::ClockAhead => RequestError::Superseded,
+                Refusal::ClockAhead => RequestError::ClockAhead,
                 Refusal::NotAReplica { node } => RequestError::MembershipMismatch { node },
             }),
             Outcome::Unavailable { coordinator } => {
