@@ -12,15 +12,21 @@ python3 -c 'import redis' 2>/dev/null || { echo "compat: python package redis mi
 
 DIR="$(mktemp -d /tmp/triarch-compat.XXXXXX)"
 BASE=$((21000 + RANDOM % 11000)) # below 32768: outside the ephemeral ports
-"$BIN" up --nodes 3 --dir "$DIR" --base-port "$BASE" >"$DIR/up.log" 2>&1 &
+# Three regions of one node each: `cart` (multi-leader) then has a group per region.
+"$BIN" up --nodes 3 --regions 3 --dir "$DIR" --base-port "$BASE" >"$DIR/up.log" 2>&1 &
 UP=$!
 cleanup() {
   kill -INT "$UP" 2>/dev/null || true
   wait "$UP" 2>/dev/null || true
-  if pgrep -f "serve --config $DIR" >/dev/null; then
-    echo "compat: node processes left behind"; pkill -9 -f "serve --config $DIR" || true; exit 1
+  # `up` stops its nodes; any left behind is killed by the PID cluster.json recorded.
+  local left=""
+  if [ -f "$DIR/cluster.json" ]; then
+    for pid in $(python3 -c 'import json,sys; print(" ".join(str(n["pid"]) for n in json.load(open(sys.argv[1]))["nodes"] if n["pid"]))' "$DIR/cluster.json"); do
+      if kill -0 "$pid" 2>/dev/null; then left="$left $pid"; kill -9 "$pid" 2>/dev/null || true; fi
+    done
   fi
   rm -rf "$DIR"
+  [ -z "$left" ] || { echo "compat: node processes left behind:$left"; exit 1; }
 }
 trap cleanup EXIT
 # `up` prints "Ctrl-C" once every node answers and every link is up.
@@ -30,7 +36,7 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 grep -q "Ctrl-C" "$DIR/up.log" || { echo "compat: cluster did not come up"; cat "$DIR/up.log"; exit 1; }
-P1=$BASE; P3=$((BASE + 2))
+P1=$BASE; P2=$((BASE + 1)); P3=$((BASE + 2))
 
 echo "== redis-cli"
 [ "$(redis-cli -p "$P1" SET cli:k v)" = "OK" ]
@@ -40,6 +46,58 @@ echo "redis-cli: ok"
 
 echo "== redis-py"
 python3 tests/compat/redis_py_smoke.py "$P1" "$P3"
+
+echo "== multi-leader keyspaces (redis-cli, redis-py)"
+# Multi-leader: `cart` is an add-wins set with a group in each region (r1 = n1, r2 = n2, r3 = n3);
+# an SADD in r1 and one in r3 are each acknowledged by their own region, and r2 soon has both.
+[ "$(redis-cli -p "$P1" SADD cart:cli apple)" = "1" ]
+[ "$(redis-cli -p "$P3" SADD cart:cli pear)" = "1" ]
+converged=""
+for _ in $(seq 1 100); do
+  [ "$(redis-cli -p "$P2" SMEMBERS cart:cli | sort | tr '\n' ' ')" = "apple pear " ] && { converged=1; break; }
+  sleep 0.1
+done
+[ -n "$converged" ] || { echo "compat: cart:cli did not converge on n2: $(redis-cli -p "$P2" SMEMBERS cart:cli)"; exit 1; }
+redis-cli -p "$P1" INCR cart:cli 2>&1 | grep -q "uses merge policy set"
+[ "$(redis-cli -p "$P1" TRIARCH.KEYSPACE CREATE mlw MODEL multi-leader N 1 MERGE lww)" = "OK" ]
+redis-cli -p "$P1" TRIARCH.KEYSPACE CREATE mlr MODEL multi-leader R 1 2>&1 | grep -q "apply only to leaderless"
+redis-cli -p "$P2" INFO | tr -d '\r' | grep -q '^multileader_cart:region=r2,role=leader,'
+python3 - "$P1" "$P2" "$P3" <<'PY'
+# redis-py on multi-leader keyspaces: sets, an lww register and INFO's MultiLeader section.
+import sys, time
+import redis
+r1, r2, r3 = (redis.Redis(host="127.0.0.1", port=int(p)) for p in sys.argv[1:4])
+assert r1.sadd("cart:py", "a", "b") == 2 and r3.sadd("cart:py", "c") == 1
+deadline = time.monotonic() + 10
+while r2.smembers("cart:py") != {b"a", b"b", b"c"}:
+    assert time.monotonic() < deadline, r2.smembers("cart:py")
+    time.sleep(0.05)
+assert r2.sismember("cart:py", "c") and r2.scard("cart:py") == 3
+def leader(client, keyspace):
+    try:
+        f = client.execute_command("TRIARCH.KEYSPACE", "INFO", keyspace)
+    except redis.ResponseError:
+        return b""  # the keyspace has not reached this node yet
+    f = dict(zip(f[::2], f[1::2])) if isinstance(f, list) else f
+    return f.get(b"leader", b"")
+deadline = time.monotonic() + 10
+while not (leader(r2, "mlw") and leader(r3, "mlw")):  # `mlw` was created through redis-cli above
+    assert time.monotonic() < deadline, "mlw has no leader in r2 and r3"
+    time.sleep(0.05)
+assert r2.set("mlw:k", "from-r2") is True
+deadline = time.monotonic() + 10
+while r3.get("mlw:k") != b"from-r2":
+    assert time.monotonic() < deadline, r3.get("mlw:k")
+    time.sleep(0.05)
+info = r1.info()
+ml = info["multileader_cart"]
+assert ml["region"] == "r1" and ml["role"] == "leader" and ml["duplicates"] == 0, ml
+assert info["multileader_cart_to_r2"]["to"] == "r2", info
+fields = r1.execute_command("TRIARCH.KEYSPACE", "INFO", "cart")
+fields = dict(zip(fields[::2], fields[1::2])) if isinstance(fields, list) else fields
+assert fields[b"model"] == b"multi-leader" and fields[b"region"] == b"r1", fields
+print("redis-py multi-leader: ok")
+PY
 
 echo "== redis-benchmark"
 OUT="$(redis-benchmark -p "$P1" -t set,get -n "${BENCH_N:-20000}" -c 50 -d 100 -q 2>&1 | tr '\r' '\n' | grep -E '^(SET|GET):.*requests per second' || true)"

@@ -39,7 +39,7 @@ except redis.ResponseError as e:
 info = a.info()
 assert "node_id" in info, info
 # `triarch up` starts the canonical keyspaces available in this version.
-assert sorted(a.execute_command("TRIARCH.KEYSPACE", "LIST")) == [b"balance", b"default", b"prefs"]
+assert sorted(a.execute_command("TRIARCH.KEYSPACE", "LIST")) == [b"balance", b"cart", b"default", b"prefs"]
 
 r3 = redis.Redis(host="127.0.0.1", port=int(sys.argv[1]), protocol=3)
 assert r3.set("py:resp3", "x") is True and r3.get("py:resp3") == b"x"

@@ -11,10 +11,13 @@ use std::time::{Duration, Instant};
 use triarch_core::{MergePolicy, Model};
 use triarch_server::config::{KeyspaceFileConfig, MemberConfig, ServerConfig};
 
-/// The canonical deployment's keyspaces available in this version: `balance` (primary-backup:
-/// one Raft group over N=min(3, nodes) voters) and `prefs` (leaderless, last-writer-wins, N=3
-/// R=2 W=2 on three or more nodes). `cart` (multi-leader) is not available yet.
-pub fn canonical_keyspaces() -> Vec<KeyspaceFileConfig> {
+/// The canonical deployment's keyspaces for `nodes` nodes spread over `regions` regions:
+/// `balance` (primary-backup: one Raft group over N=min(3, nodes) voters), `cart` (multi-leader,
+/// add-wins set: one Raft group per region over N voters, N=min(3, nodes in the smallest region),
+/// so N=1 with one node per region) and `prefs` (leaderless, last-writer-wins, N=3 R=2 W=2 on
+/// three or more nodes).
+pub fn canonical_keyspaces(nodes: u32, regions: u32) -> Vec<KeyspaceFileConfig> {
+    let per_region = nodes / regions.max(1);
     vec![
         KeyspaceFileConfig {
             name: "balance".into(),
@@ -23,6 +26,14 @@ pub fn canonical_keyspaces() -> Vec<KeyspaceFileConfig> {
             r: None,
             w: None,
             merge: None,
+        },
+        KeyspaceFileConfig {
+            name: "cart".into(),
+            model: Model::MultiLeader,
+            n: Some(per_region.clamp(1, 3) as u8),
+            r: None,
+            w: None,
+            merge: Some(MergePolicy::Set),
         },
         KeyspaceFileConfig {
             name: "prefs".into(),
@@ -318,6 +329,52 @@ impl LocalCluster {
             if Instant::now() > deadline {
                 bail!(
                     "no agreed leader of keyspace {keyspace} within {timeout:?} (running nodes report {seen:?})"
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until every running voter of multi-leader keyspace `keyspace` names a running
+    /// leader of its region's group, the voters of one region agreeing, and returns each
+    /// region's leader. A node that is not a voter (`role` none) is skipped; a region with no
+    /// running node is left out.
+    pub fn wait_for_region_leaders(
+        &self,
+        keyspace: &str,
+        timeout: Duration,
+    ) -> Result<BTreeMap<String, u32>> {
+        let deadline = Instant::now() + timeout;
+        let running = self.running();
+        loop {
+            let mut seen: BTreeMap<String, Vec<Option<u32>>> = BTreeMap::new();
+            for id in &running {
+                let node = self.node(*id);
+                let leader = match keyspace_info(node, keyspace) {
+                    Ok(info) if info.get("role").map(String::as_str) == Some("none") => continue,
+                    Ok(info) => info.get("leader").and_then(|l| parse_node(l)),
+                    Err(_) => None,
+                };
+                seen.entry(node.region.clone()).or_default().push(leader);
+            }
+            let agreed: BTreeMap<String, u32> = seen
+                .iter()
+                .filter_map(|(region, leaders)| match leaders.first() {
+                    Some(Some(first))
+                        if leaders.iter().all(|l| *l == Some(*first))
+                            && running.contains(first) =>
+                    {
+                        Some((region.clone(), *first))
+                    }
+                    _ => None,
+                })
+                .collect();
+            if agreed.len() == seen.len() && !seen.is_empty() {
+                return Ok(agreed);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no agreed leader in every region of keyspace {keyspace} within {timeout:?} (running voters report {seen:?})"
                 );
             }
             std::thread::sleep(Duration::from_millis(20));

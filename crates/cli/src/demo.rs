@@ -130,12 +130,12 @@ fn expect(v: &Value, want: &Value, what: &str) -> Result<()> {
 pub fn run(dir: &Path) -> Result<()> {
     let base = free_base_port(3)?;
     println!(
-        "Starting a local 3-node cluster in {} (RESP ports {}..{})",
+        "Starting a local 3-node cluster, one node in each of regions r1, r2, r3, in {} (RESP ports {}..{})",
         dir.display(),
         base,
         base + 2
     );
-    let mut cluster = LocalCluster::configure(dir, 3, 1, base, Vec::new())?;
+    let mut cluster = LocalCluster::configure(dir, 3, 3, base, Vec::new())?;
     cluster.start_all()?;
     let s = Session { cluster: &cluster };
     let ok = Value::Simple("OK".into());
@@ -185,19 +185,29 @@ pub fn run(dir: &Path) -> Result<()> {
         "create balance",
     )?;
     s.wait_for_keyspace("balance")?;
-    println!("   cart (multi-leader) answers a clear error until that model lands:");
-    s.run(
-        1,
-        &[
-            "TRIARCH.KEYSPACE",
-            "CREATE",
-            "cart",
-            "MODEL",
-            "multi-leader",
-            "MERGE",
-            "set",
-        ],
+    println!(
+        "   cart is multi-leader, an add-wins set: every region runs its own group (N=1 voter here,"
+    );
+    println!("   one node per region), takes writes on its own and ships them to the others:");
+    expect(
+        &s.run(
+            1,
+            &[
+                "TRIARCH.KEYSPACE",
+                "CREATE",
+                "cart",
+                "MODEL",
+                "multi-leader",
+                "N",
+                "1",
+                "MERGE",
+                "set",
+            ],
+        )?,
+        &ok,
+        "create cart",
     )?;
+    s.wait_for_keyspace("cart")?;
 
     println!("\n2. A write through node 1 is read through node 3:");
     expect(
@@ -340,10 +350,11 @@ pub fn run(dir: &Path) -> Result<()> {
     )?;
     s.run(1, &["INCR", "wishlist:alice"])?;
 
+    multi_leader(&cluster)?;
     primary_backup(&mut cluster)?;
     let s = Session { cluster: &cluster };
 
-    println!("\n7. Bad input gets a clear error and changes nothing:");
+    println!("\n8. Bad input gets a clear error and changes nothing:");
     s.run(1, &["SET", "k"])?;
     s.run(1, &["FLUSHALL"])?;
     s.run(
@@ -366,7 +377,94 @@ pub fn run(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Section 6: the primary-backup keyspace `balance`: a transfer with WATCH/MULTI/EXEC through a
+/// The members of a set reply, sorted (RESP2 answers an array, RESP3 a set).
+fn members(v: &Value) -> Option<Vec<String>> {
+    let Value::Array(items) = v else { return None };
+    let mut out: Vec<String> = items
+        .iter()
+        .map(|i| match i {
+            Value::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    out.sort();
+    Some(out)
+}
+
+/// Section 6: the multi-leader keyspace `cart`. Each node is its own region: an SADD through
+/// each is acknowledged by its own region alone; the regions ship their changes to each other,
+/// and every node soon answers the union (polled, with a deadline).
+fn multi_leader(cluster: &LocalCluster) -> Result<()> {
+    let s = Session { cluster };
+    let timeout = std::time::Duration::from_secs(15);
+    let leaders = cluster.wait_for_region_leaders("cart", timeout)?;
+    let shown: Vec<String> = leaders.iter().map(|(r, n)| format!("{r}: n{n}")).collect();
+    println!(
+        "\n6. Multi-leader. cart's region groups are led by {}. Each SADD below is acknowledged",
+        shown.join(", ")
+    );
+    println!("   once durable in its writer's region, without waiting for the other regions:");
+    let items = [(1, "book"), (2, "lamp"), (3, "mug")];
+    for (id, item) in items {
+        expect(
+            &s.run(id, &["SADD", "cart:alice", item])?,
+            &Value::Integer(1),
+            "SADD in its own region",
+        )?;
+    }
+    println!(
+        "   The regions exchange their changes asynchronously; each node soon shows the union:"
+    );
+    let want: Vec<String> = vec!["book".into(), "lamp".into(), "mug".into()];
+    let started = std::time::Instant::now();
+    let deadline = started + timeout;
+    for id in 1..=3u32 {
+        let mut c = Client::connect(cluster.node(id).resp)?;
+        loop {
+            if members(&c.call(&["SMEMBERS", "cart:alice"])?).as_ref() == Some(&want) {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("demo check failed: n{id} did not converge on {want:?} within {timeout:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    println!(
+        "   (every node converged {} ms after the last SADD)",
+        started.elapsed().as_millis()
+    );
+    for id in 1..=3 {
+        s.run(id, &["SMEMBERS", "cart:alice"])?;
+    }
+    println!(
+        "   Region r1's counters: its own writes, the other regions' changes it applied (folded), the"
+    );
+    println!(
+        "   concurrent ones among them (conflicts, merged by add-wins) and what r2 and r3 still lack:"
+    );
+    let info = crate::cluster::keyspace_info(cluster.node(1), "cart")?;
+    let shown: Vec<String> = [
+        "region",
+        "role",
+        "writes",
+        "folded",
+        "conflicts",
+        "merged",
+        "lag_entries",
+    ]
+    .iter()
+    .filter_map(|k| info.get(*k).map(|v| format!("{k}={v}")))
+    .collect();
+    println!(
+        "  n1> {:<60} {}",
+        "TRIARCH.KEYSPACE INFO cart",
+        shown.join(" ")
+    );
+    Ok(())
+}
+
+/// Section 7: the primary-backup keyspace `balance`: a transfer with WATCH/MULTI/EXEC through a
 /// follower, an aborted transfer, INCR, a failed compare-and-set, then kill -9 of the leader.
 fn primary_backup(cluster: &mut LocalCluster) -> Result<()> {
     let ok = Value::Simple("OK".into());
@@ -376,7 +474,7 @@ fn primary_backup(cluster: &mut LocalCluster) -> Result<()> {
     let followers: Vec<u32> = (1..=3).filter(|id| *id != leader).collect();
     let (f1, f2) = (followers[0], followers[1]);
     println!(
-        "\n6. Primary-backup. balance's Raft group elected n{leader}; the other nodes forward to it,"
+        "\n7. Primary-backup. balance's Raft group elected n{leader}; the other nodes forward to it,"
     );
     println!("   so every node serves linearizable reads and writes:");
     let s = Session { cluster };

@@ -28,6 +28,7 @@ enum Cmd {
     Up {
         #[arg(long, default_value_t = 3)]
         nodes: u32,
+        /// Spread the nodes over this many regions: node i is in region r((i-1) % R + 1).
         #[arg(long, default_value_t = 1)]
         regions: u32,
         #[arg(long, default_value = ".triarch/cluster")]
@@ -36,7 +37,8 @@ enum Cmd {
         #[arg(long, default_value_t = 6380)]
         base_port: u16,
         /// Start with only the `default` keyspace instead of the canonical `balance`
-        /// (primary-backup) and `prefs` (leaderless, last-writer-wins).
+        /// (primary-backup), `cart` (multi-leader, add-wins set) and `prefs` (leaderless,
+        /// last-writer-wins).
         #[arg(long)]
         no_keyspaces: bool,
     },
@@ -141,7 +143,7 @@ async fn wait_for_signal() {
 
 fn up(nodes: u32, regions: u32, dir: PathBuf, base_port: u16, canonical: bool) -> Result<()> {
     let keyspaces = if canonical {
-        triarch_cli::cluster::canonical_keyspaces()
+        triarch_cli::cluster::canonical_keyspaces(nodes, regions)
     } else {
         Vec::new()
     };
@@ -154,10 +156,21 @@ fn up(nodes: u32, regions: u32, dir: PathBuf, base_port: u16, canonical: bool) -
     );
     for k in &keyspaces {
         let mut line = format!("  keyspace {} ({})", k.name, k.model);
-        if k.model == triarch_core::Model::PrimaryBackup {
-            // Wait for the group's first leader so that the cluster is ready when this returns.
-            let leader = cluster.wait_for_leader(&k.name, None, Duration::from_secs(20))?;
-            line.push_str(&format!(": leader n{leader}"));
+        // Wait for the groups' first leaders so that the cluster is ready when this returns.
+        match k.model {
+            triarch_core::Model::PrimaryBackup => {
+                let leader = cluster.wait_for_leader(&k.name, None, Duration::from_secs(20))?;
+                line.push_str(&format!(": leader n{leader}"));
+            }
+            triarch_core::Model::MultiLeader => {
+                let leaders = cluster.wait_for_region_leaders(&k.name, Duration::from_secs(20))?;
+                let shown: Vec<String> = leaders
+                    .iter()
+                    .map(|(region, id)| format!("{region} n{id}"))
+                    .collect();
+                line.push_str(&format!(": region leaders {}", shown.join(", ")));
+            }
+            triarch_core::Model::Leaderless => {}
         }
         println!("{line}");
     }

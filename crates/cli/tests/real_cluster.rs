@@ -26,9 +26,18 @@ fn cluster_with(
     nodes: u32,
     keyspaces: Vec<KeyspaceFileConfig>,
 ) -> (tempfile::TempDir, LocalCluster) {
+    cluster_in_regions(nodes, 1, keyspaces)
+}
+
+/// `nodes` nodes spread over `regions` regions as `triarch up --regions` spreads them.
+fn cluster_in_regions(
+    nodes: u32,
+    regions: u32,
+    keyspaces: Vec<KeyspaceFileConfig>,
+) -> (tempfile::TempDir, LocalCluster) {
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(nodes).unwrap();
-    let mut c = LocalCluster::configure(dir.path(), nodes, 1, base, keyspaces)
+    let mut c = LocalCluster::configure(dir.path(), nodes, regions, base, keyspaces)
         .unwrap()
         .with_binary(binary());
     c.start_all().unwrap();
@@ -310,7 +319,7 @@ fn wait_for_progress(acked: &AtomicU64, by: u64, timeout: Duration, what: &str) 
 #[test]
 fn primary_backup_failover_loses_no_acknowledged_write() {
     const ELECTION_TIMEOUT_MAX: Duration = Duration::from_secs(2);
-    let (_dir, mut c) = cluster_with(3, canonical_keyspaces());
+    let (_dir, mut c) = cluster_with(3, canonical_keyspaces(3, 1));
     c.wait_for_leader("balance", None, Duration::from_secs(20))
         .unwrap();
     let nodes: Vec<SocketAddr> = c.nodes.iter().map(|n| n.resp).collect();
@@ -412,5 +421,327 @@ fn primary_backup_failover_loses_no_acknowledged_write() {
             "restarted n{leader} applied {applied}, the leader committed {commit}"
         );
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The members of a SMEMBERS reply, sorted; `None` for anything else (an error reply).
+fn set_members(v: &Value) -> Option<Vec<String>> {
+    let Value::Array(items) = v else { return None };
+    let mut members: Vec<String> = items
+        .iter()
+        .map(|i| match i {
+            Value::Bulk(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    members.sort();
+    Some(members)
+}
+
+/// Polls `SMEMBERS key` on each of `nodes` until it answers `want` (sorted), or panics after
+/// `timeout` naming the node and what it answered.
+fn wait_for_members(
+    c: &LocalCluster,
+    nodes: &[u32],
+    key: &str,
+    want: &[String],
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    for id in nodes {
+        let mut last = None;
+        loop {
+            let got = Client::connect(c.node(*id).resp)
+                .and_then(|mut client| client.call(&["SMEMBERS", key]))
+                .ok();
+            if got.as_ref().and_then(set_members).as_deref() == Some(want) {
+                break;
+            }
+            last = got;
+            assert!(
+                Instant::now() < deadline,
+                "n{id} did not converge on {key} within {timeout:?}: want {} members, last answer {:?}",
+                want.len(),
+                last.as_ref()
+                    .map(|v| set_members(v)
+                        .map_or(format!("{v:?}"), |m| format!("{} members", m.len())))
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = last;
+    }
+}
+
+/// SADDs `count` distinct items to `key` through node `id`, one pipelined burst; returns the
+/// items, each of which must be acknowledged (`:1`).
+fn sadd_burst(addr: SocketAddr, key: &str, tag: &str, count: usize) -> Vec<String> {
+    let items: Vec<String> = (0..count).map(|i| format!("{tag}-{i}")).collect();
+    let commands: Vec<Vec<&str>> = items.iter().map(|i| vec!["SADD", key, i]).collect();
+    let replies = Client::connect(addr).unwrap().pipeline(&commands).unwrap();
+    for (item, reply) in items.iter().zip(&replies) {
+        assert_eq!(
+            *reply,
+            Value::Integer(1),
+            "SADD {key} {item} through {addr}"
+        );
+    }
+    items
+}
+
+/// A field of `TRIARCH.KEYSPACE INFO` as a number.
+fn info_u64(info: &BTreeMap<String, String>, field: &str) -> u64 {
+    info.get(field)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no numeric {field} in {info:?}"))
+}
+
+/// `lag_entries` of `TRIARCH.KEYSPACE INFO` (`r2=0,r3=5`) toward `region`.
+fn lag_to(info: &BTreeMap<String, String>, region: &str) -> Option<u64> {
+    info.get("lag_entries")?
+        .split(',')
+        .find_map(|pair| pair.strip_prefix(&format!("{region}=")))
+        .and_then(|v| v.parse().ok())
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// Multi-leader keyspaces with real processes (the multi-leader issue's acceptance), on the
+/// deployment `triarch up --nodes 6 --regions 3` starts (regions r1 = {n1, n4}, r2 = {n2, n5},
+/// r3 = {n3, n6}; `cart` is multi-leader, add-wins set, N=2 voters per region):
+///
+/// 1. concurrent SADDs of distinct items to one cart through every node (two per region): each
+///    is acknowledged by its own region, and every node soon answers the union;
+/// 2. concurrent SETs of the same keys in two regions of a last-writer-wins multi-leader
+///    keyspace: every node converges on one value per key, and the conflicts and discarded
+///    writes are counted (TRIARCH.KEYSPACE INFO, INFO, /metrics);
+/// 3. kill -9 of every node of region r3: r1 and r2 go on taking writes, r1's leader reports
+///    the lag toward r3; once restarted, r3's nodes catch up and answer what the others do.
+#[test]
+fn multi_leader_regions_write_on_their_own_and_converge() {
+    let timeout = Duration::from_secs(30);
+    let (_dir, mut c) = cluster_in_regions(6, 3, canonical_keyspaces(6, 3));
+    let leaders = c.wait_for_region_leaders("cart", timeout).unwrap();
+    assert_eq!(leaders.len(), 3, "{leaders:?}");
+    let all: Vec<u32> = (1..=6).collect();
+
+    // 1. Concurrent SADDs of distinct items through all six nodes.
+    let barrier = Arc::new(std::sync::Barrier::new(6));
+    let writers: Vec<_> = all
+        .iter()
+        .map(|&id| {
+            let (addr, barrier) = (c.node(id).resp, barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                sadd_burst(addr, "cart:shared", &format!("n{id}"), 50)
+            })
+        })
+        .collect();
+    let mut want: Vec<String> = writers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    want.sort();
+    assert_eq!(want.len(), 300);
+    wait_for_members(&c, &all, "cart:shared", &want, timeout);
+    let merged: u64 = all
+        .iter()
+        .map(|id| info_u64(&keyspace_info(c.node(*id), "cart").unwrap(), "merged"))
+        .max()
+        .unwrap();
+    eprintln!("cart:shared converged on 300 members; merged conflicts (max over nodes): {merged}");
+
+    // 2. Concurrent conflicting SETs in r1 (through n1) and r2 (through n2) on a
+    // last-writer-wins multi-leader keyspace, in rounds until a conflict is counted.
+    let mut n1 = Client::connect(c.node(1).resp).unwrap();
+    assert_eq!(
+        n1.call(&[
+            "TRIARCH.KEYSPACE",
+            "CREATE",
+            "profile",
+            "MODEL",
+            "multi-leader",
+            "N",
+            "2",
+            "MERGE",
+            "lww",
+        ])
+        .unwrap(),
+        Value::Simple("OK".into())
+    );
+    c.wait_for_region_leaders("profile", timeout).unwrap();
+    let keys_per_round = 100;
+    let mut conflicted = None;
+    for round in 0..5 {
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let writers: Vec<_> = [1u32, 2]
+            .into_iter()
+            .map(|id| {
+                let (addr, barrier) = (c.node(id).resp, barrier.clone());
+                std::thread::spawn(move || {
+                    let commands: Vec<Vec<String>> = (0..keys_per_round)
+                        .map(|k| {
+                            vec![
+                                "SET".into(),
+                                format!("profile:round{round}:k{k}"),
+                                format!("from-n{id}"),
+                            ]
+                        })
+                        .collect();
+                    let mut client = Client::connect(addr).unwrap();
+                    barrier.wait();
+                    let replies = client.pipeline(&commands).unwrap();
+                    assert!(
+                        replies.iter().all(|r| *r == Value::Simple("OK".into())),
+                        "SETs through n{id}: {replies:?}"
+                    );
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        // Every node converges on one value per key.
+        let keys: Vec<String> = (0..keys_per_round)
+            .map(|k| format!("profile:round{round}:k{k}"))
+            .collect();
+        let mut mget = vec!["MGET".to_string()];
+        mget.extend(keys.iter().cloned());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answers: Vec<Value> = all
+                .iter()
+                .map(|id| {
+                    Client::connect(c.node(*id).resp)
+                        .unwrap()
+                        .call(&mget)
+                        .unwrap()
+                })
+                .collect();
+            let settled = matches!(&answers[0], Value::Array(v) if v.iter().all(|x| matches!(x, Value::Bulk(_))))
+                && answers.iter().all(|a| *a == answers[0]);
+            if settled {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the nodes did not converge on one value per key"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let counted = all.iter().find_map(|id| {
+            let info = keyspace_info(c.node(*id), "profile").unwrap();
+            let (conflicts, discarded) = (
+                info_u64(&info, "conflicts"),
+                info_u64(&info, "lww_discarded"),
+            );
+            (conflicts >= 1 && discarded >= 1).then_some((*id, conflicts, discarded))
+        });
+        if let Some(found) = counted {
+            conflicted = Some((round, found));
+            break;
+        }
+    }
+    let (round, (id, conflicts, discarded)) =
+        conflicted.expect("no conflict counted in 5 rounds of concurrent SETs in two regions");
+    eprintln!(
+        "profile: after round {round}, n{id} counts {conflicts} conflicts, {discarded} writes discarded by last-writer-wins"
+    );
+    let info = http_get(c.node(id).http, "/metrics");
+    assert!(
+        info.lines()
+            .any(|l| l.starts_with("triarch_multileader_conflicts_total{")
+                && l.contains("keyspace=\"profile\"")
+                && !l.ends_with(" 0")),
+        "/metrics of n{id} counts no conflict of profile"
+    );
+    let mut client = Client::connect(c.node(id).resp).unwrap();
+    let Value::Bulk(text) = client.call(&["INFO"]).unwrap() else {
+        panic!("INFO is a bulk string")
+    };
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("multileader_profile:"))
+        .unwrap_or_else(|| panic!("INFO of n{id} has no multileader_profile line:\n{text}"));
+    assert!(
+        !line.contains("conflicts=0,") && !line.contains("lww_discarded=0,"),
+        "{line}"
+    );
+
+    // 3. Region r3 (n3, n6) goes down; r1 and r2 keep taking writes.
+    c.kill(3).unwrap();
+    c.kill(6).unwrap();
+    let up: Vec<u32> = vec![1, 2, 4, 5];
+    let mut during: Vec<String> = Vec::new();
+    for id in &up {
+        during.extend(sadd_burst(
+            c.node(*id).resp,
+            "cart:outage",
+            &format!("n{id}"),
+            20,
+        ));
+        during.extend(sadd_burst(
+            c.node(*id).resp,
+            "cart:shared",
+            &format!("late-n{id}"),
+            5,
+        ));
+    }
+    during.sort();
+    let outage: Vec<String> = during
+        .iter()
+        .filter(|i| !i.starts_with("late-"))
+        .cloned()
+        .collect();
+    let mut shared = want.clone();
+    shared.extend(during.iter().filter(|i| i.starts_with("late-")).cloned());
+    shared.sort();
+    wait_for_members(&c, &up, "cart:outage", &outage, timeout);
+    wait_for_members(&c, &up, "cart:shared", &shared, timeout);
+    // r1's leader ships to r2 but not to r3: its lag toward r3 holds r1's writes since the kill.
+    let r1 = c.wait_for_region_leaders("cart", timeout).unwrap()["r1"];
+    let info = keyspace_info(c.node(r1), "cart").unwrap();
+    let lag = lag_to(&info, "r3").unwrap_or_else(|| panic!("no lag toward r3 in {info:?}"));
+    assert!(lag >= 2 * 25, "lag toward r3 is {lag} changes: {info:?}");
+    eprintln!(
+        "with r3 down, r1's leader n{r1} reports: acked {:?}, lag_entries {:?}, lag_ms {:?}",
+        info.get("acked"),
+        info.get("lag_entries"),
+        info.get("lag_ms")
+    );
+
+    // r3 comes back and catches up.
+    c.start(3).unwrap();
+    c.start(6).unwrap();
+    c.wait_for_links(Duration::from_secs(20)).unwrap();
+    wait_for_members(&c, &all, "cart:outage", &outage, timeout);
+    wait_for_members(&c, &all, "cart:shared", &shared, timeout);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let r1 = c.wait_for_region_leaders("cart", timeout).unwrap()["r1"];
+        let info = keyspace_info(c.node(r1), "cart").unwrap();
+        if lag_to(&info, "r3") == Some(0) && lag_to(&info, "r2") == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "r1's lag did not drain: {info:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for id in &all {
+        let info = keyspace_info(c.node(*id), "cart").unwrap();
+        assert_eq!(info_u64(&info, "duplicates"), 0, "n{id}: {info:?}");
     }
 }

@@ -110,6 +110,20 @@ impl Client {
         self.read_reply()
     }
 
+    /// Sends every command in one write (the server steps a pipelined burst as one batch),
+    /// then reads their replies, in order.
+    pub fn pipeline<A: AsRef<[u8]>>(
+        &mut self,
+        commands: &[Vec<A>],
+    ) -> Result<Vec<Value>, ClientError> {
+        let mut out = Vec::new();
+        for command in commands {
+            out.extend_from_slice(&encode(command));
+        }
+        self.writer.write_all(&out).map_err(io_error)?;
+        commands.iter().map(|_| self.read_reply()).collect()
+    }
+
     /// Like [`Client::call`], but an error reply becomes `Err(ClientError::Server)`.
     pub fn call_ok<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<Value, ClientError> {
         match self.call(args)? {
@@ -278,6 +292,17 @@ mod tests {
         );
         assert!(matches!(call(b"?\r\n", z), Err(ClientError::Protocol(_))));
         assert!(matches!(call(b"", z), Err(ClientError::Io(_))));
+    }
+
+    #[test]
+    fn a_pipeline_sends_every_command_then_reads_every_reply() {
+        let addr = serve(b"+OK\r\n:2\r\n", Duration::ZERO);
+        let mut c =
+            Client::connect_timeout(addr, Duration::from_secs(1), Duration::from_secs(1)).unwrap();
+        let replies = c
+            .pipeline(&[vec!["SET", "k", "v"], vec!["SADD", "s", "a"]])
+            .unwrap();
+        assert_eq!(replies, [Value::Simple("OK".into()), Value::Integer(2)]);
     }
 
     #[test]

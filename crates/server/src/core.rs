@@ -75,6 +75,11 @@ pub struct Snapshot {
     pub primary: BTreeMap<String, triarch_node::GroupInfo>,
     /// The primary-backup engine's counters (`proposals`, `forwards_sent`, ...).
     pub primary_counters: Vec<(&'static str, u64)>,
+    /// Every multi-leader keyspace this node serves: its region group as seen here, the
+    /// region's counters and (on the region's leader) the shipping lag to every other region.
+    pub multileader: Vec<crate::metrics::MultiLeaderInfo>,
+    /// The multi-leader engine's shipping counters.
+    pub multileader_stats: triarch_multileader::engine::MultiLeaderStats,
     pub in_flight: usize,
     pub batches: u64,
     pub syncs: u64,
@@ -289,6 +294,10 @@ impl Core {
                 }
             }
             CoreInput::Snapshot(tx) => {
+                let multileader = crate::metrics::multileader_infos(&self.node, now.wall_ms);
+                let multileader_stats = self.node.multileader().stats();
+                // `/metrics` asks for a snapshot before rendering: publish the exact figures.
+                crate::metrics::publish_multileader(&multileader, multileader_stats);
                 let _ = tx.send(Snapshot {
                     node: self.node.id(),
                     keyspaces: self
@@ -314,6 +323,8 @@ impl Core {
                         })
                         .collect(),
                     primary_counters: crate::metrics::primary_counters(&self.node),
+                    multileader,
+                    multileader_stats,
                     in_flight: self.node.in_flight(),
                     batches: self.batches,
                     syncs: self.syncs,
@@ -342,5 +353,6 @@ impl Core {
         }
         self.metrics.observe_stats(self.node.leaderless_stats());
         self.metrics.observe_primary(&self.node);
+        self.metrics.observe_multileader(&self.node, &self.clock);
     }
 }

@@ -28,6 +28,9 @@
 //!   observed.
 //! - `counter` keyspaces: `GET` answers the value as text. Increments, and the `set` and `map`
 //!   policies, are RESP-only for now (`GET` on them answers 400 naming the policy).
+//!
+//! Multi-leader keyspaces are served like leaderless ones (per merge policy, as above), by the
+//! node's region; `r`, `w` and `consistency` do not apply to them and are refused (400).
 
 use crate::core::{CoreInput, ReplyTo};
 use crate::server::Shared;
@@ -85,6 +88,11 @@ fn bad_request(error: String) -> Response {
 }
 
 impl Quorum {
+    /// Whether the request asked for any quorum.
+    fn any(&self) -> bool {
+        self.r.is_some() || self.w.is_some() || self.consistency.is_some()
+    }
+
     /// The read and write quorums asked for, or what is wrong with them (a 400).
     fn levels(&self) -> Result<(Option<Consistency>, Option<Consistency>), String> {
         let Some(level) = &self.consistency else {
@@ -156,11 +164,13 @@ fn unexpected(r: Reply) -> Response {
 }
 
 /// The stored key for `key` in `keyspace`, after checking the keyspace exists, with the
-/// keyspace's merge policy.
+/// keyspace's merge policy. Quorums asked of a keyspace that has none (multi-leader: a region's
+/// group serves every read and write) are refused rather than ignored.
 async fn stored_key(
     shared: &Shared,
     keyspace: &str,
     key: &str,
+    quorums: &Quorum,
 ) -> Result<(bytes::Bytes, MergePolicy), Response> {
     match call(
         shared,
@@ -171,6 +181,11 @@ async fn stored_key(
     .await
     {
         Reply::KeyspaceInfo(info) => {
+            if info.config.model == Model::MultiLeader && quorums.any() {
+                return Err(bad_request(format!(
+                    "keyspace '{keyspace}' is multi-leader: its region's group serves every read and write; r, w and consistency apply only to leaderless keyspaces"
+                )));
+            }
             let stored = if keyspace == KeyspaceConfig::DEFAULT_NAME {
                 bytes::Bytes::copy_from_slice(key.as_bytes())
             } else {
@@ -197,7 +212,7 @@ async fn get_key(
         Ok(levels) => levels,
         Err(error) => return bad_request(error),
     };
-    let (key, merge) = match stored_key(&shared, &keyspace, &key).await {
+    let (key, merge) = match stored_key(&shared, &keyspace, &key, &q).await {
         Ok(k) => k,
         Err(r) => return r,
     };
@@ -270,7 +285,7 @@ async fn put_key(
         Ok(levels) => levels,
         Err(error) => return bad_request(error),
     };
-    let (key, merge) = match stored_key(&shared, &keyspace, &key).await {
+    let (key, merge) = match stored_key(&shared, &keyspace, &key, &q).await {
         Ok(k) => k,
         Err(r) => return r,
     };
@@ -311,7 +326,7 @@ async fn delete_key(
         Ok(levels) => levels,
         Err(error) => return bad_request(error),
     };
-    let (key, _) = match stored_key(&shared, &keyspace, &key).await {
+    let (key, _) = match stored_key(&shared, &keyspace, &key, &q).await {
         Ok(k) => k,
         Err(r) => return r,
     };

@@ -47,6 +47,20 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
                 render_group(&mut s, k, snap.primary.get(&k.name));
                 continue;
             }
+            if k.model == triarch_core::Model::MultiLeader {
+                let ml = snap.multileader.iter().find(|m| m.info.keyspace == k.name);
+                let _ = write!(
+                    s,
+                    "keyspace_{}:model={},n={},merge={}",
+                    k.name, k.model, k.n, k.merge
+                );
+                if let Some(ml) = ml {
+                    let _ = write!(s, ",region={}", ml.info.region);
+                    render_role(&mut s, ml.info.group.as_ref());
+                }
+                let _ = writeln!(s, "\r");
+                continue;
+            }
             let st = snap.leaderless.get(&k.name).cloned().unwrap_or_default();
             let _ = writeln!(
                 s,
@@ -78,6 +92,9 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
             for (name, value) in &snap.primary_counters {
                 let _ = writeln!(s, "primary_{name}:{value}\r");
             }
+        }
+        if !snap.multileader.is_empty() {
+            render_multileader(&mut s, snap);
         }
     }
     s
@@ -118,4 +135,80 @@ fn render_group(
         }
     }
     let _ = writeln!(s, "\r");
+}
+
+/// `role=..,leader=..,term=..,voters=..` of a region group (`role=none` on a node that is not
+/// one of its voters).
+fn render_role(s: &mut String, group: Option<&triarch_node::GroupInfo>) {
+    match group {
+        Some(g) => {
+            let voters: Vec<String> = g.voters.iter().map(|v| v.to_string()).collect();
+            let _ = write!(
+                s,
+                ",role={},leader={},term={},voters={}",
+                format!("{:?}", g.role).to_ascii_lowercase(),
+                g.leader
+                    .map(|l| l.to_string())
+                    .unwrap_or_else(|| "none".into()),
+                g.term.0,
+                voters.join(";"),
+            );
+        }
+        None => {
+            let _ = write!(s, ",role=none");
+        }
+    }
+}
+
+/// `# MultiLeader`: the node's shipping counters; per keyspace, its region group as seen here
+/// and the region's counters (replicated: every voter of the region shows the same); on the
+/// region's leader, per destination region, what the destination acknowledged and how far
+/// behind it is (`multileader_<keyspace>_to_<region>`).
+fn render_multileader(s: &mut String, snap: &Snapshot) {
+    let st = &snap.multileader_stats;
+    let _ = writeln!(s, "\r\n# MultiLeader\r");
+    let _ = writeln!(
+        s,
+        "multileader_ships_sent:{}\r\nmultileader_changes_sent:{}\r\nmultileader_ships_received:{}\r\nmultileader_ship_retries:{}\r\nmultileader_trims:{}\r\nmultileader_transfer_pages:{}\r",
+        st.ships_sent,
+        st.changes_sent,
+        st.ships_received,
+        st.ship_retries,
+        st.trims,
+        st.transfer_pages
+    );
+    for ml in &snap.multileader {
+        let info = &ml.info;
+        let c = &info.counters;
+        let _ = write!(s, "multileader_{}:region={}", info.keyspace, info.region);
+        render_role(s, info.group.as_ref());
+        let _ = writeln!(
+            s,
+            ",last={},trimmed={},writes={},folded={},conflicts={},merged={},lww_discarded={},duplicates={},absorbed={}\r",
+            c.last,
+            c.trimmed,
+            c.writes,
+            c.folded,
+            c.conflicts,
+            c.merged,
+            c.lww_discarded,
+            c.duplicates,
+            c.absorbed
+        );
+        if ml.leads {
+            for link in &info.links {
+                let _ = writeln!(
+                    s,
+                    "multileader_{}_to_{}:from={},to={},acked={},lag_entries={},lag_ms={}\r",
+                    info.keyspace,
+                    link.to,
+                    info.region,
+                    link.to,
+                    link.acked,
+                    link.lag_entries,
+                    link.lag_ms
+                );
+            }
+        }
+    }
 }

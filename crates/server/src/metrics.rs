@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use triarch_core::NodeId;
+use triarch_multileader::engine::MultiLeaderStats;
 use triarch_node::KeyspaceStats;
 use triarch_node::{Node, Reply, Request};
 use triarch_storage::Storage;
@@ -90,6 +91,7 @@ pub struct OpMetrics {
     handles: HashMap<(Arc<str>, Op), OpHandles>,
     stats_seen: BTreeMap<String, KeyspaceStats>,
     primary_published: Option<std::time::Instant>,
+    multileader_published: Option<std::time::Instant>,
 }
 
 impl OpMetrics {
@@ -163,6 +165,20 @@ impl OpMetrics {
         }
         self.primary_published = Some(now);
         observe_primary(node);
+    }
+
+    /// Publishes the multi-leader keyspaces' counters and shipping lag, at most every 250 ms.
+    pub fn observe_multileader<S: Storage>(&mut self, node: &Node<S>, clock: &crate::core::Clock) {
+        let now = std::time::Instant::now();
+        if self
+            .multileader_published
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(250))
+        {
+            return;
+        }
+        self.multileader_published = Some(now);
+        let infos = multileader_infos(node, clock.now().wall_ms);
+        publish_multileader(&infos, node.multileader().stats());
     }
 
     /// Publishes the node's model counters (cheap when nothing changed).
@@ -256,6 +272,97 @@ pub fn primary_counters<S: Storage>(node: &Node<S>) -> Vec<(&'static str, u64)> 
         ("snapshots_restored", s.snapshots_restored),
         ("compactions", s.compactions),
     ]
+}
+
+/// Every multi-leader keyspace's state on this node (`wall_ms` dates the lag), with the names
+/// of the regions its leader ships to.
+pub fn multileader_infos<S: Storage>(node: &Node<S>, wall_ms: u64) -> Vec<MultiLeaderInfo> {
+    let ml = node.multileader();
+    let others: Vec<String> = ml
+        .regions()
+        .names()
+        .filter(|r| *r != ml.region())
+        .map(str::to_string)
+        .collect();
+    ml.keyspaces()
+        .filter_map(|k| ml.info(node.storage(), k, wall_ms))
+        .map(|info| MultiLeaderInfo {
+            leads: info
+                .group
+                .as_ref()
+                .is_some_and(|g| g.leader == Some(node.id())),
+            info,
+            others: others.clone(),
+        })
+        .collect()
+}
+
+/// A multi-leader keyspace as this node sees it, for INFO and `/metrics`.
+#[derive(Clone, Debug)]
+pub struct MultiLeaderInfo {
+    pub info: triarch_multileader::engine::KeyspaceInfo,
+    /// Whether this node leads its region's group (then `info.links` holds the lag).
+    pub leads: bool,
+    /// The other regions.
+    pub others: Vec<String>,
+}
+
+/// Publishes the multi-leader counters: the region's (replicated, so every voter of the
+/// region shows the same figures), the shipping lag per region pair (set by the source
+/// region's leader; a node that does not lead sets its own series to 0, so that `max` over the
+/// nodes is the lag) and the node's shipping counters.
+pub fn publish_multileader(infos: &[MultiLeaderInfo], stats: MultiLeaderStats) {
+    for ml in infos {
+        let info = &ml.info;
+        let (ks, region) = (info.keyspace.clone(), info.region.clone());
+        let c = &info.counters;
+        let counters = [
+            ("triarch_multileader_writes_total", c.writes),
+            ("triarch_multileader_folded_total", c.folded),
+            ("triarch_multileader_conflicts_total", c.conflicts),
+            ("triarch_multileader_merged_total", c.merged),
+            ("triarch_multileader_lww_discarded_total", c.lww_discarded),
+            ("triarch_multileader_duplicates_total", c.duplicates),
+            ("triarch_multileader_absorbed_total", c.absorbed),
+        ];
+        for (name, value) in counters {
+            counter!(name, "keyspace" => ks.clone(), "region" => region.clone()).absolute(value);
+        }
+        gauge!("triarch_multileader_change_log_last", "keyspace" => ks.clone(), "region" => region.clone())
+            .set(c.last as f64);
+        gauge!("triarch_multileader_change_log_entries", "keyspace" => ks.clone(), "region" => region.clone())
+            .set(c.last.saturating_sub(c.trimmed) as f64);
+        gauge!("triarch_multileader_is_leader", "keyspace" => ks.clone(), "region" => region.clone())
+            .set(f64::from(u8::from(ml.leads)));
+        for to in &ml.others {
+            let link = info.links.iter().find(|l| &l.to == to).filter(|_| ml.leads);
+            let (entries, ms) = link.map_or((0, 0), |l| (l.lag_entries, l.lag_ms));
+            let labels = [
+                ("keyspace", ks.clone()),
+                ("from", region.clone()),
+                ("to", to.clone()),
+            ];
+            gauge!("triarch_multileader_replication_lag_entries", &labels).set(entries as f64);
+            gauge!("triarch_multileader_replication_lag_ms", &labels).set(ms as f64);
+        }
+    }
+    let shipping = [
+        ("triarch_multileader_ships_sent_total", stats.ships_sent),
+        ("triarch_multileader_changes_sent_total", stats.changes_sent),
+        (
+            "triarch_multileader_ships_received_total",
+            stats.ships_received,
+        ),
+        ("triarch_multileader_ship_retries_total", stats.ship_retries),
+        ("triarch_multileader_trims_total", stats.trims),
+        (
+            "triarch_multileader_transfer_pages_total",
+            stats.transfer_pages,
+        ),
+    ];
+    for (name, value) in shipping {
+        counter!(name).absolute(value);
+    }
 }
 
 pub fn record_sync(elapsed: Duration, batch_outputs: usize) {

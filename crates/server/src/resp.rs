@@ -24,6 +24,12 @@
 //! `-ERR keyspace 'x' uses merge policy set; INCR needs counter` and changes nothing. Removes
 //! (SREM, HDEL, DEL) remove exactly what the coordinating replica's read at R observed: an add
 //! concurrent with the remove, which the read did not see, survives (add wins).
+//!
+//! Multi-leader keyspaces take the same commands per merge policy, served by the node's
+//! region: a write is acknowledged once a majority of the region's group holds it, a read
+//! answers the region's state, and removes remove what the region had seen. Other regions
+//! learn the write asynchronously. `TRIARCH.CONSISTENCY` does not apply to them (as for
+//! primary-backup keyspaces; `CREATE ... R/W` on them is refused).
 
 use crate::core::{CoreInput, ReplyTo};
 use crate::info::render_info;
@@ -525,6 +531,9 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                 ]);
                 return Reply::Map(fields);
             }
+            if c.model == Model::MultiLeader {
+                return Reply::Map(multileader_fields(&info, members));
+            }
             Reply::Map(vec![
                 field("name", c.name.clone()),
                 field("model", c.model.to_string()),
@@ -554,6 +563,76 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
         }
         (_, other) => unexpected(Some(other)),
     }
+}
+
+/// `TRIARCH.KEYSPACE INFO` of a multi-leader keyspace: its settings, this node's region and
+/// its view of the region's group, the region's counters, and on the region's leader what every
+/// other region acknowledged and its lag (`acked`, `lag_entries`, `lag_ms`: `r2=..,r3=..`).
+fn multileader_fields(
+    info: &triarch_node::KeyspaceInfo,
+    members: (Reply, Reply),
+) -> Vec<(Reply, Reply)> {
+    let c = &info.config;
+    let field = |k: &str, v: String| (Reply::bulk(k.to_string()), Reply::bulk(v));
+    let mut fields = vec![
+        field("name", c.name.clone()),
+        field("model", c.model.to_string()),
+        field("n", c.n.to_string()),
+        field("merge", c.merge.to_string()),
+        members,
+    ];
+    let Some(ml) = &info.multileader else {
+        // The catalog knows the keyspace but this node has not started it yet.
+        fields.push(field("role", "none".into()));
+        return fields;
+    };
+    fields.push(field("region", ml.region.clone()));
+    match &ml.group {
+        Some(g) => fields.extend([
+            field("role", format!("{:?}", g.role).to_ascii_lowercase()),
+            field(
+                "leader",
+                g.leader.map(|l| l.to_string()).unwrap_or_default(),
+            ),
+            field("term", g.term.0.to_string()),
+            field("commit_index", g.commit_index.0.to_string()),
+            field("applied_index", g.applied_index.0.to_string()),
+            field(
+                "voters",
+                g.voters
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ]),
+        None => fields.push(field("role", "none".into())),
+    }
+    let k = &ml.counters;
+    fields.extend([
+        field("last", k.last.to_string()),
+        field("trimmed", k.trimmed.to_string()),
+        field("writes", k.writes.to_string()),
+        field("folded", k.folded.to_string()),
+        field("conflicts", k.conflicts.to_string()),
+        field("merged", k.merged.to_string()),
+        field("lww_discarded", k.lww_discarded.to_string()),
+        field("duplicates", k.duplicates.to_string()),
+        field("absorbed", k.absorbed.to_string()),
+    ]);
+    let per_link = |value: &dyn Fn(&triarch_multileader::engine::LinkInfo) -> u64| {
+        ml.links
+            .iter()
+            .map(|l| format!("{}={}", l.to, value(l)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    fields.extend([
+        field("acked", per_link(&|l| l.acked)),
+        field("lag_entries", per_link(&|l| l.lag_entries)),
+        field("lag_ms", per_link(&|l| l.lag_ms)),
+    ]);
+    fields
 }
 
 /// Handles one command: answers it at once or submits its parts to the core.
@@ -1411,6 +1490,72 @@ mod tests {
                 Reply::bulk(b("x")),
                 Reply::bulk(b("y"))
             ])
+        );
+    }
+
+    #[test]
+    fn multi_leader_keyspace_info_shows_region_counters_and_lag_per_region() {
+        use triarch_multileader::engine::{KeyspaceInfo as MlInfo, LinkInfo};
+        let mut config = triarch_core::KeyspaceConfig::with_defaults("cart", Model::MultiLeader, 6);
+        config.merge = MergePolicy::Set;
+        let counters = triarch_multileader::machine::Counters {
+            last: 7,
+            conflicts: 2,
+            lww_discarded: 1,
+            ..Default::default()
+        };
+        let link = |to: &str, acked, lag_entries, lag_ms| LinkInfo {
+            to: to.into(),
+            acked,
+            lag_entries,
+            lag_ms,
+        };
+        let info = triarch_node::KeyspaceInfo {
+            config,
+            stats: Default::default(),
+            members: vec![triarch_core::NodeId(1), triarch_core::NodeId(4)],
+            group: None,
+            multileader: Some(MlInfo {
+                keyspace: "cart".into(),
+                region: "r1".into(),
+                group: None,
+                counters,
+                links: vec![link("r2", 7, 0, 0), link("r3", 4, 3, 120)],
+            }),
+        };
+        let Reply::Map(fields) =
+            admin_reply(AdminKind::Info, NodeReply::KeyspaceInfo(Box::new(info)))
+        else {
+            panic!("a map")
+        };
+        let text = |r: &Reply| match r {
+            Reply::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("{other:?}"),
+        };
+        let fields: std::collections::BTreeMap<String, String> =
+            fields.iter().map(|(k, v)| (text(k), text(v))).collect();
+        for (k, v) in [
+            ("model", "multi-leader"),
+            ("merge", "set"),
+            ("region", "r1"),
+            ("role", "none"),
+            ("last", "7"),
+            ("conflicts", "2"),
+            ("lww_discarded", "1"),
+            ("duplicates", "0"),
+            ("acked", "r2=7,r3=4"),
+            ("lag_entries", "r2=0,r3=3"),
+            ("lag_ms", "r2=0,r3=120"),
+        ] {
+            assert_eq!(
+                fields.get(k).map(String::as_str),
+                Some(v),
+                "{k} in {fields:?}"
+            );
+        }
+        assert!(
+            !fields.contains_key("r"),
+            "quorums do not apply: {fields:?}"
         );
     }
 
