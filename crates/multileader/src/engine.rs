@@ -457,9 +457,12 @@ impl MultiLeader {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
+        // Only the leader acts on a shipment's deadline (`ship`); a member that lost the lead
+        // keeps its stale deadline, which must not wake it forever.
         let links = self
             .keyspaces
             .values()
+            .filter(|k| self.groups.leads(&k.group.name))
             .flat_map(|k| k.links.values())
             .filter_map(|l| l.in_flight.as_ref().map(|f| f.deadline));
         self.groups.poll_timeout().into_iter().chain(links).min()
@@ -554,10 +557,16 @@ impl MultiLeader {
     /// On the leader of `name`'s region group: sends each other region the next batch it
     /// lacks, and trims what every region holds.
     fn ship<S: Storage>(&mut self, env: &mut Env<'_, S>, name: &str) {
-        let Some(ks) = self.keyspaces.get(name) else {
+        let Some(ks) = self.keyspaces.get_mut(name) else {
             return;
         };
         if !self.groups.leads(&ks.group.name) {
+            // What this member heard while it led is stale once it does not: another leader
+            // may trim past it meanwhile, and a leader again must not take its old positions
+            // for a destination below the trimmed log (a needless state transfer).
+            for link in ks.links.values_mut() {
+                *link = Link::default();
+            }
             return;
         }
         let table = table_name(&ks.group.name);
