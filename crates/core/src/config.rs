@@ -101,6 +101,59 @@ impl FromStr for MergePolicy {
     }
 }
 
+/// How a primary-backup keyspace serves reads by default (a request may ask for another).
+///
+/// | policy | served by | guarantee |
+/// |---|---|---|
+/// | `linearizable` | the leader, after a ReadIndex round | sees every write acknowledged before it |
+/// | `lease` | the leader, under its lease (no round) | the same, assuming clocks drift less than the lease's margin |
+/// | `bounded` | any voter that caught up with the leader within `max_lag_ms` (else the leader) | misses at most the writes of the last `max_lag_ms` (plus network delay) |
+/// | `session` | any voter that has applied the client's last write (else the leader) | read-your-writes for a client presenting its session token; linearizable without one |
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadPolicy {
+    #[default]
+    Linearizable,
+    Lease,
+    Bounded {
+        max_lag_ms: u64,
+    },
+    Session,
+}
+
+impl ReadPolicy {
+    /// `linearizable`, `lease`, `bounded:<ms>` or `session` (any case).
+    pub fn parse(text: &str) -> Result<ReadPolicy, ConfigError> {
+        let lower = text.to_ascii_lowercase();
+        match lower.as_str() {
+            "linearizable" => Ok(ReadPolicy::Linearizable),
+            "lease" => Ok(ReadPolicy::Lease),
+            "session" => Ok(ReadPolicy::Session),
+            other => other
+                .strip_prefix("bounded:")
+                .and_then(|ms| ms.parse::<u64>().ok())
+                .filter(|ms| (1..=3_600_000).contains(ms))
+                .map(|max_lag_ms| ReadPolicy::Bounded { max_lag_ms })
+                .ok_or_else(|| ConfigError::Invalid {
+                    setting: "READ",
+                    reason: format!(
+                        "{text:?} is not linearizable, lease, session or bounded:<ms> (1 to 3600000)"
+                    ),
+                }),
+        }
+    }
+}
+
+impl fmt::Display for ReadPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadPolicy::Linearizable => f.write_str("linearizable"),
+            ReadPolicy::Lease => f.write_str("lease"),
+            ReadPolicy::Bounded { max_lag_ms } => write!(f, "bounded:{max_lag_ms}"),
+            ReadPolicy::Session => f.write_str("session"),
+        }
+    }
+}
+
 /// The settings a user may give when creating a keyspace; `None` takes the default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +162,8 @@ pub struct KeyspaceSettings {
     pub r: Option<u8>,
     pub w: Option<u8>,
     pub merge: Option<MergePolicy>,
+    /// Primary-backup only.
+    pub read: Option<ReadPolicy>,
 }
 
 /// A keyspace's definition, as stored in the catalog and replicated to every node.
@@ -123,6 +178,8 @@ pub struct KeyspaceConfig {
     /// Acknowledgements a write waits for (leaderless only).
     pub w: u8,
     pub merge: MergePolicy,
+    /// How reads are served by default (primary-backup only).
+    pub read: ReadPolicy,
 }
 
 impl KeyspaceConfig {
@@ -138,6 +195,7 @@ impl KeyspaceConfig {
             r: 2,
             w: 2,
             merge: MergePolicy::Lww,
+            read: ReadPolicy::Linearizable,
         }
     }
 
@@ -164,6 +222,7 @@ impl KeyspaceConfig {
             r: settings.r.unwrap_or(majority),
             w: settings.w.unwrap_or(majority),
             merge: settings.merge.unwrap_or(MergePolicy::Lww),
+            read: settings.read.unwrap_or_default(),
         }
     }
 
@@ -197,6 +256,12 @@ impl KeyspaceConfig {
                     });
                 }
             }
+        }
+        if self.model != Model::PrimaryBackup && self.read != ReadPolicy::Linearizable {
+            return Err(ConfigError::Invalid {
+                setting: "READ",
+                reason: "read policies apply to primary-backup keyspaces only".into(),
+            });
         }
         if self.model == Model::PrimaryBackup && self.merge != MergePolicy::Lww {
             return Err(ConfigError::Invalid {

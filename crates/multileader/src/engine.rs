@@ -852,7 +852,10 @@ fn read_counters<S: Storage>(storage: &S, table: &str) -> Option<Counters> {
 /// The machine's answer inside a write's outcome.
 fn answer(outcome: &Outcome) -> Option<Answer> {
     match outcome {
-        Outcome::Applied(Applied::Done(results)) => match results.as_slice() {
+        Outcome::Applied {
+            applied: Applied::Done(results),
+            ..
+        } => match results.as_slice() {
             [CommandResult::Extension(bytes)] => Answer::decode(bytes),
             _ => None,
         },

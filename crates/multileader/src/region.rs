@@ -109,6 +109,7 @@ pub fn region_group(
             region: actor_of(region),
             record_bytes_max,
         })),
+        lease_reads: false,
         name,
     }
 }

@@ -16,11 +16,22 @@ use bytes::Bytes;
 use std::fmt;
 use triarch_core::causal::{ActorId, VersionVector};
 use triarch_core::crdt::Versioned;
-use triarch_core::{ConfigError, KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, NodeId};
+use triarch_core::{
+    ConfigError, KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, NodeId, ReadPolicy,
+};
 use triarch_leaderless::KeyspaceStats;
 pub use triarch_leaderless::state::{Operation, OperationResult, SiblingsView, View};
 pub use triarch_primary::engine::{GroupInfo, ReadRecord};
 pub use triarch_primary::machine::{Command, CommandResult};
+
+/// What a write to a primary-backup keyspace returns besides its reply: the index of its log
+/// entry. A later read presenting it ([`Request::GetWith`] with `session`) is served by any
+/// voter that has applied that entry (read-your-writes), else by the leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionToken {
+    pub keyspace: String,
+    pub index: u64,
+}
 
 /// How many replicas a request waits for: a count, or a level resolved against the keyspace's
 /// N (Cassandra's and Riak's vocabulary).
@@ -96,6 +107,14 @@ pub enum Request {
     Delete {
         key: Bytes,
         w: Option<Consistency>,
+    },
+    /// Read a key of a primary-backup keyspace under read policy `policy` (`None`: the
+    /// keyspace's), presenting `session`, the token of the client's last write to the keyspace
+    /// (see [`SessionToken`]), for `session` reads.
+    GetWith {
+        key: Bytes,
+        policy: Option<ReadPolicy>,
+        session: Option<u64>,
     },
     /// Read the merged state of a key of a `siblings`, `counter`, `set` or `map` keyspace.
     Read {

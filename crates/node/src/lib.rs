@@ -41,7 +41,7 @@ mod primary;
 pub use api::{
     CausalToken, Command, CommandResult, Consistency, ContextError, GroupInfo, KeyspaceInfo,
     KeyspaceSpec, Operation, OperationResult, ReadRecord, Reply, Request, RequestError,
-    SiblingsView, View, base64url,
+    SessionToken, SiblingsView, View, base64url,
 };
 use bytes::Bytes;
 use catalog::{Catalog, CatalogEntry, CatalogMessage};
@@ -167,6 +167,8 @@ pub enum Output {
         request: RequestId,
         reply: Reply,
         early: bool,
+        /// A primary-backup write's session token (see [`SessionToken`]).
+        session: Option<SessionToken>,
     },
 }
 
@@ -509,6 +511,7 @@ impl<S: Storage> Node<S> {
             request,
             reply,
             early: false,
+            session: None,
         });
     }
 
@@ -529,6 +532,11 @@ impl<S: Storage> Node<S> {
             Request::Apply { key, op, r, w } => {
                 self.data_request(now, request, key, Data::Apply(op), r, w)
             }
+            Request::GetWith {
+                key,
+                policy,
+                session,
+            } => self.primary_get_with(now, request, key, policy, session),
             Request::Cas { key, expected, new } => {
                 self.primary_cas(now, request, key, expected, new)
             }
@@ -941,6 +949,7 @@ impl<S: Storage> Node<S> {
                         request,
                         reply: shaped(outcome, shape),
                         early: false,
+                        session: None,
                     }
                 }
             };

@@ -88,6 +88,7 @@ impl<S: Storage> Node<S> {
                         request,
                         reply: ml_reply(outcome, shape),
                         early,
+                        session: None,
                     }
                 }
             };

@@ -14,11 +14,15 @@
 //! [`RequestError::NotForPrimaryBackup`]. Consistency levels (`r`, `w`) are ignored here: every
 //! primary-backup read and write goes through the group's leader.
 
-use crate::api::{Command, CommandResult, Operation, OperationResult, Reply, RequestError};
+use crate::api::{
+    Command, CommandResult, Operation, OperationResult, Reply, RequestError, SessionToken,
+};
 use crate::{Data, Message, Node, Output};
 use bytes::Bytes;
-use triarch_core::{KeyspaceConfig, Model, Now, RequestId};
-use triarch_primary::engine::{Effect, Env, GroupSpec, Op, Outcome};
+use std::time::Duration;
+use triarch_core::{KeyspaceConfig, Model, Now, ReadPolicy, RequestId};
+use triarch_primary::LogIndex;
+use triarch_primary::engine::{Effect, Env, Freshness, GroupSpec, Op, Outcome};
 use triarch_primary::machine::Applied;
 use triarch_storage::Storage;
 
@@ -68,7 +72,7 @@ impl<S: Storage> Node<S> {
             commands: vec![command],
         };
         let (op, shape) = match data {
-            Data::Get => (Op::Read { keys: vec![key] }, PbShape::Get),
+            Data::Get => (read_op(keyspace.read, None, key), PbShape::Get),
             Data::Set(value) => (write(Command::Set { key, value }), PbShape::Written),
             Data::Delete => (write(Command::Delete { key }), PbShape::Written),
             Data::Apply(Operation::CounterAdd(by)) => {
@@ -84,6 +88,24 @@ impl<S: Storage> Node<S> {
             }
         };
         self.primary_submit(now, request, keyspace, op, shape);
+    }
+
+    /// A `GetWith`: a read of a primary-backup key under a chosen policy.
+    pub(crate) fn primary_get_with(
+        &mut self,
+        now: Now,
+        request: RequestId,
+        key: Bytes,
+        policy: Option<ReadPolicy>,
+        session: Option<u64>,
+    ) {
+        match self.primary_keyspace_of([&key]) {
+            Ok(keyspace) => {
+                let op = read_op(policy.unwrap_or(keyspace.read), session, key);
+                self.primary_submit(now, request, &keyspace, op, PbShape::Get);
+            }
+            Err(e) => self.fail(request, e),
+        }
     }
 
     /// The one primary-backup keyspace every key of a `Cas`, `Watch` or `Exec` belongs to.
@@ -211,16 +233,40 @@ impl<S: Storage> Node<S> {
                         .pb_shapes
                         .remove(&request)
                         .expect("every primary-backup request has a shape");
+                    let session = match &outcome {
+                        Outcome::Applied { index, .. } => Some(SessionToken {
+                            keyspace: keyspace.clone(),
+                            index: index.0,
+                        }),
+                        _ => None,
+                    };
                     Output::Reply {
                         request,
                         reply: primary_reply(outcome, shape, keyspace),
                         early,
+                        session,
                     }
                 }
             };
             self.outputs.push_back(output);
         }
     }
+}
+
+/// The read of `key` a policy asks for. `linearizable` and `lease` reads go to the leader
+/// (which serves under its lease when it holds one), as does a `session` read without a token.
+fn read_op(policy: ReadPolicy, session: Option<u64>, key: Bytes) -> Op {
+    let keys = vec![key];
+    let freshness = match (policy, session) {
+        (ReadPolicy::Bounded { max_lag_ms }, _) => Freshness::Bounded {
+            max_lag: Duration::from_millis(max_lag_ms),
+        },
+        (ReadPolicy::Session, Some(index)) => Freshness::Session {
+            index: LogIndex(index),
+        },
+        _ => return Op::Read { keys },
+    };
+    Op::ReadFresh { keys, freshness }
 }
 
 fn primary_reply(outcome: Outcome, shape: PbShape, keyspace: String) -> Reply {
@@ -230,22 +276,36 @@ fn primary_reply(outcome: Outcome, shape: PbShape, keyspace: String) -> Reply {
             Reply::Value(records.pop().and_then(|r| r.value))
         }
         (PbShape::Watched, Outcome::Read(records)) => Reply::Watched(records),
-        (PbShape::Exec, Outcome::Applied(Applied::Done(results))) => Reply::Exec(Some(results)),
-        (PbShape::Exec, Outcome::Applied(Applied::Aborted)) => Reply::Exec(None),
-        (shape, Outcome::Applied(Applied::Done(mut results))) if results.len() == 1 => {
-            match (shape, results.pop().expect("one")) {
-                (PbShape::Written, CommandResult::Written { existed }) => {
-                    Reply::Written { existed }
-                }
-                (PbShape::Counter, CommandResult::Integer(v)) => {
-                    Reply::Applied(OperationResult::Counter(v))
-                }
-                (PbShape::Swapped, CommandResult::Swapped(swapped)) => Reply::Swapped(swapped),
-                (_, CommandResult::NotAnInteger) => error(RequestError::NotAnInteger),
-                (_, CommandResult::Overflow) => error(RequestError::CounterOverflow),
-                (shape, result) => unreachable_reply(shape, format!("{result:?}")),
+        (
+            PbShape::Exec,
+            Outcome::Applied {
+                applied: Applied::Done(results),
+                ..
+            },
+        ) => Reply::Exec(Some(results)),
+        (
+            PbShape::Exec,
+            Outcome::Applied {
+                applied: Applied::Aborted,
+                ..
+            },
+        ) => Reply::Exec(None),
+        (
+            shape,
+            Outcome::Applied {
+                applied: Applied::Done(mut results),
+                ..
+            },
+        ) if results.len() == 1 => match (shape, results.pop().expect("one")) {
+            (PbShape::Written, CommandResult::Written { existed }) => Reply::Written { existed },
+            (PbShape::Counter, CommandResult::Integer(v)) => {
+                Reply::Applied(OperationResult::Counter(v))
             }
-        }
+            (PbShape::Swapped, CommandResult::Swapped(swapped)) => Reply::Swapped(swapped),
+            (_, CommandResult::NotAnInteger) => error(RequestError::NotAnInteger),
+            (_, CommandResult::Overflow) => error(RequestError::CounterOverflow),
+            (shape, result) => unreachable_reply(shape, format!("{result:?}")),
+        },
         (_, Outcome::NotLeader { .. } | Outcome::Unavailable { .. }) => {
             error(RequestError::NoLeader { keyspace })
         }

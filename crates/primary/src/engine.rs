@@ -135,6 +135,8 @@ pub struct GroupSpec {
     /// Where leadership should be (see [`preferred_leader`]).
     pub preferred: NodeId,
     pub extension: Option<Arc<dyn Extension>>,
+    /// Keep a leader lease (for lease reads), whatever [`PrimaryConfig::lease_reads`] says.
+    pub lease_reads: bool,
 }
 
 impl GroupSpec {
@@ -145,6 +147,7 @@ impl GroupSpec {
             voters: voters_of(keyspace, members),
             preferred: preferred_leader(keyspace, members),
             extension: None,
+            lease_reads: keyspace.read == triarch_core::ReadPolicy::Lease,
         }
     }
 }
@@ -156,11 +159,27 @@ pub enum Op {
     Read { keys: Vec<Bytes> },
     /// A linearizable read of these rows of the group's [`Extension`].
     ReadRows { rows: Vec<Bytes> },
+    /// A read of these keys' records that a voter may serve from its own state when it is
+    /// fresh enough; otherwise it is served as [`Op::Read`].
+    ReadFresh {
+        keys: Vec<Bytes>,
+        freshness: Freshness,
+    },
     /// One log entry: `commands` applied atomically if every watched key still has its version.
     Write {
         watches: Vec<(Bytes, u64)>,
         commands: Vec<Command>,
     },
+}
+
+/// How fresh a follower's state must be to serve a read ([`Op::ReadFresh`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Freshness {
+    /// Missing at most the writes committed in the last `max_lag` (as the voter measures it
+    /// from the leader's last append: the time that append spent on the wire comes on top).
+    Bounded { max_lag: Duration },
+    /// Holding every entry up to `index` (read-your-writes: the index a write returned).
+    Session { index: LogIndex },
 }
 
 /// How a request ended.
@@ -170,8 +189,9 @@ pub enum Outcome {
     Read(Vec<ReadRecord>),
     /// [`Op::ReadRows`]: each row's value, in order.
     Rows(Vec<Option<Bytes>>),
-    /// [`Op::Write`]: applied ([`Applied::Done`]) or aborted by a watch. Never `Duplicate`.
-    Applied(Applied),
+    /// [`Op::Write`]: applied ([`Applied::Done`]) or aborted by a watch (never `Duplicate`), by
+    /// the entry at `index` (a session token for later [`Freshness::Session`] reads).
+    Applied { applied: Applied, index: LogIndex },
     /// This member does not lead the group; `leader` is its guess. The request did not reach
     /// the log through this member.
     NotLeader { leader: Option<NodeId> },
@@ -353,6 +373,8 @@ pub struct PrimaryStats {
     pub reads: u64,
     /// Reads served under the leader's lease.
     pub lease_reads: u64,
+    /// Reads a voter served from its own state, fresh enough for the read's bound or session.
+    pub fresh_reads: u64,
     pub forwards_sent: u64,
     pub forwards_served: u64,
     pub not_leader: u64,
@@ -433,7 +455,7 @@ impl Primary {
         raft_config.election_timeout_max = self.config.election_timeout_max;
         raft_config.heartbeat_interval = self.config.heartbeat_interval;
         raft_config.applied_index = machine.applied();
-        raft_config.lease_reads = self.config.lease_reads;
+        raft_config.lease_reads = self.config.lease_reads || spec.lease_reads;
         raft_config.parallel_append = true;
         let raft = Raft::new(raft_config, env.storage, self.rng.fork(), env.now)
             .map_err(|e| e.to_string())?;
@@ -549,6 +571,19 @@ impl Primary {
         p.forwarded_to = None;
         p.retry_at = None;
         let name = p.group.clone();
+        if let Op::ReadFresh { keys, freshness } = &p.op {
+            if let Some(g) = self.groups.get(&name)
+                && g.broken.is_none()
+                && fresh(g, env.now, *freshness)
+            {
+                self.stats.fresh_reads += 1;
+                let outcome = read_outcome(&g.machine, env.storage, &Read::Keys(keys.clone()));
+                self.finish(seq, outcome, true);
+                return;
+            }
+            // Not fresh enough here (or not a voter): a linearizable read at the leader.
+            p.op = Op::Read { keys: keys.clone() };
+        }
         let op = p.op.clone();
         let local_read =
             self.config.bug_local_reads && matches!(op, Op::Read { .. } | Op::ReadRows { .. });
@@ -621,7 +656,7 @@ impl Primary {
             return self.respond(env, name, asker, Outcome::Storage(e));
         }
         let (read, op) = match op {
-            Op::Read { keys } => (Some(Read::Keys(keys)), None),
+            Op::Read { keys } | Op::ReadFresh { keys, .. } => (Some(Read::Keys(keys)), None),
             Op::ReadRows { rows } => (Some(Read::Rows(rows)), None),
             write => (None, Some(write)),
         };
@@ -659,7 +694,8 @@ impl Primary {
                     }
                 }
             }
-            (None, Some(Op::Read { .. } | Op::ReadRows { .. })) | (None, None) => {
+            (None, Some(Op::Read { .. } | Op::ReadRows { .. } | Op::ReadFresh { .. }))
+            | (None, None) => {
                 unreachable!("reads matched above")
             }
             (None, Some(Op::Write { watches, commands })) => {
@@ -1069,7 +1105,11 @@ impl Primary {
         if let Some(mine) = mine {
             if proposal.as_ref().map(|p| p.origin) == Some(mine.origin) {
                 if applied != Applied::Duplicate {
-                    self.respond(env, name, mine.asker, Outcome::Applied(applied.clone()));
+                    let outcome = Outcome::Applied {
+                        applied: applied.clone(),
+                        index,
+                    };
+                    self.respond(env, name, mine.asker, outcome);
                 }
             } else {
                 // Another entry won this index: ours was lost to a leader change and can no
@@ -1083,7 +1123,7 @@ impl Primary {
             && applied != Applied::Duplicate
         {
             let early = self.early_safe(name);
-            self.finish(p.origin.seq, Outcome::Applied(applied), early);
+            self.finish(p.origin.seq, Outcome::Applied { applied, index }, early);
         }
     }
 
@@ -1144,6 +1184,26 @@ impl Primary {
             self.pending.keys().all(|s| *s < self.next_seq),
             "a pending request was never numbered"
         );
+    }
+}
+
+/// Whether member `g` may serve a read of `freshness` from its own applied state now.
+fn fresh(g: &Group, now: Instant, freshness: Freshness) -> bool {
+    let applied = g.machine.applied();
+    match freshness {
+        Freshness::Session { index } => applied >= index,
+        Freshness::Bounded { max_lag } => {
+            let caught_up = applied >= g.raft.commit_index();
+            let recent = if g.raft.is_leader() {
+                // A leader knows it is current only under its lease.
+                g.raft.lease_read(now).is_some()
+            } else {
+                g.raft
+                    .caught_up_at()
+                    .is_some_and(|t| now.saturating_since(t) <= max_lag)
+            };
+            caught_up && recent
+        }
     }
 }
 

@@ -48,6 +48,10 @@ pub enum MessageKind {
     Heartbeat {
         commit: LogIndex,
         read_seq: u64,
+        /// `commit` is the leader's whole commit index (the follower holds every committed
+        /// entry), not one capped at what the follower acknowledged: the follower is caught up
+        /// as of this heartbeat (bounded-staleness reads).
+        complete: bool,
     },
     HeartbeatResponse {
         read_seq: u64,

@@ -268,6 +268,7 @@ impl ServerConfig {
             r: k.r,
             w: k.w,
             merge: k.merge,
+            read: None,
         };
         KeyspaceConfig::from_settings(&k.name, k.model, settings, self.members.len())
     }

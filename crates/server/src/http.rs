@@ -379,6 +379,7 @@ async fn create_keyspace(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
         r: b.r,
         w: b.w,
         merge: b.merge,
+        read: None,
     };
     let spec = KeyspaceSpec {
         name: b.name,

@@ -97,7 +97,7 @@ pub struct OpMetrics {
 impl OpMetrics {
     pub fn label_for<S: Storage>(&mut self, node: &Node<S>, request: &Request) -> OpLabel {
         let (key, op) = match request {
-            Request::Get { key, .. } => (Some(key), Op::Get),
+            Request::Get { key, .. } | Request::GetWith { key, .. } => (Some(key), Op::Get),
             Request::Set { key, .. } => (Some(key), Op::Set),
             Request::Delete { key, .. } => (Some(key), Op::Delete),
             Request::Read { key, .. } => (Some(key), Op::Read),

@@ -4,7 +4,7 @@
 //! restarted.
 
 use super::*;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 pub(super) struct Cluster {
     pub(super) size: u32,
@@ -25,6 +25,8 @@ pub(super) struct Cluster {
     pub(super) cut: BTreeSet<(NodeId, NodeId)>,
     /// Adjusts every node's configuration before it starts.
     pub(super) tune: fn(&mut NodeConfig),
+    /// The session tokens replies carried, by request.
+    pub(super) sessions: BTreeMap<RequestId, SessionToken>,
 }
 
 pub(super) fn b(s: &str) -> Bytes {
@@ -48,6 +50,7 @@ impl Cluster {
                 .collect(),
             cut: BTreeSet::new(),
             tune: |_| {},
+            sessions: BTreeMap::new(),
             size,
             nodes: Vec::new(),
             disks: (0..size).map(|_| Some(SimDisk::new())).collect(),
@@ -113,7 +116,17 @@ impl Cluster {
         while let Some(o) = node.poll_output() {
             match o {
                 Output::Send { to, message } => self.in_flight.push_back((id, to, message)),
-                Output::Reply { request, reply, .. } => self.replies.push((id, request, reply)),
+                Output::Reply {
+                    request,
+                    reply,
+                    session,
+                    ..
+                } => {
+                    if let Some(token) = session {
+                        self.sessions.insert(request, token);
+                    }
+                    self.replies.push((id, request, reply))
+                }
             }
         }
         node.check_invariants();

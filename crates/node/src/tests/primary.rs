@@ -3,6 +3,7 @@
 use super::cluster::{Cluster, b};
 use super::*;
 use std::collections::BTreeSet;
+use triarch_core::ReadPolicy;
 use triarch_primary::engine::Message as PbMessage;
 
 /// A three-node cluster with a `balance` keyspace whose leadership has settled on its preferred
@@ -368,6 +369,7 @@ fn a_single_voter_commits_only_what_its_driver_reported_durable() {
                 request: RequestId(999),
                 reply,
                 early,
+                ..
             } => Some((reply, early)),
             _ => None,
         })
@@ -379,5 +381,129 @@ fn a_single_voter_commits_only_what_its_driver_reported_durable() {
     assert_eq!(
         replied(node),
         Some((Reply::Written { existed: false }, true))
+    );
+}
+
+/// A read of `key` through `via` under `policy`, presenting `session`.
+fn get_with(
+    c: &mut Cluster,
+    via: u32,
+    key: &str,
+    policy: ReadPolicy,
+    session: Option<u64>,
+) -> Reply {
+    c.call(
+        via,
+        Request::GetWith {
+            key: b(key),
+            policy: Some(policy),
+            session,
+        },
+    )
+}
+
+fn fresh_reads(c: &Cluster, id: NodeId) -> u64 {
+    c.nodes[id.0 as usize - 1]
+        .as_ref()
+        .unwrap()
+        .primary()
+        .stats()
+        .fresh_reads
+}
+
+#[test]
+fn a_bounded_read_is_served_by_a_follower_only_within_its_bound() {
+    let (mut c, leader) = balance_cluster();
+    let follower = (1..=3).map(NodeId).find(|id| *id != leader).unwrap();
+    let bounded = ReadPolicy::Bounded { max_lag_ms: 1_000 };
+    assert_eq!(
+        c.set(leader.0, "balance:k", "1"),
+        Reply::Written { existed: false }
+    );
+    c.run(20); // heartbeats carry the commit index to the followers
+    assert_eq!(
+        get_with(&mut c, follower.0, "balance:k", bounded, None),
+        value("1")
+    );
+    assert_eq!(
+        fresh_reads(&c, follower),
+        1,
+        "served by the follower itself"
+    );
+    // Cut off, the follower still serves within the bound: possibly stale, as the policy says.
+    c.partition(&[follower.0]);
+    let cut_at = c.now_micros;
+    assert_eq!(
+        c.set(leader.0, "balance:k", "2"),
+        Reply::Written { existed: true }
+    );
+    assert_eq!(
+        get_with(&mut c, follower.0, "balance:k", bounded, None),
+        value("1")
+    );
+    // Past the bound it may not: the read goes to the leader, which it cannot reach, so the
+    // client gets an error, never the stale value.
+    while c.now_micros < cut_at + 1_500_000 {
+        c.step();
+    }
+    let late = get_with(&mut c, follower.0, "balance:k", bounded, None);
+    assert!(matches!(late, Reply::Error(_)), "{late:?}");
+    assert_eq!(fresh_reads(&c, follower), 2);
+    c.heal();
+    assert_eq!(
+        get_with(&mut c, follower.0, "balance:k", bounded, None),
+        value("2")
+    );
+}
+
+#[test]
+fn a_session_read_sees_the_client_s_own_write_wherever_it_is_served() {
+    let (mut c, leader) = balance_cluster();
+    let followers: Vec<NodeId> = (1..=3).map(NodeId).filter(|id| *id != leader).collect();
+    // One follower misses the write (cut off); the other has it.
+    c.partition(&[followers[1].0]);
+    let request = c.submit(
+        leader.0,
+        Request::Set {
+            key: b("balance:k"),
+            value: b("mine"),
+            w: None,
+        },
+    );
+    let deadline = c.now_micros + 10_000_000;
+    while c.reply_to(request).is_none() {
+        assert!(c.now_micros < deadline);
+        c.step();
+    }
+    let token = c.sessions[&request].clone();
+    assert_eq!(token.keyspace, "balance");
+    c.run(20);
+    let session = ReadPolicy::Session;
+    let up_to_date = followers[0];
+    assert_eq!(
+        get_with(
+            &mut c,
+            up_to_date.0,
+            "balance:k",
+            session,
+            Some(token.index)
+        ),
+        value("mine")
+    );
+    assert_eq!(
+        fresh_reads(&c, up_to_date),
+        1,
+        "served by the follower itself"
+    );
+    // The follower that missed it does not answer from its state: it asks the leader (which
+    // it cannot reach), so the client never reads around its own write.
+    let behind = followers[1];
+    let reply = get_with(&mut c, behind.0, "balance:k", session, Some(token.index));
+    assert!(matches!(reply, Reply::Error(_)), "{reply:?}");
+    assert_eq!(fresh_reads(&c, behind), 0);
+    c.heal();
+    assert_eq!(
+        get_with(&mut c, behind.0, "balance:k", session, Some(token.index)),
+        value("mine")
     );
 }

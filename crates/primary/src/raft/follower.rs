@@ -169,6 +169,9 @@ impl Raft {
                 if commit > self.commit {
                     self.advance_commit(commit);
                 }
+                if self.commit >= leader_commit {
+                    self.caught_up_at = Some(self.now);
+                }
                 let outcome = AppendOutcome::Accepted {
                     match_index: last_new,
                 };

@@ -242,13 +242,21 @@ impl Raft {
             return;
         };
         let read_seq = lead.read_seq;
-        let beats: Vec<(NodeId, LogIndex)> = lead
+        let beats: Vec<(NodeId, LogIndex, bool)> = lead
             .progress
             .iter()
-            .map(|(to, pr)| (*to, pr.match_index.min(self.commit)))
+            .map(|(to, pr)| {
+                let complete = pr.match_index >= self.commit;
+                (*to, pr.match_index.min(self.commit), complete)
+            })
             .collect();
-        for (to, commit) in beats {
-            self.send(to, MessageKind::Heartbeat { commit, read_seq });
+        for (to, commit, complete) in beats {
+            let kind = MessageKind::Heartbeat {
+                commit,
+                read_seq,
+                complete,
+            };
+            self.send(to, kind);
         }
     }
 

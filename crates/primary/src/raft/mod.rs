@@ -189,6 +189,9 @@ pub struct Raft {
     term_leader: Option<NodeId>,
     /// When this server last heard from `leader`.
     leader_contact: Option<Instant>,
+    /// On a follower: when an append of the leader last brought its commit index up to the
+    /// leader's as the leader sent it (see [`Raft::caught_up_at`]).
+    caught_up_at: Option<Instant>,
     /// With `parallel_append`: the last index of this server's log known to be durable.
     durable: LogIndex,
     /// How many times the log was truncated (see [`SyncPoint`]).
@@ -262,6 +265,7 @@ impl Raft {
             leader: None,
             term_leader: None,
             leader_contact: None,
+            caught_up_at: None,
             // What storage held at start is durable.
             durable: log_last_index,
             log_epoch: 0,
@@ -331,6 +335,17 @@ impl Raft {
 
     pub fn commit_index(&self) -> LogIndex {
         self.commit
+    }
+
+    /// On a follower: the last time an append from the leader left this server knowing every
+    /// entry the leader had committed when it sent the append. A state machine applied up to
+    /// [`Raft::commit_index`] then misses only entries committed since (about `now - t`, plus
+    /// the append's time on the wire): what bounded-staleness follower reads rely on. `None`
+    /// on a leader or candidate, and before the first such append.
+    pub fn caught_up_at(&self) -> Option<Instant> {
+        (self.role == Role::Follower)
+            .then_some(self.caught_up_at)
+            .flatten()
     }
 
     pub fn last_index(&self) -> LogIndex {
@@ -1117,12 +1132,19 @@ impl Raft {
                 entries,
                 leader_commit,
             } => self.handle_append(env, from, prev_index, prev_term, entries, leader_commit),
-            MessageKind::Heartbeat { commit, read_seq } => {
+            MessageKind::Heartbeat {
+                commit,
+                read_seq,
+                complete,
+            } => {
                 self.follow(env, from)?;
                 // The leader sends at most what this server acknowledged holding.
-                let commit = commit.min(self.log.last_index());
-                if commit > self.commit {
-                    self.advance_commit(commit);
+                let held = commit.min(self.log.last_index());
+                if held > self.commit {
+                    self.advance_commit(held);
+                }
+                if complete && self.commit >= commit {
+                    self.caught_up_at = Some(self.now);
                 }
                 self.send(from, MessageKind::HeartbeatResponse { read_seq });
                 Ok(())
