@@ -101,6 +101,46 @@ impl FromStr for MergePolicy {
     }
 }
 
+/// Which acknowledgements count towards W in a leaderless keyspace (`QUORUM` at creation).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum QuorumMode {
+    /// Only the key's N preference-list nodes count (Riak's PW = W). The default: it keeps the
+    /// promise that with R + W > N a read sees every write acknowledged before it began.
+    #[default]
+    Strict,
+    /// Suspected preference-list nodes are stood in for by the next healthy nodes on the ring,
+    /// which hold the write as a hint for them and count towards W in their place (Dynamo's
+    /// sloppy quorum): writes stay available with fewer than W owners reachable, at the price
+    /// of that read promise until the hints are delivered.
+    Sloppy,
+}
+
+impl QuorumMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuorumMode::Strict => "strict",
+            QuorumMode::Sloppy => "sloppy",
+        }
+    }
+}
+
+impl FromStr for QuorumMode {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "strict" => Ok(QuorumMode::Strict),
+            "sloppy" => Ok(QuorumMode::Sloppy),
+            _ => Err(ConfigError::Invalid {
+                setting: "QUORUM",
+                reason: format!("{s:?} is not strict or sloppy"),
+            }),
+        }
+    }
+}
+
 /// How a primary-backup keyspace serves reads by default (a request may ask for another).
 ///
 /// | policy | served by | guarantee |
@@ -164,6 +204,8 @@ pub struct KeyspaceSettings {
     pub merge: Option<MergePolicy>,
     /// Primary-backup only.
     pub read: Option<ReadPolicy>,
+    /// Leaderless only.
+    pub quorum: Option<QuorumMode>,
 }
 
 /// A keyspace's definition, as stored in the catalog and replicated to every node.
@@ -180,6 +222,8 @@ pub struct KeyspaceConfig {
     pub merge: MergePolicy,
     /// How reads are served by default (primary-backup only).
     pub read: ReadPolicy,
+    /// Whether fallbacks holding hints count towards W (leaderless only).
+    pub quorum: QuorumMode,
 }
 
 impl KeyspaceConfig {
@@ -196,6 +240,7 @@ impl KeyspaceConfig {
             w: 2,
             merge: MergePolicy::Lww,
             read: ReadPolicy::Linearizable,
+            quorum: QuorumMode::Strict,
         }
     }
 
@@ -223,6 +268,7 @@ impl KeyspaceConfig {
             w: settings.w.unwrap_or(majority),
             merge: settings.merge.unwrap_or(MergePolicy::Lww),
             read: settings.read.unwrap_or_default(),
+            quorum: settings.quorum.unwrap_or_default(),
         }
     }
 
@@ -256,6 +302,12 @@ impl KeyspaceConfig {
                     });
                 }
             }
+        }
+        if self.model != Model::Leaderless && self.quorum != QuorumMode::Strict {
+            return Err(ConfigError::Invalid {
+                setting: "QUORUM",
+                reason: "sloppy quorums apply to leaderless keyspaces only".into(),
+            });
         }
         if self.model != Model::PrimaryBackup && self.read != ReadPolicy::Linearizable {
             return Err(ConfigError::Invalid {
@@ -321,6 +373,41 @@ mod tests {
             r,
             w,
             ..KeyspaceConfig::leaderless("prefs")
+        }
+    }
+
+    #[test]
+    fn read_policies_and_quorum_modes_parse_and_belong_to_their_model() {
+        for text in ["linearizable", "LEASE", "session", "bounded:250"] {
+            let policy = ReadPolicy::parse(text).unwrap();
+            assert_eq!(ReadPolicy::parse(&policy.to_string()).unwrap(), policy);
+        }
+        assert_eq!(
+            ReadPolicy::parse("bounded:250").unwrap(),
+            ReadPolicy::Bounded { max_lag_ms: 250 }
+        );
+        for bad in ["bounded", "bounded:0", "bounded:x", "stale", ""] {
+            assert!(ReadPolicy::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!("Sloppy".parse::<QuorumMode>().unwrap(), QuorumMode::Sloppy);
+        assert!("loose".parse::<QuorumMode>().is_err());
+        let settings = |read, quorum| KeyspaceSettings {
+            read,
+            quorum,
+            ..KeyspaceSettings::default()
+        };
+        let lease = Some(ReadPolicy::Lease);
+        let sloppy = Some(QuorumMode::Sloppy);
+        let ok = |model, s| KeyspaceConfig::from_settings("k", model, s, 3).validate(3);
+        assert!(ok(Model::PrimaryBackup, settings(lease, None)).is_ok());
+        assert!(ok(Model::Leaderless, settings(None, sloppy)).is_ok());
+        for (model, s) in [
+            (Model::Leaderless, settings(lease, None)),
+            (Model::MultiLeader, settings(lease, None)),
+            (Model::PrimaryBackup, settings(None, sloppy)),
+            (Model::MultiLeader, settings(None, sloppy)),
+        ] {
+            assert!(ok(model, s).is_err(), "{model:?} {s:?}");
         }
     }
 

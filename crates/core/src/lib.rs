@@ -16,7 +16,9 @@ pub mod merge;
 pub mod rng;
 pub mod time;
 
-pub use config::{ConfigError, KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, ReadPolicy};
+pub use config::{
+    ConfigError, KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, QuorumMode, ReadPolicy,
+};
 pub use hlc::{Hlc, HlcTimestamp};
 pub use ids::{NodeId, RequestId};
 pub use rng::DetRng;

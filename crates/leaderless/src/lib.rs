@@ -156,29 +156,7 @@ pub const WRITE_ATTEMPTS_MAX: u8 = 4;
 pub const CLOCK_AHEAD_HOLD: Duration = Duration::from_secs(10);
 
 /// Which acknowledgements count towards W.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-pub enum QuorumMode {
-    /// Only the key's N preference-list nodes count (Riak's PW = W). The default: it keeps the
-    /// promise that with R + W > N a read sees every write acknowledged before it began.
-    #[default]
-    Strict,
-    /// Suspected preference-list nodes are stood in for by the next healthy nodes on the ring,
-    /// which hold the write as a hint for them and count towards W in their place (Dynamo's
-    /// sloppy quorum): writes stay available with fewer than W owners reachable, at the price
-    /// of that read promise until the hints are delivered.
-    Sloppy,
-}
-
-impl QuorumMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            QuorumMode::Strict => "strict",
-            QuorumMode::Sloppy => "sloppy",
-        }
-    }
-}
+pub use triarch_core::QuorumMode;
 
 #[derive(Clone, Debug)]
 pub struct LeaderlessConfig {
@@ -607,13 +585,14 @@ impl Leaderless {
         self.hints.usage()
     }
 
-    /// The quorum mode a write to `keyspace` gets unless the request names one.
-    pub fn quorum_mode(&self, keyspace: &str) -> QuorumMode {
-        self.config
-            .quorum_modes
-            .get(keyspace)
-            .copied()
-            .unwrap_or(self.config.quorum_mode_default)
+    /// The quorum mode a write to `keyspace` gets unless the request names one: this node's
+    /// override for it if any ([`LeaderlessConfig::quorum_modes`]), else sloppy if the keyspace
+    /// asks for it or the node's default says so.
+    pub fn quorum_mode(&self, keyspace: &KeyspaceConfig) -> QuorumMode {
+        match self.config.quorum_modes.get(&keyspace.name) {
+            Some(&mode) => mode,
+            None => keyspace.quorum.max(self.config.quorum_mode_default),
+        }
     }
 
     /// Every step starts here: notes the time, reloads the hint store after a restart and
@@ -741,7 +720,7 @@ impl Leaderless {
         value: Option<Bytes>,
         w: u8,
     ) {
-        let mode = self.quorum_mode(&keyspace.name);
+        let mode = self.quorum_mode(keyspace);
         self.write_with_mode(env, request, keyspace, key, value, w, mode);
     }
 
@@ -970,7 +949,7 @@ impl Leaderless {
                 }
             }
         }
-        let mode = self.quorum_mode(&keyspace.name);
+        let mode = self.quorum_mode(&keyspace);
         let fallbacks = self.fallbacks(&keyspace, &key, mode);
         let name = keyspace.name.clone();
         self.pending.insert(

@@ -1241,3 +1241,20 @@ mod sloppy {
 }
 
 mod anti_entropy_exchanges;
+
+#[test]
+fn a_keyspace_asks_for_sloppy_quorums_unless_the_node_overrides_it() {
+    let sloppy = KeyspaceConfig {
+        quorum: QuorumMode::Sloppy,
+        ..ks()
+    };
+    let engine = Leaderless::new(NodeId(1), &[NodeId(1)], LeaderlessConfig::default());
+    assert_eq!(engine.quorum_mode(&ks()), QuorumMode::Strict);
+    assert_eq!(engine.quorum_mode(&sloppy), QuorumMode::Sloppy);
+    let mut config = LeaderlessConfig::default();
+    config
+        .quorum_modes
+        .insert("default".into(), QuorumMode::Strict);
+    let overridden = Leaderless::new(NodeId(1), &[NodeId(1)], config);
+    assert_eq!(overridden.quorum_mode(&sloppy), QuorumMode::Strict);
+}

@@ -269,6 +269,7 @@ impl ServerConfig {
             w: k.w,
             merge: k.merge,
             read: None,
+            quorum: None,
         };
         KeyspaceConfig::from_settings(&k.name, k.model, settings, self.members.len())
     }

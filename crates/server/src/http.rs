@@ -380,6 +380,7 @@ async fn create_keyspace(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
         w: b.w,
         merge: b.merge,
         read: None,
+        quorum: None,
     };
     let spec = KeyspaceSpec {
         name: b.name,
