@@ -72,6 +72,9 @@ pub struct RegionalRecord {
     /// The causal past of what was applied: `seen` joined with every applied write's context.
     /// A change whose dot is here was seen by a write this region holds.
     pub known: VersionVector,
+    /// The dots a state transfer brought ([`absorb`]): their changes may still arrive through
+    /// the change log afterwards, which is expected, not a duplicate.
+    pub absorbed: VersionVector,
     pub body: Body,
 }
 
@@ -114,6 +117,7 @@ impl RegionalRecord {
         RegionalRecord {
             seen: VersionVector::new(),
             known: VersionVector::new(),
+            absorbed: VersionVector::new(),
             body,
         }
     }
@@ -342,7 +346,17 @@ pub fn write_local(
         context,
         payload,
     };
-    Ok((RegionalRecord { seen, known, body }, Some(change), result))
+    let absorbed = current.absorbed;
+    Ok((
+        RegionalRecord {
+            seen,
+            known,
+            absorbed,
+            body,
+        },
+        Some(change),
+        result,
+    ))
 }
 
 /// The smallest timestamp after `timestamp`, issued by `node`; `None` past the last one.
@@ -429,8 +443,10 @@ pub fn fold_remote(
         });
     }
     if record.seen.contains(change.dot) {
+        // A change a state transfer already brought is expected again; any other is a
+        // duplicate, which in-order, exactly-once change logs never deliver.
         let folded = Folded {
-            duplicate: true,
+            duplicate: !record.absorbed.contains(change.dot),
             ..Folded::default()
         };
         return Ok((record, folded));
@@ -576,8 +592,9 @@ pub fn absorb(
         }
     }
     let their_own = theirs.seen.get(from);
-    if their_own > 0 {
+    if their_own > record.seen.get(from) {
         record.seen.advance_to(Dot::new(from, their_own));
+        record.absorbed.advance_to(Dot::new(from, their_own));
     }
     record.known.join(&theirs.known);
     record.known.join(&record.seen.clone());
@@ -709,8 +726,8 @@ mod tests {
         let (from_c, _) = local(&mut c, set, C, add("c"), 5);
         let from_c = from_c.unwrap();
         deliver(&mut a, &from_c);
-        local(&mut a, set, A, add("a1"), 10);
-        local(&mut a, set, A, add("a2"), 20);
+        let (a1, _) = local(&mut a, set, A, add("a1"), 10);
+        let (a2, _) = local(&mut a, set, A, add("a2"), 20);
         let theirs = a.clone().unwrap();
         let (once, _) = absorb(late.take(), &theirs, A).unwrap();
         let (twice, folded) = absorb(Some(once.clone()), &theirs, A).unwrap();
@@ -720,6 +737,15 @@ mod tests {
         assert_eq!(once.seen.get(C), 0, "C's own log still brings C's write");
         late = Some(once);
         assert!(!deliver(&mut late, &from_c).duplicate);
+        assert!(
+            deliver(&mut late, &from_c).duplicate,
+            "a real duplicate is still one"
+        );
+        // A's log, resumed after the transfer's cut, brings changes the records already held:
+        // expected, not duplicates.
+        for change in [a1.unwrap(), a2.unwrap()] {
+            assert_eq!(deliver(&mut late, &change), Folded::default());
+        }
         assert_eq!(late.as_ref().unwrap().body, theirs.body);
         let (next, _) = absorb(Some(theirs.clone()), &late.clone().unwrap(), C).unwrap();
         assert_eq!(next.body, theirs.body);
@@ -766,6 +792,7 @@ mod tests {
         let stored = |timestamp| RegionalRecord {
             seen: VersionVector::new(),
             known: VersionVector::new(),
+            absorbed: VersionVector::new(),
             body: Body::Lww {
                 timestamp,
                 value: Some(b("v")),
@@ -835,6 +862,7 @@ mod tests {
         let worn = RegionalRecord {
             seen: last(A),
             known: last(A),
+            absorbed: VersionVector::new(),
             body: Body::Lww {
                 timestamp: at(1, A),
                 value: None,

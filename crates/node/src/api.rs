@@ -350,7 +350,9 @@ pub enum ContextError {
     Encoding,
     #[error("does not decode as a causal context")]
     Decode,
-    #[error("names actor {0}, which is not a node of this cluster")]
+    #[error(
+        "names actor {0}, which is not a node (leaderless) or region (multi-leader) of this keyspace"
+    )]
     UnknownActor(ActorId),
     #[error("counts {count} events of actor {actor}; at most {CONTEXT_EVENTS_MAX} are accepted")]
     TooManyEvents { actor: ActorId, count: u64 },
