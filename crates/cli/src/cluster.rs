@@ -26,6 +26,8 @@ pub fn canonical_keyspaces(nodes: u32, regions: u32) -> Vec<KeyspaceFileConfig> 
             r: None,
             w: None,
             merge: None,
+            read: None,
+            quorum: None,
         },
         KeyspaceFileConfig {
             name: "cart".into(),
@@ -34,6 +36,8 @@ pub fn canonical_keyspaces(nodes: u32, regions: u32) -> Vec<KeyspaceFileConfig> 
             r: None,
             w: None,
             merge: Some(MergePolicy::Set),
+            read: None,
+            quorum: None,
         },
         KeyspaceFileConfig {
             name: "prefs".into(),
@@ -42,6 +46,8 @@ pub fn canonical_keyspaces(nodes: u32, regions: u32) -> Vec<KeyspaceFileConfig> 
             r: None,
             w: None,
             merge: Some(MergePolicy::Lww),
+            read: None,
+            quorum: None,
         },
     ]
 }

@@ -417,7 +417,7 @@ pub fn keyspace_counters(info: &str, keyspace: &str) -> Option<String> {
         .map(|rest| {
             rest.split(',')
                 .filter(|kv| {
-                    !["model=", "n=", "r=", "w=", "merge="]
+                    !["model=", "n=", "r=", "w=", "merge=", "read=", "quorum="]
                         .iter()
                         .any(|p| kv.starts_with(p))
                 })

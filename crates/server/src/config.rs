@@ -26,7 +26,14 @@
 //! model = "multi-leader"
 //! n = 3
 //! merge = "set"
+//!
+//! [[keyspaces]]                    # primary-backup: one Raft group of n voters
+//! name = "balance"
+//! model = "primary-backup"
+//! read = "bounded:200"             # linearizable (default) | lease | bounded:<ms> | session
 //! ```
+//!
+//! A leaderless keyspace may say `quorum = "sloppy"` (default `"strict"`).
 //!
 //! Region names are 1 to 32 letters, digits, `_` or `-`; `region` must be this node's region in
 //! `members`. The region groups of multi-leader keyspaces use the `[primary]` Raft timings.
@@ -36,7 +43,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use triarch_core::limits::{VALUE_BYTES_LIMIT, VALUE_BYTES_MAX_DEFAULT};
-use triarch_core::{KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, NodeId};
+use triarch_core::{
+    KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, NodeId, QuorumMode, ReadPolicy,
+};
 use triarch_node::{Member, NodeConfig};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +164,52 @@ pub struct KeyspaceFileConfig {
     pub r: Option<u8>,
     pub w: Option<u8>,
     pub merge: Option<MergePolicy>,
+    /// Primary-backup only: how reads are served by default (`"linearizable"`, `"lease"`,
+    /// `"bounded:<ms>"`, `"session"`).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "read_text")]
+    pub read: Option<ReadPolicy>,
+    /// Leaderless only: `"strict"` or `"sloppy"`.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "quorum_text")]
+    pub quorum: Option<QuorumMode>,
+}
+
+/// `read = "bounded:200"`: the text `ReadPolicy::parse` reads and `Display` writes (the same as
+/// RESP's `READ`), refused with the core's error text.
+mod read_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use triarch_core::ReadPolicy;
+
+    pub fn serialize<S: Serializer>(v: &Option<ReadPolicy>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(p) => s.collect_str(p),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ReadPolicy>, D::Error> {
+        let text = String::deserialize(d)?;
+        ReadPolicy::parse(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `quorum = "sloppy"`: the text RESP's `QUORUM` takes.
+mod quorum_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use triarch_core::QuorumMode;
+
+    pub fn serialize<S: Serializer>(v: &Option<QuorumMode>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(q) => s.serialize_str(q.as_str()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<QuorumMode>, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map(Some).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Region names: 1 to 32 of `[A-Za-z0-9_-]` (they name INFO fields and metric labels).
@@ -268,8 +323,8 @@ impl ServerConfig {
             r: k.r,
             w: k.w,
             merge: k.merge,
-            read: None,
-            quorum: None,
+            read: k.read,
+            quorum: k.quorum,
         };
         KeyspaceConfig::from_settings(&k.name, k.model, settings, self.members.len())
     }
@@ -384,6 +439,61 @@ w = 3
         let c: ServerConfig = toml::from_str(&merged).unwrap();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("never merge"), "{e}");
+    }
+
+    #[test]
+    fn read_policies_and_quorum_modes_in_the_file() {
+        let pb = SAMPLE.replace(
+            "name = \"prefs\"\nmodel = \"leaderless\"\nw = 3",
+            "name = \"balance\"\nmodel = \"primary-backup\"\nread = \"bounded:200\"",
+        );
+        let c: ServerConfig = toml::from_str(&pb).unwrap();
+        c.validate().unwrap();
+        let ks = &c.node_config().keyspaces[0];
+        assert_eq!(ks.read, ReadPolicy::Bounded { max_lag_ms: 200 });
+        let text = c.to_toml();
+        assert!(text.contains("read = \"bounded:200\""), "{text}");
+        assert_eq!(toml::from_str::<ServerConfig>(&text).unwrap(), c);
+        let sloppy = SAMPLE.replace("w = 3", "w = 3\nquorum = \"sloppy\"");
+        let c: ServerConfig = toml::from_str(&sloppy).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.node_config().keyspaces[0].quorum, QuorumMode::Sloppy);
+        let text = c.to_toml();
+        assert!(text.contains("quorum = \"sloppy\""), "{text}");
+        assert_eq!(toml::from_str::<ServerConfig>(&text).unwrap(), c);
+        // Left out: the defaults, and nothing written out.
+        let c: ServerConfig = toml::from_str(SAMPLE).unwrap();
+        let ks = &c.node_config().keyspaces[0];
+        assert_eq!(
+            (ks.read, ks.quorum),
+            (ReadPolicy::Linearizable, QuorumMode::Strict)
+        );
+        let text = c.to_toml();
+        assert!(
+            !text.contains("\nread =") && !text.contains("\nquorum ="),
+            "{text}"
+        );
+        // Bad values: the core's error text, naming the setting.
+        let e = toml::from_str::<ServerConfig>(&pb.replace("bounded:200", "bounded:0"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid READ"), "{e}");
+        let e = toml::from_str::<ServerConfig>(&sloppy.replace("sloppy", "loose"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid QUORUM"), "{e}");
+        // On the wrong model: refused at start, naming the keyspace and the setting.
+        let c: ServerConfig =
+            toml::from_str(&sloppy.replace("w = 3\n", "read = \"lease\"\n")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("keyspace prefs: invalid READ: read policies apply to primary-backup"),
+            "{e}"
+        );
+        let c: ServerConfig =
+            toml::from_str(&pb.replace("read = \"bounded:200\"", "quorum = \"sloppy\"")).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("keyspace balance: invalid QUORUM"), "{e}");
     }
 
     #[test]

@@ -10,11 +10,14 @@ use crate::metrics::{OpLabel, OpMetrics};
 use crate::peer::PeerSenders;
 use crate::storage::NodeStorage;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use triarch_core::{Instant as CoreInstant, NodeId, Now, RequestId};
-use triarch_node::{Message, Node, Output, Reply, Request, SyncPoint};
+use triarch_core::{
+    Instant as CoreInstant, KeyspaceConfig, Model, NodeId, Now, ReadPolicy, RequestId,
+};
+use triarch_node::{Message, Node, Output, Reply, Request, SessionToken, SyncPoint};
 use triarch_storage::{FjallSyncer, StorageError};
 
 /// Most inputs stepped before the batch is synced: bounds how long replies of the first input of a
@@ -23,38 +26,109 @@ pub const BATCH_INPUTS_MAX: usize = 4096;
 /// Capacity of the core's input channel (back-pressure on connections beyond it).
 pub const INPUT_CHANNEL_CAPACITY: usize = 16 * 1024;
 
+/// A reply as a connection receives it: `(slot, part, reply, session)`, `session` being the
+/// session token of a primary-backup write (see [`SessionToken`]).
+pub type ConnReply = (u64, u32, Reply, Option<SessionToken>);
+
 /// Where a reply goes.
 pub enum ReplyTo {
     /// A RESP connection: `(slot, part)` names the pipelined command and the part of a
     /// multi-key command. The channel is unbounded because each connection caps its own number
     /// of commands in flight, so the core never waits on a slow client.
     Conn {
-        tx: mpsc::UnboundedSender<(u64, u32, Reply)>,
+        tx: mpsc::UnboundedSender<ConnReply>,
         slot: u64,
         part: u32,
     },
-    /// An HTTP request.
-    Once(oneshot::Sender<Reply>),
+    /// An HTTP request (and WATCH): the reply with its session token, if any.
+    Once(oneshot::Sender<(Reply, Option<SessionToken>)>),
 }
 
 impl ReplyTo {
-    fn send(self, reply: Reply) {
+    fn send(self, reply: Reply, session: Option<SessionToken>) {
         // A closed receiver means the client went away; nothing to do.
         match self {
             ReplyTo::Conn { tx, slot, part } => {
-                let _ = tx.send((slot, part, reply));
+                let _ = tx.send((slot, part, reply, session));
             }
             ReplyTo::Once(tx) => {
-                let _ = tx.send(reply);
+                let _ = tx.send((reply, session));
             }
         }
     }
 }
 
+/// A RESP connection's read settings, which the core applies to its `GET`s of primary-backup
+/// keys (only the core knows which keyspace a key belongs to): the read policy the connection
+/// chose (`TRIARCH.READ`; `None`: each keyspace's own) and the highest session token it holds
+/// per keyspace (`TRIARCH.SESSION`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub policy: Option<ReadPolicy>,
+    pub sessions: Arc<BTreeMap<String, u64>>,
+}
+
+impl ReadOptions {
+    /// The request a connection's `GET key` becomes on `keyspace` (the key's): a
+    /// [`Request::GetWith`] on a primary-backup keyspace when the connection chose a policy
+    /// other than the keyspace's, or when the effective policy is `session` and the connection
+    /// holds a token for the keyspace; the plain `Get` otherwise (other models, and reads the
+    /// keyspace's own policy serves the same way).
+    pub fn get_request(
+        &self,
+        keyspace: &KeyspaceConfig,
+        key: bytes::Bytes,
+        r: Option<triarch_node::Consistency>,
+    ) -> Request {
+        if keyspace.model != Model::PrimaryBackup {
+            return Request::Get { key, r };
+        }
+        let chosen = self.policy.filter(|p| *p != keyspace.read);
+        let effective = self.policy.unwrap_or(keyspace.read);
+        let session = match effective {
+            ReadPolicy::Session => self.sessions.get(&keyspace.name).copied(),
+            _ => None,
+        };
+        if chosen.is_none() && session.is_none() {
+            return Request::Get { key, r };
+        }
+        Request::GetWith {
+            key,
+            policy: chosen,
+            session,
+        }
+    }
+}
+
+/// Parses session tokens as clients carry them: `keyspace:index`, several separated by commas
+/// (the text `TRIARCH.SESSION` answers and the `X-Triarch-Session` header carries).
+pub fn parse_session_tokens(text: &str) -> Result<Vec<SessionToken>, String> {
+    text.split(',')
+        .map(|one| {
+            let one = one.trim();
+            let (keyspace, index) = one
+                .split_once(':')
+                .ok_or_else(|| format!("{one:?} is not <keyspace>:<index>"))?;
+            triarch_core::config::validate_name(keyspace).map_err(|e| e.to_string())?;
+            let index = index
+                .parse::<u64>()
+                .ok()
+                .filter(|i| *i >= 1)
+                .ok_or_else(|| format!("{one:?}: the index must be an integer of at least 1"))?;
+            Ok(SessionToken {
+                keyspace: keyspace.to_string(),
+                index,
+            })
+        })
+        .collect()
+}
+
 pub enum CoreInput {
+    /// `reads`: the read settings of the RESP connection that sent it, for a `Get`.
     Request {
         request: Request,
         reply_to: ReplyTo,
+        reads: Option<ReadOptions>,
     },
     Peer {
         from: NodeId,
@@ -280,7 +354,18 @@ impl Core {
 
     fn step(&mut self, now: Now, input: CoreInput) {
         match input {
-            CoreInput::Request { request, reply_to } => {
+            CoreInput::Request {
+                request,
+                reply_to,
+                reads,
+            } => {
+                let request = match (request, reads) {
+                    (Request::Get { key, r }, Some(reads)) => {
+                        let keyspace = self.node.route(&key);
+                        reads.get_request(keyspace, key, r)
+                    }
+                    (request, _) => request,
+                };
                 let id = RequestId(self.next_request);
                 self.next_request += 1;
                 let label = self.metrics.label_for(&self.node, &request);
@@ -298,6 +383,7 @@ impl Core {
                 let multileader_stats = self.node.multileader().stats();
                 // `/metrics` asks for a snapshot before rendering: publish the exact figures.
                 crate::metrics::publish_multileader(&multileader, multileader_stats);
+                crate::metrics::publish_primary(&self.node);
                 let _ = tx.send(Snapshot {
                     node: self.node.id(),
                     keyspaces: self
@@ -337,10 +423,15 @@ impl Core {
     fn release(&mut self, outputs: Vec<Output>) {
         for output in outputs {
             match output {
-                Output::Reply { request, reply, .. } => {
+                Output::Reply {
+                    request,
+                    reply,
+                    session,
+                    ..
+                } => {
                     if let Some((reply_to, started, label)) = self.pending.remove(&request) {
                         self.metrics.record_reply(&label, &reply, started.elapsed());
-                        reply_to.send(reply);
+                        reply_to.send(reply, session);
                     }
                 }
                 Output::Send { to, message } => self.outbound.entry(to).or_default().push(message),
@@ -354,5 +445,121 @@ impl Core {
         self.metrics.observe_stats(self.node.leaderless_stats());
         self.metrics.observe_primary(&self.node);
         self.metrics.observe_multileader(&self.node, &self.clock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use triarch_node::Consistency;
+
+    fn keyspace(model: Model, read: ReadPolicy) -> KeyspaceConfig {
+        let mut k = KeyspaceConfig::with_defaults("balance", model, 3);
+        k.read = read;
+        k
+    }
+
+    fn options(policy: Option<ReadPolicy>, tokens: &[(&str, u64)]) -> ReadOptions {
+        ReadOptions {
+            policy,
+            sessions: Arc::new(tokens.iter().map(|(k, i)| (k.to_string(), *i)).collect()),
+        }
+    }
+
+    #[test]
+    fn a_connection_s_get_becomes_get_with_only_when_its_settings_change_the_read() {
+        let key = Bytes::from_static(b"balance:alice");
+        let r = Some(Consistency::One);
+        let get = Request::Get {
+            key: key.clone(),
+            r,
+        };
+        let with = |policy, session| Request::GetWith {
+            key: key.clone(),
+            policy,
+            session,
+        };
+        let linearizable = keyspace(Model::PrimaryBackup, ReadPolicy::Linearizable);
+        let session = keyspace(Model::PrimaryBackup, ReadPolicy::Session);
+        let bounded = ReadPolicy::Bounded { max_lag_ms: 1000 };
+        let cases = [
+            // The keyspace's own policy, no token: the plain GET.
+            (&linearizable, options(None, &[]), get.clone()),
+            (
+                &linearizable,
+                options(Some(ReadPolicy::Linearizable), &[("balance", 7)]),
+                get.clone(),
+            ),
+            // A token, but the effective policy is not `session`: unchanged.
+            (&linearizable, options(None, &[("balance", 7)]), get.clone()),
+            // Another policy than the keyspace's.
+            (
+                &linearizable,
+                options(Some(bounded), &[("balance", 7)]),
+                with(Some(bounded), None),
+            ),
+            (
+                &linearizable,
+                options(Some(ReadPolicy::Session), &[]),
+                with(Some(ReadPolicy::Session), None),
+            ),
+            (
+                &linearizable,
+                options(Some(ReadPolicy::Session), &[("balance", 7), ("other", 9)]),
+                with(Some(ReadPolicy::Session), Some(7)),
+            ),
+            // A `session` keyspace: the token, when the connection holds one for it.
+            (
+                &session,
+                options(None, &[("balance", 7)]),
+                with(None, Some(7)),
+            ),
+            (&session, options(None, &[("other", 9)]), get.clone()),
+            (
+                &session,
+                options(Some(ReadPolicy::Linearizable), &[("balance", 7)]),
+                with(Some(ReadPolicy::Linearizable), None),
+            ),
+        ];
+        for (i, (k, o, want)) in cases.into_iter().enumerate() {
+            assert_eq!(o.get_request(k, key.clone(), r), want, "case {i}");
+        }
+        // Other models are unaffected.
+        for model in [Model::Leaderless, Model::MultiLeader] {
+            let k = keyspace(model, ReadPolicy::Linearizable);
+            let o = options(Some(ReadPolicy::Session), &[("balance", 7)]);
+            assert_eq!(o.get_request(&k, key.clone(), r), get);
+        }
+    }
+
+    #[test]
+    fn session_tokens_parse_and_bad_ones_are_named() {
+        let t = |k: &str, index| SessionToken {
+            keyspace: k.into(),
+            index,
+        };
+        assert_eq!(
+            parse_session_tokens("balance:17"),
+            Ok(vec![t("balance", 17)])
+        );
+        assert_eq!(
+            parse_session_tokens("balance:17, notes:3"),
+            Ok(vec![t("balance", 17), t("notes", 3)])
+        );
+        for bad in [
+            "",
+            "balance",
+            "balance:",
+            "balance:0",
+            "balance:x",
+            "bad name:3",
+            ":4",
+            "a:1,",
+        ] {
+            assert!(parse_session_tokens(bad).is_err(), "{bad:?}");
+        }
+        let e = parse_session_tokens("balance").unwrap_err();
+        assert!(e.contains("<keyspace>:<index>"), "{e}");
     }
 }

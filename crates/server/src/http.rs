@@ -2,10 +2,10 @@
 //!
 //! | route | |
 //! |---|---|
-//! | `GET /v1/kv/{keyspace}/{key}[?r=R]` | the value as the body (`application/octet-stream`); 404 if absent |
+//! | `GET /v1/kv/{keyspace}/{key}[?r=R][?read=policy]` | the value as the body (`application/octet-stream`); 404 if absent |
 //! | `PUT /v1/kv/{keyspace}/{key}[?w=W]` | the body is the value; 204 |
 //! | `DELETE /v1/kv/{keyspace}/{key}[?w=W]` | `{"deleted": bool}` |
-//! | `GET /v1/keyspaces`, `POST /v1/keyspaces` | list; create from `{"name","model","n","r","w","merge"}` |
+//! | `GET /v1/keyspaces`, `POST /v1/keyspaces` | list; create from `{"name","model","n","r","w","merge","read","quorum"}` |
 //! | `GET /v1/cluster` | this node, its members and peer links |
 //! | `GET /metrics` | Prometheus text format |
 //!
@@ -31,8 +31,19 @@
 //!
 //! Multi-leader keyspaces are served like leaderless ones (per merge policy, as above), by the
 //! node's region; `r`, `w` and `consistency` do not apply to them and are refused (400).
+//!
+//! ## Primary-backup reads and session tokens
+//!
+//! Every primary-backup write (`PUT`, `DELETE`) answers the header
+//! `X-Triarch-Session: <keyspace>:<index>`, the index of its log entry. A `GET` of a
+//! primary-backup key may ask for a read policy (`?read=linearizable|lease|bounded:<ms>|session`)
+//! and present a session token in the same header (several, comma-separated, may be given; a
+//! token of another keyspace is ignored): it is then a `Request::GetWith`, so a `session` read
+//! (the query's or the keyspace's policy) is served by any voter that applied the token's entry
+//! (read-your-writes). A malformed token or policy is a 400; `read` on another model, or on
+//! `PUT`/`DELETE`, is a 400.
 
-use crate::core::{CoreInput, ReplyTo};
+use crate::core::{CoreInput, ReplyTo, parse_session_tokens};
 use crate::server::Shared;
 use axum::Router;
 use axum::body::Bytes;
@@ -45,14 +56,16 @@ use serde_json::json;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use triarch_core::{KeyspaceConfig, KeyspaceSettings, MergePolicy, Model};
+use triarch_core::{KeyspaceConfig, KeyspaceSettings, MergePolicy, Model, QuorumMode, ReadPolicy};
 use triarch_node::{
-    CausalToken, Consistency, KeyspaceSpec, Operation, Reply, Request, RequestError, SiblingsView,
-    View, base64url,
+    CausalToken, Consistency, KeyspaceSpec, Operation, Reply, Request, RequestError, SessionToken,
+    SiblingsView, View, base64url,
 };
 
 /// The header that carries a `siblings` key's causal context.
 pub const CONTEXT_HEADER: &str = "x-triarch-context";
+/// The header that carries primary-backup session tokens (`keyspace:index`).
+pub const SESSION_HEADER: &str = "x-triarch-session";
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let body_limit = shared.value_bytes_max + 1024;
@@ -76,6 +89,8 @@ struct Quorum {
     r: Option<u8>,
     w: Option<u8>,
     consistency: Option<String>,
+    /// `GET` of a primary-backup key: the read policy.
+    read: Option<String>,
 }
 
 /// A 400 with `error` as the message.
@@ -116,17 +131,71 @@ impl Quorum {
 }
 
 async fn call(shared: &Shared, request: Request) -> Reply {
+    call_with_session(shared, request).await.0
+}
+
+/// The reply and, for a primary-backup write, its session token.
+async fn call_with_session(shared: &Shared, request: Request) -> (Reply, Option<SessionToken>) {
+    let shutting_down = || Reply::Error(RequestError::Storage("node is shutting down".into()));
     let (tx, rx) = oneshot::channel();
     let input = CoreInput::Request {
         request,
         reply_to: ReplyTo::Once(tx),
+        reads: None,
     };
     if shared.core.send(input).await.is_err() {
-        return Reply::Error(RequestError::Storage("node is shutting down".into()));
+        return (shutting_down(), None);
     }
-    rx.await.unwrap_or(Reply::Error(RequestError::Storage(
-        "node is shutting down".into(),
-    )))
+    rx.await.unwrap_or_else(|_| (shutting_down(), None))
+}
+
+/// Adds `X-Triarch-Session: keyspace:index` to a write's response.
+fn with_session(mut response: Response, session: Option<SessionToken>) -> Response {
+    if let Some(token) = session
+        && let Ok(value) = format!("{}:{}", token.keyspace, token.index).parse()
+    {
+        response.headers_mut().insert(SESSION_HEADER, value);
+    }
+    response
+}
+
+/// What a primary-backup `GET` asks for beyond a plain read: a read policy (`?read=`) and/or
+/// the index of the session token it presents for its keyspace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GetReads {
+    policy: Option<ReadPolicy>,
+    session: Option<u64>,
+}
+
+/// A `GET`'s [`GetReads`] for `keyspace` (tokens of other keyspaces are ignored; of several
+/// for this one, the highest counts); `None` when it gives neither a policy nor a token (a
+/// plain `Get`). The error (a 400) names a malformed policy or token.
+fn read_settings(
+    read: Option<&str>,
+    headers: &axum::http::HeaderMap,
+    keyspace: &str,
+) -> Result<Option<GetReads>, String> {
+    let policy = read
+        .map(ReadPolicy::parse)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let mut session: Option<u64> = None;
+    let mut given = false;
+    for value in headers.get_all(SESSION_HEADER) {
+        given = true;
+        let text = value
+            .to_str()
+            .map_err(|_| format!("invalid {SESSION_HEADER}: not text"))?;
+        let tokens =
+            parse_session_tokens(text).map_err(|e| format!("invalid {SESSION_HEADER}: {e}"))?;
+        for t in tokens.into_iter().filter(|t| t.keyspace == keyspace) {
+            session = session.max(Some(t.index));
+        }
+    }
+    if policy.is_none() && !given {
+        return Ok(None);
+    }
+    Ok(Some(GetReads { policy, session }))
 }
 
 fn error_response(e: &RequestError) -> Response {
@@ -135,7 +204,8 @@ fn error_response(e: &RequestError) -> Response {
         | RequestError::Superseded
         | RequestError::CoordinatorUnavailable { .. }
         | RequestError::NoLeader { .. }
-        | RequestError::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+        | RequestError::Timeout
+        | RequestError::ClockAhead => StatusCode::SERVICE_UNAVAILABLE,
         RequestError::UnknownKeyspace(_) => StatusCode::NOT_FOUND,
         RequestError::KeyspaceExists(_) | RequestError::StoredPolicyMismatch { .. } => {
             StatusCode::CONFLICT
@@ -164,14 +234,15 @@ fn unexpected(r: Reply) -> Response {
 }
 
 /// The stored key for `key` in `keyspace`, after checking the keyspace exists, with the
-/// keyspace's merge policy. Quorums asked of a keyspace that has none (multi-leader: a region's
-/// group serves every read and write) are refused rather than ignored.
+/// keyspace's merge policy and model. Quorums asked of a keyspace that has none (multi-leader:
+/// a region's group serves every read and write) are refused rather than ignored, as is a read
+/// policy asked of a keyspace that is not primary-backup.
 async fn stored_key(
     shared: &Shared,
     keyspace: &str,
     key: &str,
     quorums: &Quorum,
-) -> Result<(bytes::Bytes, MergePolicy), Response> {
+) -> Result<(bytes::Bytes, MergePolicy, Model), Response> {
     match call(
         shared,
         Request::KeyspaceInfo {
@@ -186,12 +257,18 @@ async fn stored_key(
                     "keyspace '{keyspace}' is multi-leader: its region's group serves every read and write; r, w and consistency apply only to leaderless keyspaces"
                 )));
             }
+            if info.config.model != Model::PrimaryBackup && quorums.read.is_some() {
+                return Err(bad_request(format!(
+                    "keyspace '{keyspace}' is {}: read policies apply only to primary-backup keyspaces",
+                    info.config.model
+                )));
+            }
             let stored = if keyspace == KeyspaceConfig::DEFAULT_NAME {
                 bytes::Bytes::copy_from_slice(key.as_bytes())
             } else {
                 bytes::Bytes::from(format!("{keyspace}:{key}"))
             };
-            Ok((stored, info.config.merge))
+            Ok((stored, info.config.merge, info.config.model))
         }
         Reply::Error(e) => Err(error_response(&e)),
         other => Err(unexpected(other)),
@@ -207,12 +284,17 @@ async fn get_key(
     State(shared): State<Arc<Shared>>,
     Path((keyspace, key)): Path<(String, String)>,
     Query(q): Query<Quorum>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let (r, _) = match q.levels() {
         Ok(levels) => levels,
         Err(error) => return bad_request(error),
     };
-    let (key, merge) = match stored_key(&shared, &keyspace, &key, &q).await {
+    let reads = match read_settings(q.read.as_deref(), &headers, &keyspace) {
+        Ok(reads) => reads,
+        Err(error) => return bad_request(error),
+    };
+    let (key, merge, model) = match stored_key(&shared, &keyspace, &key, &q).await {
         Ok(k) => k,
         Err(r) => return r,
     };
@@ -223,7 +305,15 @@ async fn get_key(
             other => unexpected(other),
         };
     }
-    match call(&shared, Request::Get { key, r }).await {
+    let request = match reads {
+        Some(GetReads { policy, session }) if model == Model::PrimaryBackup => Request::GetWith {
+            key,
+            policy,
+            session,
+        },
+        _ => Request::Get { key, r },
+    };
+    match call(&shared, request).await {
         Reply::Value(Some(v)) => {
             ([(header::CONTENT_TYPE, "application/octet-stream")], v).into_response()
         }
@@ -285,7 +375,10 @@ async fn put_key(
         Ok(levels) => levels,
         Err(error) => return bad_request(error),
     };
-    let (key, merge) = match stored_key(&shared, &keyspace, &key, &q).await {
+    if q.read.is_some() {
+        return bad_request("read applies to GET only".into());
+    }
+    let (key, merge, _) = match stored_key(&shared, &keyspace, &key, &q).await {
         Ok(k) => k,
         Err(r) => return r,
     };
@@ -310,10 +403,12 @@ async fn put_key(
             w,
         },
     };
-    match call(&shared, request).await {
-        Reply::Written { .. } | Reply::Applied(_) => StatusCode::NO_CONTENT.into_response(),
-        Reply::Error(e) => error_response(&e),
-        other => unexpected(other),
+    match call_with_session(&shared, request).await {
+        (Reply::Written { .. } | Reply::Applied(_), session) => {
+            with_session(StatusCode::NO_CONTENT.into_response(), session)
+        }
+        (Reply::Error(e), _) => error_response(&e),
+        (other, _) => unexpected(other),
     }
 }
 
@@ -326,19 +421,33 @@ async fn delete_key(
         Ok(levels) => levels,
         Err(error) => return bad_request(error),
     };
-    let (key, _) = match stored_key(&shared, &keyspace, &key, &q).await {
+    if q.read.is_some() {
+        return bad_request("read applies to GET only".into());
+    }
+    let (key, _, _) = match stored_key(&shared, &keyspace, &key, &q).await {
         Ok(k) => k,
         Err(r) => return r,
     };
-    match call(&shared, Request::Delete { key, w }).await {
-        Reply::Written { existed } => axum::Json(json!({ "deleted": existed })).into_response(),
-        Reply::Error(e) => error_response(&e),
-        other => unexpected(other),
+    match call_with_session(&shared, Request::Delete { key, w }).await {
+        (Reply::Written { existed }, session) => with_session(
+            axum::Json(json!({ "deleted": existed })).into_response(),
+            session,
+        ),
+        (Reply::Error(e), _) => error_response(&e),
+        (other, _) => unexpected(other),
     }
 }
 
+/// A keyspace's settings; `read` on primary-backup keyspaces, `quorum` on leaderless ones.
 fn keyspace_json(k: &KeyspaceConfig) -> serde_json::Value {
-    json!({ "name": k.name, "model": k.model, "n": k.n, "r": k.r, "w": k.w, "merge": k.merge })
+    let mut v =
+        json!({ "name": k.name, "model": k.model, "n": k.n, "r": k.r, "w": k.w, "merge": k.merge });
+    match k.model {
+        Model::PrimaryBackup => v["read"] = json!(k.read.to_string()),
+        Model::Leaderless => v["quorum"] = json!(k.quorum.as_str()),
+        Model::MultiLeader => {}
+    }
+    v
 }
 
 async fn list_keyspaces(State(shared): State<Arc<Shared>>) -> Response {
@@ -361,6 +470,28 @@ struct CreateBody {
     r: Option<u8>,
     w: Option<u8>,
     merge: Option<MergePolicy>,
+    /// `"linearizable"`, `"lease"`, `"bounded:<ms>"` or `"session"` (primary-backup only).
+    read: Option<String>,
+    /// `"strict"` or `"sloppy"` (leaderless only).
+    quorum: Option<String>,
+}
+
+impl CreateBody {
+    /// The settings asked for, or the core's error for a malformed `read` or `quorum`.
+    fn settings(&self) -> Result<KeyspaceSettings, triarch_core::ConfigError> {
+        Ok(KeyspaceSettings {
+            n: self.n,
+            r: self.r,
+            w: self.w,
+            merge: self.merge,
+            read: self.read.as_deref().map(ReadPolicy::parse).transpose()?,
+            quorum: self
+                .quorum
+                .as_deref()
+                .map(str::parse::<QuorumMode>)
+                .transpose()?,
+        })
+    }
 }
 
 async fn create_keyspace(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
@@ -374,13 +505,9 @@ async fn create_keyspace(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
                 .into_response();
         }
     };
-    let settings = KeyspaceSettings {
-        n: b.n,
-        r: b.r,
-        w: b.w,
-        merge: b.merge,
-        read: None,
-        quorum: None,
+    let settings = match b.settings() {
+        Ok(settings) => settings,
+        Err(e) => return error_response(&RequestError::InvalidConfig(e)),
     };
     let spec = KeyspaceSpec {
         name: b.name,
@@ -430,6 +557,7 @@ mod tests {
             r,
             w,
             consistency: consistency.map(str::to_string),
+            read: None,
         }
     }
 
@@ -491,5 +619,96 @@ mod tests {
                 token
             );
         }
+    }
+
+    #[test]
+    fn read_policies_and_session_headers_make_get_with_and_bad_ones_are_400() {
+        use axum::http::{HeaderMap, HeaderValue};
+        let headers = |values: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in values {
+                h.append(SESSION_HEADER, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let none = HeaderMap::new();
+        let reads = |policy, session| GetReads { policy, session };
+        assert_eq!(read_settings(None, &none, "balance").ok(), Some(None));
+        assert_eq!(
+            read_settings(Some("bounded:250"), &none, "balance").ok(),
+            Some(Some(reads(
+                Some(ReadPolicy::Bounded { max_lag_ms: 250 }),
+                None
+            )))
+        );
+        assert_eq!(
+            read_settings(None, &headers(&["balance:17"]), "balance").ok(),
+            Some(Some(reads(None, Some(17))))
+        );
+        // Tokens of other keyspaces are ignored; of several for this one, the highest counts.
+        assert_eq!(
+            read_settings(
+                Some("session"),
+                &headers(&["notes:99, balance:3", "balance:5"]),
+                "balance"
+            )
+            .ok(),
+            Some(Some(reads(Some(ReadPolicy::Session), Some(5))))
+        );
+        assert_eq!(
+            read_settings(None, &headers(&["notes:99"]), "balance").ok(),
+            Some(Some(reads(None, None)))
+        );
+        for bad in ["balance", "balance:0", "balance:x", "no such:1"] {
+            let e = read_settings(None, &headers(&[bad]), "balance").unwrap_err();
+            assert!(e.starts_with("invalid x-triarch-session"), "{bad:?}: {e}");
+        }
+        let e = read_settings(Some("stale"), &none, "balance").unwrap_err();
+        assert!(e.starts_with("invalid READ"), "{e}");
+    }
+
+    #[test]
+    fn write_responses_carry_the_session_token_and_clock_skew_is_503() {
+        let token = SessionToken {
+            keyspace: "balance".into(),
+            index: 42,
+        };
+        let r = with_session(StatusCode::NO_CONTENT.into_response(), Some(token));
+        assert_eq!(r.headers().get(SESSION_HEADER).unwrap(), "balance:42");
+        let r = with_session(StatusCode::NO_CONTENT.into_response(), None);
+        assert!(r.headers().get(SESSION_HEADER).is_none());
+        assert_eq!(
+            error_response(&RequestError::ClockAhead).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn keyspace_bodies_take_read_and_quorum_and_lists_show_them() {
+        let body = |json: &str| serde_json::from_str::<CreateBody>(json).unwrap().settings();
+        let s = body(r#"{"name":"b","model":"primary-backup","read":"bounded:200"}"#).unwrap();
+        assert_eq!(s.read, Some(ReadPolicy::Bounded { max_lag_ms: 200 }));
+        let s = body(r#"{"name":"l","model":"leaderless","quorum":"sloppy"}"#).unwrap();
+        assert_eq!(s.quorum, Some(QuorumMode::Sloppy));
+        let e = body(r#"{"name":"l","model":"leaderless","quorum":"loose"}"#).unwrap_err();
+        let response = error_response(&RequestError::InvalidConfig(e.clone()));
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert!(e.to_string().starts_with("invalid QUORUM"), "{e}");
+        let e = body(r#"{"name":"b","model":"primary-backup","read":"stale"}"#).unwrap_err();
+        assert!(e.to_string().starts_with("invalid READ"), "{e}");
+        let mut pb = KeyspaceConfig::with_defaults("b", Model::PrimaryBackup, 3);
+        pb.read = ReadPolicy::Session;
+        let v = keyspace_json(&pb);
+        assert_eq!(
+            (v["read"].as_str(), v.get("quorum")),
+            (Some("session"), None)
+        );
+        let mut l = KeyspaceConfig::leaderless("l");
+        l.quorum = QuorumMode::Sloppy;
+        let v = keyspace_json(&l);
+        assert_eq!(
+            (v["quorum"].as_str(), v.get("read")),
+            (Some("sloppy"), None)
+        );
     }
 }

@@ -62,30 +62,7 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
                 continue;
             }
             let st = snap.leaderless.get(&k.name).cloned().unwrap_or_default();
-            let _ = writeln!(
-                s,
-                "keyspace_{}:model={},n={},r={},w={},merge={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},write_restamps={},siblings_created={},siblings_resolved={},forwarded={},hinted_writes={},hints_pending={},hints_delivered={},anti_entropy_keys_repaired={},tombstones_collected={}\r",
-                k.name,
-                k.model,
-                k.n,
-                k.r,
-                k.w,
-                k.merge,
-                st.reads,
-                st.writes,
-                st.read_repairs,
-                st.quorum_failures,
-                st.lww_discarded,
-                st.write_restamps,
-                st.siblings_created,
-                st.siblings_resolved,
-                st.forwarded,
-                st.hinted_writes,
-                st.hints_pending,
-                st.hints_delivered,
-                st.anti_entropy_keys_repaired,
-                st.tombstones_collected
-            );
+            render_leaderless(&mut s, k, &st);
         }
         if !snap.primary.is_empty() {
             let _ = writeln!(s, "\r\n# Primary-backup\r");
@@ -100,15 +77,55 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
     s
 }
 
-/// A primary-backup keyspace's line: its settings and this node's view of its Raft group
-/// (`role=none` on a node that is not one of its voters). On the leader, `lag_<node>` is each
-/// follower's lag in log entries.
+/// A leaderless keyspace's line: its settings (`quorum`: strict or sloppy) and this node's
+/// counters for it.
+fn render_leaderless(
+    s: &mut String,
+    k: &triarch_core::KeyspaceConfig,
+    st: &triarch_node::KeyspaceStats,
+) {
+    let _ = writeln!(
+        s,
+        "keyspace_{}:model={},n={},r={},w={},merge={},quorum={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},clock_ahead_refused={},clock_ahead_copied={},write_restamps={},siblings_created={},siblings_resolved={},forwarded={},hinted_writes={},hints_pending={},hints_delivered={},anti_entropy_keys_repaired={},tombstones_collected={}\r",
+        k.name,
+        k.model,
+        k.n,
+        k.r,
+        k.w,
+        k.merge,
+        k.quorum.as_str(),
+        st.reads,
+        st.writes,
+        st.read_repairs,
+        st.quorum_failures,
+        st.lww_discarded,
+        st.clock_ahead_refused,
+        st.clock_ahead_copied,
+        st.write_restamps,
+        st.siblings_created,
+        st.siblings_resolved,
+        st.forwarded,
+        st.hinted_writes,
+        st.hints_pending,
+        st.hints_delivered,
+        st.anti_entropy_keys_repaired,
+        st.tombstones_collected
+    );
+}
+
+/// A primary-backup keyspace's line: its settings (`read`: its read policy) and this node's
+/// view of its Raft group (`role=none` on a node that is not one of its voters). On the leader,
+/// `lag_<node>` is each follower's lag in log entries.
 fn render_group(
     s: &mut String,
     k: &triarch_core::KeyspaceConfig,
     group: Option<&triarch_node::GroupInfo>,
 ) {
-    let _ = write!(s, "keyspace_{}:model={},n={}", k.name, k.model, k.n);
+    let _ = write!(
+        s,
+        "keyspace_{}:model={},n={},read={}",
+        k.name, k.model, k.n, k.read
+    );
     match group {
         Some(g) => {
             let voters: Vec<String> = g.voters.iter().map(|v| v.to_string()).collect();
@@ -210,5 +227,41 @@ fn render_multileader(s: &mut String, snap: &Snapshot) {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use triarch_core::{KeyspaceConfig, Model, QuorumMode, ReadPolicy};
+
+    #[test]
+    fn keyspace_lines_show_read_policies_quorum_modes_and_clock_counters() {
+        let mut prefs = KeyspaceConfig::leaderless("prefs");
+        prefs.quorum = QuorumMode::Sloppy;
+        let stats = triarch_node::KeyspaceStats {
+            lww_discarded: 1,
+            clock_ahead_refused: 2,
+            clock_ahead_copied: 3,
+            ..Default::default()
+        };
+        let mut s = String::new();
+        render_leaderless(&mut s, &prefs, &stats);
+        assert!(
+            s.starts_with("keyspace_prefs:model=leaderless,n=3,r=2,w=2,merge=lww,quorum=sloppy,"),
+            "{s}"
+        );
+        assert!(
+            s.contains(",lww_discarded=1,clock_ahead_refused=2,clock_ahead_copied=3,"),
+            "{s}"
+        );
+        let mut balance = KeyspaceConfig::with_defaults("balance", Model::PrimaryBackup, 3);
+        balance.read = ReadPolicy::Bounded { max_lag_ms: 200 };
+        let mut s = String::new();
+        render_group(&mut s, &balance, None);
+        assert_eq!(
+            s,
+            "keyspace_balance:model=primary-backup,n=3,read=bounded:200,role=none\r\n"
+        );
     }
 }

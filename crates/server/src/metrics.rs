@@ -164,7 +164,7 @@ impl OpMetrics {
             return;
         }
         self.primary_published = Some(now);
-        observe_primary(node);
+        publish_primary(node);
     }
 
     /// Publishes the multi-leader keyspaces' counters and shipping lag, at most every 250 ms.
@@ -191,6 +191,8 @@ impl OpMetrics {
                 ("triarch_read_repairs_total", s.read_repairs),
                 ("triarch_quorum_failures_total", s.quorum_failures),
                 ("triarch_lww_discarded_total", s.lww_discarded),
+                ("triarch_clock_ahead_refused_total", s.clock_ahead_refused),
+                ("triarch_clock_ahead_copied_total", s.clock_ahead_copied),
                 ("triarch_write_restamps_total", s.write_restamps),
                 ("triarch_siblings_created_total", s.siblings_created),
                 ("triarch_siblings_resolved_total", s.siblings_resolved),
@@ -232,8 +234,9 @@ impl OpMetrics {
 }
 
 /// Publishes each primary-backup group's Raft state on this node: term, commit and applied
-/// indexes, whether this node leads, and (on the leader) each follower's lag in entries.
-fn observe_primary<S: Storage>(node: &Node<S>) {
+/// indexes, whether this node leads, and (on the leader) each follower's lag in entries; and
+/// the engine's counters.
+pub fn publish_primary<S: Storage>(node: &Node<S>) {
     for name in node.primary().groups() {
         let Some(g) = node.primary().info(name) else {
             continue;
@@ -263,6 +266,7 @@ pub fn primary_counters<S: Storage>(node: &Node<S>) -> Vec<(&'static str, u64)> 
     vec![
         ("proposals", s.proposals),
         ("reads", s.reads),
+        ("fresh_reads", s.fresh_reads),
         ("forwards_sent", s.forwards_sent),
         ("forwards_served", s.forwards_served),
         ("redirects", s.not_leader),

@@ -30,20 +30,31 @@
 //! answers the region's state, and removes remove what the region had seen. Other regions
 //! learn the write asynchronously. `TRIARCH.CONSISTENCY` does not apply to them (as for
 //! primary-backup keyspaces; `CREATE ... R/W` on them is refused).
+//!
+//! ## Primary-backup reads per connection
+//!
+//! `TRIARCH.READ <policy>|DEFAULT` sets the read policy of the connection's `GET`s of
+//! primary-backup keys; every primary-backup write's reply brings a session token (the index
+//! of its log entry), of which the connection keeps the highest per keyspace (`TRIARCH.SESSION`
+//! lists them and adopts others). A `GET` carries the connection's policy and tokens to the core,
+//! which alone knows the key's keyspace: there it becomes a `Request::GetWith` when the policy
+//! differs from the keyspace's, or when the read is a `session` read and the connection holds a
+//! token for the keyspace (see `core::ReadOptions`). Other commands and models are unaffected.
 
-use crate::core::{CoreInput, ReplyTo};
+use crate::core::{ConnReply, CoreInput, ReadOptions, ReplyTo, parse_session_tokens};
 use crate::info::render_info;
 use crate::server::Shared;
 use bytes::{Bytes, BytesMut};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use triarch_core::{KeyspaceSettings, MergePolicy, Model};
+use triarch_core::limits::KEYSPACES_MAX;
+use triarch_core::{KeyspaceSettings, MergePolicy, Model, QuorumMode, ReadPolicy};
 use triarch_node::{
     CausalToken, Command, CommandResult, Consistency, KeyspaceSpec, Operation, OperationResult,
-    Reply as NodeReply, Request, SiblingsView, View,
+    Reply as NodeReply, Request, SessionToken, SiblingsView, View,
 };
 use triarch_resp::{Command as RespCommand, Decoder, Limits, Protocol, Reply};
 
@@ -132,6 +143,7 @@ struct Slot {
 }
 
 /// Per-connection settings a client can change.
+#[derive(Default)]
 struct Session {
     protocol: Protocol,
     read_quorum: Option<Consistency>,
@@ -141,13 +153,46 @@ struct Session {
     multi: Option<Multi>,
     /// `(key, version)` recorded by WATCH, checked by the next EXEC.
     watches: Vec<(Bytes, u64)>,
+    /// `TRIARCH.READ`: the read policy of this connection's GETs of primary-backup keys
+    /// (`None`: each keyspace's own).
+    read_policy: Option<ReadPolicy>,
+    /// The highest session token per primary-backup keyspace: returned by this connection's
+    /// writes or adopted with `TRIARCH.SESSION`. Shared with the GETs in flight (copied on
+    /// write).
+    tokens: Arc<BTreeMap<String, u64>>,
+}
+
+impl Session {
+    /// Keeps `token` if it is above the one held for its keyspace.
+    fn remember(&mut self, token: SessionToken) {
+        if self
+            .tokens
+            .get(&token.keyspace)
+            .is_none_or(|held| *held < token.index)
+        {
+            Arc::make_mut(&mut self.tokens).insert(token.keyspace, token.index);
+        }
+    }
+
+    /// What the core needs to turn this connection's GETs of primary-backup keys into
+    /// `GetWith`s; `None` while the connection has neither a policy nor a token (every GET is
+    /// then a plain one, at no cost).
+    fn read_options(&self) -> Option<ReadOptions> {
+        if self.read_policy.is_none() && self.tokens.is_empty() {
+            return None;
+        }
+        Some(ReadOptions {
+            policy: self.read_policy,
+            sessions: self.tokens.clone(),
+        })
+    }
 }
 
 pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let peer = stream.peer_addr().ok();
     let (mut reader, mut writer) = stream.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, u32, NodeReply)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<ConnReply>();
     let limits = Limits {
         max_bulk_len: bulk_bytes_max(shared.value_bytes_max),
         ..Limits::default()
@@ -159,11 +204,7 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
     let mut next_seq: u64 = 0;
     let mut session = Session {
         protocol: Protocol::Resp2,
-        read_quorum: None,
-        write_quorum: None,
-        name: None,
-        multi: None,
-        watches: Vec::new(),
+        ..Session::default()
     };
     let mut closing = false;
     loop {
@@ -220,10 +261,16 @@ pub async fn serve(stream: TcpStream, shared: Arc<Shared>) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             },
-            Some((seq, part, reply)) = rx.recv() => {
-                fill(&mut slots, seq, part, reply);
-                while let Ok((seq, part, reply)) = rx.try_recv() {
+            Some(first) = rx.recv() => {
+                // A write's session token is held before its reply reaches the client, so every
+                // GET the client sends after seeing the reply presents it.
+                let mut next = Some(first);
+                while let Some((seq, part, reply, token)) = next {
+                    if let Some(token) = token {
+                        session.remember(token);
+                    }
                     fill(&mut slots, seq, part, reply);
+                    next = rx.try_recv().ok();
                 }
             }
         }
@@ -497,6 +544,7 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                     field("name", c.name.clone()),
                     field("model", c.model.to_string()),
                     field("n", c.n.to_string()),
+                    field("read", c.read.to_string()),
                     members,
                 ];
                 let Some(g) = &info.group else {
@@ -541,12 +589,15 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                 field("r", c.r.to_string()),
                 field("w", c.w.to_string()),
                 field("merge", c.merge.to_string()),
+                field("quorum", c.quorum.as_str().to_string()),
                 members,
                 field("reads", s.reads.to_string()),
                 field("writes", s.writes.to_string()),
                 field("read_repairs", s.read_repairs.to_string()),
                 field("quorum_failures", s.quorum_failures.to_string()),
                 field("lww_discarded", s.lww_discarded.to_string()),
+                field("clock_ahead_refused", s.clock_ahead_refused.to_string()),
+                field("clock_ahead_copied", s.clock_ahead_copied.to_string()),
                 field("write_restamps", s.write_restamps.to_string()),
                 field("siblings_created", s.siblings_created.to_string()),
                 field("siblings_resolved", s.siblings_resolved.to_string()),
@@ -641,7 +692,7 @@ async fn dispatch(
     session: &mut Session,
     shared: &Arc<Shared>,
     seq: u64,
-    tx: &mpsc::UnboundedSender<(u64, u32, NodeReply)>,
+    tx: &mpsc::UnboundedSender<ConnReply>,
 ) -> Action {
     let args = &cmd.args;
     let name = cmd.name_upper().map(|n| n.into_owned()).unwrap_or_default();
@@ -649,8 +700,9 @@ async fn dispatch(
     let ready = |r: Reply| Action::Slot(ready_slot(seq, r));
     // The command's name for errors, as a static string (no allocation per command).
     let command = static_name(&name);
-    // Submits `requests` as the parts of one slot.
-    let submit = |combine: Combine, requests: Vec<Request>| async move {
+    // Submits `requests` as the parts of one slot, with the connection's read settings for
+    // the core to apply to GETs of primary-backup keys.
+    let submit_reads = |combine: Combine, requests: Vec<Request>, reads: Option<ReadOptions>| async move {
         let n = requests.len();
         for (part, request) in requests.into_iter().enumerate() {
             let reply_to = ReplyTo::Conn {
@@ -658,12 +710,12 @@ async fn dispatch(
                 slot: seq,
                 part: part as u32,
             };
-            if shared
-                .core
-                .send(CoreInput::Request { request, reply_to })
-                .await
-                .is_err()
-            {
+            let input = CoreInput::Request {
+                request,
+                reply_to,
+                reads: reads.clone(),
+            };
+            if shared.core.send(input).await.is_err() {
                 return Action::Slot(ready_slot(seq, Reply::error("ERR node is shutting down")));
             }
         }
@@ -676,6 +728,7 @@ async fn dispatch(
             ready: None,
         })
     };
+    let submit = |combine: Combine, requests: Vec<Request>| submit_reads(combine, requests, None);
     let r = session.read_quorum;
     let w = session.write_quorum;
     // Inside MULTI every command but the transaction's own is queued.
@@ -771,14 +824,11 @@ async fn dispatch(
             ready(Reply::verbatim_text(render_info(shared, snapshot.as_ref())))
         }
         "GET" if argc == 2 => {
-            submit(
-                Combine::Get,
-                vec![Request::Get {
-                    key: args[1].clone(),
-                    r,
-                }],
-            )
-            .await
+            let request = Request::Get {
+                key: args[1].clone(),
+                r,
+            };
+            submit_reads(Combine::Get, vec![request], session.read_options()).await
         }
         "SET" if argc == 3 => {
             let request = Request::Set {
@@ -828,6 +878,8 @@ async fn dispatch(
             Err(reply) => ready(reply),
         },
         "TRIARCH.CONSISTENCY" => ready(consistency(args, session)),
+        "TRIARCH.READ" => ready(read_policy(args, session)),
+        "TRIARCH.SESSION" => ready(session_tokens(args, session)),
         "INCR" | "DECR" | "INCRBY" | "DECRBY" => match counter_amount(&name, args) {
             Ok(amount) => {
                 let request = apply(args[1].clone(), Operation::CounterAdd(amount), r, w);
@@ -959,15 +1011,15 @@ async fn watch(shared: &Arc<Shared>, session: &mut Session, keys: Vec<Bytes>) ->
     let (tx, rx) = tokio::sync::oneshot::channel();
     let request = Request::Watch { keys: keys.clone() };
     let reply_to = ReplyTo::Once(tx);
-    if shared
-        .core
-        .send(CoreInput::Request { request, reply_to })
-        .await
-        .is_err()
-    {
+    let input = CoreInput::Request {
+        request,
+        reply_to,
+        reads: None,
+    };
+    if shared.core.send(input).await.is_err() {
         return Reply::error("ERR node is shutting down");
     }
-    match rx.await {
+    match rx.await.map(|(reply, _)| reply) {
         Ok(NodeReply::Watched(records)) if records.len() == keys.len() => {
             let versions = records.into_iter().map(|r| r.version);
             session.watches.extend(keys.into_iter().zip(versions));
@@ -1200,11 +1252,84 @@ fn consistency(args: &[Bytes], session: &mut Session) -> Reply {
     Reply::ok()
 }
 
-/// `TRIARCH.KEYSPACE CREATE <name> MODEL <model> [N n] [R r] [W w] [MERGE policy] | LIST | INFO <name>`
+/// `TRIARCH.READ <policy> | DEFAULT`: the read policy of this connection's GETs of
+/// primary-backup keys (`linearizable`, `lease`, `bounded:<ms>`, `session`); `DEFAULT` goes
+/// back to each keyspace's own. Without an argument it answers the current one. Other commands
+/// and other models are unaffected.
+fn read_policy(args: &[Bytes], session: &mut Session) -> Reply {
+    match args {
+        [_] => Reply::bulk(
+            session
+                .read_policy
+                .map_or("default".to_string(), |p| p.to_string()),
+        ),
+        [_, policy] if upper(policy) == "DEFAULT" => {
+            session.read_policy = None;
+            Reply::ok()
+        }
+        [_, policy] => match ReadPolicy::parse(&String::from_utf8_lossy(policy)) {
+            Ok(p) => {
+                session.read_policy = Some(p);
+                Reply::ok()
+            }
+            Err(e) => Reply::error(format!("ERR {e}")),
+        },
+        _ => {
+            Reply::error("ERR usage: TRIARCH.READ linearizable|lease|bounded:<ms>|session|DEFAULT")
+        }
+    }
+}
+
+/// `TRIARCH.SESSION [<keyspace:index> ...]`: without arguments, this connection's session
+/// tokens (one `keyspace:index` per primary-backup keyspace it wrote to or adopted a token
+/// of); with arguments, adopts those tokens (e.g. carried from another connection), keeping
+/// the highest index per keyspace. A malformed token adopts nothing.
+fn session_tokens(args: &[Bytes], session: &mut Session) -> Reply {
+    if args.len() == 1 {
+        return Reply::array(
+            session
+                .tokens
+                .iter()
+                .map(|(keyspace, index)| Reply::bulk(format!("{keyspace}:{index}"))),
+        );
+    }
+    let mut tokens = Vec::with_capacity(args.len() - 1);
+    for arg in &args[1..] {
+        match std::str::from_utf8(arg)
+            .map_err(|_| "not text".to_string())
+            .and_then(parse_session_tokens)
+        {
+            Ok(parsed) => tokens.extend(parsed),
+            Err(e) => {
+                return Reply::error(format!(
+                    "ERR invalid session token '{}': {e}",
+                    String::from_utf8_lossy(&arg[..arg.len().min(128)])
+                ));
+            }
+        }
+    }
+    let mut names: Vec<&str> = session.tokens.keys().map(String::as_str).collect();
+    names.extend(tokens.iter().map(|t| t.keyspace.as_str()));
+    names.sort_unstable();
+    names.dedup();
+    if names.len() > KEYSPACES_MAX {
+        return Reply::error(format!(
+            "ERR a connection holds at most {KEYSPACES_MAX} session tokens (one per keyspace)"
+        ));
+    }
+    for token in tokens {
+        session.remember(token);
+    }
+    Reply::ok()
+}
+
+/// `TRIARCH.KEYSPACE CREATE <name> MODEL <model> [N n] [R r] [W w] [MERGE policy]
+/// [READ policy] [QUORUM strict|sloppy] | LIST | INFO <name>`. Whether a setting applies to
+/// the model is the node's to say (`KeyspaceConfig::validate`).
 fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
     let usage = || {
         Reply::error(
-            "ERR usage: TRIARCH.KEYSPACE CREATE <name> MODEL <leaderless|primary-backup|multi-leader> [N n] [R r] [W w] [MERGE policy] | LIST | INFO <name>",
+            "ERR usage: TRIARCH.KEYSPACE CREATE <name> MODEL <leaderless|primary-backup|multi-leader> [N n] [R r] [W w] [MERGE policy] [READ linearizable|lease|bounded:<ms>|session] [QUORUM strict|sloppy] | LIST | INFO <name>",
         )
     };
     let sub = args.get(1).map(upper).ok_or_else(usage)?;
@@ -1241,6 +1366,17 @@ fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
                             .parse()
                             .map_err(|e| Reply::error(format!("ERR {e}")))?;
                         spec.settings.merge = Some(m);
+                    }
+                    "READ" => {
+                        let policy = ReadPolicy::parse(&String::from_utf8_lossy(value))
+                            .map_err(|e| Reply::error(format!("ERR {e}")))?;
+                        spec.settings.read = Some(policy);
+                    }
+                    "QUORUM" => {
+                        let q: QuorumMode = String::from_utf8_lossy(value)
+                            .parse()
+                            .map_err(|e| Reply::error(format!("ERR {e}")))?;
+                        spec.settings.quorum = Some(q);
                     }
                     other => {
                         return Err(Reply::error(format!(
@@ -1332,14 +1468,7 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session {
-            protocol: Protocol::Resp2,
-            read_quorum: None,
-            write_quorum: None,
-            name: None,
-            multi: None,
-            watches: Vec::new(),
-        }
+        Session::default()
     }
 
     #[test]
@@ -1579,6 +1708,181 @@ mod tests {
         assert_eq!(
             combine("", Combine::Get, vec![Some(NodeReply::Error(e))]),
             Reply::error("ERR keyspace 'cart' uses merge policy set; this command needs counter")
+        );
+    }
+
+    fn create(words: &[&str]) -> Result<KeyspaceSettings, Reply> {
+        let mut all = vec!["TRIARCH.KEYSPACE", "CREATE", "x"];
+        all.extend_from_slice(words);
+        keyspace_command(&args(&all)).map(|(_, r)| match r {
+            Request::CreateKeyspace(spec) => spec.settings,
+            other => panic!("{other:?}"),
+        })
+    }
+
+    fn error_text(r: Reply) -> String {
+        match r {
+            Reply::Error(e) => String::from_utf8_lossy(&e).into_owned(),
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn keyspace_create_takes_read_policies_and_quorum_modes() {
+        let s = create(&["MODEL", "primary-backup", "READ", "bounded:200"]).unwrap();
+        assert_eq!(s.read, Some(ReadPolicy::Bounded { max_lag_ms: 200 }));
+        let s = create(&["MODEL", "primary-backup", "read", "SESSION", "N", "3"]).unwrap();
+        assert_eq!((s.read, s.n), (Some(ReadPolicy::Session), Some(3)));
+        let s = create(&["MODEL", "leaderless", "QUORUM", "sloppy", "W", "1"]).unwrap();
+        assert_eq!((s.quorum, s.w), (Some(QuorumMode::Sloppy), Some(1)));
+        // Bad values: the core's error, naming the setting.
+        let e = error_text(create(&["MODEL", "primary-backup", "READ", "stale"]).unwrap_err());
+        assert!(
+            e.starts_with("ERR invalid READ: \"stale\" is not linearizable"),
+            "{e}"
+        );
+        let e = error_text(create(&["MODEL", "primary-backup", "READ", "bounded:0"]).unwrap_err());
+        assert!(e.starts_with("ERR invalid READ"), "{e}");
+        let e = error_text(create(&["MODEL", "leaderless", "QUORUM", "loose"]).unwrap_err());
+        assert!(e.starts_with("ERR invalid QUORUM"), "{e}");
+        let e = error_text(create(&["MODEL", "leaderless", "QUORUM"]).unwrap_err());
+        assert!(
+            e.contains("[READ linearizable|lease|bounded:<ms>|session] [QUORUM strict|sloppy]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn read_policy_is_set_shown_and_reset_and_bad_ones_change_nothing() {
+        let mut s = session();
+        let read = |w: &[&str], s: &mut Session| {
+            let mut all = vec!["TRIARCH.READ"];
+            all.extend_from_slice(w);
+            read_policy(&args(&all), s)
+        };
+        assert_eq!(read(&[], &mut s), Reply::bulk("default".to_string()));
+        assert_eq!(read(&["bounded:1000"], &mut s), Reply::ok());
+        assert_eq!(
+            s.read_policy,
+            Some(ReadPolicy::Bounded { max_lag_ms: 1000 })
+        );
+        assert_eq!(read(&[], &mut s), Reply::bulk("bounded:1000".to_string()));
+        for bad in [&["stale"][..], &["bounded:x"], &["session", "lease"]] {
+            assert!(matches!(read(bad, &mut s), Reply::Error(_)), "{bad:?}");
+            assert_eq!(
+                s.read_policy,
+                Some(ReadPolicy::Bounded { max_lag_ms: 1000 })
+            );
+        }
+        let e = error_text(read(&["stale"], &mut s));
+        assert!(e.starts_with("ERR invalid READ"), "{e}");
+        assert_eq!(read(&["Session"], &mut s), Reply::ok());
+        assert_eq!(s.read_policy, Some(ReadPolicy::Session));
+        assert_eq!(read(&["default"], &mut s), Reply::ok());
+        assert_eq!(s.read_policy, None);
+    }
+
+    #[test]
+    fn session_tokens_are_remembered_shown_and_adopted_keeping_the_highest() {
+        let mut s = session();
+        assert_eq!(s.read_options(), None, "nothing to apply: plain GETs");
+        let tokens = |w: &[&str], s: &mut Session| {
+            let mut all = vec!["TRIARCH.SESSION"];
+            all.extend_from_slice(w);
+            session_tokens(&args(&all), s)
+        };
+        assert_eq!(tokens(&[], &mut s), Reply::array(Vec::new()));
+        let token = |k: &str, index| SessionToken {
+            keyspace: k.into(),
+            index,
+        };
+        s.remember(token("balance", 9));
+        s.remember(token("balance", 4));
+        assert_eq!(
+            tokens(&[], &mut s),
+            Reply::array(vec![Reply::bulk("balance:9".to_string())])
+        );
+        // Adopted from elsewhere: the highest per keyspace is kept.
+        assert_eq!(
+            tokens(&["balance:5", "notes:3", "notes:8"], &mut s),
+            Reply::ok()
+        );
+        assert_eq!(
+            tokens(&[], &mut s),
+            Reply::array(vec![
+                Reply::bulk("balance:9".to_string()),
+                Reply::bulk("notes:8".to_string())
+            ])
+        );
+        assert_eq!(tokens(&["balance:12,notes:1"], &mut s), Reply::ok());
+        assert_eq!(s.tokens.get("balance"), Some(&12));
+        // A malformed token adopts nothing, not even the good ones before it.
+        for bad in [
+            &["other:4", "balance"][..],
+            &["other:0"],
+            &["bad name:2"],
+            &["other:x"],
+        ] {
+            let e = error_text(tokens(bad, &mut s));
+            assert!(e.starts_with("ERR invalid session token"), "{bad:?}: {e}");
+            assert!(!s.tokens.contains_key("other"), "{bad:?}");
+        }
+        let options = s.read_options().expect("tokens held");
+        assert_eq!((options.policy, options.sessions.len()), (None, 2));
+        // The GETs in flight keep the tokens they were sent with.
+        s.remember(token("balance", 20));
+        assert_eq!(options.sessions.get("balance"), Some(&12));
+        assert_eq!(s.tokens.get("balance"), Some(&20));
+    }
+
+    #[test]
+    fn keyspace_info_shows_read_quorum_and_clock_counters_and_clock_ahead_is_tryagain() {
+        let fields = |config: triarch_core::KeyspaceConfig| {
+            let info = triarch_node::KeyspaceInfo {
+                config,
+                stats: triarch_node::KeyspaceStats {
+                    clock_ahead_refused: 4,
+                    clock_ahead_copied: 1,
+                    ..Default::default()
+                },
+                members: vec![triarch_core::NodeId(1)],
+                group: None,
+                multileader: None,
+            };
+            let Reply::Map(fields) =
+                admin_reply(AdminKind::Info, NodeReply::KeyspaceInfo(Box::new(info)))
+            else {
+                panic!("a map")
+            };
+            let text = |r: &Reply| match r {
+                Reply::Bulk(b) => String::from_utf8_lossy(b).into_owned(),
+                other => panic!("{other:?}"),
+            };
+            fields
+                .iter()
+                .map(|(k, v)| (text(k), text(v)))
+                .collect::<std::collections::BTreeMap<String, String>>()
+        };
+        let mut loose = triarch_core::KeyspaceConfig::leaderless("loose");
+        loose.quorum = QuorumMode::Sloppy;
+        let f = fields(loose);
+        assert_eq!(f.get("quorum").map(String::as_str), Some("sloppy"));
+        assert_eq!(f.get("clock_ahead_refused").map(String::as_str), Some("4"));
+        assert_eq!(f.get("clock_ahead_copied").map(String::as_str), Some("1"));
+        assert!(!f.contains_key("read"), "{f:?}");
+        let mut balance =
+            triarch_core::KeyspaceConfig::with_defaults("balance", Model::PrimaryBackup, 3);
+        balance.read = ReadPolicy::Lease;
+        let f = fields(balance);
+        assert_eq!(f.get("read").map(String::as_str), Some("lease"));
+        assert!(!f.contains_key("quorum"), "{f:?}");
+        // A write refused for clock skew: TRYAGAIN, through the generic error path.
+        let e = triarch_node::RequestError::ClockAhead;
+        let reply = combine("SET", Combine::Set, vec![Some(NodeReply::Error(e))]);
+        let text = error_text(reply);
+        assert!(
+            text.starts_with("TRYAGAIN refused for clock skew"),
+            "{text}"
         );
     }
 }
