@@ -80,6 +80,59 @@ impl LatencyDistribution {
     }
 }
 
+/// One-way latency between two regions is drawn per region pair from this range (ms): the
+/// distance between datacenters of one continent, well below [`LATENCY_MAX`].
+pub const INTER_REGION_MS_MIN: u64 = 20;
+pub const INTER_REGION_MS_MAX: u64 = 60;
+
+impl LatencyDistribution {
+    /// A link inside one region (one datacenter) of a cluster of several regions: sub-millisecond,
+    /// of the seed's distribution kind (`kind` as for [`LatencyDistribution::random`]). Only the
+    /// exponential and log-normal tails pass a millisecond now and then.
+    pub fn inside_region(kind: u64, rng: &mut DetRng) -> Self {
+        match kind % 4 {
+            0 => LatencyDistribution::Constant {
+                micros: rng.between(100, 800),
+            },
+            1 => {
+                let min_micros = rng.between(50, 300);
+                LatencyDistribution::Uniform {
+                    min_micros,
+                    max_micros: min_micros + rng.between(100, 500),
+                }
+            }
+            2 => LatencyDistribution::Exponential {
+                mean_micros: rng.between(100, 400),
+            },
+            _ => LatencyDistribution::LogNormal {
+                median_micros: rng.between(100, 500),
+                sigma: 0.2 + 0.4 * rng.unit_f64(),
+            },
+        }
+    }
+
+    /// A link between two regions whose one-way latency is about `base_micros` (drawn per
+    /// region pair from [`INTER_REGION_MS_MIN`]..=[`INTER_REGION_MS_MAX`]). A wide-area link has
+    /// a floor (the distance), so every kind stays near it: constant, uniform up to a quarter
+    /// above it, or (for the exponential and log-normal kinds) log-normal around it with a
+    /// small sigma, whose tail still reorders messages.
+    pub fn between_regions(kind: u64, base_micros: u64, rng: &mut DetRng) -> Self {
+        match kind % 4 {
+            0 => LatencyDistribution::Constant {
+                micros: base_micros,
+            },
+            1 => LatencyDistribution::Uniform {
+                min_micros: base_micros,
+                max_micros: base_micros + rng.between(0, base_micros / 4),
+            },
+            _ => LatencyDistribution::LogNormal {
+                median_micros: base_micros,
+                sigma: 0.05 + 0.2 * rng.unit_f64(),
+            },
+        }
+    }
+}
+
 fn to_micros(x: f64) -> u64 {
     // `as` saturates: NaN becomes 0 and +inf u64::MAX, both then clamped by the caller.
     x.round() as u64
@@ -164,6 +217,29 @@ mod tests {
             assert!(
                 (ours - theirs).abs() <= 1e-13 * theirs,
                 "exp({x}) = {ours}, std {theirs}"
+            );
+        }
+    }
+
+    #[test]
+    fn region_links_are_sub_millisecond_inside_and_tens_of_milliseconds_between() {
+        let mut rng = DetRng::seed_from_u64(5);
+        for kind in 0..4 {
+            let inside = LatencyDistribution::inside_region(kind, &mut rng);
+            let between = LatencyDistribution::between_regions(kind, 40_000, &mut rng);
+            let mut inside_sum = 0;
+            for _ in 0..2_000 {
+                inside_sum += inside.sample(&mut rng).as_micros();
+                let wan = between.sample(&mut rng);
+                assert!(
+                    wan >= Duration::from_millis(10) && wan < LATENCY_MAX,
+                    "{wan:?}"
+                );
+            }
+            assert!(
+                inside_sum / 2_000 < 1_000,
+                "kind {kind}: mean {} µs",
+                inside_sum / 2_000
             );
         }
     }

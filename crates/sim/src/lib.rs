@@ -57,6 +57,22 @@
 //! milliseconds of silence): L reads, writes and compare-and-sets registers; B transfers money
 //! between accounts with WATCH/MULTI/EXEC and reads every balance at once.
 //!
+//! ## Regions and multi-leader keyspaces
+//!
+//! [`RegionOptions`] places the nodes in regions (node `i` in region `r((i - 1) % R + 1)`):
+//! links inside a region are sub-millisecond, links between two regions take the pair's base
+//! latency of 20-60 ms ([`latency`]), and the nemesis adds partitions between regions (one
+//! region cut off, every region apart) and inside one ([`Fault::REGIONAL`]) to the others.
+//! Workloads MC, MN and MR ([`merged`], run by [`run_multileader_seed`], in nine nodes and
+//! three regions by default: [`SimOptions::multileader`]) drive a multi-leader keyspace of
+//! each policy from processes that live in every region. Each region's group (N=3) elects
+//! within 500-1000 ms of silence; half the seeds keep short change logs (32 changes), so that
+//! a region cut off for a few seconds comes back through a state transfer of records rather
+//! than the changes it missed. The simulator observes what regions ship to each other (the
+//! writers' contexts, for the last-writer-wins checker) and can plant bugs there
+//! ([`RegionBug`]). One region's run is unchanged by all this: [`RegionOptions::single`] draws
+//! exactly what the simulator always drew.
+//!
 //! ## Checkers
 //!
 //! [`checker::single_writer`] (no stale or unexpected read, no acknowledged write lost; its
@@ -70,13 +86,19 @@
 //! totals the initial money and has no negative balance); for both,
 //! [`checker::convergence::check_tables`] (every voter holds the same rows once commits have
 //! reached everyone) and [`checker::leader`] (every up voter follows the same leader
-//! [`SETTLE`] after the final heal).
+//! [`SETTLE`] after the final heal). For the multi-leader workloads: [`checker::cart`] (no
+//! acknowledged add lost, observed removes honoured, a concurrent re-add wins),
+//! [`checker::counter`] scoped to regions (exact counts), and [`checker::regional`]: every
+//! replica of every region holds the same records, no change applied twice, every write
+//! last-writer-wins discarded counted, writes accepted in every region while only links
+//! between regions are cut; and a leader in every region after the heal.
 //!
 //! ## Replaying a seed
 //!
 //! Every report carries [`SeedReport::replay_command`], e.g.
 //! `triarch sim --seed 1234 --planted-bug`; the seed tests replay one seed with the
-//! `TRIARCH_SIM_SEED` environment variable.
+//! `TRIARCH_SIM_SEED` environment variable ([`merged_replay_command`],
+//! [`multileader_replay_command`]).
 
 pub mod checker;
 pub mod history;
@@ -92,9 +114,10 @@ pub use checker::{CheckerResult, Violation, ViolationKind};
 pub use history::{EventType, Function, History, HistoryEvent, Op, ProcessId};
 pub use latency::{LATENCY_MAX, LatencyDistribution};
 pub use merged::{MergedFunction, MergedHistory, MergedWorkload, ReadResult};
-pub use nemesis::Fault;
+pub use nemesis::{Fault, FaultWindow};
 pub use simulation::{
-    CLIENT_TIMEOUT, FINAL_READ_SETTLE, SETTLE, Simulation, WALL_CLOCK_START_MS, key_bytes,
+    CLIENT_TIMEOUT, FINAL_READ_SETTLE, RegionStats, SETTLE, Simulation, WALL_CLOCK_START_MS,
+    key_bytes,
 };
 
 use std::fmt;
@@ -147,6 +170,100 @@ impl Default for SimOptions {
     }
 }
 
+impl SimOptions {
+    /// The options of the multi-leader seed runs: nine nodes, so that each of three regions
+    /// runs a group of three voters that survives a crash; a 10 s main phase of 400
+    /// operations (two or three fault windows), so that a thousand seeds of each workload
+    /// stay within a minute or so of a two-core machine.
+    pub fn multileader() -> SimOptions {
+        SimOptions {
+            nodes: 9,
+            ops: 400,
+            duration: Duration::from_secs(10),
+            ..SimOptions::default()
+        }
+    }
+}
+
+/// Where the nodes are, and the bugs the simulator can plant in a multi-leader run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegionOptions {
+    /// Regions: node `i` is in region `r((i - 1) % regions + 1)`. 1 is every single-region
+    /// run's layout.
+    pub regions: u32,
+    /// A bug the simulator plants (the checkers must catch it); [`SimOptions::planted_bug`] is
+    /// the engines' own planted bugs and means nothing to the multi-leader workloads.
+    pub planted: Option<RegionBug>,
+}
+
+impl RegionOptions {
+    /// One region: the layout of every run but the multi-leader ones.
+    pub fn single() -> Self {
+        RegionOptions {
+            regions: 1,
+            planted: None,
+        }
+    }
+
+    /// Three regions, nothing planted.
+    pub fn three() -> Self {
+        RegionOptions {
+            regions: 3,
+            planted: None,
+        }
+    }
+}
+
+impl Default for RegionOptions {
+    fn default() -> Self {
+        RegionOptions::single()
+    }
+}
+
+/// Bugs the simulator plants in a multi-leader run, outside the engines (whose code it does not
+/// own): in what travels between regions, or in the cluster's configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegionBug {
+    /// Some shipped batches arrive renumbered two changes back (a shipper whose numbering is
+    /// off by two after a resend): the receiver skips two changes and later applies two twice.
+    /// Caught by convergence, applied-once and the workloads' own checkers.
+    RenumberedShipments,
+    /// Shipped changes arrive claiming to have seen everything every other region ever wrote:
+    /// concurrent writes are merged without being detected, and so go uncounted. Caught by the
+    /// lww-discards checker.
+    WidenedContexts,
+    /// The nodes are configured as one region while the network still has several: every
+    /// write needs a majority of one group spread over the regions. Caught by the availability
+    /// checker when the regions are cut apart.
+    FlatRegions,
+}
+
+impl RegionBug {
+    pub const ALL: [RegionBug; 3] = [
+        RegionBug::RenumberedShipments,
+        RegionBug::WidenedContexts,
+        RegionBug::FlatRegions,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionBug::RenumberedShipments => "renumbered-shipments",
+            RegionBug::WidenedContexts => "widened-contexts",
+            RegionBug::FlatRegions => "flat-regions",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<RegionBug> {
+        RegionBug::ALL.into_iter().find(|b| b.as_str() == name)
+    }
+}
+
+impl fmt::Display for RegionBug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Options that cannot run.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidOptions {
@@ -158,6 +275,8 @@ pub enum InvalidOptions {
     Ops(u64),
     #[error("duration must be 1 s to 1 h of virtual time, not {0:?}")]
     Duration(Duration),
+    #[error("regions must be 1 to the number of nodes, not {0}")]
+    Regions(u32),
 }
 
 /// Upper bounds on options (everything has a limit): a run's memory grows with them.
@@ -193,6 +312,8 @@ impl SimOptions {
                 Fault::LossBurst => self.packet_loss,
                 Fault::CrashRestart => self.crashes,
                 Fault::ClockBump | Fault::ClockFreeze => self.clock_skew,
+                // Added by the simulation when the nodes are in several regions.
+                Fault::RegionCut | Fault::RegionsApart | Fault::RegionSplit => false,
             })
             .collect()
     }
@@ -404,6 +525,54 @@ pub fn merged_replay_command(report: &SeedReport, workload: MergedWorkload) -> S
     };
     format!(
         "TRIARCH_SIM_SEED={}{bug} cargo test -p triarch-sim --test merged_seeds {}_seeds -- --nocapture",
+        report.seed, workload
+    )
+}
+
+/// Runs one seed of multi-leader workload `workload` (one of [`MergedWorkload::MULTI_LEADER`])
+/// in `regions`, or of any other workload with its nodes placed in `regions` (the
+/// primary-backup workloads, to compare what each model's writes cost in the same regions).
+pub fn run_multileader_seed(
+    seed: u64,
+    options: &SimOptions,
+    workload: MergedWorkload,
+    regions: &RegionOptions,
+) -> SeedReport {
+    guarded(seed, options, || {
+        Simulation::new_in_regions(seed, options, workload, regions).run()
+    })
+}
+
+/// Like [`run_seeds`], for [`run_multileader_seed`].
+pub fn run_multileader_seeds(
+    first: u64,
+    count: u64,
+    options: &SimOptions,
+    workload: MergedWorkload,
+    regions: &RegionOptions,
+    mut on_seed: impl FnMut(&SeedReport),
+) -> Summary {
+    let mut summary = Summary::default();
+    for seed in first..first.saturating_add(count) {
+        let report = run_multileader_seed(seed, options, workload, regions);
+        on_seed(&report);
+        summary.add(report);
+    }
+    summary
+}
+
+/// The command that replays one seed of a multi-leader workload through its seed test.
+pub fn multileader_replay_command(
+    report: &SeedReport,
+    workload: MergedWorkload,
+    regions: &RegionOptions,
+) -> String {
+    let planted = regions
+        .planted
+        .map(|b| format!(" TRIARCH_SIM_PLANTED={b}"))
+        .unwrap_or_default();
+    format!(
+        "TRIARCH_SIM_SEED={}{planted} cargo test -p triarch-sim --test multileader {}_seeds -- --nocapture",
         report.seed, workload
     )
 }

@@ -39,6 +39,25 @@
 //!
 //! All four end like the register workload: final heal, settle, then one read of every key through
 //! every node (whose read repair makes every replica equal), then a snapshot of every replica.
+//!
+//! ## Multi-leader workloads: MC, MN, MR
+//!
+//! Run in a cluster of several regions ([`crate::RegionOptions`]), each on a multi-leader
+//! keyspace (one Raft group of N=3 per region; a write is acknowledged once durable in its own
+//! region, other regions learn it asynchronously). Every process lives in one region, the
+//! processes spread evenly over the regions, and each operation goes through a random node of
+//! the process's region (a user's session stays in its region; a remove therefore runs where
+//! the add it removes was acknowledged).
+//!
+//! - **MC, carts** (`mlcart`, `MERGE set`): as workload S, and in addition adders often
+//!   ([`READD_PROBABILITY`]) *re-add* an element that some add of the same cart saw
+//!   acknowledged and no process has started to remove, so that a re-add in one region races a
+//!   remove of the same element in another ([`crate::checker::cart`] judges it). A process
+//!   may remove an element it re-added, too.
+//! - **MN, counters** (`mlcount`, `MERGE counter`): as workload C.
+//! - **MR, registers** (`mlreg`, `MERGE lww`): writers SET globally unique values, readers GET;
+//!   concurrent writes in different regions conflict and all but one are discarded, which the
+//!   regions must count ([`crate::checker::regional::check_lww_discards`]).
 
 use crate::history::{EventType, ProcessId};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,12 +77,19 @@ pub enum MergedWorkload {
     Registers,
     /// Workload B: transfers between primary-backup accounts with WATCH/MULTI/EXEC.
     Bank,
+    /// Workload MC: carts (adds, re-adds, removes) on a multi-leader `set` keyspace.
+    MlCart,
+    /// Workload MN: increments of a multi-leader `counter` keyspace.
+    MlCounter,
+    /// Workload MR: writes of unique values to a multi-leader `lww` keyspace.
+    MlRegisters,
 }
 
 /// Every account's balance after workload B's setup.
 pub const BANK_INITIAL_BALANCE: i64 = 100;
 
 impl MergedWorkload {
+    /// The workloads of the single-region runs (`tests/merged_seeds.rs`).
     pub const ALL: [MergedWorkload; 4] = [
         MergedWorkload::Set,
         MergedWorkload::Counter,
@@ -71,11 +97,36 @@ impl MergedWorkload {
         MergedWorkload::Bank,
     ];
 
+    /// The multi-leader workloads (`tests/multileader.rs`), run in several regions.
+    pub const MULTI_LEADER: [MergedWorkload; 3] = [
+        MergedWorkload::MlCart,
+        MergedWorkload::MlCounter,
+        MergedWorkload::MlRegisters,
+    ];
+
+    /// Whether the workload runs on a multi-leader keyspace.
+    pub fn is_multileader(self) -> bool {
+        Self::MULTI_LEADER.contains(&self)
+    }
+
     /// The keyspace the workload runs in (created on every node from its configuration).
     pub fn keyspace(self) -> KeyspaceConfig {
         let (name, merge) = match self {
             MergedWorkload::Set => ("cart", MergePolicy::Set),
             MergedWorkload::Counter => ("hits", MergePolicy::Counter),
+            MergedWorkload::MlCart | MergedWorkload::MlCounter | MergedWorkload::MlRegisters => {
+                let (name, merge) = match self {
+                    MergedWorkload::MlCart => ("mlcart", MergePolicy::Set),
+                    MergedWorkload::MlCounter => ("mlcount", MergePolicy::Counter),
+                    _ => ("mlreg", MergePolicy::Lww),
+                };
+                // N=3 voters in every region.
+                return KeyspaceConfig {
+                    model: Model::MultiLeader,
+                    merge,
+                    ..KeyspaceConfig::leaderless(name)
+                };
+            }
             MergedWorkload::Registers | MergedWorkload::Bank => {
                 let name = if self == MergedWorkload::Bank {
                     "bank"
@@ -107,6 +158,9 @@ impl MergedWorkload {
             MergedWorkload::Counter => "counter",
             MergedWorkload::Registers => "registers",
             MergedWorkload::Bank => "bank",
+            MergedWorkload::MlCart => "cart",
+            MergedWorkload::MlCounter => "counter",
+            MergedWorkload::MlRegisters => "lww",
         }
     }
 }
@@ -547,6 +601,8 @@ impl fmt::Display for MergedHistory {
 /// as common as adds once processes own elements.
 const REMOVE_PROBABILITY: f64 = 0.4;
 const CAS_PROBABILITY: f64 = 0.5;
+/// Workload MC: how often an add re-adds an element of the cart instead of a fresh one.
+pub const READD_PROBABILITY: f64 = 0.3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
@@ -560,6 +616,9 @@ enum Role {
 #[derive(Clone, Debug)]
 struct Process {
     role: Role,
+    /// The region (index) whose nodes this process talks to (multi-leader workloads; 0 in the
+    /// others, whose processes talk to any node).
+    region: u32,
     /// Elements this process added, saw acknowledged and has not tried to remove: (key, element).
     owned: Vec<(u64, u64)>,
     /// The operation in flight: what it is, for `observe`.
@@ -582,7 +641,12 @@ pub(crate) struct MergedClients {
     rng: DetRng,
     keys: u64,
     nodes: usize,
+    /// Multi-leader workloads: node `i` (0-based) is in region `i % regions`.
+    regions: u32,
     processes: BTreeMap<ProcessId, Process>,
+    /// Workload MC: per cart, elements whose add some process saw acknowledged and that no
+    /// process has started to remove (what a re-add picks from).
+    live: BTreeMap<u64, Vec<u64>>,
     next_process: u64,
     next_element: u64,
     /// The value most recently written (or compare-and-set) to each register, as invoked.
@@ -607,7 +671,9 @@ impl MergedClients {
             rng,
             keys,
             nodes,
+            regions: 1,
             processes: BTreeMap::new(),
+            live: BTreeMap::new(),
             next_process: 0,
             next_element: 1,
             last_written: BTreeMap::new(),
@@ -627,11 +693,34 @@ impl MergedClients {
         c
     }
 
+    /// Multi-leader workloads: the nodes are in `regions` regions (node index `i` in region
+    /// `i % regions`); the processes are spread over them round-robin.
+    pub fn in_regions(mut self, regions: u32) -> Self {
+        assert!(regions >= 1 && regions as usize <= self.nodes);
+        self.regions = regions;
+        for (i, process) in self.processes.values_mut().enumerate() {
+            process.region = i as u32 % regions;
+        }
+        self
+    }
+
+    /// The region (index) of the nodes process `id` talks to.
+    #[cfg(test)]
+    fn region_of(&self, id: ProcessId) -> Option<u32> {
+        self.processes.get(&id).map(|p| p.region)
+    }
+
     fn spawn(&mut self, role: Role) -> ProcessId {
+        let region = (self.next_process % u64::from(self.regions)) as u32;
+        self.spawn_in(role, region)
+    }
+
+    fn spawn_in(&mut self, role: Role, region: u32) -> ProcessId {
         let id = ProcessId(self.next_process);
         self.next_process += 1;
         let process = Process {
             role,
+            region,
             owned: Vec::new(),
             pending: None,
             prepared: None,
@@ -666,7 +755,15 @@ impl MergedClients {
         if self.ops_invoked >= self.ops_budget && role != Role::Setup {
             return None;
         }
-        let node_index = self.rng.below(self.nodes as u64) as usize;
+        let node_index = if self.workload.is_multileader() {
+            // A node of the process's region: index `region + k * regions`.
+            let region = self.processes[&id].region as usize;
+            let regions = self.regions as usize;
+            let in_region = (self.nodes - region).div_ceil(regions);
+            region + regions * self.rng.below(in_region as u64) as usize
+        } else {
+            self.rng.below(self.nodes as u64) as usize
+        };
         let (f, key) = match (role, self.workload) {
             (Role::FinalReader, _) => return None,
             (Role::Setup, _) => (MergedFunction::BankSetup, 0),
@@ -683,21 +780,29 @@ impl MergedClients {
                     }
                 }
             }
-            (Role::Reader, MergedWorkload::Set) => {
+            (Role::Reader, MergedWorkload::Set | MergedWorkload::MlCart) => {
                 (MergedFunction::SetRead, self.rng.below(self.keys))
             }
-            (Role::Reader, MergedWorkload::Counter) => {
+            (Role::Reader, MergedWorkload::Counter | MergedWorkload::MlCounter) => {
                 (MergedFunction::CounterRead, self.rng.below(self.keys))
             }
-            (Role::Writer, MergedWorkload::Counter) => {
+            (Role::Writer, MergedWorkload::Counter | MergedWorkload::MlCounter) => {
                 let amount = self.rng.between(1, 10) as i64;
                 (
                     MergedFunction::CounterAdd { amount },
                     self.rng.below(self.keys),
                 )
             }
-            (Role::Reader, MergedWorkload::Registers) => {
+            (Role::Reader, MergedWorkload::Registers | MergedWorkload::MlRegisters) => {
                 (MergedFunction::RegisterRead, self.rng.below(self.keys))
+            }
+            (Role::Writer, MergedWorkload::MlRegisters) => {
+                let value = self.next_element;
+                self.next_element += 1;
+                (
+                    MergedFunction::RegisterWrite { value },
+                    self.rng.below(self.keys),
+                )
             }
             (Role::Writer, MergedWorkload::Registers) => {
                 let key = self.rng.below(self.keys);
@@ -712,12 +817,17 @@ impl MergedClients {
                 self.last_written.insert(key, new);
                 (f, key)
             }
-            (Role::Writer, MergedWorkload::Set) => {
+            (Role::Writer, MergedWorkload::Set | MergedWorkload::MlCart) => {
                 let process = self.processes.get_mut(&id).expect("looked up above");
                 if !process.owned.is_empty() && self.rng.chance(REMOVE_PROBABILITY) {
                     let i = self.rng.below(process.owned.len() as u64) as usize;
                     let (key, element) = process.owned.swap_remove(i);
+                    if let Some(live) = self.live.get_mut(&key) {
+                        live.retain(|&e| e != element);
+                    }
                     (MergedFunction::SetRemove { element }, key)
+                } else if let Some((key, element)) = self.readd() {
+                    (MergedFunction::SetAdd { element }, key)
                 } else {
                     let element = self.next_element;
                     self.next_element += 1;
@@ -751,7 +861,15 @@ impl MergedClients {
         let (f, key) = process.pending.take().expect("an operation was pending");
         match (f, kind) {
             (MergedFunction::SetAdd { element }, EventType::Ok) => {
-                process.owned.push((key, element))
+                if !process.owned.contains(&(key, element)) {
+                    process.owned.push((key, element));
+                }
+                if self.workload == MergedWorkload::MlCart {
+                    let live = self.live.entry(key).or_default();
+                    if !live.contains(&element) {
+                        live.push(element);
+                    }
+                }
             }
             (MergedFunction::BankPrepare { from, to, amount }, EventType::Ok) => {
                 if let Some(ReadResult::Balances(b)) = result
@@ -783,11 +901,27 @@ impl MergedClients {
                 self.processes.keys().copied().collect()
             }
             (EventType::Info, role) => {
+                let region = process.region;
                 self.processes.remove(&id);
-                vec![self.spawn(role)]
+                vec![self.spawn_in(role, region)]
             }
             _ => vec![id],
         }
+    }
+
+    /// Workload MC, sometimes: a re-add, `(cart, element)` of an element of a random cart that
+    /// some add saw acknowledged and no remove has been started for.
+    fn readd(&mut self) -> Option<(u64, u64)> {
+        if self.workload != MergedWorkload::MlCart || !self.rng.chance(READD_PROBABILITY) {
+            return None;
+        }
+        let key = self.rng.below(self.keys);
+        let count = self.live.get(&key).map_or(0, Vec::len);
+        if count == 0 {
+            return None;
+        }
+        let i = self.rng.below(count as u64) as usize;
+        Some((key, self.live[&key][i]))
     }
 
     /// A process for one final read.
@@ -798,9 +932,9 @@ impl MergedClients {
     /// A final read's operation.
     pub fn final_read(&mut self, id: ProcessId, key: u64) -> MergedFunction {
         let f = match self.workload {
-            MergedWorkload::Set => MergedFunction::SetRead,
-            MergedWorkload::Counter => MergedFunction::CounterRead,
-            MergedWorkload::Registers => MergedFunction::RegisterRead,
+            MergedWorkload::Set | MergedWorkload::MlCart => MergedFunction::SetRead,
+            MergedWorkload::Counter | MergedWorkload::MlCounter => MergedFunction::CounterRead,
+            MergedWorkload::Registers | MergedWorkload::MlRegisters => MergedFunction::RegisterRead,
             MergedWorkload::Bank => MergedFunction::BankRead,
         };
         self.processes.get_mut(&id).expect("a final reader").pending = Some((f, key));
@@ -859,6 +993,33 @@ mod tests {
         let fresh = c.completed(writer, EventType::Info, None)[0];
         assert_ne!(fresh, writer);
         assert!(c.processes[&fresh].owned.is_empty());
+    }
+
+    #[test]
+    fn multileader_processes_stay_in_their_region_and_re_add_live_elements() {
+        let rng = DetRng::seed_from_u64(5);
+        let duration = Duration::from_secs(10);
+        let mut c =
+            MergedClients::new(MergedWorkload::MlCart, 2, 9, 100_000, duration, rng).in_regions(3);
+        let ids: Vec<ProcessId> = c.processes.keys().copied().collect();
+        let regions: BTreeSet<u32> = ids.iter().filter_map(|&p| c.region_of(p)).collect();
+        assert_eq!(regions.len(), 3, "processes in every region");
+        let (mut added, mut readds) = (BTreeSet::new(), 0);
+        for _ in 0..200 {
+            for &p in &ids {
+                let region = c.region_of(p).expect("a process");
+                let op = c.next_op(p).expect("budget left");
+                assert_eq!(op.node_index as u32 % 3, region, "{p} talks to its region");
+                if let MergedFunction::SetAdd { element } = op.f
+                    && !added.insert((op.key, element))
+                {
+                    readds += 1;
+                    assert!(c.live[&op.key].contains(&element), "re-adds a live element");
+                }
+                c.completed(p, EventType::Ok, None);
+            }
+        }
+        assert!(readds > 50, "{readds} re-adds");
     }
 
     #[test]

@@ -6,6 +6,11 @@
 //! nodes restart and clocks return to their baseline offsets. After the workload comes a final
 //! heal, a settle period and the final reads (see the crate documentation).
 //!
+//! In a cluster of several regions ([`crate::RegionOptions`]) three more faults join them
+//! ([`Fault::REGIONAL`]): one region cut off from the others, every region cut off from every
+//! other, and a partition inside one region. The simulation records every window it carried out
+//! ([`FaultWindow`]) for the checkers that need to know which links were cut when.
+//!
 //! The nemesis only *plans*: it returns `Action`s for the simulation to carry out, so its
 //! choices depend on its own RNG stream alone, and a change in the workload does not change the
 //! fault schedule of a seed.
@@ -14,7 +19,7 @@ use crate::network::Link;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
-use triarch_core::{DetRng, NodeId};
+use triarch_core::{DetRng, Instant, NodeId};
 
 /// The faults the nemesis chooses among.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -40,6 +45,15 @@ pub enum Fault {
     /// One node's wall clock stops for the window (a stuck clock source): its hybrid logical
     /// clock keeps time with the logical counter alone.
     ClockFreeze,
+    /// With several regions: one region cut off from every other (both ways); inside it, and
+    /// between the others, every link works.
+    RegionCut,
+    /// With several regions: every region cut off from every other; inside each region every
+    /// link works.
+    RegionsApart,
+    /// With several regions: a partition inside one region, its nodes split into two halves
+    /// (links to other regions untouched).
+    RegionSplit,
 }
 
 impl Fault {
@@ -54,6 +68,15 @@ impl Fault {
         Fault::ClockFreeze,
     ];
 
+    /// The faults that exist only in a cluster of several regions (never chosen otherwise, so
+    /// that a single-region seed plans what it always planned).
+    pub const REGIONAL: [Fault; 3] = [Fault::RegionCut, Fault::RegionsApart, Fault::RegionSplit];
+
+    /// The faults that cut links between regions and nothing else.
+    pub fn is_between_regions(self) -> bool {
+        matches!(self, Fault::RegionCut | Fault::RegionsApart)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Fault::PartitionRandomHalves => "partition-random-halves",
@@ -64,6 +87,9 @@ impl Fault {
             Fault::CrashRestart => "crash-restart",
             Fault::ClockBump => "clock-bump",
             Fault::ClockFreeze => "clock-freeze",
+            Fault::RegionCut => "region-cut",
+            Fault::RegionsApart => "regions-apart",
+            Fault::RegionSplit => "region-split",
         }
     }
 }
@@ -98,9 +124,42 @@ pub(crate) enum Action {
     },
 }
 
+/// What one fault window did to the network and when, as the simulation carried it out (for
+/// the checkers that need to know which links were cut while an operation ran).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultWindow {
+    pub from: Instant,
+    /// When the heal ended it (`None` while it lasts).
+    pub to: Option<Instant>,
+    pub faults: BTreeSet<Fault>,
+    /// Every directed link blocked from `from` to `to` (the same throughout the window).
+    pub blocked: BTreeSet<Link>,
+}
+
+impl FaultWindow {
+    /// Whether no link from a node of `inside` to a node outside it (among `nodes`) was open.
+    pub fn cuts_off(&self, inside: &[NodeId], nodes: &[NodeId]) -> bool {
+        let outside = nodes.iter().filter(|n| !inside.contains(n));
+        let mut links = outside.flat_map(|&o| inside.iter().map(move |&i| (i, o)));
+        links.all(|link| self.blocked.contains(&link))
+    }
+
+    /// Whether the window only cut links between regions (and perhaps moved clocks, which no
+    /// region's Raft group reads): every node up, every link inside every region open, no
+    /// extra loss. Writes to any region must then succeed.
+    pub fn only_between_regions(&self) -> bool {
+        self.faults.iter().any(|f| f.is_between_regions())
+            && self.faults.iter().all(|f| {
+                f.is_between_regions() || matches!(f, Fault::ClockBump | Fault::ClockFreeze)
+            })
+    }
+}
+
 pub(crate) struct Nemesis {
     rng: DetRng,
     faults: Vec<Fault>,
+    /// The nodes of each region (one entry when the cluster has one region).
+    regions: Vec<Vec<NodeId>>,
 }
 
 const WINDOW_MS_MIN: u64 = 2_000;
@@ -108,7 +167,21 @@ const WINDOW_MS_MAX: u64 = 5_000;
 
 impl Nemesis {
     pub fn new(faults: Vec<Fault>, rng: DetRng) -> Self {
-        Nemesis { rng, faults }
+        Nemesis {
+            rng,
+            faults,
+            regions: Vec::new(),
+        }
+    }
+
+    /// The regions' nodes, for the [`Fault::REGIONAL`] faults (which need two or more).
+    pub fn with_regions(mut self, regions: Vec<Vec<NodeId>>) -> Self {
+        assert!(
+            regions.len() >= 2 || !self.faults.iter().any(|f| Fault::REGIONAL.contains(f)),
+            "regional faults need two regions or more"
+        );
+        self.regions = regions;
+        self
     }
 
     pub fn is_idle(&self) -> bool {
@@ -221,6 +294,34 @@ impl Nemesis {
                         restart_after,
                     });
                 }
+            }
+            Fault::RegionCut => {
+                let r = self.rng.below(self.regions.len() as u64) as usize;
+                let inside = &self.regions[r];
+                let outside: Vec<NodeId> = nodes
+                    .iter()
+                    .copied()
+                    .filter(|n| !inside.contains(n))
+                    .collect();
+                let description = format!("r{} ({}) cut off", r + 1, list(inside));
+                actions.push(block(between(inside, &outside), description));
+            }
+            Fault::RegionsApart => {
+                let mut links = BTreeSet::new();
+                for (i, a) in self.regions.iter().enumerate() {
+                    for b in &self.regions[i + 1..] {
+                        links.extend(between(a, b));
+                    }
+                }
+                actions.push(block(links, "every region cut off from the others".into()));
+            }
+            Fault::RegionSplit => {
+                let r = self.rng.below(self.regions.len() as u64) as usize;
+                let mut inside = self.regions[r].clone();
+                self.rng.shuffle(&mut inside);
+                let (a, b) = inside.split_at(inside.len() / 2);
+                let description = format!("inside r{}: {} | {}", r + 1, list(a), list(b));
+                actions.push(block(between(a, b), description));
             }
             Fault::ClockFreeze => actions.push(Action::FreezeClock { node: shuffled[0] }),
             Fault::ClockBump => {
@@ -338,6 +439,38 @@ mod tests {
             }
         }
         assert_eq!(signs, BTreeSet::from([-1, 1]));
+    }
+
+    #[test]
+    fn regional_faults_cut_between_regions_or_inside_one() {
+        let regions: Vec<Vec<NodeId>> = (0..3)
+            .map(|r| ids(9).into_iter().filter(|n| (n.0 - 1) % 3 == r).collect())
+            .collect();
+        let region = |n: NodeId| (n.0 - 1) % 3;
+        for seed in 0..20 {
+            let plan = |fault| {
+                let mut nemesis = Nemesis::new(vec![fault], DetRng::seed_from_u64(seed))
+                    .with_regions(regions.clone());
+                blocked(&nemesis.plan(Duration::from_secs(3), &ids(9)))
+            };
+            let cut = plan(Fault::RegionCut);
+            assert_eq!(
+                cut.len(),
+                2 * 3 * 6,
+                "one region of 3 against 6 nodes, both ways"
+            );
+            assert!(cut.iter().all(|&(a, b)| region(a) != region(b)));
+            let apart = plan(Fault::RegionsApart);
+            assert_eq!(
+                apart.len(),
+                9 * 6,
+                "every link between regions, none inside"
+            );
+            assert!(apart.iter().all(|&(a, b)| region(a) != region(b)));
+            let split = plan(Fault::RegionSplit);
+            assert_eq!(split.len(), 2 * 2, "1 | 2 inside one region, both ways");
+            assert!(split.iter().all(|&(a, b)| region(a) == region(b)));
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! Clients are not on this network: a simulated client talks to its node as if co-located, so a
 //! client operation's fate depends only on the cluster, which is what the checkers judge.
 
-use crate::latency::LatencyDistribution;
+use crate::latency::{INTER_REGION_MS_MAX, INTER_REGION_MS_MIN, LatencyDistribution};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use triarch_core::{DetRng, NodeId};
@@ -15,6 +15,8 @@ pub type Link = (NodeId, NodeId);
 
 pub(crate) struct Network {
     links: BTreeMap<Link, LatencyDistribution>,
+    /// With several regions: each region pair's base one-way latency (µs), by region index.
+    region_pairs: BTreeMap<(u32, u32), u64>,
     blocked: BTreeSet<Link>,
     /// Loss and duplication outside fault windows (zero when the seed's options disable them).
     loss_baseline: f64,
@@ -27,23 +29,55 @@ pub(crate) struct Network {
 impl Network {
     /// A network whose every link draws its own parameters from `rng`. One distribution kind is
     /// chosen for the whole seed so that each kind is exercised on its own by some seeds.
-    pub fn new(
+    #[cfg(test)]
+    pub fn new(nodes: &[NodeId], rng: DetRng, loss_baseline: f64, duplicate_baseline: f64) -> Self {
+        let regions = vec![0; nodes.len()];
+        Network::with_regions(nodes, &regions, rng, loss_baseline, duplicate_baseline)
+    }
+
+    /// Like [`Network::new`] for nodes in regions (`regions[i]`: the region index of
+    /// `nodes[i]`). With one region every link is drawn as [`Network::new`] draws it (the same
+    /// draws from `rng`, so a seed's run does not change); with several, links inside a region
+    /// are sub-millisecond ([`LatencyDistribution::inside_region`]) and links between two
+    /// regions stay near the pair's base latency, drawn once per pair
+    /// ([`LatencyDistribution::between_regions`]).
+    pub fn with_regions(
         nodes: &[NodeId],
+        regions: &[u32],
         mut rng: DetRng,
         loss_baseline: f64,
         duplicate_baseline: f64,
     ) -> Self {
+        assert_eq!(nodes.len(), regions.len(), "one region per node");
         let kind = rng.below(4);
+        let count = regions.iter().max().map_or(1, |r| r + 1);
+        let mut region_pairs = BTreeMap::new();
+        for a in 0..count {
+            for b in a + 1..count {
+                let base = rng.between(INTER_REGION_MS_MIN * 1_000, INTER_REGION_MS_MAX * 1_000);
+                region_pairs.insert((a, b), base);
+            }
+        }
         let mut links = BTreeMap::new();
-        for &from in nodes {
-            for &to in nodes {
-                if from != to {
-                    links.insert((from, to), LatencyDistribution::random(kind, &mut rng));
+        for (&from, &a) in nodes.iter().zip(regions) {
+            for (&to, &b) in nodes.iter().zip(regions) {
+                if from == to {
+                    continue;
                 }
+                let latency = if count == 1 {
+                    LatencyDistribution::random(kind, &mut rng)
+                } else if a == b {
+                    LatencyDistribution::inside_region(kind, &mut rng)
+                } else {
+                    let base = region_pairs[&(a.min(b), a.max(b))];
+                    LatencyDistribution::between_regions(kind, base, &mut rng)
+                };
+                links.insert((from, to), latency);
             }
         }
         Network {
             links,
+            region_pairs,
             blocked: BTreeSet::new(),
             loss_baseline,
             duplicate_baseline,
@@ -61,8 +95,18 @@ impl Network {
             Some(LatencyDistribution::LogNormal { .. }) => "log-normal",
             None => "none",
         };
+        let pairs: Vec<String> = self
+            .region_pairs
+            .iter()
+            .map(|((a, b), micros)| format!("r{}-r{} {} ms", a + 1, b + 1, micros / 1_000))
+            .collect();
+        let regions = if pairs.is_empty() {
+            String::new()
+        } else {
+            format!(" (between regions: {})", pairs.join(", "))
+        };
         format!(
-            "{kind} latency, loss {:.3}, duplication {:.3}",
+            "{kind} latency{regions}, loss {:.3}, duplication {:.3}",
             self.loss_baseline, self.duplicate_baseline
         )
     }
@@ -132,6 +176,22 @@ mod tests {
         assert!(net.transmit(NodeId(2), NodeId(1))[0].is_some(), "one-way");
         net.heal();
         assert!(net.transmit(NodeId(1), NodeId(2))[0].is_some());
+    }
+
+    #[test]
+    fn regions_are_near_inside_and_far_apart_and_one_region_draws_as_before() {
+        let nodes = ids(6);
+        let one = Network::new(&nodes, DetRng::seed_from_u64(4), 0.0, 0.0);
+        let flat = Network::with_regions(&nodes, &[0; 6], DetRng::seed_from_u64(4), 0.0, 0.0);
+        assert_eq!(one.links, flat.links);
+        let regions = [0, 1, 2, 0, 1, 2];
+        let mut net = Network::with_regions(&nodes, &regions, DetRng::seed_from_u64(4), 0.0, 0.0);
+        assert_eq!(net.region_pairs.len(), 3);
+        let near = net.transmit(NodeId(1), NodeId(4))[0].unwrap();
+        let far = net.transmit(NodeId(1), NodeId(2))[0].unwrap();
+        assert!(near < Duration::from_millis(5), "{near:?}");
+        assert!(far > Duration::from_millis(10), "{far:?}");
+        assert!(net.describe().contains("r1-r2"), "{}", net.describe());
     }
 
     #[test]

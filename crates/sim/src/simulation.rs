@@ -9,13 +9,14 @@ use crate::merged::{
     BANK_INITIAL_BALANCE, MergedClients, MergedFunction, MergedHistory, MergedWorkload,
     PlannedMergedOp, ReadResult,
 };
-use crate::nemesis::{Action, Nemesis};
+use crate::nemesis::{Action, Fault, FaultWindow, Nemesis};
 use crate::network::Network;
 use crate::workload::{PlannedOp, Role, Workload};
-use crate::{SeedReport, SimOptions, TimelineEntry};
+use crate::{RegionOptions, SeedReport, SimOptions, TimelineEntry};
 use bytes::Bytes;
+use regions::Regional;
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::time::Duration;
 use triarch_core::{DetRng, Instant, NodeId, Now, RequestId};
@@ -48,6 +49,10 @@ const DISK_SYNC_MICROS_MIN: u64 = 50;
 const DISK_SYNC_MICROS_MAX: u64 = 500;
 /// A run that processes more events than this is livelocked (a timer that never advances).
 const EVENTS_MAX: u64 = 20_000_000;
+
+mod regions;
+
+pub use regions::RegionStats;
 
 /// A node's process and disk.
 enum HostState {
@@ -219,6 +224,10 @@ pub struct Simulation {
     /// the final heal, so that convergence must come from anti-entropy alone. Every other run
     /// switches anti-entropy off: it would repair, and so hide, what their planted bugs break.
     anti_entropy_only: bool,
+    // ---- regions and multi-leader keyspaces (see `regions`) ----
+    regional: Regional,
+    /// Every fault window so far, with what it blocked.
+    windows: Vec<FaultWindow>,
 }
 
 impl Simulation {
@@ -226,7 +235,20 @@ impl Simulation {
     /// independent streams per concern (network, nemesis, clients, nodes, disks) so that a change
     /// to one concern's use of randomness leaves the others' choices alone.
     pub fn new(seed: u64, options: &SimOptions) -> Self {
-        Simulation::build(seed, options, None, None, false)
+        Simulation::build(seed, options, None, None, false, &RegionOptions::single())
+    }
+
+    /// A run of `workload` with its nodes in `regions` ([`crate::run_multileader_seed`]): a
+    /// multi-leader workload (two regions or more), or another workload whose latencies and
+    /// faults then span the regions. `options.planted_bug` plants a single-region workload's
+    /// bug as for [`Simulation::new_merged`]; `regions.planted` plants the simulator's own.
+    pub fn new_in_regions(
+        seed: u64,
+        options: &SimOptions,
+        workload: MergedWorkload,
+        regions: &RegionOptions,
+    ) -> Self {
+        Simulation::build(seed, options, Some(workload), None, false, regions)
     }
 
     /// A run of the register workload (`workload: None`) or of a CRDT workload whose nodes all
@@ -240,7 +262,8 @@ impl Simulation {
         workload: Option<MergedWorkload>,
         config: LeaderlessConfig,
     ) -> Self {
-        Simulation::build(seed, options, workload, Some(config), false)
+        let single = RegionOptions::single();
+        Simulation::build(seed, options, workload, Some(config), false, &single)
     }
 
     /// A run of the register workload (`workload: None`) or of a CRDT workload whose nodes run
@@ -258,7 +281,8 @@ impl Simulation {
         workload: Option<MergedWorkload>,
         config: LeaderlessConfig,
     ) -> Self {
-        Simulation::build(seed, options, workload, Some(config), true)
+        let single = RegionOptions::single();
+        Simulation::build(seed, options, workload, Some(config), true, &single)
     }
 
     /// Every replica's record of every key when the final reads began: after the final heal
@@ -302,7 +326,8 @@ impl Simulation {
     /// same options; `options.planted_bug` plants the workload's own bug (see
     /// [`crate::run_merged_seed`]).
     pub fn new_merged(seed: u64, options: &SimOptions, workload: MergedWorkload) -> Self {
-        Simulation::build(seed, options, Some(workload), None, false)
+        let single = RegionOptions::single();
+        Simulation::build(seed, options, Some(workload), None, false, &single)
     }
 
     fn build(
@@ -311,6 +336,7 @@ impl Simulation {
         merged: Option<MergedWorkload>,
         leaderless_config: Option<LeaderlessConfig>,
         anti_entropy_only: bool,
+        regions: &RegionOptions,
     ) -> Self {
         options
             .validate()
@@ -322,15 +348,11 @@ impl Simulation {
         let node_rng = root.fork();
         let disk_rng = root.fork();
         let mut setup_rng = root.fork();
+        let planted_rng = root.fork();
 
         let ids: Vec<NodeId> = (1..=options.nodes).map(NodeId).collect();
-        let members: Vec<Member> = ids
-            .iter()
-            .map(|&id| Member {
-                id,
-                region: "r1".into(),
-            })
-            .collect();
+        let regional = Regional::new(regions, options.nodes, merged, planted_rng);
+        let members = regional.members(&ids);
         let loss = if options.packet_loss {
             0.02 * setup_rng.unit_f64()
         } else {
@@ -341,7 +363,8 @@ impl Simulation {
         } else {
             0.0
         };
-        let network = Network::new(&ids, network_rng, loss, duplication);
+        let network =
+            Network::with_regions(&ids, &regional.of_node, network_rng, loss, duplication);
         let hosts = ids
             .iter()
             .map(|&id| {
@@ -365,7 +388,12 @@ impl Simulation {
                 }
             })
             .collect();
-        let nemesis = Nemesis::new(options.faults(), nemesis_rng);
+        let mut faults = options.faults();
+        if regions.regions > 1 && options.partitions {
+            faults.extend(Fault::REGIONAL);
+        }
+        let nemesis =
+            Nemesis::new(faults, nemesis_rng).with_regions(regional.nodes_by_region(&ids));
         let (workload, merged) = match merged {
             None => {
                 let workload = Workload::new(
@@ -380,7 +408,7 @@ impl Simulation {
             Some(kind) => {
                 // The register workload stays idle (never started).
                 let idle = Workload::new(1, 1, 1, options.duration, DetRng::seed_from_u64(0));
-                let clients = MergedClients::new(
+                let mut clients = MergedClients::new(
                     kind,
                     options.keys,
                     ids.len(),
@@ -388,6 +416,9 @@ impl Simulation {
                     options.duration,
                     workload_rng,
                 );
+                if kind.is_multileader() {
+                    clients = clients.in_regions(regions.regions);
+                }
                 let run = MergedRun {
                     clients,
                     history: MergedHistory::new(),
@@ -426,6 +457,8 @@ impl Simulation {
             records_before_final_reads: None,
             states_before_final_reads: None,
             anti_entropy_only,
+            regional,
+            windows: Vec::new(),
         };
         let network = sim.network.describe();
         sim.log(format!("start: {} nodes, {network}", options.nodes));
@@ -507,6 +540,9 @@ impl Simulation {
                         };
                         vec![semantics, convergence::check_states(states)]
                     }
+                    MergedWorkload::MlCart
+                    | MergedWorkload::MlCounter
+                    | MergedWorkload::MlRegisters => self.multileader_checkers(run),
                     MergedWorkload::Registers | MergedWorkload::Bank => {
                         let tables = run.tables.as_ref().expect("snapshot taken at Finish");
                         let workload = run.clients.workload;
@@ -672,6 +708,7 @@ impl Simulation {
             Event::Deliver { from, to, message } => {
                 // A link cut while the message was in flight drops it too.
                 if !self.network.is_blocked(from, to) {
+                    let message = self.tamper(from, to, message);
                     self.step(to, Input::Message(from, message));
                 }
             }
@@ -742,6 +779,9 @@ impl Simulation {
                     Some(MergedWorkload::Registers | MergedWorkload::Bank)
                 )
                 .then(|| self.replica_tables());
+                if let Some(workload) = workload.filter(|w| w.is_multileader()) {
+                    self.regional.replicas = Some(self.snapshot_region_replicas(workload));
+                }
                 if let Some(run) = &mut self.merged {
                     run.history.close_open(self.now, "run ended");
                     run.states = states;
@@ -768,7 +808,7 @@ impl Simulation {
     }
 
     fn node_config(&self, id: NodeId) -> NodeConfig {
-        let mut config = NodeConfig::new(id, self.members.clone());
+        let mut config = NodeConfig::new(id, self.configured_members());
         let bug = self.options.planted_bug;
         config.leaderless = match self.merged.as_ref().map(|m| m.clients.workload) {
             None => LeaderlessConfig {
@@ -783,7 +823,13 @@ impl Simulation {
                 bug_shared_actor: bug,
                 ..LeaderlessConfig::default()
             },
-            Some(MergedWorkload::Registers | MergedWorkload::Bank) => LeaderlessConfig::default(),
+            Some(
+                MergedWorkload::Registers
+                | MergedWorkload::Bank
+                | MergedWorkload::MlCart
+                | MergedWorkload::MlCounter
+                | MergedWorkload::MlRegisters,
+            ) => LeaderlessConfig::default(),
         };
         // Elections well inside a fault window, so that leaders change often.
         config.primary = PrimaryConfig {
@@ -799,6 +845,22 @@ impl Simulation {
                     == Some(MergedWorkload::Registers),
             ..PrimaryConfig::default()
         };
+        // The regions' groups of multi-leader keyspaces: elections still well inside a fault
+        // window, at half the heartbeat traffic (nine nodes' groups heartbeat for the whole
+        // run); never a planted bug.
+        config.multileader.primary = PrimaryConfig {
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            heartbeat_interval: Duration::from_millis(100),
+            bug_local_reads: false,
+            ..config.primary.clone()
+        };
+        // Half the seeds keep short change logs, so that a region cut off for a few seconds
+        // comes back to a state transfer instead of the changes it missed.
+        if (self.seed / 2) % 2 == 1 {
+            config.multileader.log_changes_max = 32;
+            config.multileader.trim_batch = 8;
+        }
         if let Some(leaderless) = &self.leaderless_config {
             config.leaderless = leaderless.clone(); // `with_leaderless_config`
         }
@@ -1002,6 +1064,9 @@ impl Simulation {
 
     fn release(&mut self, from: NodeId, outputs: Vec<Output>) {
         for output in outputs {
+            if let Output::Send { message, .. } = &output {
+                self.observe_shipment(message);
+            }
             match output {
                 Output::Send { to, message } => match self.network.transmit(from, to) {
                     [None, _] => {}
@@ -1287,6 +1352,10 @@ impl Simulation {
         let Some(run) = &self.merged else {
             return;
         };
+        if run.clients.workload.is_multileader() {
+            let workload = run.clients.workload;
+            return self.note_region_leaders(workload);
+        }
         if !matches!(
             run.clients.workload,
             MergedWorkload::Registers | MergedWorkload::Bank
@@ -1323,7 +1392,11 @@ impl Simulation {
             self.schedule(FINAL_READ_SETTLE, Event::Finish);
             return;
         }
-        if self.merged.is_some() {
+        let leaderless = self
+            .merged
+            .as_ref()
+            .is_some_and(|run| !run.clients.workload.is_multileader());
+        if leaderless {
             // For `tests/sloppy.rs`: what hinted handoff alone left on the replicas.
             self.states_before_final_reads = Some(self.replica_states());
         }
@@ -1377,7 +1450,20 @@ impl Simulation {
         self.fault_window = Some(self.fault_windows);
         let window = self.nemesis.window();
         let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        let mut record = FaultWindow {
+            from: self.now,
+            to: None,
+            faults: BTreeSet::new(),
+            blocked: BTreeSet::new(),
+        };
         for action in self.nemesis.plan(window, &ids) {
+            record.faults.insert(match &action {
+                Action::Block { fault, .. } => *fault,
+                Action::Loss(_) => Fault::LossBurst,
+                Action::Crash { .. } => Fault::CrashRestart,
+                Action::BumpClock { .. } => Fault::ClockBump,
+                Action::FreezeClock { .. } => Fault::ClockFreeze,
+            });
             match action {
                 Action::Block {
                     fault,
@@ -1385,6 +1471,7 @@ impl Simulation {
                     description,
                 } => {
                     self.log(format!("{fault}: {description}"));
+                    record.blocked.extend(links.iter().copied());
                     self.network.block(links);
                 }
                 Action::Loss(p) => {
@@ -1421,6 +1508,7 @@ impl Simulation {
                 }
             }
         }
+        self.windows.push(record);
         self.schedule(window, Event::FaultsOff);
     }
 
@@ -1428,6 +1516,9 @@ impl Simulation {
     /// clocks return to their baseline offsets.
     fn heal(&mut self) {
         self.fault_window = None;
+        if let Some(w) = self.windows.last_mut().filter(|w| w.to.is_none()) {
+            w.to = Some(self.now);
+        }
         self.network.heal();
         let mut restarted = String::new();
         for i in 0..self.hosts.len() {

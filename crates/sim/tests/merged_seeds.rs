@@ -7,9 +7,8 @@
 //! - `TRIARCH_SIM_PLANTED_BUG=1` runs the workload's planted bug (`run_merged_seed`), to look
 //!   at what the checkers report (the test then fails, as it should).
 
-use std::collections::BTreeSet;
 use triarch_sim::checker::{bank_history, convergence, counter, registers, set};
-use triarch_sim::testing::{env_u64, stopwatch};
+use triarch_sim::testing::{blamed_keys, describe, env_u64, stopwatch};
 use triarch_sim::{
     MergedWorkload, SeedReport, SimOptions, Simulation, merged_replay_command, run_merged_seed,
     run_merged_seeds,
@@ -34,38 +33,11 @@ fn replay(seed: u64, options: &SimOptions, workload: MergedWorkload) -> SeedRepo
     if std::env::var("TRIARCH_SIM_HISTORY").is_ok() {
         println!("history:\n{history}");
     } else {
-        let keys: BTreeSet<u64> = report
-            .checkers
-            .iter()
-            .flat_map(|c| c.violations.iter().map(|v| v.key))
-            .collect();
-        for key in keys {
+        for key in blamed_keys(&report) {
             println!("history of key {key}:\n{}", history.key_excerpt(key));
         }
     }
     report
-}
-
-/// A failed report without its register-workload replay line (`merged_replay_command` replaces it).
-fn describe(report: &SeedReport) -> String {
-    let mut out = format!(
-        "seed {}: {} ok, {} fail, {} info",
-        report.seed, report.ops_ok, report.ops_fail, report.ops_info
-    );
-    if let Some(p) = &report.panic {
-        out.push_str(&format!("\n  panicked: {p}"));
-    }
-    for c in report.checkers.iter().filter(|c| !c.is_ok()) {
-        out.push_str(&format!(
-            "\n  {}: {} violation(s)",
-            c.checker,
-            c.violations.len()
-        ));
-        for v in c.violations.iter().take(5) {
-            out.push_str(&format!("\n    {v}"));
-        }
-    }
-    out
 }
 
 fn seeds(workload: MergedWorkload) {

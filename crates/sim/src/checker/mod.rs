@@ -2,14 +2,18 @@
 //! to the violations found. Each is trusted only because its unit tests feed it a broken input
 //! and see it fail, and because `tests/leaderless_seeds.rs` shows it catching the leaderless
 //! engine's planted acknowledge-before-quorum bug (`tests/merged_seeds.rs` does the same for
-//! [`set`] and [`counter`] with their own planted bugs).
+//! [`set`] and [`counter`] with their own planted bugs; `tests/multileader.rs` for [`cart`],
+//! [`regional`] and the multi-leader use of [`counter`], with bugs the simulator plants in the
+//! shipping between regions and in the cluster's configuration).
 
 pub mod bank;
 pub mod bank_history;
+pub mod cart;
 pub mod convergence;
 pub mod counter;
 pub mod leader;
 pub mod linearizable;
+pub mod regional;
 pub mod registers;
 pub mod set;
 pub mod single_writer;
@@ -68,6 +72,12 @@ pub enum ViolationKind {
     Bank,
     /// A primary-backup group had no agreed leader a settle period after the final heal.
     NoLeader,
+    /// A multi-leader region applied another region's change a second time.
+    AppliedTwice,
+    /// Writes last-writer-wins discarded that the regions did not count.
+    Uncounted,
+    /// A region whose own nodes were up and connected answered no write.
+    Unavailable,
 }
 
 impl fmt::Display for ViolationKind {
@@ -81,6 +91,9 @@ impl fmt::Display for ViolationKind {
             ViolationKind::NotLinearizable => "not linearizable",
             ViolationKind::Bank => "bank",
             ViolationKind::NoLeader => "no leader",
+            ViolationKind::AppliedTwice => "applied twice",
+            ViolationKind::Uncounted => "uncounted",
+            ViolationKind::Unavailable => "unavailable",
         })
     }
 }
