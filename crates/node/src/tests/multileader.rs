@@ -3,6 +3,7 @@
 
 use super::cluster::{Cluster, b};
 use super::*;
+use triarch_core::causal::VersionVector;
 use triarch_multileader::engine::KeyspaceInfo as MlInfo;
 
 /// Nodes of each region (node `i` is in region `(i - 1) % 3 + 1`).
@@ -325,4 +326,87 @@ fn a_region_away_longer_than_the_log_keeps_gets_a_state_transfer() {
     for id in 1..=6 {
         assert_eq!(info(&c, id, "cart").counters.duplicates, 0);
     }
+}
+
+/// The siblings of `key` as node `via` reads them.
+fn siblings_at(c: &mut Cluster, via: u32, key: &str) -> SiblingsView {
+    match c.call(
+        via,
+        Request::Read {
+            key: b(key),
+            r: None,
+        },
+    ) {
+        Reply::State(View::Siblings(view)) => view,
+        other => panic!("GETV via {via}: {other:?}"),
+    }
+}
+
+fn setv(c: &mut Cluster, via: u32, key: &str, context: VersionVector, value: &str) -> Reply {
+    c.call(
+        via,
+        Request::Apply {
+            key: b(key),
+            op: Operation::SiblingsWrite {
+                context,
+                value: Some(b(value)),
+            },
+            r: None,
+            w: None,
+        },
+    )
+}
+
+#[test]
+fn concurrent_writes_in_two_regions_become_siblings_and_a_write_with_their_context_resolves_them() {
+    let mut c = cluster("docs", MergePolicy::Siblings);
+    setv(&mut c, 1, "docs:d", VersionVector::new(), "warmup");
+    c.run(50);
+    split_regions(&mut c);
+    let base = siblings_at(&mut c, 1, "docs:d").context;
+    assert!(matches!(
+        setv(&mut c, 1, "docs:d", base.clone(), "from-r1"),
+        Reply::Applied(_)
+    ));
+    assert!(matches!(
+        setv(&mut c, 2, "docs:d", base, "from-r2"),
+        Reply::Applied(_)
+    ));
+    c.heal();
+    let deadline = c.now_micros + 30_000_000;
+    let both = loop {
+        let views: Vec<SiblingsView> = (1..=6).map(|i| siblings_at(&mut c, i, "docs:d")).collect();
+        if views.iter().all(|v| *v == views[0] && v.values.len() == 2) {
+            break views[0].clone();
+        }
+        assert!(
+            c.now_micros < deadline,
+            "siblings never converged: {views:?}"
+        );
+        c.run(20);
+    };
+    let mut values = both.values.clone();
+    values.sort();
+    assert_eq!(values, [b("from-r1"), b("from-r2")]);
+    // The context names regions; a write with it supersedes both, in every region.
+    assert!(matches!(
+        setv(&mut c, 3, "docs:d", both.context, "merged"),
+        Reply::Applied(_)
+    ));
+    let deadline = c.now_micros + 30_000_000;
+    while !(1..=6).all(|i| siblings_at(&mut c, i, "docs:d").values == [b("merged")]) {
+        assert!(
+            c.now_micros < deadline,
+            "the resolving write never reached every region"
+        );
+        c.run(20);
+    }
+    // A context naming a node id rather than a region is refused.
+    let bogus: VersionVector = [(triarch_core::causal::ActorId(1), 1)]
+        .into_iter()
+        .collect();
+    assert!(matches!(
+        setv(&mut c, 1, "docs:d", bogus, "x"),
+        Reply::Error(RequestError::InvalidContext(_))
+    ));
 }
