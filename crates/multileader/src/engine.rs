@@ -484,23 +484,17 @@ impl MultiLeader {
     /// Turns the groups' effects into this engine's, then ships whatever the region's leader
     /// has that other regions lack.
     fn drain<S: Storage>(&mut self, env: &mut Env<'_, S>) {
-        while let Some(effect) = self.groups.poll_effect() {
-            match effect {
-                PbEffect::Send { to, message } => self.effects.push_back(Effect::Send {
-                    to,
-                    message: Message::Group(message),
-                }),
-                PbEffect::Reply {
-                    request,
-                    outcome,
-                    early,
-                } => self.finish(request, outcome, early),
-            }
-        }
+        self.take_group_effects();
         let names: Vec<String> = self.keyspaces.keys().cloned().collect();
         for name in names {
             self.ship(env, &name);
         }
+        // Shipping may have proposed a trim.
+        self.take_group_effects();
+    }
+
+    /// The groups' messages go out as this engine's; their replies finish this engine's jobs.
+    fn take_group_effects(&mut self) {
         while let Some(effect) = self.groups.poll_effect() {
             match effect {
                 PbEffect::Send { to, message } => self.effects.push_back(Effect::Send {

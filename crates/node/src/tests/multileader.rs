@@ -70,6 +70,27 @@ fn await_members(c: &mut Cluster, key: &str, expected: &[&str]) {
     }
 }
 
+/// Runs until what every node's GET of `key` answers satisfies `done` (30 virtual s at most).
+fn await_gets(c: &mut Cluster, key: &str, done: impl Fn(&[Reply]) -> bool) {
+    let deadline = c.now_micros + 30_000_000;
+    loop {
+        let values: Vec<Reply> = (1..=6)
+            .map(|i| {
+                let get = Request::Get {
+                    key: b(key),
+                    r: None,
+                };
+                c.call(i, get)
+            })
+            .collect();
+        if done(&values) {
+            return;
+        }
+        assert!(c.now_micros < deadline, "never converged: {values:?}");
+        c.run(20);
+    }
+}
+
 /// The keyspace's state on node `id`.
 fn info(c: &Cluster, id: u32, keyspace: &str) -> MlInfo {
     let node = c.nodes[id as usize - 1].as_ref().expect("running");
@@ -173,25 +194,9 @@ fn an_lww_conflict_converges_everywhere_and_the_loser_is_counted() {
     c.run(5);
     assert_eq!(set(&mut c, 3, "blue"), Reply::Written { existed: true });
     c.heal();
-    let deadline = c.now_micros + 30_000_000;
-    loop {
-        let values: Vec<Reply> = (1..=6)
-            .map(|i| {
-                c.call(
-                    i,
-                    Request::Get {
-                        key: b("prefs:theme"),
-                        r: None,
-                    },
-                )
-            })
-            .collect();
-        if values.iter().all(|v| *v == values[0]) && values[0] != Reply::Value(Some(b("light"))) {
-            break;
-        }
-        assert!(c.now_micros < deadline, "never converged: {values:?}");
-        c.run(20);
-    }
+    await_gets(&mut c, "prefs:theme", |values| {
+        values.iter().all(|v| *v == values[0]) && values[0] != Reply::Value(Some(b("light")))
+    });
     let (conflicts, discarded): (u64, u64) = [1, 2, 3].iter().fold((0, 0), |(a, d), &id| {
         let k = info(&c, id, "prefs").counters;
         (a + k.conflicts, d + k.lww_discarded)
@@ -222,25 +227,9 @@ fn counters_are_exact_across_regions_and_partitions() {
         assert!(matches!(incr(&mut c, via, by), Reply::Applied(_)));
     }
     c.heal();
-    let deadline = c.now_micros + 30_000_000;
-    loop {
-        let values: Vec<Reply> = (1..=6)
-            .map(|i| {
-                c.call(
-                    i,
-                    Request::Get {
-                        key: b("hits:page"),
-                        r: None,
-                    },
-                )
-            })
-            .collect();
-        if values.iter().all(|v| *v == Reply::Value(Some(b("19")))) {
-            break;
-        }
-        assert!(c.now_micros < deadline, "never converged: {values:?}");
-        c.run(20);
-    }
+    await_gets(&mut c, "hits:page", |values| {
+        values.iter().all(|v| *v == Reply::Value(Some(b("19"))))
+    });
 }
 
 #[test]
