@@ -101,6 +101,7 @@
 //! [`multileader_replay_command`]).
 
 pub mod checker;
+pub mod explore;
 pub mod history;
 pub mod latency;
 pub mod merged;

@@ -322,6 +322,33 @@ impl Simulation {
             .collect()
     }
 
+    /// A run of the register workload (A: single-writer registers in the leaderless `default`
+    /// keyspace) with its nodes in `regions`. Added for [`crate::explore`].
+    pub fn registers_in_regions(seed: u64, options: &SimOptions, regions: &RegionOptions) -> Self {
+        Simulation::build(seed, options, None, None, false, regions)
+    }
+
+    /// Gives a run built with every fault of `options` off a nemesis that chooses among `faults`
+    /// alone (drawing from the nemesis's own stream of the seed, as `build` does), from the end
+    /// of the quiet start. Call it before [`Simulation::run`]. Added for [`crate::explore`],
+    /// which cuts one region off per fault window and nothing else.
+    pub fn with_nemesis_faults(mut self, faults: Vec<Fault>) -> Self {
+        assert!(
+            self.nemesis.is_idle() && self.events == 0,
+            "a run built with every fault off, not yet run"
+        );
+        let mut root = DetRng::seed_from_u64(self.seed);
+        let _network_rng = root.fork();
+        let nemesis_rng = root.fork();
+        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        self.nemesis =
+            Nemesis::new(faults, nemesis_rng).with_regions(self.regional.nodes_by_region(&ids));
+        if !self.nemesis.is_idle() {
+            self.schedule(QUIET_START, Event::FaultsOn);
+        }
+        self
+    }
+
     /// A run of CRDT workload `workload` ([`crate::merged`]) under the same faults, with the
     /// same options; `options.planted_bug` plants the workload's own bug (see
     /// [`crate::run_merged_seed`]).

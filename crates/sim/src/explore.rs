@@ -1,0 +1,859 @@
+//! The trade-off explorer (`triarch explore`, issue 8, first increment): the same workload
+//! shape against each replication model, in the same simulated regions, latencies and faults,
+//! over the same seeds, and what each model cost and gave.
+//!
+//! ## What runs
+//!
+//! `regions` regions of three nodes each (node `i` in region `r((i - 1) % R + 1)`; 20-60 ms
+//! between regions, sub-millisecond inside: [`crate::latency`]), [`SimOptions::multileader`]'s
+//! 10 s main phase of 400 operations, no crash, loss, duplication or clock skew. With
+//! `partition` on, the nemesis does one thing only: in each fault window (2-5 s, alternating
+//! with healed windows of 2-5 s, from 1 s on) it cuts one region, drawn by the seed, off from
+//! every other ([`Fault::RegionCut`]). The fault schedule comes from the seed alone, so every
+//! model of one seed sees the same cuts at the same times.
+//!
+//! The workloads are the simulator's existing ones ([`crate::merged`]); where a model has none of
+//! the right shape the cell says so instead of inventing one:
+//!
+//! | `--workload` | primary-backup | multi-leader | leaderless |
+//! |---|---|---|---|
+//! | `cart` | L (registers: no set workload runs on primary-backup) | MC (`set`) | S (`set`) |
+//! | `balance` | B (WATCH/MULTI/EXEC transfers) | n/a | n/a |
+//! | `prefs` | L (registers) | MR (`lww`) | A (single-writer `lww` registers) |
+//!
+//! A (model, workload) pair that runs in two rows (L) runs once.
+//!
+//! ## What is reported, per (workload, model)
+//!
+//! - **where a write becomes authoritative**: one fixed line per model ([`authoritative`]).
+//! - **before-write cost**: the latency of every write that completed `ok`, invoked after a 1 s
+//!   warm-up (the first elections), by the region of the node the client talked to: p50 and
+//!   p99 over every seed. Writes are adds, removes, SETs, compare-and-sets and bank EXECs.
+//! - **after-write cost**: multi-leader, summed over the regions' counters (each region once,
+//!   from its voters' region tables at the end): conflicts detected, conflicts merged by a CRDT,
+//!   writes last-writer-wins discarded; leaderless: `lww_discarded` summed over every node's
+//!   `KeyspaceStats`; primary-backup workload B: transfers aborted because a watched account
+//!   changed (optimistic concurrency's retry cost). Everything else is `n/a` (null).
+//! - **read-time and repair cost**: read latency p50/p99 as for writes (final reads excluded);
+//!   leaderless: read repairs and hinted writes from `KeyspaceStats` (the final reads after the
+//!   heal repair too, and are counted).
+//! - **what the user got**: write availability while a region was cut off. A write counts as
+//!   attempted when invoked inside a cut window, and as ok when it completed `ok` before the
+//!   window ended; those through the cut-off region's nodes are counted per region, those
+//!   through the other regions' nodes together. Workload B's aborted transfers count in
+//!   neither (the keyspace answered). Anomalies: how many seeds every checker of the run
+//!   passed, and the names of the checkers that failed (`panic` for a seed that panicked).
+//!
+//! ## Output
+//!
+//! [`Report`]'s `Display` is the terminal table; [`Report::json_lines`] is one JSON object per
+//! line, one per (workload, model), with these stable fields:
+//!
+//! | field | value |
+//! |---|---|
+//! | `workload` | `"cart"`, `"balance"` or `"prefs"` |
+//! | `model` | `"primary-backup"`, `"multi-leader"` or `"leaderless"` |
+//! | `run` | the simulator workload that ran (e.g. `"MC"`), or null |
+//! | `note` | why nothing ran, or what stood in, or null |
+//! | `authoritative` | where a write becomes authoritative (fixed text) |
+//! | `regions`, `first_seed`, `seeds`, `partition` | the options |
+//! | `seeds_passed` | seeds every checker passed (null if nothing ran) |
+//! | `failed_checkers` | names of checkers that failed on some seed |
+//! | `events` | simulation events processed, over every seed |
+//! | `write_latency_ms`, `read_latency_ms` | `{"r1": {"count": n, "p50": ms, "p99": ms}, ...}` |
+//! | `conflicts`, `merged`, `lww_discarded`, `read_repairs`, `hinted_writes`, `aborted_transfers` | counts, or null where the model has none |
+//! | `writes_while_cut_off` | `{"r1": {"ok": n, "attempted": n}, ...}`: writes through the cut-off region |
+//! | `writes_elsewhere_while_cut` | `{"ok": n, "attempted": n}`: writes through the other regions meanwhile |
+//!
+//! Output depends on the options alone: the same options give byte-identical output.
+
+use crate::checker::regional;
+use crate::history::EventType;
+use crate::merged::{MergedFunction, MergedWorkload};
+use crate::nemesis::Fault;
+use crate::{RegionOptions, SimOptions, Simulation};
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+use triarch_core::{Instant, Model, NodeId};
+
+/// Writes and reads invoked before this are left out of the latencies (first elections).
+pub const WARM_UP: Duration = Duration::from_secs(1);
+/// Nodes per region.
+pub const NODES_PER_REGION: u32 = 3;
+
+/// A workload shape of the canonical deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Workload {
+    Cart,
+    Balance,
+    Prefs,
+}
+
+impl Workload {
+    pub const ALL: [Workload; 3] = [Workload::Cart, Workload::Balance, Workload::Prefs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Workload::Cart => "cart",
+            Workload::Balance => "balance",
+            Workload::Prefs => "prefs",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.as_str() == name)
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Parses a model name as the configuration spells it.
+pub fn parse_model(name: &str) -> Option<Model> {
+    Model::ALL.into_iter().find(|m| m.as_str() == name)
+}
+
+/// Where a write of `model` becomes authoritative.
+pub fn authoritative(model: Model) -> &'static str {
+    match model {
+        Model::PrimaryBackup => {
+            "once a majority of the keyspace's one Raft group (voters spread over the regions) \
+             holds it, ordered by the one leader wherever the client is"
+        }
+        Model::MultiLeader => {
+            "once a majority of the writer's own region's Raft group holds it; other regions \
+             learn it asynchronously and merge conflicts by policy"
+        }
+        Model::Leaderless => {
+            "once W=2 of the key's N=3 replicas (wherever the ring put them) hold it; readers \
+             reconcile R=2 copies and repair"
+        }
+    }
+}
+
+/// What `triarch explore` runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExploreOptions {
+    /// Regions, each of [`NODES_PER_REGION`] nodes (2 to 5).
+    pub regions: u32,
+    pub first_seed: u64,
+    pub seeds: u64,
+    pub workloads: Vec<Workload>,
+    pub models: Vec<Model>,
+    /// One region cut off per fault window.
+    pub partition: bool,
+}
+
+impl Default for ExploreOptions {
+    fn default() -> Self {
+        ExploreOptions {
+            regions: 3,
+            first_seed: 0,
+            seeds: 5,
+            workloads: Workload::ALL.to_vec(),
+            models: Model::ALL.to_vec(),
+            partition: true,
+        }
+    }
+}
+
+impl ExploreOptions {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(2..=5).contains(&self.regions) {
+            return Err(format!("regions must be 2 to 5, not {}", self.regions));
+        }
+        if self.seeds == 0 || self.seeds > 1_000 {
+            return Err(format!("seeds must be 1 to 1000, not {}", self.seeds));
+        }
+        if self.workloads.is_empty() || self.models.is_empty() {
+            return Err("name at least one workload and one model".into());
+        }
+        Ok(())
+    }
+
+    fn sim_options(&self) -> SimOptions {
+        SimOptions {
+            nodes: self.regions * NODES_PER_REGION,
+            partitions: false,
+            packet_loss: false,
+            duplication: false,
+            crashes: false,
+            clock_skew: false,
+            ..SimOptions::multileader()
+        }
+    }
+}
+
+/// The simulator workload one (workload, model) cell runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Run {
+    Merged(MergedWorkload),
+    /// Workload A: single-writer registers in the leaderless `default` keyspace.
+    Registers,
+}
+
+/// The run of a cell, its short name, and a note; or why nothing runs.
+fn plan(
+    workload: Workload,
+    model: Model,
+) -> Result<(Run, &'static str, Option<&'static str>), &'static str> {
+    use MergedWorkload as W;
+    match (workload, model) {
+        (Workload::Cart, Model::MultiLeader) => Ok((Run::Merged(W::MlCart), "MC", None)),
+        (Workload::Cart, Model::Leaderless) => Ok((Run::Merged(W::Set), "S", None)),
+        (Workload::Cart, Model::PrimaryBackup) => Ok((
+            Run::Merged(W::Registers),
+            "L",
+            Some("registers stand in: no set workload runs on primary-backup"),
+        )),
+        (Workload::Balance, Model::PrimaryBackup) => Ok((Run::Merged(W::Bank), "B", None)),
+        (Workload::Balance, _) => Err(
+            "n/a: workload B's transfers need WATCH/MULTI/EXEC, which only primary-backup keyspaces have",
+        ),
+        (Workload::Prefs, Model::MultiLeader) => Ok((Run::Merged(W::MlRegisters), "MR", None)),
+        (Workload::Prefs, Model::Leaderless) => Ok((Run::Registers, "A", None)),
+        (Workload::Prefs, Model::PrimaryBackup) => Ok((Run::Merged(W::Registers), "L", None)),
+    }
+}
+
+/// One completed-or-not client operation, as the explorer needs it.
+struct Sample {
+    write: bool,
+    read: bool,
+    /// A bank transfer aborted because a watched account changed.
+    aborted: bool,
+    region: u32,
+    invoked: Instant,
+    completed: Option<Instant>,
+    ok: bool,
+}
+
+/// p50 and p99 of a list of latencies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: Duration,
+    pub p99: Duration,
+}
+
+fn percentiles(mut values: Vec<Duration>) -> Option<Percentiles> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort();
+    let at = |q: f64| values[((values.len() - 1) as f64 * q) as usize];
+    Some(Percentiles {
+        count: values.len(),
+        p50: at(0.5),
+        p99: at(0.99),
+    })
+}
+
+/// `(ok, attempted)`.
+pub type Availability = (u64, u64);
+
+/// What one (workload, model) cell measured over every seed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cell {
+    pub workload: Option<Workload>,
+    pub model: Option<Model>,
+    /// The simulator workload that ran, `None` when nothing did.
+    pub run: Option<&'static str>,
+    pub note: Option<&'static str>,
+    pub seeds_passed: Option<u64>,
+    pub failed_checkers: Vec<String>,
+    pub events: u64,
+    pub write_latency: BTreeMap<String, Percentiles>,
+    pub read_latency: BTreeMap<String, Percentiles>,
+    pub conflicts: Option<u64>,
+    pub merged: Option<u64>,
+    pub lww_discarded: Option<u64>,
+    pub read_repairs: Option<u64>,
+    pub hinted_writes: Option<u64>,
+    pub aborted_transfers: Option<u64>,
+    pub cut_off: BTreeMap<String, Availability>,
+    pub elsewhere: Availability,
+}
+
+impl Cell {
+    /// The median write latency a client of `region` saw.
+    pub fn write_p50(&self, region: &str) -> Option<Duration> {
+        self.write_latency.get(region).map(|p| p.p50)
+    }
+
+    /// Writes through cut-off regions, every region together.
+    pub fn cut_off_total(&self) -> Availability {
+        self.cut_off
+            .values()
+            .fold((0, 0), |(o, a), (ok, att)| (o + ok, a + att))
+    }
+}
+
+fn add(total: &mut Option<u64>, n: u64) {
+    *total = Some(total.unwrap_or(0) + n);
+}
+
+/// Runs every seed of one run and measures it.
+fn measure(run: Run, options: &ExploreOptions) -> Cell {
+    let sim_options = options.sim_options();
+    let regions = RegionOptions {
+        regions: options.regions,
+        planted: None,
+    };
+    let mut cell = Cell {
+        seeds_passed: Some(0),
+        ..Cell::default()
+    };
+    let (mut writes, mut reads): (
+        BTreeMap<String, Vec<Duration>>,
+        BTreeMap<String, Vec<Duration>>,
+    ) = Default::default();
+    let model = match run {
+        Run::Registers | Run::Merged(MergedWorkload::Set | MergedWorkload::Counter) => {
+            Model::Leaderless
+        }
+        Run::Merged(w) if w.is_multileader() => Model::MultiLeader,
+        Run::Merged(_) => Model::PrimaryBackup,
+    };
+    for seed in options.first_seed..options.first_seed.saturating_add(options.seeds) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let mut sim = match run {
+                Run::Merged(w) => Simulation::new_in_regions(seed, &sim_options, w, &regions),
+                Run::Registers => Simulation::registers_in_regions(seed, &sim_options, &regions),
+            };
+            if options.partition {
+                sim = sim.with_nemesis_faults(vec![Fault::RegionCut]);
+            }
+            let report = sim.run();
+            (report, sim)
+        }));
+        let Ok((report, sim)) = outcome else {
+            if !cell.failed_checkers.iter().any(|c| c == "panic") {
+                cell.failed_checkers.push("panic".into());
+            }
+            continue;
+        };
+        cell.events += report.events;
+        if report.passed() {
+            cell.seeds_passed = cell.seeds_passed.map(|n| n + 1);
+        }
+        for c in report.checkers.iter().filter(|c| !c.is_ok()) {
+            if !cell.failed_checkers.iter().any(|f| f == c.checker) {
+                cell.failed_checkers.push(c.checker.to_string());
+            }
+        }
+        let samples = samples(&sim);
+        for s in &samples {
+            let Some(done) = s.completed.filter(|_| s.ok) else {
+                continue;
+            };
+            if s.invoked.as_micros() < WARM_UP.as_micros() as u64 {
+                continue;
+            }
+            let waited = Duration::from_micros(done.as_micros() - s.invoked.as_micros());
+            let region = format!("r{}", s.region + 1);
+            if s.write {
+                writes.entry(region).or_default().push(waited);
+            } else if s.read {
+                reads.entry(region).or_default().push(waited);
+            }
+        }
+        for cut in sim.isolations() {
+            for s in samples.iter().filter(|s| s.write && !s.aborted) {
+                if s.invoked < cut.from || s.invoked >= cut.to {
+                    continue;
+                }
+                let ok = s.ok && s.completed.is_some_and(|c| c <= cut.to);
+                let counts = if s.region == cut.region {
+                    cell.cut_off
+                        .entry(format!("r{}", cut.region + 1))
+                        .or_default()
+                } else {
+                    &mut cell.elsewhere
+                };
+                counts.0 += u64::from(ok);
+                counts.1 += 1;
+            }
+        }
+        match model {
+            Model::MultiLeader => {
+                if let Some(replicas) = sim.region_replicas() {
+                    for c in regional::per_region(replicas).values() {
+                        add(&mut cell.conflicts, c.conflicts);
+                        add(&mut cell.merged, c.merged);
+                        add(&mut cell.lww_discarded, c.lww_discarded);
+                    }
+                }
+            }
+            Model::Leaderless => {
+                cell.lww_discarded.get_or_insert(0);
+                cell.read_repairs.get_or_insert(0);
+                cell.hinted_writes.get_or_insert(0);
+                for stats in sim.leaderless_stats().values() {
+                    for s in stats.values() {
+                        add(&mut cell.lww_discarded, s.lww_discarded);
+                        add(&mut cell.read_repairs, s.read_repairs);
+                        add(&mut cell.hinted_writes, s.hinted_writes);
+                    }
+                }
+            }
+            Model::PrimaryBackup => {
+                if run == Run::Merged(MergedWorkload::Bank) {
+                    add(
+                        &mut cell.aborted_transfers,
+                        samples.iter().filter(|s| s.aborted).count() as u64,
+                    );
+                }
+            }
+        }
+    }
+    cell.failed_checkers.sort();
+    cell.write_latency = writes
+        .into_iter()
+        .filter_map(|(r, v)| Some((r, percentiles(v)?)))
+        .collect();
+    cell.read_latency = reads
+        .into_iter()
+        .filter_map(|(r, v)| Some((r, percentiles(v)?)))
+        .collect();
+    cell
+}
+
+/// Every main-phase operation of a finished run.
+fn samples(sim: &Simulation) -> Vec<Sample> {
+    let region = |node: NodeId| sim.region_of(node);
+    if let Some(history) = sim.merged_history() {
+        let events = history.events();
+        let end = history.final_phase_start().unwrap_or(events.len());
+        return history
+            .ops()
+            .into_iter()
+            .filter(|op| op.invoke_index < end)
+            .map(|op| {
+                let write = matches!(
+                    op.f,
+                    MergedFunction::SetAdd { .. }
+                        | MergedFunction::SetRemove { .. }
+                        | MergedFunction::CounterAdd { .. }
+                        | MergedFunction::RegisterWrite { .. }
+                        | MergedFunction::RegisterCas { .. }
+                        | MergedFunction::BankTransfer { .. }
+                );
+                let completed = op.complete_index.map(|c| &events[c]);
+                let aborted = matches!(op.f, MergedFunction::BankTransfer { .. })
+                    && op.outcome == EventType::Fail
+                    && completed
+                        .and_then(|e| e.error.as_deref())
+                        .is_some_and(|e| e.starts_with("aborted"));
+                Sample {
+                    write,
+                    read: op.f.is_read(),
+                    aborted,
+                    region: region(op.node),
+                    invoked: events[op.invoke_index].time,
+                    completed: completed.map(|e| e.time),
+                    ok: op.outcome == EventType::Ok,
+                }
+            })
+            .collect();
+    }
+    let history = sim.history();
+    let end = history
+        .final_phase_start()
+        .unwrap_or(history.events().len());
+    history
+        .ops()
+        .into_iter()
+        .filter(|op| op.invoke_index < end)
+        .map(|op| Sample {
+            write: op.f == crate::history::Function::Write,
+            read: op.f == crate::history::Function::Read,
+            aborted: false,
+            region: region(op.node),
+            invoked: op.invoke_time,
+            completed: op.complete_time,
+            ok: op.outcome == EventType::Ok,
+        })
+        .collect()
+}
+
+/// What `triarch explore` found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub options: ExploreOptions,
+    /// Each primary-backup keyspace's voters, with their regions (`regs (registers): n3 (r3) ...`).
+    pub primary_voters: Vec<String>,
+    /// In workload order, then model order.
+    pub cells: Vec<Cell>,
+    /// Simulations run (a run shared by two cells counts once).
+    pub runs: u64,
+    pub events: u64,
+}
+
+impl Report {
+    pub fn cell(&self, workload: Workload, model: Model) -> Option<&Cell> {
+        self.cells
+            .iter()
+            .find(|c| c.workload == Some(workload) && c.model == Some(model))
+    }
+}
+
+/// Runs the comparison.
+pub fn explore(options: &ExploreOptions) -> Report {
+    options
+        .validate()
+        .unwrap_or_else(|e| panic!("invalid options: {e}"));
+    let mut measured: BTreeMap<Run, Cell> = BTreeMap::new();
+    let mut cells = Vec::new();
+    let (mut runs, mut events) = (0, 0);
+    for &workload in &options.workloads {
+        for &model in &options.models {
+            let cell = match plan(workload, model) {
+                Ok((run, name, note)) => {
+                    let measured = measured.entry(run).or_insert_with(|| {
+                        let cell = measure(run, options);
+                        runs += options.seeds;
+                        events += cell.events;
+                        cell
+                    });
+                    Cell {
+                        run: Some(name),
+                        note,
+                        ..measured.clone()
+                    }
+                }
+                Err(note) => Cell {
+                    note: Some(note),
+                    ..Cell::default()
+                },
+            };
+            cells.push(Cell {
+                workload: Some(workload),
+                model: Some(model),
+                ..cell
+            });
+        }
+    }
+    let ids: Vec<NodeId> = (1..=options.regions * NODES_PER_REGION)
+        .map(NodeId)
+        .collect();
+    let primary_voters = [MergedWorkload::Registers, MergedWorkload::Bank]
+        .into_iter()
+        .map(|w| {
+            let keyspace = w.keyspace();
+            let voters: Vec<String> = triarch_primary::engine::voters_of(&keyspace, &ids)
+                .into_iter()
+                .map(|v| format!("{v} (r{})", (v.0 - 1) % options.regions + 1))
+                .collect();
+            format!("{} ({}): {}", keyspace.name, w.as_str(), voters.join(" "))
+        })
+        .collect();
+    Report {
+        options: options.clone(),
+        primary_voters,
+        cells,
+        runs,
+        events,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_micros() as f64 / 1_000.0)
+}
+
+fn count(n: Option<u64>) -> String {
+    n.map_or_else(|| "n/a".to_string(), |n| n.to_string())
+}
+
+fn ratio((ok, attempted): Availability) -> String {
+    if attempted == 0 {
+        "-".to_string()
+    } else {
+        format!(
+            "{ok}/{attempted} ({:.0}%)",
+            ok as f64 * 100.0 / attempted as f64
+        )
+    }
+}
+
+fn latencies(l: &BTreeMap<String, Percentiles>) -> String {
+    if l.is_empty() {
+        return "-".to_string();
+    }
+    let shown: Vec<String> = l
+        .iter()
+        .map(|(r, p)| format!("{r} {}/{}", ms(p.p50), ms(p.p99)))
+        .collect();
+    shown.join("  ")
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        writeln!(
+            f,
+            "triarch explore: {} regions x {NODES_PER_REGION} nodes (20-60 ms between regions), \
+             seeds {}..{}, {}",
+            o.regions,
+            o.first_seed,
+            o.first_seed + o.seeds - 1,
+            if o.partition {
+                "one region cut off per fault window (2-5 s windows from 1 s)"
+            } else {
+                "no faults"
+            }
+        )?;
+        writeln!(
+            f,
+            "primary-backup voters: {}; latencies p50/p99 in ms by the client's region",
+            self.primary_voters.join("; ")
+        )?;
+        writeln!(f)?;
+        writeln!(f, "where a write becomes authoritative:")?;
+        for &model in &o.models {
+            writeln!(f, "  {:<15} {}", model.as_str(), authoritative(model))?;
+        }
+        for &workload in &o.workloads {
+            writeln!(f)?;
+            writeln!(f, "== {workload} ==")?;
+            for cell in self.cells.iter().filter(|c| c.workload == Some(workload)) {
+                let model = cell.model.map_or("?", Model::as_str);
+                let Some(run) = cell.run else {
+                    writeln!(f, "{model:<15} {}", cell.note.unwrap_or("n/a"))?;
+                    continue;
+                };
+                write!(f, "{model:<15} workload {run}")?;
+                if let Some(note) = cell.note {
+                    write!(f, " ({note})")?;
+                }
+                writeln!(f)?;
+                writeln!(f, "  write p50/p99   {}", latencies(&cell.write_latency))?;
+                writeln!(f, "  read p50/p99    {}", latencies(&cell.read_latency))?;
+                writeln!(
+                    f,
+                    "  after write     conflicts {}, merged {}, lww-discarded {}, aborted transfers {}",
+                    count(cell.conflicts),
+                    count(cell.merged),
+                    count(cell.lww_discarded),
+                    count(cell.aborted_transfers)
+                )?;
+                writeln!(
+                    f,
+                    "  read/repair     read repairs {}, hinted writes {}",
+                    count(cell.read_repairs),
+                    count(cell.hinted_writes)
+                )?;
+                if o.partition {
+                    let per: Vec<String> = cell
+                        .cut_off
+                        .iter()
+                        .map(|(r, a)| format!("{r} {}", ratio(*a)))
+                        .collect();
+                    writeln!(
+                        f,
+                        "  writes ok while cut off: {}; elsewhere meanwhile {}",
+                        if per.is_empty() {
+                            "-".to_string()
+                        } else {
+                            per.join(", ")
+                        },
+                        ratio(cell.elsewhere)
+                    )?;
+                }
+                let checkers = if cell.failed_checkers.is_empty() {
+                    String::new()
+                } else {
+                    format!("; failed: {}", cell.failed_checkers.join(", "))
+                };
+                writeln!(
+                    f,
+                    "  checkers        {}/{} seeds pass{checkers}",
+                    cell.seeds_passed.unwrap_or(0),
+                    o.seeds
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_opt_str(s: Option<&str>) -> String {
+    s.map_or_else(|| "null".to_string(), json_str)
+}
+
+fn json_count(n: Option<u64>) -> String {
+    n.map_or_else(|| "null".to_string(), |n| n.to_string())
+}
+
+fn json_ms(d: Duration) -> String {
+    format!("{:.3}", d.as_micros() as f64 / 1_000.0)
+}
+
+fn json_latencies(l: &BTreeMap<String, Percentiles>) -> String {
+    let parts: Vec<String> = l
+        .iter()
+        .map(|(r, p)| {
+            format!(
+                "{}:{{\"count\":{},\"p50\":{},\"p99\":{}}}",
+                json_str(r),
+                p.count,
+                json_ms(p.p50),
+                json_ms(p.p99)
+            )
+        })
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+fn json_availability((ok, attempted): Availability) -> String {
+    format!("{{\"ok\":{ok},\"attempted\":{attempted}}}")
+}
+
+impl Report {
+    /// One JSON object per line, one per (workload, model) (fields: the module documentation).
+    pub fn json_lines(&self) -> String {
+        let o = &self.options;
+        let mut out = String::new();
+        for c in &self.cells {
+            let model = c.model.expect("every cell names its model");
+            let failed: Vec<String> = c.failed_checkers.iter().map(|s| json_str(s)).collect();
+            let cut: Vec<String> = c
+                .cut_off
+                .iter()
+                .map(|(r, a)| format!("{}:{}", json_str(r), json_availability(*a)))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{{\"workload\":{},\"model\":{},\"run\":{},\"note\":{},\"authoritative\":{},\
+                 \"regions\":{},\"first_seed\":{},\"seeds\":{},\"partition\":{},\
+                 \"seeds_passed\":{},\"failed_checkers\":[{}],\"events\":{},\
+                 \"write_latency_ms\":{},\"read_latency_ms\":{},\"conflicts\":{},\"merged\":{},\
+                 \"lww_discarded\":{},\"read_repairs\":{},\"hinted_writes\":{},\
+                 \"aborted_transfers\":{},\"writes_while_cut_off\":{{{}}},\
+                 \"writes_elsewhere_while_cut\":{}}}",
+                json_opt_str(c.workload.map(Workload::as_str)),
+                json_str(model.as_str()),
+                json_opt_str(c.run),
+                json_opt_str(c.note),
+                json_str(authoritative(model)),
+                o.regions,
+                o.first_seed,
+                o.seeds,
+                o.partition,
+                json_count(c.seeds_passed),
+                failed.join(","),
+                c.events,
+                json_latencies(&c.write_latency),
+                json_latencies(&c.read_latency),
+                json_count(c.conflicts),
+                json_count(c.merged),
+                json_count(c.lww_discarded),
+                json_count(c.read_repairs),
+                json_count(c.hinted_writes),
+                json_count(c.aborted_transfers),
+                cut.join(","),
+                json_availability(c.elsewhere),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_plans_say_what_cannot_run() {
+        assert_eq!(Workload::parse("prefs"), Some(Workload::Prefs));
+        assert_eq!(Workload::parse("bank"), None);
+        assert_eq!(parse_model("multi-leader"), Some(Model::MultiLeader));
+        assert!(plan(Workload::Balance, Model::Leaderless).is_err());
+        assert!(plan(Workload::Balance, Model::PrimaryBackup).is_ok());
+        assert_eq!(json_str("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
+    }
+
+    fn small(workloads: Vec<Workload>, models: Vec<Model>) -> ExploreOptions {
+        ExploreOptions {
+            seeds: 2,
+            workloads,
+            models,
+            ..ExploreOptions::default()
+        }
+    }
+
+    /// The same options give byte-identical output, table and JSON.
+    #[test]
+    fn the_same_seeds_give_byte_identical_output() {
+        let options = small(Workload::ALL.to_vec(), Model::ALL.to_vec());
+        let (a, b) = (explore(&options), explore(&options));
+        assert_eq!(a.to_string(), b.to_string());
+        assert_eq!(a.json_lines(), b.json_lines());
+        assert_eq!(a.json_lines().lines().count(), 9, "{}", a.json_lines());
+        // Every run passed its checkers, and the cells that cannot run say so.
+        for c in a.cells.iter().filter(|c| c.run.is_some()) {
+            assert_eq!(c.seeds_passed, Some(2), "{c:?}");
+        }
+        let ml_bank = a
+            .cell(Workload::Balance, Model::MultiLeader)
+            .expect("a cell");
+        assert!(ml_bank.run.is_none() && ml_bank.note.is_some_and(|n| n.starts_with("n/a")));
+        assert!(a.to_string().contains("== balance =="));
+    }
+
+    /// The headline lesson, in three regions: a primary-backup write crosses regions (to the
+    /// leader, and from it to a majority of voters in other regions), a multi-leader write
+    /// stays in its region; and a region cut off from the others keeps writing under
+    /// multi-leader, not under primary-backup.
+    #[test]
+    fn multi_leader_writes_locally_and_through_a_cut_primary_backup_does_not() {
+        let options = small(
+            vec![Workload::Cart],
+            vec![Model::PrimaryBackup, Model::MultiLeader],
+        );
+        let report = explore(&options);
+        let pb = report
+            .cell(Workload::Cart, Model::PrimaryBackup)
+            .expect("pb");
+        let ml = report.cell(Workload::Cart, Model::MultiLeader).expect("ml");
+        let slower: Vec<&String> = pb
+            .write_latency
+            .keys()
+            .filter(|r| {
+                let (Some(p), Some(m)) = (pb.write_p50(r), ml.write_p50(r)) else {
+                    return false;
+                };
+                p > m + Duration::from_millis(20)
+            })
+            .collect();
+        // Whichever region the leader is in, at least the other two are outside it.
+        assert!(slower.len() >= 2, "{report}");
+        let (ml_ok, ml_attempted) = ml.cut_off_total();
+        let (pb_ok, pb_attempted) = pb.cut_off_total();
+        assert!(ml_attempted > 0 && pb_attempted > 0, "{report}");
+        assert_eq!(ml_ok, ml_attempted, "{report}");
+        assert!(pb_ok * 10 < pb_attempted, "{report}");
+    }
+}
