@@ -86,7 +86,7 @@ fn render_leaderless(
 ) {
     let _ = writeln!(
         s,
-        "keyspace_{}:model={},n={},r={},w={},merge={},quorum={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},clock_ahead_refused={},clock_ahead_copied={},write_restamps={},siblings_created={},siblings_resolved={},forwarded={},hinted_writes={},hints_pending={},hints_delivered={},anti_entropy_keys_repaired={},tombstones_collected={}\r",
+        "keyspace_{}:model={},n={},r={},w={},merge={},quorum={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},clock_ahead_refused={},clock_ahead_copied={},write_restamps={},siblings_created={},siblings_resolved={},forwarded={},hinted_writes={},hints_stored={},hints_pending={},hints_delivered={},anti_entropy_keys_repaired={},tombstones_collected={}\r",
         k.name,
         k.model,
         k.n,
@@ -106,6 +106,7 @@ fn render_leaderless(
         st.siblings_resolved,
         st.forwarded,
         st.hinted_writes,
+        st.hints_stored,
         st.hints_pending,
         st.hints_delivered,
         st.anti_entropy_keys_repaired,
