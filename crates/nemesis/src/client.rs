@@ -52,6 +52,11 @@ pub enum Workload {
     /// Keyspace `nemesis` is primary-backup (N=3): every writer writes unique values to random
     /// keys, checked for linearizability per key.
     Registers,
+    /// Keyspace `cart` is multi-leader (an add-wins set, one Raft group per region, nodes
+    /// spread over regions r1..r3): every writer SADDs unique elements to random carts and
+    /// sometimes SREMs one it added and saw acknowledged; after the final heal every node is
+    /// polled with SMEMBERS until all agree. Checked by [`crate::check::cart`].
+    Cart,
 }
 
 impl Workload {
@@ -59,6 +64,15 @@ impl Workload {
         match self {
             Workload::SingleWriter => "single-writer",
             Workload::Registers => "registers",
+            Workload::Cart => "cart",
+        }
+    }
+
+    /// The keyspace the workload's keys live in.
+    pub fn keyspace(self) -> &'static str {
+        match self {
+            Workload::Cart => CART_KEYSPACE,
+            _ => KEYSPACE,
         }
     }
 
@@ -66,17 +80,29 @@ impl Workload {
         match text {
             "single-writer" => Ok(Workload::SingleWriter),
             "registers" => Ok(Workload::Registers),
+            "cart" => Ok(Workload::Cart),
             other => Err(format!(
-                "unknown workload {other:?}: single-writer (leaderless) or registers (primary-backup)"
+                "unknown workload {other:?}: single-writer (leaderless), registers (primary-backup) or cart (multi-leader)"
             )),
         }
     }
 }
 
+/// The multi-leader keyspace of `--workload cart`.
+pub const CART_KEYSPACE: &str = "cart";
+
 /// The RESP key of register `key`.
 pub fn key_name(key: u64) -> String {
     format!("{KEYSPACE}:{key}")
 }
+
+/// The RESP key of cart `key`.
+pub fn cart_key(key: u64) -> String {
+    format!("{CART_KEYSPACE}:{key}")
+}
+
+/// How long the client polls SMEMBERS after the final heal for every node to agree.
+const CART_CONVERGENCE_DEADLINE: Duration = Duration::from_secs(60);
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Attempts at each final read (each one an operation of its own in the history).
@@ -101,6 +127,9 @@ pub struct ClientOptions {
     /// Where each node's final `INFO` goes (`info-n<i>.txt`).
     pub dir: PathBuf,
     pub workload: Workload,
+    /// `--workload cart` only: every 50th SADD of each writer is recorded as acknowledged
+    /// without being sent (a client-side planted bug the cart checker must catch).
+    pub planted_bug: bool,
 }
 
 struct Shared {
@@ -128,6 +157,21 @@ impl Shared {
         node: u32,
         error: Option<String>,
     ) {
+        self.record_members(kind, process, f, key, value, node, error, None);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_members(
+        &self,
+        kind: Kind,
+        process: u64,
+        f: F,
+        key: u64,
+        value: Option<u64>,
+        node: u32,
+        error: Option<String>,
+        members: Option<Vec<u64>>,
+    ) {
         let mut history = self.history.lock().expect("history lock");
         let event = Event {
             index: 0,
@@ -140,6 +184,7 @@ impl Shared {
             node: format!("n{node}"),
             error,
             is_final: self.final_phase.load(Ordering::Relaxed),
+            members,
         };
         if let Err(e) = history.write(event) {
             eprintln!("cannot write the history: {e}");
@@ -249,6 +294,199 @@ impl Connections {
     }
 }
 
+impl Connections {
+    /// Runs one cart operation (`SADD`, `SREM` or `SMEMBERS` of cart `key`) through `node`;
+    /// the members are those of an `ok` `SMEMBERS`.
+    fn perform_cart(
+        &mut self,
+        node: u32,
+        f: F,
+        key: u64,
+        value: Option<u64>,
+    ) -> (Outcome, Option<Vec<u64>>) {
+        let conn = match self.open.entry(node) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let addr = self.nodes[node as usize - 1];
+                match connect(addr, self.timeout, &self.setup) {
+                    Ok(c) => e.insert(c),
+                    Err(error) => return (Outcome::failed(Kind::Fail, error), None),
+                }
+            }
+        };
+        let key = cart_key(key);
+        let reply = match (f, value) {
+            (F::Add, Some(v)) => conn.call(&["SADD", &key, &v.to_string()]),
+            (F::Remove, Some(v)) => conn.call(&["SREM", &key, &v.to_string()]),
+            (F::Read, None) => conn.call(&["SMEMBERS", &key]),
+            (f, v) => panic!("{f:?} with value {v:?} on a cart"),
+        };
+        let broken = reply.is_err();
+        let result = classify_cart(f, reply);
+        if broken || result.0.kind == Kind::Info {
+            self.open.remove(&node);
+        }
+        result
+    }
+}
+
+/// Classifies a reply to a cart operation: an integer answers SADD and SREM, an array of
+/// decimal elements SMEMBERS; errors and broken connections as [`classify`].
+pub fn classify_cart(f: F, reply: Result<Reply, CallError>) -> (Outcome, Option<Vec<u64>>) {
+    match (f, reply) {
+        (F::Add | F::Remove, Ok(Reply::Integer(_))) => (Outcome::ok(None), None),
+        (F::Read, Ok(Reply::Array(items))) => {
+            let mut members = Vec::with_capacity(items.len());
+            for item in items {
+                let parsed = match &item {
+                    Reply::Bulk(b) => std::str::from_utf8(b).ok().and_then(|s| s.parse().ok()),
+                    _ => None,
+                };
+                match parsed {
+                    Some(v) => members.push(v),
+                    None => {
+                        return (
+                            Outcome::failed(Kind::Info, format!("unexpected member {item:?}")),
+                            None,
+                        );
+                    }
+                }
+            }
+            members.sort_unstable();
+            (Outcome::ok(None), Some(members))
+        }
+        (F::Add | F::Remove | F::Read, Ok(Reply::Error(e))) => {
+            (classify(F::Write, Ok(Reply::Error(e))), None)
+        }
+        (_, Ok(other)) => (
+            Outcome::failed(Kind::Info, format!("unexpected reply {other:?}")),
+            None,
+        ),
+        (_, Err(e)) => (classify(F::Write, Err(e)), None),
+    }
+}
+
+/// A cart writer: SADDs elements unique over the run (`index` makes them so) to random carts
+/// through random nodes, and now and then SREMs an element it added and saw acknowledged.
+fn cart_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, index: u64, mut rng: DetRng) {
+    let nodes = options.nodes.len() as u64;
+    let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
+    let mut process = shared.new_process();
+    let mut next = 0;
+    let mut acknowledged: Vec<(u64, u64)> = Vec::new();
+    let think_max = (2 * options.think.as_micros() as u64).max(1);
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_micros(rng.below(think_max)));
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let node = rng.between(1, nodes) as u32;
+        let (f, key, value) = if !acknowledged.is_empty() && rng.below(5) == 0 {
+            let (key, element) =
+                acknowledged.swap_remove(rng.below(acknowledged.len() as u64) as usize);
+            (F::Remove, key, element)
+        } else {
+            next += 1;
+            (
+                F::Add,
+                rng.below(options.keys),
+                (index + 1) * 1_000_000_000 + next,
+            )
+        };
+        shared.record(Kind::Invoke, process, f, key, Some(value), node, None);
+        if options.planted_bug && f == F::Add && next % 50 == 0 {
+            // The planted bug: acknowledged, never sent.
+            shared.record(Kind::Ok, process, f, key, Some(value), node, None);
+            continue;
+        }
+        let (outcome, _) = conns.perform_cart(node, f, key, Some(value));
+        shared.record(
+            outcome.kind,
+            process,
+            f,
+            key,
+            Some(value),
+            node,
+            outcome.error,
+        );
+        if f == F::Add && outcome.kind == Kind::Ok {
+            acknowledged.push((key, value));
+        }
+        if outcome.kind == Kind::Info {
+            process = shared.new_process();
+        }
+    }
+}
+
+/// After the final heal: reads every cart through every node (SMEMBERS) in rounds, until one
+/// round has every node answer every cart alike or the deadline passes. Every read is recorded.
+fn final_cart_polls(shared: &Shared, options: &ClientOptions) {
+    let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
+    let deadline = Instant::now() + CART_CONVERGENCE_DEADLINE;
+    loop {
+        let mut agreed = true;
+        for key in 0..options.keys {
+            let mut seen: Option<Vec<u64>> = None;
+            for node in 1..=options.nodes.len() as u32 {
+                let process = shared.new_process();
+                shared.record(Kind::Invoke, process, F::Read, key, None, node, None);
+                let (outcome, members) = conns.perform_cart(node, F::Read, key, None);
+                match (&members, &seen) {
+                    (None, _) => agreed = false,
+                    (Some(m), Some(s)) if m != s => agreed = false,
+                    _ => {}
+                }
+                if seen.is_none() {
+                    seen = members.clone();
+                }
+                shared.record_members(
+                    outcome.kind,
+                    process,
+                    F::Read,
+                    key,
+                    None,
+                    node,
+                    outcome.error,
+                    members,
+                );
+            }
+        }
+        if agreed || Instant::now() > deadline {
+            if !agreed {
+                eprintln!("the nodes still disagree at the convergence deadline");
+            }
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Waits until every node answers `SCARD` on a cart (its region's group has a leader).
+fn wait_cart_ready(nodes: &[SocketAddr], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    for (i, &addr) in nodes.iter().enumerate() {
+        loop {
+            let answer = Conn::connect_timeout(addr, CONNECT_TIMEOUT, Duration::from_secs(3))
+                .map_err(|e| e.to_string())
+                .and_then(|mut c| {
+                    c.call(&["SCARD", &cart_key(u64::MAX)])
+                        .map_err(|e| e.to_string())
+                });
+            match answer {
+                Ok(Reply::Integer(_)) => break,
+                other if Instant::now() > deadline => {
+                    return Err(format!(
+                        "n{} ({addr}): SCARD answered {other:?} until the deadline",
+                        i + 1
+                    ));
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Connects and runs the setup commands; an error means nothing was sent that matters.
 fn connect(addr: SocketAddr, timeout: Duration, setup: &[Vec<String>]) -> Result<Conn, String> {
     let mut conn =
@@ -273,6 +511,10 @@ enum Role {
         index: u64,
     },
     Reader,
+    /// Adds unique elements to random carts (cart).
+    CartWriter {
+        index: u64,
+    },
 }
 
 fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng: DetRng) {
@@ -298,6 +540,7 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
                 (F::Write, rng.below(options.keys), Some(value))
             }
             Role::Reader => (F::Read, rng.below(options.keys), None),
+            Role::CartWriter { .. } => unreachable!("cart writers run cart_worker"),
         };
         shared.record(Kind::Invoke, process, f, key, value, node, None);
         let outcome = conns.perform(node, f, key, value);
@@ -431,6 +674,12 @@ pub fn run(options: ClientOptions) -> Result<()> {
         say(&format!("error {e}"));
         bail!("cluster not ready: {e}");
     }
+    if options.workload == Workload::Cart
+        && let Err(e) = wait_cart_ready(&options.nodes, READY_TIMEOUT)
+    {
+        say(&format!("error {e}"));
+        bail!("the cart keyspace is not ready: {e}");
+    }
     say("ready");
     let file = File::create(&options.history)
         .with_context(|| format!("creating {}", options.history.display()))?;
@@ -449,14 +698,25 @@ pub fn run(options: ClientOptions) -> Result<()> {
         Workload::Registers => (0..options.keys)
             .map(|index| Role::AnyKeyWriter { index })
             .collect(),
+        Workload::Cart => (0..options.keys)
+            .map(|index| Role::CartWriter { index })
+            .collect(),
+    };
+    let readers = if options.workload == Workload::Cart {
+        0
+    } else {
+        options.readers
     };
     let roles = writers
         .into_iter()
-        .chain((0..options.readers).map(|_| Role::Reader));
+        .chain((0..readers).map(|_| Role::Reader));
     let workers: Vec<_> = roles
         .map(|role| {
             let (shared, options, rng) = (shared.clone(), options.clone(), rng.fork());
-            std::thread::spawn(move || worker(shared, options, role, rng))
+            std::thread::spawn(move || match role {
+                Role::CartWriter { index } => cart_worker(shared, options, index, rng),
+                _ => worker(shared, options, role, rng),
+            })
         })
         .collect();
 
@@ -475,12 +735,19 @@ pub fn run(options: ClientOptions) -> Result<()> {
     if let Err(e) = wait_ready(&options.nodes, READY_TIMEOUT) {
         eprintln!("final reads start on a cluster that is not fully ready: {e}");
     }
-    let readers: Vec<_> = (1..=options.nodes.len() as u32)
-        .map(|node| {
-            let (shared, options) = (shared.clone(), options.clone());
-            std::thread::spawn(move || final_reads(&shared, &options, node))
-        })
-        .collect();
+    let readers: Vec<_> = if options.workload == Workload::Cart {
+        let (shared, options) = (shared.clone(), options.clone());
+        vec![std::thread::spawn(move || {
+            final_cart_polls(&shared, &options)
+        })]
+    } else {
+        (1..=options.nodes.len() as u32)
+            .map(|node| {
+                let (shared, options) = (shared.clone(), options.clone());
+                std::thread::spawn(move || final_reads(&shared, &options, node))
+            })
+            .collect()
+    };
     for r in readers {
         if r.join().is_err() {
             bail!("a final-read thread panicked");

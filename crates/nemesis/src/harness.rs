@@ -54,13 +54,20 @@ pub fn node_config(
             "model": "primary-backup",
             "n": 3,
         }),
+        // As `triarch up`: N = min(3, nodes in the smallest region) voters per region.
+        crate::Workload::Cart => serde_json::json!({
+            "name": crate::client::CART_KEYSPACE,
+            "model": "multi-leader",
+            "n": (nodes / CART_REGIONS).clamp(1, 3),
+            "merge": "set",
+        }),
     };
     let members: Vec<serde_json::Value> = (1..=nodes)
-        .map(|i| serde_json::json!({"id": i, "region": "r1", "peer_addr": peer(i)}))
+        .map(|i| serde_json::json!({"id": i, "region": region(workload, i), "peer_addr": peer(i)}))
         .collect();
     let file = serde_json::json!({
         "node_id": id,
-        "region": "r1",
+        "region": region(workload, id),
         "data_dir": dir.join("data").join(format!("n{id}")),
         "peer_addr": peer(id),
         "resp_addr": resp_addr(id).to_string(),
@@ -78,6 +85,17 @@ pub fn node_config(
         .validate()
         .map_err(|e| anyhow::anyhow!("n{id}'s configuration: {e}"))?;
     Ok(config)
+}
+
+/// Regions of `--workload cart` (the other workloads run in one region, `r1`).
+pub const CART_REGIONS: u32 = 3;
+
+/// Node `id`'s region: `r((id - 1) % 3 + 1)` for the cart workload, else `r1`.
+pub fn region(workload: crate::Workload, id: u32) -> String {
+    match workload {
+        crate::Workload::Cart => format!("r{}", (id - 1) % CART_REGIONS + 1),
+        _ => "r1".into(),
+    }
 }
 
 struct NodeProc {
@@ -536,6 +554,16 @@ mod tests {
             assert_eq!(c.bug_local_reads, planted_bug);
             assert!(!c.bug_ack_before_quorum);
             assert!(c.to_toml().contains("primary-backup"));
+            let c = node_config(dir, 5, 5, crate::Workload::Cart, planted_bug).unwrap();
+            assert_eq!(c.region, "r2");
+            assert_eq!(c.members[2].region, "r3");
+            assert_eq!(c.members[3].region, "r1");
+            assert!(!c.bug_local_reads && !c.bug_ack_before_quorum);
+            let text = c.to_toml();
+            assert!(
+                text.contains("multi-leader") && text.contains("name = \"cart\""),
+                "{text}"
+            );
         }
     }
 

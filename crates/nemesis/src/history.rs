@@ -49,13 +49,18 @@ impl Kind {
 pub enum F {
     Read,
     Write,
+    /// `SADD` of one element (`value`) to a cart (`--workload cart`).
+    Add,
+    /// `SREM` of one element (`value`) from a cart (`--workload cart`).
+    Remove,
 }
 
 impl F {
     fn to_sim(self) -> Function {
         match self {
             F::Read => Function::Read,
-            F::Write => Function::Write,
+            // The simulator's history (statistics, latency plot) sees set updates as writes.
+            F::Write | F::Add | F::Remove => Function::Write,
         }
     }
 }
@@ -79,6 +84,9 @@ pub struct Event {
     pub error: Option<String>,
     #[serde(default, rename = "final", skip_serializing_if = "is_false")]
     pub is_final: bool,
+    /// An `ok` read of a cart (`SMEMBERS`): the elements it returned, sorted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<Vec<u64>>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -176,7 +184,7 @@ pub fn parse(input: impl BufRead) -> Result<ParsedHistory> {
                     e.process
                 )));
             }
-            if (e.f == F::Write) != e.value.is_some() {
+            if (e.f != F::Read) != e.value.is_some() {
                 return Err(problem(
                     "a write is invoked with its value, a read without".into(),
                 ));
@@ -197,7 +205,7 @@ pub fn parse(input: impl BufRead) -> Result<ParsedHistory> {
                     i + 1
                 )));
             }
-            if e.f == F::Write && e.value != invoke.value {
+            if e.f != F::Read && e.value != invoke.value {
                 return Err(problem("a write completed with another value".into()));
             }
             history.complete(process, e.kind.to_sim(), e.value, time, e.error.clone());
@@ -223,6 +231,7 @@ mod tests {
             node: "n2".into(),
             error: None,
             is_final: false,
+            members: None,
         }
     }
 

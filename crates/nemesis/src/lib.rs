@@ -41,7 +41,10 @@
 //!    namespace, process or nft table of the run is left.
 //! 7. **Checkers** ([`check`]): the simulator's single-writer register checker on the real
 //!    history (`--workload single-writer`, leaderless), or its linearizability checker per key
-//!    (`--workload registers`, primary-backup), and convergence of the final reads. **Report**
+//!    (`--workload registers`, primary-backup), and convergence of the final reads; with
+//!    `--workload cart` (keyspace `cart`, multi-leader add-wins set, node i in region
+//!    r((i-1)%3+1)), [`check::cart`] and [`check::cart_convergence`] on the SMEMBERS of every
+//!    node, polled after the final heal until all agree. **Report**
 //!    ([`report`]): `summary.txt`, `latency-raw.svg`.
 //!
 //! Not in this increment: region latency (NFQUEUE at the bridge), other workloads (sets,

@@ -54,7 +54,8 @@ struct RunArgs {
     /// (default: all; with --planted-bug: partition).
     #[arg(long)]
     faults: Option<String>,
-    /// Nodes acknowledge writes once one replica holds them (bug_ack_before_quorum).
+    /// Nodes acknowledge writes once one replica holds them (bug_ack_before_quorum); registers:
+    /// bug_local_reads; cart: the client records some SADDs as acknowledged without sending them.
     #[arg(long)]
     planted_bug: bool,
     /// Succeed only if some checker fails (use with --planted-bug).
@@ -66,8 +67,9 @@ struct RunArgs {
     /// Registers (one writer each).
     #[arg(long, default_value_t = 8)]
     keys: u64,
-    /// single-writer (a leaderless keyspace, the single-writer checker) or registers (a
-    /// primary-backup keyspace, linearizability per key).
+    /// single-writer (a leaderless keyspace, the single-writer checker), registers (a
+    /// primary-backup keyspace, linearizability per key) or cart (a multi-leader add-wins set
+    /// over regions r1..r3, the cart checker; --keys carts, one writer per cart).
     #[arg(long, default_value = "single-writer")]
     workload: String,
     /// Reader processes (default: as many as keys).
@@ -107,6 +109,8 @@ struct ClientArgs {
     dir: PathBuf,
     #[arg(long, default_value = "single-writer")]
     workload: String,
+    #[arg(long)]
+    planted_bug: bool,
 }
 
 fn main() -> ExitCode {
@@ -140,6 +144,7 @@ fn main() -> ExitCode {
                         return ExitCode::from(2);
                     }
                 },
+                planted_bug: args.planted_bug,
             })
             .map(|()| true),
         ),
@@ -241,12 +246,18 @@ fn check_command(dir: &std::path::Path) -> Result<bool> {
     let keys = parsed.events.iter().map(|e| e.key + 1).max().unwrap_or(0);
     // The workload the run used, from its keyspace's model.
     let n1 = std::fs::read_to_string(dir.join("n1.toml"))?;
-    let workload = if n1.contains("primary-backup") {
+    let workload = if n1.contains("multi-leader") {
+        Workload::Cart
+    } else if n1.contains("primary-backup") {
         Workload::Registers
     } else {
         Workload::SingleWriter
     };
-    let results = check::check_all(&parsed.history, workload, nodes, keys);
+    let results = if workload == Workload::Cart {
+        check::cart_all(&parsed.events, nodes, keys)
+    } else {
+        check::check_all(&parsed.history, workload, nodes, keys)
+    };
     let (ok, fail, info) = parsed.history.outcome_counts();
     println!(
         "{} events: {ok} ok, {fail} fail, {info} info",

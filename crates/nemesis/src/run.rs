@@ -247,12 +247,16 @@ pub fn run(options: &RunOptions, interrupted: &Interrupted) -> Result<RunOutcome
 
     let check_started = Instant::now();
     let parsed = history::read(&dir.join("history.jsonl"))?;
-    let results = check::check_all(
-        &parsed.history,
-        options.workload,
-        options.nodes,
-        options.keys,
-    );
+    let results = if options.workload == crate::Workload::Cart {
+        check::cart_all(&parsed.events, options.nodes, options.keys)
+    } else {
+        check::check_all(
+            &parsed.history,
+            options.workload,
+            options.nodes,
+            options.keys,
+        )
+    };
     timings.check = check_started.elapsed();
     let checkers_failed = results.iter().any(|r| !r.is_ok()) || !driven.unexpected_exits.is_empty();
     let passed = checkers_failed == options.expect_failure;
@@ -371,6 +375,10 @@ fn drive(
         "--workload".into(),
         options.workload.name().into(),
     ];
+    let mut client_args = client_args;
+    if options.planted_bug && options.workload == crate::Workload::Cart {
+        client_args.push("--planted-bug".into());
+    }
     harness.spawn_client(&self_exe, &client_args)?;
 
     let mut driven = Driven::default();
@@ -515,9 +523,18 @@ fn drive(
     timings.settle = settle_started.elapsed();
 
     let final_started = Instant::now();
-    timeline.log("final reads at R=3 through every node");
+    timeline.log(if options.workload == crate::Workload::Cart {
+        "final reads: SMEMBERS of every cart through every node until all agree"
+    } else {
+        "final reads at R=3 through every node"
+    });
     harness.client.as_mut().expect("client").send("final")?;
-    let final_wait = Duration::from_secs(45) + options.timeout * 6 * options.keys as u32;
+    let mut final_wait = Duration::from_secs(45) + options.timeout * 6 * options.keys as u32;
+    if options.workload == crate::Workload::Cart {
+        // The client polls for up to 60 s, then a round may take a timeout per read.
+        final_wait +=
+            Duration::from_secs(60) + options.timeout * options.nodes * options.keys as u32;
+    }
     wait_for_client(harness, "done", final_wait, &mut phase_watch)?;
     let status = harness.client.as_mut().expect("client").wait()?;
     if !status.success() {
@@ -573,12 +590,17 @@ fn summary(
             "bug_local_reads",
             "linearizable registers (writers of unique values to random keys)",
         ),
+        crate::Workload::Cart => (
+            "multi-leader over regions r1..r3, add-wins set",
+            "client-side: every 50th SADD recorded as acknowledged, never sent",
+            "carts (writers SADD unique elements to random carts, SREM some of their own)",
+        ),
     };
     let _ = writeln!(
         s,
         "cluster:    {} nodes in their own network namespaces, keyspace {} ({model}), planted bug {}",
         options.nodes,
-        crate::client::KEYSPACE,
+        options.workload.keyspace(),
         if options.planted_bug {
             format!("ON ({bug})")
         } else {
@@ -590,7 +612,11 @@ fn summary(
         "workload:   {workload}: {} keys, {} writers + {} readers, think ~{} ms, client timeout {} ms",
         options.keys,
         options.keys,
-        options.readers,
+        if options.workload == crate::Workload::Cart {
+            0 // carts are read only after the final heal
+        } else {
+            options.readers
+        },
         options.think.as_millis(),
         options.timeout.as_millis()
     );
@@ -659,7 +685,7 @@ fn summary(
     );
     for id in 1..=options.nodes {
         let info = std::fs::read_to_string(dir.join(format!("info-n{id}.txt"))).unwrap_or_default();
-        let counters = report::keyspace_counters(&info, crate::client::KEYSPACE)
+        let counters = report::keyspace_counters(&info, options.workload.keyspace())
             .unwrap_or_else(|| "unavailable".into());
         let _ = writeln!(s, "  n{id}: {counters}");
     }
