@@ -106,6 +106,7 @@ pub mod history;
 pub mod latency;
 pub mod merged;
 pub mod nemesis;
+pub mod pbs;
 mod network;
 mod simulation;
 pub mod testing;
