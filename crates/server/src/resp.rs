@@ -552,15 +552,8 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                     return Reply::Map(fields);
                 };
                 let list = |items: Vec<String>| items.join(",");
+                fields.extend(group_fields(g));
                 fields.extend([
-                    field("role", format!("{:?}", g.role).to_ascii_lowercase()),
-                    field(
-                        "leader",
-                        g.leader.map(|l| l.to_string()).unwrap_or_default(),
-                    ),
-                    field("term", g.term.0.to_string()),
-                    field("commit_index", g.commit_index.0.to_string()),
-                    field("applied_index", g.applied_index.0.to_string()),
                     field("last_index", g.last_index.0.to_string()),
                     field("snapshot_index", g.snapshot_index.0.to_string()),
                     field(
@@ -616,6 +609,22 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
     }
 }
 
+/// A Raft group as this node sees it: its role, the leader, the term, the commit and applied
+/// indexes (a primary-backup keyspace's group, a multi-leader keyspace's region group).
+fn group_fields(g: &triarch_node::GroupInfo) -> [(Reply, Reply); 5] {
+    let field = |k: &str, v: String| (Reply::bulk(k.to_string()), Reply::bulk(v));
+    [
+        field("role", format!("{:?}", g.role).to_ascii_lowercase()),
+        field(
+            "leader",
+            g.leader.map(|l| l.to_string()).unwrap_or_default(),
+        ),
+        field("term", g.term.0.to_string()),
+        field("commit_index", g.commit_index.0.to_string()),
+        field("applied_index", g.applied_index.0.to_string()),
+    ]
+}
+
 /// `TRIARCH.KEYSPACE INFO` of a multi-leader keyspace: its settings, this node's region and
 /// its view of the region's group, the region's counters, and on the region's leader what every
 /// other region acknowledged and its lag (`acked`, `lag_entries`, `lag_ms`: `r2=..,r3=..`).
@@ -639,24 +648,16 @@ fn multileader_fields(
     };
     fields.push(field("region", ml.region.clone()));
     match &ml.group {
-        Some(g) => fields.extend([
-            field("role", format!("{:?}", g.role).to_ascii_lowercase()),
-            field(
-                "leader",
-                g.leader.map(|l| l.to_string()).unwrap_or_default(),
-            ),
-            field("term", g.term.0.to_string()),
-            field("commit_index", g.commit_index.0.to_string()),
-            field("applied_index", g.applied_index.0.to_string()),
-            field(
+        Some(g) => fields.extend(
+            group_fields(g).into_iter().chain([field(
                 "voters",
                 g.voters
                     .iter()
                     .map(|v| v.to_string())
                     .collect::<Vec<_>>()
                     .join(","),
-            ),
-        ]),
+            )]),
+        ),
         None => fields.push(field("role", "none".into())),
     }
     let k = &ml.counters;
