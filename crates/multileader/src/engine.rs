@@ -38,7 +38,7 @@ use triarch_primary::engine::{Effect as PbEffect, GroupInfo, GroupSpec, Op, Outc
 use triarch_primary::machine::{
     Applied, Command, CommandResult, extension_row, extension_scan, table_name,
 };
-use triarch_primary::{Primary, PrimaryConfig};
+use triarch_primary::{LogIndex, Primary, PrimaryConfig};
 use triarch_storage::Storage;
 
 pub use triarch_primary::engine::Env;
@@ -209,6 +209,12 @@ struct Keyspace {
     /// By destination region.
     links: BTreeMap<String, Link>,
     trim_in_flight: bool,
+    /// The applied index this leader last shipped at, and whether something else changed
+    /// since (an acknowledgement, a trim's answer): without either, and with no shipment's
+    /// deadline passed, there is nothing new to ship or trim, and `ship` returns at once
+    /// instead of reading the counters on every event.
+    shipped_at: Option<LogIndex>,
+    stirred: bool,
 }
 
 /// Per region pair, on the source region's leader.
@@ -335,6 +341,8 @@ impl MultiLeader {
                     group,
                     links,
                     trim_in_flight: false,
+                    shipped_at: None,
+                    stirred: true,
                 },
             );
         }
@@ -434,6 +442,9 @@ impl MultiLeader {
                 link.acked = link.acked.max(position);
                 link.target = Some(from);
                 link.acked_at = Some(env.now);
+                let ks = self.keyspaces.get_mut(&keyspace).expect("looked up above");
+                ks.stirred = true;
+                let link = ks.links.get_mut(&region).expect("looked up above");
                 if let Some(sent) = link.in_flight.take_if(|f| f.to == from)
                     && let (Some(t), Some(next)) = (&mut link.transfer, sent.next_page)
                 {
@@ -540,6 +551,7 @@ impl MultiLeader {
             Job::Trim { keyspace } => {
                 if let Some(k) = self.keyspaces.get_mut(&keyspace) {
                     k.trim_in_flight = false;
+                    k.stirred = true;
                     if answer(&outcome) == Some(Answer::Trimmed) {
                         self.stats.trims += 1;
                     }
@@ -561,8 +573,19 @@ impl MultiLeader {
             for link in ks.links.values_mut() {
                 *link = Link::default();
             }
+            ks.shipped_at = None;
             return;
         }
+        let applied = self.groups.applied_index(&ks.group.name);
+        let due = ks
+            .links
+            .values()
+            .any(|l| l.in_flight.as_ref().is_some_and(|f| f.deadline <= env.now));
+        if !ks.stirred && !due && ks.shipped_at.is_some() && ks.shipped_at == applied {
+            return;
+        }
+        ks.stirred = false;
+        ks.shipped_at = applied;
         let table = table_name(&ks.group.name);
         let Some(counters) = read_counters(env.storage, &table) else {
             return;

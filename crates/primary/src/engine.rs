@@ -501,6 +501,11 @@ impl Primary {
         })
     }
 
+    /// The index group `name`'s state machine has applied on this node (`None`: not a voter).
+    pub fn applied_index(&self, name: &str) -> Option<LogIndex> {
+        self.groups.get(name).map(|g| g.machine.applied())
+    }
+
     /// Whether this node leads group `name`.
     pub fn leads(&self, name: &str) -> bool {
         self.groups.get(name).is_some_and(|g| g.raft.is_leader())
