@@ -969,6 +969,55 @@ impl AntiEntropy {
         }
     }
 
+    /// Drops every exchange in flight (their late answers are then ignored): a membership
+    /// change began, and anti-entropy pauses until it finishes ([`crate::membership`]).
+    pub fn abandon_exchanges(&mut self) {
+        self.exchanges.clear();
+    }
+
+    /// The keyspaces known here whose N is known (the registry), for a membership handoff.
+    pub fn known_keyspaces(&self) -> Vec<(String, u8)> {
+        self.keyspaces
+            .iter()
+            .filter_map(|(name, i)| i.n.map(|n| (name.clone(), n)))
+            .collect()
+    }
+
+    /// The ring changed (a membership change finished): the ranges are those of the new ring,
+    /// so every tree is rebuilt from the index, and everything learnt about the old ranges is
+    /// forgotten. Tombstone confirmations in particular were given by the old ranges' replicas,
+    /// which are not the new ones: a tombstone is collected only once the new ring's replicas
+    /// confirm it (and collection waits out its grace period again).
+    pub fn set_ring(&mut self, ring: Ring) {
+        self.ring = ring;
+        let ns: Vec<u8> = self.layouts.keys().copied().collect();
+        self.layouts.clear();
+        for n in ns {
+            self.layout(n);
+        }
+        self.exchanges.clear();
+        self.last_started.clear();
+        self.collectable.clear();
+        for index in self.keyspaces.values_mut() {
+            index.trees.clear();
+            for t in index.tombstones.values_mut() {
+                t.confirmed.clear();
+                t.confirmed_at = None;
+            }
+            for c in index.collected.values_mut() {
+                c.cleared.clear();
+            }
+            if let Some(n) = index.n {
+                let layout = &self.layouts[&n];
+                for ((position, _), hash) in &index.entries {
+                    let set = layout.set_of(*position);
+                    index.trees.entry(set).or_default().insert(*position, *hash);
+                }
+            }
+        }
+        self.version += 1;
+    }
+
     /// What INFO shows of anti-entropy on this node.
     pub fn status(&self) -> AntiEntropyStatus {
         AntiEntropyStatus {
@@ -1151,7 +1200,7 @@ fn leaf_intervals(leaves: &[u32]) -> VecDeque<(u64, u64)> {
     out
 }
 
-fn payload_of(bytes: &[u8]) -> Result<HintPayload, String> {
+pub(crate) fn payload_of(bytes: &[u8]) -> Result<HintPayload, String> {
     if State::is_state_encoding(bytes) {
         State::decode(bytes)
             .map(HintPayload::State)
@@ -1279,6 +1328,11 @@ impl Leaderless {
             tracing::debug!(keyspace = e.keyspace, peer = %e.peer, "anti-entropy exchange abandoned");
             self.stats_mut(&e.keyspace).anti_entropy_exchanges_abandoned += 1;
         }
+        if self.moving.is_some() {
+            // Paused during a membership change: ranges and tombstone confirmations are those
+            // of one ring, and the nodes are not all on the same one (see `membership`).
+            return;
+        }
         if self.anti_entropy.config.tombstone_collection {
             self.collect_tombstones(env);
         }
@@ -1287,6 +1341,9 @@ impl Leaderless {
 
     /// Starts exchanges of the ranges that are due, up to the bound on exchanges in flight.
     fn start_exchanges<S: Storage>(&mut self, env: &mut Env<'_, S>) {
+        if self.moving.is_some() {
+            return;
+        }
         let room = self
             .anti_entropy
             .config
@@ -1353,7 +1410,7 @@ impl Leaderless {
         level: u8,
         hashes: Vec<(u32, u64)>,
     ) {
-        if !self.anti_entropy.enabled() {
+        if !self.anti_entropy.enabled() || self.moving.is_some() {
             return self.send(from, Message::ExchangeRefused { op });
         }
         // Learn the keyspace (and its N, if unknown here) from the peer: a node that never
@@ -1535,6 +1592,9 @@ impl Leaderless {
         keys: Vec<(Bytes, u64)>,
     ) {
         let (first, last) = page;
+        if self.moving.is_some() {
+            return self.send(from, Message::ExchangeRefused { op });
+        }
         let Some(set) = self.anti_entropy.range(&keyspace, n, &replicas, from) else {
             return self.send(from, Message::ExchangeRefused { op });
         };

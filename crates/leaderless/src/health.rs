@@ -122,6 +122,14 @@ impl FailureDetector {
         }
     }
 
+    /// Starts watching `peer` too (a node joining the ring), unless it is `me` or watched.
+    pub fn add_peer(&mut self, me: NodeId, peer: NodeId) {
+        if peer != me && !self.health.contains_key(&peer) {
+            self.health.insert(peer, PeerHealth::new());
+            self.timers.insert(peer, Timers::default());
+        }
+    }
+
     pub fn health(&self) -> &BTreeMap<NodeId, PeerHealth> {
         &self.health
     }

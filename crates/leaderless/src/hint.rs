@@ -133,7 +133,7 @@ pub enum HintPayload {
 }
 
 impl HintPayload {
-    fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         match self {
             HintPayload::Record(r) => r.encode(),
             HintPayload::State(s) => s.encode(),
@@ -543,6 +543,11 @@ impl HintStore {
             let d = self.in_flight.remove(&op).expect("listed above");
             self.in_flight_by_hint.remove(&d.hint);
         }
+    }
+
+    /// Every hint held, in key order (bounded by `hints_max`).
+    pub fn keys(&self) -> Vec<HintKey> {
+        self.index.keys().cloned().collect()
     }
 
     /// Owners this node holds hints for (one index seek per owner).

@@ -123,6 +123,7 @@ pub mod anti_entropy;
 pub mod forward;
 pub mod health;
 pub mod hint;
+pub mod membership;
 pub mod merkle;
 pub mod message;
 pub mod record;
@@ -191,6 +192,13 @@ pub struct LeaderlessConfig {
     /// PLANTED BUG for checker tests: a fallback acknowledges a hinted write without storing
     /// the hint, so the write never reaches the owner it stood in for. Never set outside tests.
     pub bug_hint_not_stored: bool,
+    /// PLANTED BUG for checker tests: during a membership change only the first node of a
+    /// key's current preference list hands the key off to its gained owners ([`membership`]).
+    /// Never set outside tests.
+    pub bug_handoff_from_first_owner_only: bool,
+    /// PLANTED BUG for checker tests: during a membership change writes and operations go to
+    /// the current ring only, not to the joint quorum ([`membership`]). Never set outside tests.
+    pub bug_move_writes_current_ring_only: bool,
 }
 
 impl Default for LeaderlessConfig {
@@ -208,6 +216,8 @@ impl Default for LeaderlessConfig {
             bug_shared_actor: false,
             bug_remove_unobserved: false,
             bug_hint_not_stored: false,
+            bug_handoff_from_first_owner_only: false,
+            bug_move_writes_current_ring_only: false,
         }
     }
 }
@@ -304,6 +314,11 @@ pub struct KeyspaceStats {
     pub anti_entropy_exchanges_abandoned: u64,
     /// LWW tombstones this replica deleted once every replica confirmed holding them.
     pub tombstones_collected: u64,
+    /// Keys merged here from membership-change handoff batches ([`membership`]).
+    pub move_keys_received: u64,
+    /// Hints dropped when a membership change finished because their owner left the ring
+    /// (their copies went to the key's gained owners during the handoff, [`membership`]).
+    pub hints_dropped_owner_left: u64,
 }
 
 /// The storage table holding a keyspace's records.
@@ -343,7 +358,9 @@ struct PendingApply {
     keyspace: KeyspaceConfig,
     key: Bytes,
     operation: Operation,
+    /// Every owner on either ring ([`Placement::all`]).
     replicas: Vec<NodeId>,
+    placement: Placement,
     fallbacks: Fallbacks,
     r: u8,
     w: u8,
@@ -371,6 +388,7 @@ struct PendingStateRead {
     keyspace: String,
     key: Bytes,
     replicas: Vec<NodeId>,
+    placement: Placement,
     r: u8,
     replies: BTreeMap<NodeId, Option<State>>,
     replied: bool,
@@ -381,6 +399,47 @@ struct PendingForward {
     request: RequestId,
     coordinator: NodeId,
     deadline: Instant,
+}
+
+/// The owners an operation must reach: the key's preference list on the current ring and,
+/// for an operation started during a membership change ([`membership`]), on the next ring
+/// too. A quorum is then joint: Q among the current owners AND Q among the next owners.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Placement {
+    current: Vec<NodeId>,
+    next: Option<Vec<NodeId>>,
+}
+
+impl Placement {
+    /// Every owner on either ring, current ones first (preference order), each once.
+    fn all(&self) -> Vec<NodeId> {
+        let mut all = self.current.clone();
+        for n in self.next.iter().flatten() {
+            if !all.contains(n) {
+                all.push(*n);
+            }
+        }
+        all
+    }
+
+    /// The smaller count, over the lists, of owners `got` says answered.
+    fn count(&self, got: impl Fn(NodeId) -> bool) -> usize {
+        let c = self.current.iter().filter(|n| got(**n)).count();
+        match &self.next {
+            Some(next) => c.min(next.iter().filter(|n| got(**n)).count()),
+            None => c,
+        }
+    }
+
+    /// Whether `q` owners of every list answered.
+    fn met(&self, got: impl Fn(NodeId) -> bool, q: u8) -> bool {
+        self.count(got) >= usize::from(q)
+    }
+
+    /// Whether `q` answers are still possible in every list once `lost` cannot answer.
+    fn possible(&self, lost: impl Fn(NodeId) -> bool, q: u8) -> bool {
+        self.count(|n| !lost(n)) >= usize::from(q)
+    }
 }
 
 /// The nodes past a key's preference list that may stand in for its suspected owners.
@@ -437,7 +496,9 @@ struct PendingWrite {
     keyspace: String,
     key: Bytes,
     record: Record,
+    /// Every owner on either ring ([`Placement::all`]).
     replicas: Vec<NodeId>,
+    placement: Placement,
     fallbacks: Fallbacks,
     w: u8,
     /// The preference-list nodes whose place an acknowledgement of the current attempt took:
@@ -457,6 +518,7 @@ struct PendingRead {
     keyspace: String,
     key: Bytes,
     replicas: Vec<NodeId>,
+    placement: Placement,
     r: u8,
     replies: BTreeMap<NodeId, Option<Record>>,
     replied: bool,
@@ -483,14 +545,16 @@ pub struct Leaderless {
     now: Instant,
     /// When background work is next due (`None` before the first step).
     next_maintenance: Option<Instant>,
+    /// The membership change in progress, if any ([`membership`]).
+    moving: Option<membership::Move>,
 }
 
 impl Leaderless {
+    /// An engine for `node` on the ring of `members`. `node` need not be one of them: a node
+    /// joining the ring before its move, or one decommissioned after it, coordinates (and
+    /// forwards) without owning anything ([`membership`]).
     pub fn new(node: NodeId, members: &[NodeId], config: LeaderlessConfig) -> Self {
-        assert!(
-            members.contains(&node),
-            "a node is a member of its own ring"
-        );
+        assert!(!members.is_empty(), "a ring has members");
         assert!(
             !config.maintenance_interval.is_zero(),
             "background work needs a positive interval"
@@ -518,6 +582,7 @@ impl Leaderless {
             config,
             now: Instant::ZERO,
             next_maintenance: None,
+            moving: None,
         }
     }
 
@@ -542,6 +607,23 @@ impl Leaderless {
             .preference_list(Ring::position(&keyspace.name, key), usize::from(keyspace.n))
     }
 
+    /// Where an operation on `key` starting now goes: the current preference list and, during
+    /// a membership change, the next one (`write`: a write or operation, which the planted bug
+    /// keeps on the current ring).
+    fn placement(&self, keyspace: &KeyspaceConfig, key: &[u8], write: bool) -> Placement {
+        let position = Ring::position(&keyspace.name, key);
+        let n = usize::from(keyspace.n);
+        let next = self
+            .moving
+            .as_ref()
+            .filter(|_| !(write && self.config.bug_move_writes_current_ring_only))
+            .map(|m| m.next.preference_list(position, n));
+        Placement {
+            current: self.ring.preference_list(position, n),
+            next,
+        }
+    }
+
     pub fn stats(&self) -> &BTreeMap<String, KeyspaceStats> {
         &self.stats
     }
@@ -563,6 +645,7 @@ impl Leaderless {
                 || !self.hints.is_empty()
                 || self.detector.is_watching()
                 || self.anti_entropy.wants_maintenance()
+                || self.handoff_wants_maintenance()
         });
         deadline.into_iter().chain(maintenance).min()
     }
@@ -642,6 +725,7 @@ impl Leaderless {
                 | Message::Handoff { .. }
                 | Message::TreeHashes { .. }
                 | Message::KeyHashes { .. }
+                | Message::MoveBatch { .. }
         );
         if expects_answer {
             self.detector.on_request_sent(to, self.now);
@@ -661,7 +745,8 @@ impl Leaderless {
     /// preference order) is stood in for by the next node past the preference list that this
     /// node does not suspect (Dynamo §4.6). Empty under a strict quorum.
     fn fallbacks(&self, keyspace: &KeyspaceConfig, key: &[u8], mode: QuorumMode) -> Fallbacks {
-        if mode == QuorumMode::Strict {
+        if mode == QuorumMode::Strict || self.moving.is_some() {
+            // During a membership change every write is strict and joint (see `membership`).
             return Fallbacks::default();
         }
         let all = self
@@ -748,7 +833,8 @@ impl Leaderless {
             self.reply(request, Outcome::Refused(Refusal::ClockAhead));
             return;
         }
-        let replicas = self.replicas(keyspace, &key);
+        let placement = self.placement(keyspace, &key, true);
+        let replicas = placement.all();
         let fallbacks = self.fallbacks(keyspace, &key, mode);
         if !fallbacks.assigned.is_empty() {
             self.stats_mut(&keyspace.name).hinted_writes += 1;
@@ -767,6 +853,7 @@ impl Leaderless {
                 key,
                 record,
                 replicas,
+                placement,
                 fallbacks,
                 w,
                 accepted: BTreeSet::new(),
@@ -790,20 +877,20 @@ impl Leaderless {
         key: &Bytes,
         r: u8,
         ask: impl Fn(OpId, String, Bytes) -> Message,
-    ) -> (OpId, Vec<NodeId>, Instant) {
+    ) -> (OpId, Placement, Instant) {
         self.begin(env);
         self.learn_keyspace(env.storage, keyspace, Source::Local);
         assert!(r >= 1 && r <= keyspace.n, "R is validated by the node");
         self.stats_mut(&keyspace.name).reads += 1;
-        let replicas = self.replicas(keyspace, key);
+        let placement = self.placement(keyspace, key, false);
         let op = self.new_op();
         let deadline = env.now.instant + self.config.request_timeout;
-        for to in self.healthy_first(&replicas) {
+        for to in self.healthy_first(&placement.all()) {
             if to != self.node {
                 self.send(to, ask(op, keyspace.name.clone(), key.clone()));
             }
         }
-        (op, replicas, deadline)
+        (op, placement, deadline)
     }
 
     /// Starts a read that answers after `r` replies.
@@ -815,12 +902,13 @@ impl Leaderless {
         key: Bytes,
         r: u8,
     ) {
-        let (op, replicas, deadline) =
+        let (op, placement, deadline) =
             self.start_read(env, keyspace, &key, r, |op, keyspace, key| Message::Read {
                 op,
                 keyspace,
                 key,
             });
+        let replicas = placement.all();
         let local = replicas.contains(&self.node);
         self.pending.insert(
             op,
@@ -829,6 +917,7 @@ impl Leaderless {
                 keyspace: keyspace.name.clone(),
                 key: key.clone(),
                 replicas,
+                placement,
                 r,
                 replies: BTreeMap::new(),
                 replied: false,
@@ -869,8 +958,8 @@ impl Leaderless {
             "operations are routed to keyspaces of their policy by the node"
         );
         assert!(r >= 1 && r <= keyspace.n && w >= 1 && w <= keyspace.n);
-        let replicas = self.replicas(keyspace, &key);
-        if replicas.contains(&self.node) {
+        let placement = self.placement(keyspace, &key, true);
+        if placement.all().contains(&self.node) {
             self.start_apply(
                 env,
                 Requester::Client(request),
@@ -883,7 +972,9 @@ impl Leaderless {
             return;
         }
         // Spread forwards over the replicas this node does not suspect (over all of them if it
-        // suspects every one); a retry through this node picks another one.
+        // suspects every one); a retry through this node picks another one. Current owners
+        // only: whichever phase of a membership change the replica is in, it coordinates them.
+        let replicas = placement.current;
         let op = self.new_op();
         let healthy: Vec<NodeId> = replicas
             .iter()
@@ -932,7 +1023,8 @@ impl Leaderless {
         w: u8,
     ) {
         self.stats_mut(&keyspace.name).writes += 1;
-        let replicas = self.replicas(&keyspace, &key);
+        let placement = self.placement(&keyspace, &key, true);
+        let replicas = placement.all();
         assert!(replicas.contains(&self.node), "a replica coordinates");
         let op = self.new_op();
         let deadline = env.now.instant + self.config.request_timeout;
@@ -960,6 +1052,7 @@ impl Leaderless {
                 key: key.clone(),
                 operation,
                 replicas,
+                placement,
                 fallbacks,
                 r,
                 w,
@@ -997,7 +1090,7 @@ impl Leaderless {
             return;
         }
         replies.insert(from, state);
-        if replies.len() < usize::from(p.r) {
+        if !p.placement.met(|n| replies.contains_key(&n), p.r) {
             return;
         }
         match join(replies.values()) {
@@ -1126,8 +1219,12 @@ impl Leaderless {
             return;
         };
         accepted.insert(slot);
-        let needed = if bug { 1 } else { usize::from(p.w) };
-        if accepted.len() >= needed {
+        let done = if bug {
+            !accepted.is_empty()
+        } else {
+            p.placement.met(|n| accepted.contains(&n), p.w)
+        };
+        if done {
             let Some(Pending::Apply(p)) = self.remove_op(op) else {
                 unreachable!("looked up above")
             };
@@ -1153,10 +1250,11 @@ impl Leaderless {
             keyspace.merge != MergePolicy::Lww,
             "lww keys are read by `read`"
         );
-        let (op, replicas, deadline) =
+        let (op, placement, deadline) =
             self.start_read(env, keyspace, &key, r, |op, keyspace, key| {
                 Message::ReadState { op, keyspace, key }
             });
+        let replicas = placement.all();
         let local = replicas.contains(&self.node);
         self.pending.insert(
             op,
@@ -1165,6 +1263,7 @@ impl Leaderless {
                 keyspace: keyspace.name.clone(),
                 key: key.clone(),
                 replicas,
+                placement,
                 r,
                 replies: BTreeMap::new(),
                 replied: false,
@@ -1194,7 +1293,7 @@ impl Leaderless {
             return;
         }
         p.replies.insert(from, state);
-        if !p.replied && p.replies.len() >= usize::from(p.r) {
+        if !p.replied && p.placement.met(|n| p.replies.contains_key(&n), p.r) {
             p.replied = true;
             let request = p.request;
             match join(p.replies.values()) {
@@ -1490,7 +1589,10 @@ impl Leaderless {
             && keyspace.merge != MergePolicy::Lww
             && (1..=keyspace.n).contains(&r)
             && (1..=keyspace.n).contains(&w)
-            && self.replicas(&keyspace, &key).contains(&self.node);
+            && self
+                .placement(&keyspace, &key, true)
+                .all()
+                .contains(&self.node);
         if valid {
             self.learn_keyspace(env.storage, &keyspace, Source::Peer);
         } else {
@@ -1814,6 +1916,7 @@ impl Leaderless {
                 self.send(owner, message);
             }
         }
+        self.maintain_handoff(env);
         self.maintain_anti_entropy(env);
     }
 
@@ -2105,6 +2208,12 @@ impl Leaderless {
             } => self.on_key_diff(env, from, op, push, pull, through),
             Message::KeyValues { keyspace, entries } => self.on_key_values(env, keyspace, entries),
             Message::ExchangeRefused { op } => self.on_exchange_refused(env, from, op),
+            Message::MoveBatch {
+                op,
+                keyspace,
+                entries,
+            } => self.on_move_batch(env, from, op, keyspace, entries),
+            Message::MoveAck { op } => self.on_move_ack(env, from, op),
         }
     }
 
@@ -2148,8 +2257,12 @@ impl Leaderless {
         }
         p.accepted.insert(slot);
         p.existed |= applied.existed;
-        let needed = if bug { 1 } else { usize::from(p.w) };
-        if p.accepted.len() >= needed {
+        let done = if bug {
+            !p.accepted.is_empty()
+        } else {
+            p.placement.met(|n| p.accepted.contains(&n), p.w)
+        };
+        if done {
             let (request, existed) = (p.request, p.existed);
             self.remove_op(op);
             self.reply(request, Outcome::Written { existed });
@@ -2170,7 +2283,7 @@ impl Leaderless {
             return;
         }
         p.replies.insert(from, record);
-        if !p.replied && p.replies.len() >= usize::from(p.r) {
+        if !p.replied && p.placement.met(|n| p.replies.contains_key(&n), p.r) {
             p.replied = true;
             let value = newest(&p.replies).and_then(|r| r.value.clone());
             let request = p.request;
@@ -2217,6 +2330,9 @@ impl Leaderless {
     }
 
     fn remove_op(&mut self, op: OpId) -> Option<Pending> {
+        if let Some(m) = &mut self.moving {
+            m.pre_move.remove(&op);
+        }
         let p = self.pending.remove(&op)?;
         self.deadlines.remove(&(p.deadline(), op));
         Some(p)
@@ -2245,9 +2361,9 @@ impl Leaderless {
         };
         p.refused.insert(slot);
         p.accepted.remove(&slot);
-        let possible = p.replicas.len() - p.refused.len();
+        let possible = p.placement.possible(|n| p.refused.contains(&n), p.w);
         let keyspace = p.keyspace.clone();
-        if possible < usize::from(p.w) {
+        if !possible {
             self.stats_mut(&keyspace).clock_ahead_refused += 1;
             self.fail_op(env, op, Outcome::Refused(Refusal::ClockAhead));
         }
@@ -2280,7 +2396,7 @@ impl Leaderless {
             match self.pending.get(&op) {
                 Some(Pending::Write(p)) => {
                     let outcome = Outcome::QuorumFailed {
-                        acks: p.accepted.len() as u8,
+                        acks: p.placement.count(|n| p.accepted.contains(&n)) as u8,
                         needed: p.w,
                     };
                     let keyspace = p.keyspace.clone();
@@ -2290,7 +2406,7 @@ impl Leaderless {
                 Some(Pending::Read(p)) if p.replied => self.finish_read(env, op),
                 Some(Pending::Read(p)) => {
                     let outcome = Outcome::QuorumFailed {
-                        acks: p.replies.len() as u8,
+                        acks: p.placement.count(|n| p.replies.contains_key(&n)) as u8,
                         needed: p.r,
                     };
                     let keyspace = p.keyspace.clone();
@@ -2300,7 +2416,7 @@ impl Leaderless {
                 Some(Pending::StateRead(p)) if p.replied => self.finish_state_read(env, op),
                 Some(Pending::StateRead(p)) => {
                     let outcome = Outcome::QuorumFailed {
-                        acks: p.replies.len() as u8,
+                        acks: p.placement.count(|n| p.replies.contains_key(&n)) as u8,
                         needed: p.r,
                     };
                     let keyspace = p.keyspace.clone();
@@ -2310,11 +2426,11 @@ impl Leaderless {
                 Some(Pending::Apply(p)) => {
                     let outcome = match &p.phase {
                         ApplyPhase::Reading { replies } => Outcome::QuorumFailed {
-                            acks: replies.len() as u8,
+                            acks: p.placement.count(|n| replies.contains_key(&n)) as u8,
                             needed: p.r,
                         },
                         ApplyPhase::Writing { accepted, .. } => Outcome::QuorumFailed {
-                            acks: accepted.len() as u8,
+                            acks: p.placement.count(|n| accepted.contains(&n)) as u8,
                             needed: p.w,
                         },
                     };
@@ -2344,6 +2460,7 @@ impl Leaderless {
         );
         self.detector.check_invariants();
         self.hints.check_invariants();
+        self.check_move_invariants();
         self.anti_entropy.check_invariants();
         if self.hints.is_loaded() {
             for (keyspace, stats) in &self.stats {
@@ -2358,8 +2475,10 @@ impl Leaderless {
             let d = match self.pending.get(op).expect("deadline without op") {
                 Pending::Write(w) => {
                     assert!(
-                        w.accepted.len() < usize::from(w.w) || self.config.bug_ack_before_quorum
+                        !w.placement.met(|n| w.accepted.contains(&n), w.w)
+                            || self.config.bug_ack_before_quorum
                     );
+                    assert_eq!(w.replicas, w.placement.all(), "a write goes to every owner");
                     assert!(w.attempts <= WRITE_ATTEMPTS_MAX);
                     assert!(
                         w.accepted.iter().all(|a| w.replicas.contains(a)),
@@ -2372,9 +2491,11 @@ impl Leaderless {
                 Pending::Apply(a) => {
                     if let ApplyPhase::Writing { accepted, .. } = &a.phase {
                         assert!(
-                            accepted.len() < usize::from(a.w) || self.config.bug_ack_before_quorum
+                            !a.placement.met(|n| accepted.contains(&n), a.w)
+                                || self.config.bug_ack_before_quorum
                         );
                     }
+                    assert_eq!(a.replicas, a.placement.all());
                     assert!(a.replicas.contains(&self.node), "a replica coordinates");
                     a.fallbacks.check(&a.replicas);
                     a.deadline

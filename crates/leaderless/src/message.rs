@@ -174,6 +174,17 @@ pub enum Message {
         entries: Vec<(Bytes, HintPayload)>,
     },
     /// Replica -> initiator: I cannot compare this range now (my index is still being built,
-    /// or my N or ring disagrees).
+    /// or my N or ring disagrees, or a membership change is in progress).
     ExchangeRefused { op: OpId },
+    // ---- membership changes (crate::membership) ----
+    /// Old owner -> gained owner of the keys, during a membership change's handoff: merge
+    /// these copies (records last-writer-wins, states by join), then `MoveAck`. At most
+    /// [`crate::membership::HANDOFF_KEYS_PER_BATCH_MAX`] keys; resent unchanged on timeout.
+    MoveBatch {
+        op: OpId,
+        keyspace: String,
+        entries: Vec<(Bytes, HintPayload)>,
+    },
+    /// Gained owner -> old owner: batch `op` is merged and durable (sent after the sync).
+    MoveAck { op: OpId },
 }

@@ -108,6 +108,9 @@ impl Message {
         // `KeyHashes` are requests carrying only hashes; every answer (`TreeDiff`, `KeyDiff`,
         // `ExchangeRefused`) and every message carrying values (`KeyDiff`, `KeyValues`: states
         // may hold dots issued in this batch) waits.
+        // Membership handoff (`triarch_leaderless::membership`): a `MoveBatch` carries values
+        // (states may hold dots issued in this batch) and a `MoveAck` vouches for the merge
+        // being durable: both wait.
         match self {
             Message::Leaderless(
                 L::Write { .. }
@@ -137,7 +140,9 @@ impl Message {
                 | L::TreeDiff { .. }
                 | L::KeyDiff { .. }
                 | L::KeyValues { .. }
-                | L::ExchangeRefused { .. },
+                | L::ExchangeRefused { .. }
+                | L::MoveBatch { .. }
+                | L::MoveAck { .. },
             ) => false,
             Message::Catalog(_) => false,
             Message::Primary(m) => m.may_precede_sync(),
