@@ -19,7 +19,9 @@
 //! - otherwise forwards it to the leader it knows (or, knowing none, waits for an election if it
 //!   is a voter, or asks a voter if it is not). A member that is not the leader answers
 //!   [`Outcome::NotLeader`] with its own guess, and the origin tries there, at most
-//!   [`PrimaryConfig::forward_attempts_max`] times.
+//!   [`PrimaryConfig::forward_attempts_max`] times. A member that knows no leader either (an
+//!   election is on) does not use up an attempt: the origin asks again a heartbeat later, until
+//!   the request's deadline, so a request made during an election waits for its outcome.
 //!
 //! Whoever proposed the entry answers once it is applied; the origin, if it is a voter, also
 //! recognises its own entries as it applies them and answers its client at once (whichever comes
@@ -842,6 +844,10 @@ impl Primary {
                         let p = self.pending.get_mut(&seq).expect("present");
                         p.forwarded_to = None;
                         p.retry_at = Some(retry);
+                        if leader.is_none() {
+                            // Nobody to blame: an election, not a wrong guess.
+                            p.attempts = p.attempts.saturating_sub(1);
+                        }
                     }
                 }
             }
