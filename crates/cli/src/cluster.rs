@@ -153,6 +153,7 @@ impl LocalCluster {
                 resp_addr: addr(base_port, 0, i),
                 http_addr: addr(base_port, 100, i),
                 members: members.clone(),
+                joining: false,
                 keyspaces: keyspaces.clone(),
                 request_timeout_ms: 1_000,
                 value_bytes_max: triarch_core::limits::VALUE_BYTES_MAX_DEFAULT,
@@ -181,6 +182,37 @@ impl LocalCluster {
             nodes: procs,
             binary,
         })
+    }
+
+    /// Configures one more node, `joining` the cluster in region `region` on ports of its own
+    /// (it is not started, and not a member until `TRIARCH.CLUSTER JOIN` is decided). Returns
+    /// its id.
+    pub fn add_joining(&mut self, region: &str) -> Result<u32> {
+        let first = self.nodes.first().context("a cluster has nodes")?;
+        let mut config =
+            ServerConfig::load(&first.config_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let id = self.nodes.len() as u32 + 1;
+        let base = free_base_port(1)?;
+        config.node_id = id;
+        config.region = region.to_string();
+        config.data_dir = self.dir.join(format!("n{id}"));
+        config.peer_addr = addr(base, 200, 1);
+        config.resp_addr = addr(base, 0, 1);
+        config.http_addr = addr(base, 100, 1);
+        config.joining = true;
+        config.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let config_path = self.dir.join(format!("n{id}.toml"));
+        std::fs::write(&config_path, config.to_toml())?;
+        self.nodes.push(NodeProcess {
+            id,
+            region: region.to_string(),
+            config_path,
+            resp: config.resp_addr,
+            http: config.http_addr,
+            peer: config.peer_addr,
+            child: None,
+        });
+        Ok(id)
     }
 
     /// Uses `binary` to run nodes instead of the current executable (tests).

@@ -269,18 +269,18 @@ pub struct MultiLeader {
 }
 
 impl MultiLeader {
-    /// `incarnation` as for [`Primary::new`].
+    /// `incarnation` as for [`Primary::new`]. `region`: this node's region, which `regions`
+    /// lists it in unless it joined the cluster after it was founded (then it votes in no
+    /// region's group and forwards its region's requests to the group).
     pub fn new(
         id: NodeId,
+        region: String,
         regions: Regions,
         config: MultiLeaderConfig,
         incarnation: HlcTimestamp,
         mut rng: DetRng,
     ) -> Self {
-        let region = regions
-            .region_of(id)
-            .expect("a node belongs to a region")
-            .to_string();
+        debug_assert!(regions.region_of(id).is_none_or(|r| r == region));
         let groups = Primary::new(id, config.primary.clone(), incarnation, rng.fork());
         MultiLeader {
             region,

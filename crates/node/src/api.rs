@@ -150,6 +150,14 @@ pub enum Request {
         commands: Vec<Command>,
     },
     CreateKeyspace(KeyspaceSpec),
+    /// Add a member to the cluster (its leaderless ring), moving data to it.
+    Join(crate::meta::Joined),
+    /// Take a joined member off the ring, moving its data away.
+    Decommission {
+        id: NodeId,
+    },
+    /// The membership and this node's part in a move.
+    Membership,
     ListKeyspaces,
     KeyspaceInfo {
         name: String,
@@ -188,6 +196,8 @@ pub enum Reply {
     Created,
     Keyspaces(Vec<KeyspaceConfig>),
     KeyspaceInfo(Box<KeyspaceInfo>),
+    /// [`Request::Join`], [`Request::Decommission`] (as decided), [`Request::Membership`].
+    Membership(Box<crate::meta::MembershipStatus>),
     Error(RequestError),
 }
 
@@ -279,6 +289,16 @@ pub enum RequestError {
     #[error("no outcome within the request timeout; the operation may or may not have happened")]
     Timeout,
     #[error(
+        "the cluster's metadata group has no reachable leader (a majority of its voters is down or cut off); the keyspace may or may not have been created"
+    )]
+    MetadataUnavailable,
+    #[error("membership change refused: {0}")]
+    MembershipRefused(String),
+    #[error(
+        "this node is joining the cluster: it serves requests once TRIARCH.CLUSTER JOIN is decided"
+    )]
+    NotJoined,
+    #[error(
         "refused for clock skew: a timestamp runs further ahead of a replica's clock than clock_forward_bound_ms allows (this node's clock, or the one that stamped the record this write must follow); the write may have reached some replicas"
     )]
     ClockAhead,
@@ -302,6 +322,8 @@ impl RequestError {
             }
             RequestError::Superseded
             | RequestError::NoLeader { .. }
+            | RequestError::MetadataUnavailable
+            | RequestError::NotJoined
             | RequestError::Timeout
             | RequestError::ClockAhead => "TRYAGAIN",
             RequestError::Storage(_) => "IOERR",
@@ -319,6 +341,7 @@ impl RequestError {
                 | RequestError::CoordinatorUnavailable { .. }
                 | RequestError::Storage(_)
                 | RequestError::NoLeader { .. }
+                | RequestError::MetadataUnavailable
                 | RequestError::Timeout
                 | RequestError::ClockAhead
         )

@@ -1,31 +1,36 @@
-//! The keyspace catalog, replicated to every node.
+//! The keyspace catalog, kept by every node.
 //!
-//! For now the catalog is a last-writer-wins map from keyspace name to definition, versioned by
-//! hybrid logical clock: a `CREATE` is applied locally, made durable, broadcast to every member,
-//! and gossiped periodically (one random peer per interval) so that a node that was down catches
-//! up. Two concurrent `CREATE`s of one name with different settings resolve to the later one;
-//! moving the catalog onto consensus (the primary-backup work) removes that race.
+//! Which keyspaces exist is decided by the cluster's metadata group ([`crate::meta`]); this is
+//! every node's copy of the decisions: a map from keyspace name to definition, durable in the
+//! node's `meta` table, merged from the group's answers, its leader's broadcasts and periodic
+//! gossip (one random peer per interval, so that a node that was down catches up). An entry's
+//! version is the metadata log index that created it (0: seeded from the configuration file), so
+//! merging keeps the higher version and every node ends with the group's decisions.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use triarch_core::{HlcTimestamp, KeyspaceConfig};
+use triarch_core::KeyspaceConfig;
 use triarch_storage::{Storage, StorageError};
 
 /// The storage table holding the catalog.
 pub const META_TABLE: &str = "meta";
 const ENTRY_PREFIX: &[u8] = b"keyspace/";
-const ENTRY_FORMAT_V1: u8 = 1;
+/// Format 1 (versions were clock timestamps, before the metadata group) is refused.
+const ENTRY_FORMAT_V2: u8 = 2;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogEntry {
     pub config: KeyspaceConfig,
-    pub version: HlcTimestamp,
+    /// The metadata log index that created the keyspace (0: seeded from configuration).
+    pub version: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CatalogMessage {
     /// Entries the receiver should merge (a broadcast create, or periodic gossip of everything).
     Entries(Vec<CatalogEntry>),
+    /// The membership as the metadata group decided it (the group leader's broadcast, gossip).
+    Membership(crate::meta::Membership),
 }
 
 #[derive(Clone, Debug, Default)]
@@ -94,14 +99,17 @@ impl Catalog {
     }
 }
 
-fn encode_entry(entry: &CatalogEntry) -> Vec<u8> {
-    postcard::to_extend(entry, vec![ENTRY_FORMAT_V1]).expect("encoding into a Vec cannot fail")
+pub(crate) fn encode_entry(entry: &CatalogEntry) -> Vec<u8> {
+    postcard::to_extend(entry, vec![ENTRY_FORMAT_V2]).expect("encoding into a Vec cannot fail")
 }
 
-fn decode_entry(bytes: &[u8]) -> Result<CatalogEntry, StorageError> {
+pub(crate) fn decode_entry(bytes: &[u8]) -> Result<CatalogEntry, StorageError> {
     match bytes.split_first() {
-        Some((&ENTRY_FORMAT_V1, rest)) => postcard::from_bytes(rest)
+        Some((&ENTRY_FORMAT_V2, rest)) => postcard::from_bytes(rest)
             .map_err(|e| StorageError::Engine(format!("corrupt catalog entry: {e}"))),
+        Some((&1, _)) => Err(StorageError::Engine(
+            "the data directory holds a catalog from before the metadata group (format 1); start from an empty directory".into(),
+        )),
         _ => Err(StorageError::Engine(
             "catalog entry has an unknown format".into(),
         )),
@@ -111,20 +119,12 @@ fn decode_entry(bytes: &[u8]) -> Result<CatalogEntry, StorageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use triarch_core::NodeId;
     use triarch_storage::SimDisk;
 
-    fn entry(name: &str, n: u8, wall_ms: u64) -> CatalogEntry {
+    fn entry(name: &str, n: u8, version: u64) -> CatalogEntry {
         let mut config = KeyspaceConfig::leaderless(name);
         config.n = n;
-        CatalogEntry {
-            config,
-            version: HlcTimestamp {
-                wall_ms,
-                logical: 0,
-                node: NodeId(1),
-            },
-        }
+        CatalogEntry { config, version }
     }
 
     #[test]

@@ -35,6 +35,7 @@
 
 pub mod api;
 pub mod catalog;
+pub mod meta;
 mod multileader;
 mod primary;
 
@@ -50,9 +51,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use triarch_core::causal::ActorId;
 use triarch_core::limits::{KEY_BYTES_MAX, KEYSPACES_MAX, VALUE_BYTES_MAX_DEFAULT};
-use triarch_core::{
-    DetRng, Hlc, HlcTimestamp, Instant, KeyspaceConfig, MergePolicy, Model, NodeId,
-};
+use triarch_core::{DetRng, Hlc, Instant, KeyspaceConfig, MergePolicy, Model, NodeId};
 use triarch_core::{Now, RequestId};
 pub use triarch_leaderless::KeyspaceStats;
 use triarch_leaderless::state::Refusal;
@@ -70,8 +69,9 @@ const HLC_CEILING_KEY: &[u8] = b"hlc/ceiling";
 /// Version of the peer message encoding. A peer that sends another version is disconnected.
 /// Version 2 added the messages of the `siblings`, `counter`, `set` and `map` merge policies;
 /// version 3 the primary-backup model's; version 4 sloppy quorums, hinted handoff and
-/// anti-entropy; version 5 the multi-leader model's.
-pub const WIRE_VERSION: u8 = 5;
+/// anti-entropy; version 5 the multi-leader model's; version 6 the metadata group's (catalog
+/// entries versioned by its log index).
+pub const WIRE_VERSION: u8 = 6;
 
 /// Everything nodes say to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +80,8 @@ pub enum Message {
     Leaderless(triarch_leaderless::message::Message),
     Primary(triarch_primary::engine::Message),
     MultiLeader(triarch_multileader::Message),
+    /// The metadata group's messages ([`meta`]).
+    Meta(triarch_primary::engine::Message),
 }
 
 impl Message {
@@ -145,7 +147,7 @@ impl Message {
                 | L::MoveAck { .. },
             ) => false,
             Message::Catalog(_) => false,
-            Message::Primary(m) => m.may_precede_sync(),
+            Message::Primary(m) | Message::Meta(m) => m.may_precede_sync(),
             Message::MultiLeader(m) => m.may_precede_sync(),
         }
     }
@@ -156,6 +158,7 @@ impl Message {
 pub struct SyncPoint {
     primary: triarch_primary::engine::SyncPoints,
     multileader: triarch_primary::engine::SyncPoints,
+    meta: triarch_primary::engine::SyncPoints,
 }
 
 /// What the node asks its driver to do.
@@ -205,6 +208,14 @@ pub struct NodeConfig {
     pub primary: PrimaryConfig,
     pub multileader: MultiLeaderConfig,
     pub catalog_gossip_interval: Duration,
+    /// The node is not among `members` (the founders): it starts outside the ring and waits for
+    /// a `TRIARCH.CLUSTER JOIN` decided by the metadata group.
+    pub joining: bool,
+    /// This node's region when `members` does not list it (a joining node).
+    pub region: Option<String>,
+    /// PLANTED BUG for checker tests: in a membership move, report the handoff done without
+    /// handing anything off.
+    pub bug_skip_handoff: bool,
     /// How far ahead of the local wall clock a peer's timestamp may be before it is refused.
     pub clock_forward_bound_ms: u64,
     pub value_bytes_max: usize,
@@ -220,6 +231,9 @@ impl NodeConfig {
             primary: PrimaryConfig::default(),
             multileader: MultiLeaderConfig::default(),
             catalog_gossip_interval: Duration::from_secs(1),
+            joining: false,
+            region: None,
+            bug_skip_handoff: false,
             clock_forward_bound_ms: 60_000,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
         }
@@ -230,6 +244,8 @@ impl NodeConfig {
 pub enum NodeError {
     #[error("node {0} is not among the configured members")]
     NotAMember(NodeId),
+    #[error("node {0} joins the cluster but has no region")]
+    NoRegion(NodeId),
     #[error("invalid regions: {0}")]
     Regions(#[from] triarch_multileader::region::RegionError),
     #[error("invalid keyspace in configuration: {0}")]
@@ -247,6 +263,20 @@ pub struct Node<S: Storage> {
     leaderless: Leaderless,
     primary: Primary,
     multileader: MultiLeader,
+    /// The metadata group's engine (see [`meta`]), its group, and the index whose effects on
+    /// the catalog this node has taken in.
+    meta: Primary,
+    meta_spec: triarch_primary::engine::GroupSpec,
+    meta_seen: triarch_primary::LogIndex,
+    /// Proposals waiting for the metadata group, by request.
+    meta_pending: BTreeMap<RequestId, meta::MetaPending>,
+    /// The founding members (the configuration's `members`): they host every Raft group.
+    founders: Vec<NodeId>,
+    /// The membership as the metadata group decided it (this node's durable copy).
+    membership: meta::Membership,
+    /// The last internal request number, and the progress report in flight.
+    next_internal: u64,
+    report_in_flight: Option<RequestId>,
     outputs: VecDeque<Output>,
     next_gossip: Instant,
     peers: Vec<NodeId>,
@@ -326,7 +356,11 @@ impl<S: Storage> Node<S> {
         now: Now,
     ) -> Result<Self, NodeError> {
         let members: Vec<NodeId> = config.members.iter().map(|m| m.id).collect();
-        if !members.contains(&config.id) {
+        let membership = meta::load_membership(&storage, &members)?;
+        if !members.contains(&config.id)
+            && !config.joining
+            && !membership.joined.iter().any(|j| j.id == config.id)
+        {
             return Err(NodeError::NotAMember(config.id));
         }
         let mut catalog = Catalog::load(&storage)?;
@@ -349,7 +383,7 @@ impl<S: Storage> Node<S> {
                     &mut storage,
                     CatalogEntry {
                         config: ks,
-                        version: HlcTimestamp::MIN,
+                        version: 0,
                     },
                 )?;
             }
@@ -366,23 +400,35 @@ impl<S: Storage> Node<S> {
             None => 0,
         };
         hlc.restore_floor(hlc_ceiling_ms);
-        for e in catalog.entries() {
-            let _ = hlc.observe(e.version, now.wall_ms);
-        }
         // This incarnation's name: above every timestamp issued or observed before a restart.
         let started = hlc.now(now.wall_ms);
         let mut rng = rng;
         let first_op = rng.next_u64() >> 1;
         let mut leaderless_config = config.leaderless.clone();
         leaderless_config.state_bytes_max = config.value_bytes_max;
-        let leaderless = Leaderless::new(config.id, &members, leaderless_config)
+        let leaderless = Leaderless::new(config.id, &membership.ring, leaderless_config)
             .with_incarnation(first_op, started);
         let primary = Primary::new(config.id, config.primary.clone(), started, rng.fork());
+        let meta = Primary::new(config.id, config.primary.clone(), started, rng.fork());
+        let meta_spec = meta::meta_group(&members);
         let regions = Regions::new(config.members.iter().map(|m| (m.id, m.region.clone())))?;
+        let own_region = config
+            .members
+            .iter()
+            .find(|m| m.id == config.id)
+            .map(|m| m.region.clone())
+            .or_else(|| config.region.clone())
+            .ok_or(NodeError::NoRegion(config.id))?;
         let mut multileader_config = config.multileader.clone();
         multileader_config.record_bytes_max = config.value_bytes_max + 4096;
-        let multileader =
-            MultiLeader::new(config.id, regions, multileader_config, started, rng.fork());
+        let multileader = MultiLeader::new(
+            config.id,
+            own_region,
+            regions,
+            multileader_config,
+            started,
+            rng.fork(),
+        );
         let peers = members
             .iter()
             .copied()
@@ -398,6 +444,14 @@ impl<S: Storage> Node<S> {
             leaderless,
             primary,
             multileader,
+            meta,
+            meta_spec,
+            meta_seen: triarch_primary::LogIndex(0),
+            meta_pending: BTreeMap::new(),
+            founders: members.clone(),
+            membership,
+            next_internal: 0,
+            report_in_flight: None,
             outputs: VecDeque::new(),
             peers,
             hlc_ceiling_ms,
@@ -405,10 +459,13 @@ impl<S: Storage> Node<S> {
             pb_shapes: BTreeMap::new(),
             ml_shapes: BTreeMap::new(),
         };
+        node.start_meta(now)?;
+        node.follow_membership(now);
         node.catalog_changed(now);
         node.raise_hlc_ceiling();
         node.drain_primary();
         node.drain_multileader();
+        node.drain_meta(now);
         Ok(node)
     }
 
@@ -445,7 +502,10 @@ impl<S: Storage> Node<S> {
 
     /// Operations this node coordinates that have not finished.
     pub fn in_flight(&self) -> usize {
-        self.leaderless.in_flight() + self.primary.in_flight() + self.multileader.in_flight()
+        self.leaderless.in_flight()
+            + self.primary.in_flight()
+            + self.multileader.in_flight()
+            + self.meta.in_flight()
     }
 
     /// What a sync that starts now will make durable (the driver calls [`Node::synced`] with it
@@ -454,6 +514,7 @@ impl<S: Storage> Node<S> {
         SyncPoint {
             primary: self.primary.sync_point(),
             multileader: self.multileader.sync_point(),
+            meta: self.meta.sync_point(),
         }
     }
 
@@ -466,8 +527,10 @@ impl<S: Storage> Node<S> {
         };
         self.primary.synced(&mut env, point.primary);
         self.multileader.synced(&mut env, point.multileader);
+        self.meta.synced(&mut env, point.meta);
         self.drain_primary();
         self.drain_multileader();
+        self.drain_meta(now);
     }
 
     /// The multi-leader engine (region groups, shipping, counters).
@@ -505,6 +568,7 @@ impl<S: Storage> Node<S> {
             self.leaderless.poll_timeout(),
             self.primary.poll_timeout(),
             self.multileader.poll_timeout(),
+            self.meta.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -525,6 +589,18 @@ impl<S: Storage> Node<S> {
     }
 
     pub fn handle_request(&mut self, now: Now, request: RequestId, req: Request) {
+        let admin = matches!(
+            req,
+            Request::CreateKeyspace(_)
+                | Request::ListKeyspaces
+                | Request::KeyspaceInfo { .. }
+                | Request::Join(_)
+                | Request::Decommission { .. }
+                | Request::Membership
+        );
+        if !admin && !self.is_member() {
+            return self.fail(request, RequestError::NotJoined);
+        }
         match req {
             Request::Get { key, r } => self.data_request(now, request, key, Data::Get, r, None),
             Request::Set { key, value, w } => {
@@ -550,11 +626,19 @@ impl<S: Storage> Node<S> {
                 self.primary_exec(now, request, watches, commands)
             }
             Request::CreateKeyspace(spec) => {
-                let reply = match self.create_keyspace(now, spec) {
-                    Ok(()) => Reply::Created,
-                    Err(e) => Reply::Error(e),
-                };
-                self.reply(request, reply);
+                if let Err(e) = self.create_keyspace(now, request, spec) {
+                    self.fail(request, e);
+                }
+            }
+            Request::Join(member) => {
+                self.propose_change(now, request, meta::MembershipRequest::Join(member))
+            }
+            Request::Decommission { id } => {
+                self.propose_change(now, request, meta::MembershipRequest::Decommission(id))
+            }
+            Request::Membership => {
+                let status = self.membership_status();
+                self.reply(request, Reply::Membership(Box::new(status)));
             }
             Request::ListKeyspaces => {
                 let all = self.catalog.entries().map(|e| e.config.clone()).collect();
@@ -582,6 +666,7 @@ impl<S: Storage> Node<S> {
         self.drain_leaderless();
         self.drain_primary();
         self.drain_multileader();
+        self.drain_meta(now);
     }
 
     /// Checks a data request and hands it to the keyspace's model.
@@ -746,7 +831,13 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    fn create_keyspace(&mut self, now: Now, spec: KeyspaceSpec) -> Result<(), RequestError> {
+    /// Checks a `CREATE` and proposes it to the metadata group, which answers it.
+    fn create_keyspace(
+        &mut self,
+        now: Now,
+        request: RequestId,
+        spec: KeyspaceSpec,
+    ) -> Result<(), RequestError> {
         if self.catalog.get(&spec.name).is_some() {
             return Err(RequestError::KeyspaceExists(spec.name));
         }
@@ -772,19 +863,7 @@ impl<S: Storage> Node<S> {
             ));
         }
         config.validate(nodes)?;
-        let entry = CatalogEntry {
-            config,
-            version: self.hlc.now(now.wall_ms),
-        };
-        self.catalog
-            .merge(&mut self.storage, entry.clone())
-            .map_err(|e| RequestError::Storage(e.to_string()))?;
-        tracing::info!(node = %self.config.id, keyspace = entry.config.name, "keyspace created");
-        for &to in &self.peers {
-            let message = Message::Catalog(CatalogMessage::Entries(vec![entry.clone()]));
-            self.outputs.push_back(Output::Send { to, message });
-        }
-        self.catalog_changed(now);
+        self.propose_create(now, request, config);
         Ok(())
     }
 
@@ -814,17 +893,27 @@ impl<S: Storage> Node<S> {
         }
         match message {
             Message::Catalog(CatalogMessage::Entries(entries)) => {
+                let mut changed = false;
                 for entry in entries {
                     if entry.config.validate(self.config.members.len()).is_err() {
                         tracing::warn!(%from, keyspace = entry.config.name, "invalid catalog entry dropped");
                         continue;
                     }
-                    let _ = self.hlc.observe(entry.version, now.wall_ms);
-                    if let Err(e) = self.catalog.merge(&mut self.storage, entry) {
-                        tracing::error!(error = %e, "catalog merge failed");
-                    }
+                    changed |= self.merge_entry(entry);
                 }
-                self.catalog_changed(now);
+                if changed {
+                    self.catalog_changed(now);
+                }
+            }
+            Message::Catalog(CatalogMessage::Membership(m)) => {
+                self.adopt_membership(now, m);
+            }
+            Message::Meta(m) => {
+                let mut env = triarch_primary::engine::Env {
+                    now: now.instant,
+                    storage: &mut self.storage,
+                };
+                self.meta.handle_message(&mut env, from, m);
             }
             Message::Primary(m) => {
                 let mut env = triarch_primary::engine::Env {
@@ -859,6 +948,7 @@ impl<S: Storage> Node<S> {
         self.drain_leaderless();
         self.drain_primary();
         self.drain_multileader();
+        self.drain_meta(now);
     }
 
     pub fn handle_timeout(&mut self, now: Now) {
@@ -868,6 +958,10 @@ impl<S: Storage> Node<S> {
             let entries = self.catalog.entries().cloned().collect();
             let message = Message::Catalog(CatalogMessage::Entries(entries));
             self.outputs.push_back(Output::Send { to, message });
+            if self.membership.index > 0 {
+                let message = Message::Catalog(CatalogMessage::Membership(self.membership.clone()));
+                self.outputs.push_back(Output::Send { to, message });
+            }
         }
         let mut env = Env {
             now,
@@ -881,9 +975,11 @@ impl<S: Storage> Node<S> {
         };
         self.primary.handle_timeout(&mut env);
         self.multileader.handle_timeout(&mut env);
+        self.meta.handle_timeout(&mut env);
         self.drain_leaderless();
         self.drain_primary();
         self.drain_multileader();
+        self.drain_meta(now);
     }
 
     /// Tells the models about the catalog: primary-backup voters start their keyspaces' Raft
@@ -975,6 +1071,11 @@ impl<S: Storage> Node<S> {
             "a primary-backup reply shape outlived its request"
         );
         self.multileader.check_invariants();
+        self.meta.check_invariants();
+        assert!(
+            self.meta_pending.len() <= self.meta.in_flight(),
+            "a metadata proposal's purpose outlived it"
+        );
         assert!(
             self.ml_shapes.len() <= self.multileader.in_flight(),
             "a multi-leader reply shape outlived its request"

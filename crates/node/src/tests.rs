@@ -1,6 +1,6 @@
 use super::*;
-use triarch_core::KeyspaceSettings;
 use triarch_core::limits::KEY_BYTES_MAX;
+use triarch_core::{HlcTimestamp, KeyspaceSettings};
 use triarch_storage::SimDisk;
 
 fn now() -> Now {
@@ -21,20 +21,30 @@ fn node(n: u32) -> Node<SimDisk> {
     Node::new(config, SimDisk::new(), DetRng::seed_from_u64(1), now()).unwrap()
 }
 
+/// Serves `req` on a node with no peers reachable, firing its timers (syncing its disk after
+/// each step) until it answers: a single-node cluster elects itself in the metadata group.
 fn call(node: &mut Node<SimDisk>, req: Request) -> Reply {
-    node.handle_request(now(), RequestId(9), req);
-    let mut reply = None;
-    while let Some(o) = node.poll_output() {
-        if let Output::Reply {
-            request: RequestId(9),
-            reply: r,
-            ..
-        } = o
-        {
-            reply = Some(r);
+    let mut t = now();
+    node.handle_request(t, RequestId(9), req);
+    for _ in 0..1_000 {
+        let point = node.sync_point();
+        node.storage_mut().sync().unwrap();
+        node.synced(t, point);
+        while let Some(o) = node.poll_output() {
+            if let Output::Reply {
+                request: RequestId(9),
+                reply,
+                ..
+            } = o
+            {
+                return reply;
+            }
         }
+        let next = node.poll_timeout().expect("a node always has a timer");
+        t = Now::new(next, 1_000 + next.as_micros() / 1_000);
+        node.handle_timeout(t);
     }
-    reply.expect("request answered at once")
+    panic!("request never answered")
 }
 
 fn spec(name: &str, model: Model) -> KeyspaceSpec {
@@ -47,7 +57,7 @@ fn spec(name: &str, model: Model) -> KeyspaceSpec {
 
 #[test]
 fn keys_route_to_their_prefix_keyspace_or_default() {
-    let mut n = node(3);
+    let mut n = node(1);
     assert_eq!(
         call(
             &mut n,
@@ -79,10 +89,10 @@ fn a_single_node_cluster_serves_reads_and_writes_with_a_shrunk_default() {
 
 #[test]
 fn bad_requests_get_clear_errors_and_change_nothing() {
-    let mut n = node(3);
+    let mut c = cluster::Cluster::new(3);
     let big = Bytes::from(vec![b'k'; KEY_BYTES_MAX + 1]);
-    let r = call(
-        &mut n,
+    let r = c.call(
+        1,
         Request::Set {
             key: big,
             value: Bytes::new(),
@@ -93,8 +103,8 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         matches!(r, Reply::Error(RequestError::KeyTooLarge { .. })),
         "{r:?}"
     );
-    let r = call(
-        &mut n,
+    let r = c.call(
+        1,
         Request::Get {
             key: Bytes::from_static(b"k"),
             r: Some(Consistency::Count(4)),
@@ -110,27 +120,21 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     );
     let mut s = spec("x", Model::Leaderless);
     s.settings.w = Some(5);
-    let r = call(&mut n, Request::CreateKeyspace(s));
+    let r = c.call(1, Request::CreateKeyspace(s));
     let Reply::Error(e) = r else { panic!("{r:?}") };
     assert_eq!(e.to_string(), "invalid W: W=5 exceeds N=3");
     let mut s = spec("cart", Model::MultiLeader);
     s.settings.r = Some(1);
-    let r = call(&mut n, Request::CreateKeyspace(s));
+    let r = c.call(1, Request::CreateKeyspace(s));
     let Reply::Error(e) = r else { panic!("{r:?}") };
     assert_eq!(
         e.to_string(),
         "invalid R: read and write quorums apply only to leaderless keyspaces"
     );
-    call(
-        &mut n,
-        Request::CreateKeyspace(spec("dup", Model::Leaderless)),
-    );
-    let r = call(
-        &mut n,
-        Request::CreateKeyspace(spec("dup", Model::Leaderless)),
-    );
+    c.call(1, Request::CreateKeyspace(spec("dup", Model::Leaderless)));
+    let r = c.call(1, Request::CreateKeyspace(spec("dup", Model::Leaderless)));
     assert_eq!(r, Reply::Error(RequestError::KeyspaceExists("dup".into())));
-    let Reply::Keyspaces(all) = call(&mut n, Request::ListKeyspaces) else {
+    let Reply::Keyspaces(all) = c.call(1, Request::ListKeyspaces) else {
         panic!()
     };
     let names: Vec<&str> = all.iter().map(|k| k.name.as_str()).collect();
@@ -143,46 +147,127 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
 
 #[test]
 fn every_merge_policy_is_available_to_leaderless_and_multi_leader_keyspaces() {
-    let mut n = node(3);
+    let mut c = cluster::Cluster::new(3);
     for model in [Model::Leaderless, Model::MultiLeader] {
         for policy in MergePolicy::ALL {
             let name = format!("ks-{}-{policy}", model.as_str());
             let mut s = spec(&name, model);
             s.settings.merge = Some(policy);
-            assert_eq!(call(&mut n, Request::CreateKeyspace(s)), Reply::Created);
-            let created = n.catalog().get(&name).unwrap();
+            assert_eq!(c.call(1, Request::CreateKeyspace(s)), Reply::Created);
+            let created = c.nodes[0].as_ref().unwrap().catalog().get(&name).unwrap();
             assert_eq!((created.model, created.merge), (model, policy));
         }
     }
     let mut s = spec("balance", Model::PrimaryBackup);
     s.settings.merge = Some(MergePolicy::Set);
     assert!(matches!(
-        call(&mut n, Request::CreateKeyspace(s)),
+        c.call(1, Request::CreateKeyspace(s)),
         Reply::Error(RequestError::InvalidConfig(_))
     ));
 }
 
 #[test]
-fn created_keyspaces_are_broadcast_and_survive_a_restart() {
-    let mut n = node(3);
-    n.handle_request(
-        now(),
-        RequestId(1),
-        Request::CreateKeyspace(spec("cart", Model::Leaderless)),
+fn created_keyspaces_reach_every_node_and_survive_a_restart() {
+    let mut c = cluster::Cluster::new(5);
+    // Through a node outside the metadata group too: it forwards the proposal.
+    let voters = meta::meta_group(&(1..=5).map(NodeId).collect::<Vec<_>>()).voters;
+    assert_eq!(voters.len(), 5);
+    assert_eq!(
+        c.call(4, Request::CreateKeyspace(spec("cart", Model::Leaderless))),
+        Reply::Created
     );
-    let sends: Vec<NodeId> = std::iter::from_fn(|| n.poll_output())
-        .filter_map(|o| match o {
-            Output::Send { to, .. } => Some(to),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(sends, [NodeId(2), NodeId(3)]);
-    let mut disk = n.into_storage();
-    disk.sync().unwrap();
-    disk.crash();
-    let config = NodeConfig::new(NodeId(1), members(3));
-    let n = Node::new(config, disk, DetRng::seed_from_u64(1), now()).unwrap();
-    assert!(n.catalog().get("cart").is_some());
+    // The proposer knows it as soon as it replies; everyone else right after.
+    assert!(c.nodes[3].as_ref().unwrap().catalog().get("cart").is_some());
+    c.run(3);
+    for i in 0..5 {
+        let entry = c.nodes[i]
+            .as_ref()
+            .unwrap()
+            .catalog()
+            .entries()
+            .find(|e| e.config.name == "cart")
+            .cloned();
+        assert!(
+            entry.is_some_and(|e| e.version > 0),
+            "node {} lacks the keyspace",
+            i + 1
+        );
+    }
+    c.crash(2);
+    c.start(2);
+    assert!(c.nodes[1].as_ref().unwrap().catalog().get("cart").is_some());
+}
+
+#[test]
+fn concurrent_creates_of_one_name_through_different_nodes_cannot_both_succeed() {
+    let mut c = cluster::Cluster::new(3);
+    c.call(
+        1,
+        Request::CreateKeyspace(spec("warmup", Model::Leaderless)),
+    );
+    let mut counter = spec("shared", Model::Leaderless);
+    counter.settings.merge = Some(MergePolicy::Counter);
+    let mut set = spec("shared", Model::Leaderless);
+    set.settings.merge = Some(MergePolicy::Set);
+    // Both are in flight before either is decided.
+    let a = c.submit(2, Request::CreateKeyspace(counter));
+    let b = c.submit(3, Request::CreateKeyspace(set));
+    let (mut ra, mut rb) = (None, None);
+    while ra.is_none() || rb.is_none() {
+        c.step();
+        ra = ra.or_else(|| c.reply_to(a));
+        rb = rb.or_else(|| c.reply_to(b));
+    }
+    let exists = Reply::Error(RequestError::KeyspaceExists("shared".into()));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    let winner = match (&ra, &rb) {
+        (Reply::Created, r) if *r == exists => MergePolicy::Counter,
+        (r, Reply::Created) if *r == exists => MergePolicy::Set,
+        other => panic!("exactly one create must succeed: {other:?}"),
+    };
+    c.run(3);
+    for i in 0..3 {
+        let ks = c.nodes[i]
+            .as_ref()
+            .unwrap()
+            .catalog()
+            .get("shared")
+            .cloned()
+            .unwrap();
+        assert_eq!(ks.merge, winner, "node {} disagrees", i + 1);
+    }
+}
+
+#[test]
+fn a_create_without_a_majority_of_the_metadata_group_fails_with_tryagain() {
+    let mut c = cluster::Cluster::new(3);
+    c.call(
+        1,
+        Request::CreateKeyspace(spec("warmup", Model::Leaderless)),
+    );
+    c.partition(&[1]);
+    let r = c.call(
+        1,
+        Request::CreateKeyspace(spec("lonely", Model::Leaderless)),
+    );
+    assert_eq!(r, Reply::Error(RequestError::MetadataUnavailable));
+    assert_eq!(RequestError::MetadataUnavailable.code(), "TRYAGAIN");
+    // Data requests never need the group.
+    assert!(matches!(
+        c.call(
+            1,
+            Request::Get {
+                key: cluster::b("k"),
+                r: Some(Consistency::Count(1))
+            }
+        ),
+        Reply::Value(None)
+    ));
+    c.heal();
+    assert_eq!(
+        c.call(2, Request::CreateKeyspace(spec("later", Model::Leaderless))),
+        Reply::Created
+    );
 }
 
 #[test]
@@ -218,7 +303,7 @@ mod frames {
         let mut buf = Vec::new();
         let entry = catalog::CatalogEntry {
             config: KeyspaceConfig::leaderless("prefs"),
-            version: HlcTimestamp::MIN,
+            version: 0,
         };
         encode_messages(
             &[Message::Catalog(CatalogMessage::Entries(vec![entry]))],
@@ -287,5 +372,6 @@ mod frames {
 
 mod cluster;
 mod commands;
+mod membership;
 mod multileader;
 mod primary;

@@ -35,6 +35,10 @@
 //!
 //! A leaderless keyspace may say `quorum = "sloppy"` (default `"strict"`).
 //!
+//! A node that joins a running cluster lists the cluster's founding `members` (not itself) and
+//! says `joining = true`; it waits outside the ring until `TRIARCH.CLUSTER JOIN <id> <region>
+//! <peer_addr>`, sent to any member, is decided (see the README, "Membership").
+//!
 //! Region names are 1 to 32 letters, digits, `_` or `-`; `region` must be this node's region in
 //! `members`. The region groups of multi-leader keyspaces use the `[primary]` Raft timings.
 
@@ -59,6 +63,9 @@ pub struct ServerConfig {
     pub resp_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub members: Vec<MemberConfig>,
+    /// This node is not among `members` (the founders): it joins the running cluster.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub joining: bool,
     #[serde(default)]
     pub keyspaces: Vec<KeyspaceFileConfig>,
     /// How long a coordinator waits for its quorum.
@@ -271,8 +278,18 @@ impl ServerConfig {
     /// Checks everything that can be checked before starting.
     pub fn validate(&self) -> Result<(), ConfigFileError> {
         let invalid = |m: String| Err(ConfigFileError::Invalid(m));
-        if !self.members.iter().any(|m| m.id == self.node_id) {
-            return invalid(format!("node_id {} is not listed in members", self.node_id));
+        let listed = self.members.iter().any(|m| m.id == self.node_id);
+        if !listed && !self.joining {
+            return invalid(format!(
+                "node_id {} is not listed in members (a node joining a running cluster says joining = true)",
+                self.node_id
+            ));
+        }
+        if listed && self.joining {
+            return invalid(format!(
+                "node_id {} is listed in members: a founding member does not join",
+                self.node_id
+            ));
         }
         let mut ids: Vec<u32> = self.members.iter().map(|m| m.id).collect();
         ids.sort();
@@ -340,6 +357,8 @@ impl ServerConfig {
             })
             .collect();
         let mut config = NodeConfig::new(NodeId(self.node_id), members);
+        config.joining = self.joining;
+        config.region = Some(self.region.clone());
         config.keyspaces = self
             .keyspaces
             .iter()

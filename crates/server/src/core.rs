@@ -149,6 +149,8 @@ pub struct Snapshot {
     pub primary: BTreeMap<String, triarch_node::GroupInfo>,
     /// The primary-backup engine's counters (`proposals`, `forwards_sent`, ...).
     pub primary_counters: Vec<(&'static str, u64)>,
+    /// This node's view of the cluster's metadata group (`None`: not one of its voters).
+    pub meta: Option<triarch_node::GroupInfo>,
     /// Every multi-leader keyspace this node serves: its region group as seen here, the
     /// region's counters and (on the region's leader) the shipping lag to every other region.
     pub multileader: Vec<crate::metrics::MultiLeaderInfo>,
@@ -210,6 +212,8 @@ struct Core {
     syncs: u64,
     /// What the running sync covers, for `Node::synced` once it finishes.
     sync_point: Option<SyncPoint>,
+    /// The membership index whose joined members have links.
+    membership_index: u64,
 }
 
 /// Runs the core until every input sender is dropped. A failed sync is fatal: the process exits,
@@ -235,6 +239,7 @@ pub async fn run(
         batches: 0,
         syncs: 0,
         sync_point: None,
+        membership_index: 0,
     };
     let mut sync_task: Option<JoinHandle<Result<(), StorageError>>> = None;
     let mut batch: Vec<CoreInput> = Vec::with_capacity(256);
@@ -311,6 +316,7 @@ impl Core {
     /// outputs go now.
     /// Takes the node's outputs: those that may precede the sync go at once, the others wait.
     fn collect_outputs(&mut self) {
+        self.link_joined_members();
         let mut early = Vec::new();
         while let Some(o) = self.node.poll_output() {
             if o.may_precede_sync() {
@@ -321,6 +327,23 @@ impl Core {
         }
         if !early.is_empty() {
             self.release(early);
+        }
+    }
+
+    /// Starts links to members joined since last time (the metadata group decided their join).
+    fn link_joined_members(&mut self) {
+        let membership = self.node.membership();
+        if membership.index == self.membership_index {
+            return;
+        }
+        self.membership_index = membership.index;
+        for joined in &membership.joined {
+            match joined.peer_addr.parse() {
+                Ok(addr) => self.peers.add(joined.id, addr),
+                Err(e) => {
+                    tracing::error!(peer = %joined.id, addr = joined.peer_addr, error = %e, "a joined member's address does not parse; no link to it")
+                }
+            }
         }
     }
 
@@ -409,6 +432,7 @@ impl Core {
                         })
                         .collect(),
                     primary_counters: crate::metrics::primary_counters(&self.node),
+                    meta: self.node.meta_info(),
                     multileader,
                     multileader_stats,
                     in_flight: self.node.in_flight(),

@@ -37,6 +37,18 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
         for (peer, health) in &snap.peer_health {
             let _ = writeln!(s, "peer_{peer}_health:{health}\r");
         }
+        // The metadata group (the keyspace catalog's authority), as this node sees it.
+        let _ = write!(s, "metadata_group:commit_index=");
+        match &snap.meta {
+            Some(g) => {
+                let _ = write!(s, "{}", g.commit_index.0);
+            }
+            None => {
+                let _ = write!(s, "none");
+            }
+        }
+        render_role(&mut s, snap.meta.as_ref());
+        let _ = writeln!(s, "\r");
         let _ = writeln!(s, "\r\n# Core\r");
         let _ = writeln!(s, "in_flight_operations:{}\r", snap.in_flight);
         let _ = writeln!(s, "batches:{}\r", snap.batches);

@@ -105,9 +105,12 @@ impl OpMetrics {
             Request::Cas { key, .. } => (Some(key), Op::Cas),
             Request::Watch { keys } => (keys.first(), Op::Watch),
             Request::Exec { commands, .. } => (commands.iter().find_map(|c| c.key()), Op::Exec),
-            Request::CreateKeyspace(_) | Request::ListKeyspaces | Request::KeyspaceInfo { .. } => {
-                (None, Op::Admin)
-            }
+            Request::CreateKeyspace(_)
+            | Request::ListKeyspaces
+            | Request::KeyspaceInfo { .. }
+            | Request::Join(_)
+            | Request::Decommission { .. }
+            | Request::Membership => (None, Op::Admin),
         };
         let Some(key) = key else {
             return OpLabel {

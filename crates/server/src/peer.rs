@@ -6,6 +6,9 @@
 //! (its own version byte, then the messages). A peer that sends a bad hello, an oversized frame or
 //! an undecodable one is logged and disconnected; it never takes the node down.
 //!
+//! Peers are the founding members of the configuration plus members joined later: the core adds
+//! a joined member's link when the metadata group decides the join ([`PeerSenders::add`]).
+//!
 //! Outbound messages go through a bounded queue per peer. When it is full (the peer is slow or
 //! unreachable) the batch is dropped and counted: to the protocols above, that is message loss,
 //! which they already tolerate, and the core never waits on a peer.
@@ -15,8 +18,8 @@ use crate::metrics::{peer_batch_dropped, peer_link};
 use bytes::{Buf, BytesMut};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -39,8 +42,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// The core's handle for sending to peers.
 #[derive(Clone)]
 pub struct PeerSenders {
-    queues: Arc<BTreeMap<NodeId, mpsc::Sender<Vec<Message>>>>,
-    pub links: Arc<BTreeMap<NodeId, PeerLink>>,
+    me: NodeId,
+    queues: Arc<RwLock<BTreeMap<NodeId, mpsc::Sender<Vec<Message>>>>>,
+    pub links: Arc<RwLock<BTreeMap<NodeId, Arc<PeerLink>>>>,
+    /// Where the accept loop hands an inbound connection from each peer that dials this node.
+    inbound_routes: Arc<Mutex<BTreeMap<NodeId, mpsc::Sender<TcpStream>>>>,
+    core: mpsc::Sender<CoreInput>,
 }
 
 /// What the node knows about one peer's link.
@@ -51,7 +58,8 @@ pub struct PeerLink {
 
 impl PeerSenders {
     pub fn send(&self, to: NodeId, batch: Vec<Message>) {
-        let Some(queue) = self.queues.get(&to) else {
+        let queues = self.queues.read().expect("peer table lock");
+        let Some(queue) = queues.get(&to) else {
             tracing::error!(%to, "message for an unknown peer dropped");
             return;
         };
@@ -62,8 +70,60 @@ impl PeerSenders {
 
     pub fn is_connected(&self, peer: NodeId) -> bool {
         self.links
+            .read()
+            .expect("peer table lock")
             .get(&peer)
             .is_some_and(|l| l.connected.load(Ordering::Relaxed))
+    }
+
+    /// Every peer's link, in id order.
+    pub fn links(&self) -> Vec<(NodeId, Arc<PeerLink>)> {
+        let links = self.links.read().expect("peer table lock");
+        links.iter().map(|(id, l)| (*id, l.clone())).collect()
+    }
+
+    /// Starts the link to `peer` at `addr` unless there is one: its queue, its task, and (if
+    /// the peer dials this node) its route from the accept loop. Must run inside the runtime.
+    pub fn add(&self, peer: NodeId, addr: SocketAddr) {
+        if peer == self.me
+            || self
+                .queues
+                .read()
+                .expect("peer table lock")
+                .contains_key(&peer)
+        {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
+        let (in_tx, in_rx) = mpsc::channel::<TcpStream>(4);
+        self.links.write().expect("peer table lock").insert(
+            peer,
+            Arc::new(PeerLink {
+                addr,
+                connected: AtomicBool::new(false),
+            }),
+        );
+        if self.me > peer {
+            self.inbound_routes
+                .lock()
+                .expect("peer table lock")
+                .insert(peer, in_tx);
+        }
+        self.queues
+            .write()
+            .expect("peer table lock")
+            .insert(peer, tx);
+        let link = LinkTask {
+            me: self.me,
+            peer,
+            addr,
+            outbound: rx,
+            inbound: in_rx,
+            core: self.core.clone(),
+            senders: self.clone(),
+        };
+        tokio::spawn(link.run());
+        tracing::info!(me = %self.me, %peer, %addr, "peer added");
     }
 }
 
@@ -75,50 +135,24 @@ pub async fn start(
     core: mpsc::Sender<CoreInput>,
 ) -> std::io::Result<PeerSenders> {
     let listener = TcpListener::bind(listen).await?;
-    let mut queues = BTreeMap::new();
-    let mut links = BTreeMap::new();
-    let mut inbound_routes = BTreeMap::new();
-    let mut setups = Vec::new();
-    for (peer, addr) in peers {
-        let (tx, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
-        queues.insert(peer, tx);
-        links.insert(
-            peer,
-            PeerLink {
-                addr,
-                connected: AtomicBool::new(false),
-            },
-        );
-        let (in_tx, in_rx) = mpsc::channel::<TcpStream>(4);
-        if me > peer {
-            inbound_routes.insert(peer, in_tx);
-        }
-        setups.push((peer, addr, rx, in_rx));
-    }
     let senders = PeerSenders {
-        queues: Arc::new(queues),
-        links: Arc::new(links),
+        me,
+        queues: Arc::default(),
+        links: Arc::default(),
+        inbound_routes: Arc::default(),
+        core,
     };
-    for (peer, addr, rx, in_rx) in setups {
-        let link = LinkTask {
-            me,
-            peer,
-            addr,
-            outbound: rx,
-            inbound: in_rx,
-            core: core.clone(),
-            senders: senders.clone(),
-        };
-        tokio::spawn(link.run());
+    for (peer, addr) in peers {
+        senders.add(peer, addr);
     }
-    tokio::spawn(accept_loop(me, listener, inbound_routes));
+    tokio::spawn(accept_loop(me, listener, senders.inbound_routes.clone()));
     Ok(senders)
 }
 
 async fn accept_loop(
     me: NodeId,
     listener: TcpListener,
-    routes: BTreeMap<NodeId, mpsc::Sender<TcpStream>>,
+    routes: Arc<Mutex<BTreeMap<NodeId, mpsc::Sender<TcpStream>>>>,
 ) {
     loop {
         let (mut stream, addr) = match listener.accept().await {
@@ -138,12 +172,15 @@ async fn accept_loop(
                 Ok(Ok(_)) => parse_hello(&hello),
                 _ => Err("no hello within 5 s".to_string()),
             };
-            match from.and_then(|id| {
+            let route = from.and_then(|id| {
                 routes
+                    .lock()
+                    .expect("peer table lock")
                     .get(&id)
                     .map(|r| (id, r.clone()))
                     .ok_or(format!("{id} is not a peer that dials {me}"))
-            }) {
+            });
+            match route {
                 Ok((id, route)) => {
                     let _ = stream.set_nodelay(true);
                     if route.send(stream).await.is_err() {
@@ -229,7 +266,13 @@ impl LinkTask {
     }
 
     fn set_connected(&self, up: bool) {
-        if let Some(l) = self.senders.links.get(&self.peer) {
+        if let Some(l) = self
+            .senders
+            .links
+            .read()
+            .expect("peer table lock")
+            .get(&self.peer)
+        {
             l.connected.store(up, Ordering::Relaxed);
         }
         peer_link(self.peer, up);

@@ -129,6 +129,8 @@ enum AdminKind {
     Create,
     List,
     Info,
+    /// TRIARCH.CLUSTER: the membership, as a map.
+    Cluster,
 }
 
 struct Slot {
@@ -522,6 +524,7 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
     match (kind, r) {
         (_, NodeReply::Error(e)) => node_error(&e),
         (AdminKind::Create, NodeReply::Created) => Reply::ok(),
+        (AdminKind::Cluster, NodeReply::Membership(status)) => membership_reply(&status),
         (AdminKind::List, NodeReply::Keyspaces(all)) => {
             Reply::array(all.into_iter().map(|k| Reply::bulk(k.name)))
         }
@@ -876,6 +879,10 @@ async fn dispatch(
         }
         "TRIARCH.KEYSPACE" => match keyspace_command(args) {
             Ok((kind, request)) => submit(Combine::Admin(kind), vec![request]).await,
+            Err(reply) => ready(reply),
+        },
+        "TRIARCH.CLUSTER" => match cluster_command(args) {
+            Ok(request) => submit(Combine::Admin(AdminKind::Cluster), vec![request]).await,
             Err(reply) => ready(reply),
         },
         "TRIARCH.CONSISTENCY" => ready(consistency(args, session)),
@@ -1322,6 +1329,99 @@ fn session_tokens(args: &[Bytes], session: &mut Session) -> Reply {
         session.remember(token);
     }
     Reply::ok()
+}
+
+/// `TRIARCH.CLUSTER JOIN <id> <region> <peer-addr> | DECOMMISSION <id> | MEMBERS`.
+fn cluster_command(args: &[Bytes]) -> Result<Request, Reply> {
+    let usage = || {
+        Reply::error(
+            "ERR usage: TRIARCH.CLUSTER JOIN <id> <region> <peer-addr> | DECOMMISSION <id> | MEMBERS",
+        )
+    };
+    let id = |b: &Bytes| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|s| s.trim_start_matches('n').parse::<u32>().ok())
+            .filter(|id| *id > 0)
+            .map(triarch_core::NodeId)
+            .ok_or_else(|| Reply::error("ERR node ids are positive integers (3 or n3)"))
+    };
+    let text = |b: &Bytes| String::from_utf8_lossy(b).into_owned();
+    let sub = args.get(1).map(upper).ok_or_else(usage)?;
+    match sub.as_str() {
+        "MEMBERS" if args.len() == 2 => Ok(Request::Membership),
+        "JOIN" if args.len() == 5 => {
+            let peer_addr = text(&args[4]);
+            if peer_addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(Reply::error(
+                    "ERR peer-addr must be an address peers can dial, as ip:port",
+                ));
+            }
+            Ok(Request::Join(triarch_node::meta::Joined {
+                id: id(&args[2])?,
+                region: text(&args[3]),
+                peer_addr,
+            }))
+        }
+        "DECOMMISSION" if args.len() == 3 => Ok(Request::Decommission { id: id(&args[2])? }),
+        _ => Err(usage()),
+    }
+}
+
+/// The membership as a map: the ring, joined and departed members, the move in progress and
+/// this node's part in it.
+fn membership_reply(status: &triarch_node::meta::MembershipStatus) -> Reply {
+    let m = &status.membership;
+    let ids = |ids: &mut dyn Iterator<Item = &triarch_core::NodeId>| {
+        ids.map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+    };
+    let field = |k: &str, v: String| (Reply::bulk(k.to_string()), Reply::bulk(v));
+    let mut fields = vec![
+        field("index", m.index.to_string()),
+        field("founders", ids(&mut m.founders.iter())),
+        field("ring", ids(&mut m.ring.iter())),
+        field(
+            "joined",
+            m.joined
+                .iter()
+                .map(|j| format!("{}@{}@{}", j.id, j.region, j.peer_addr))
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        field("left", ids(&mut m.left.iter())),
+    ];
+    match &m.moving {
+        None => fields.push(field("moving", "none".into())),
+        Some(mv) => {
+            let change = match mv.change {
+                triarch_node::meta::Change::Join(id) => format!("join {id}"),
+                triarch_node::meta::Change::Decommission(id) => format!("decommission {id}"),
+            };
+            fields.extend([
+                field("moving", change),
+                field(
+                    "phase",
+                    if m.handing_off() { "handoff" } else { "begin" }.into(),
+                ),
+                field("next", ids(&mut mv.next.iter())),
+                field("begun", ids(&mut mv.begun.iter())),
+                field("handed_off", ids(&mut mv.handed_off.iter())),
+            ]);
+        }
+    }
+    if let Some(me) = &status.this_node {
+        let sent: u64 = me.destinations.values().map(|d| d.keys_sent).sum();
+        let bytes: u64 = me.destinations.values().map(|d| d.bytes_sent).sum();
+        let in_flight: u64 = me.destinations.values().map(|d| d.batches_in_flight).sum();
+        fields.extend([
+            field("this_node_keys_walked", me.keys_walked.to_string()),
+            field("this_node_keys_sent", sent.to_string()),
+            field("this_node_bytes_sent", bytes.to_string()),
+            field("this_node_batches_in_flight", in_flight.to_string()),
+            field("this_node_handoff_done", me.handoff_done.to_string()),
+        ]);
+    }
+    Reply::Map(fields)
 }
 
 /// `TRIARCH.KEYSPACE CREATE <name> MODEL <model> [N n] [R r] [W w] [MERGE policy]

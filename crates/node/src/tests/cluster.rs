@@ -81,11 +81,23 @@ impl Cluster {
             .take()
             .expect("a stopped node's disk");
         let mut config = NodeConfig::new(NodeId(id), self.members.clone());
+        // Nodes past the founding members join the running cluster.
+        config.joining = id as usize > self.members.len();
+        config.region = Some("r1".into());
         (self.tune)(&mut config);
         let seed = u64::from(id) * 7919 + self.now_micros;
         let node = Node::new(config, disk, DetRng::seed_from_u64(seed), self.now()).unwrap();
         self.nodes[id as usize - 1] = Some(node);
         self.drain(NodeId(id));
+    }
+
+    /// Adds a node that joins the running cluster (started, not yet a member); returns its id.
+    pub(super) fn add_joining(&mut self) -> u32 {
+        self.size += 1;
+        self.nodes.push(None);
+        self.disks.push(Some(SimDisk::new()));
+        self.start(self.size);
+        self.size
     }
 
     /// Crashes node `id`: unsynced writes are lost (there are none: every step is synced).

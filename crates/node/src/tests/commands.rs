@@ -1,112 +1,31 @@
-//! Every request of every merge policy on a hand-driven three-node cluster of real `Node`s:
-//! each node's disk is synced after each step (persist), then its outputs are delivered (send).
-//! Bad input is refused with a clear error and changes nothing.
+//! Every request of every merge policy on a hand-driven three-node cluster of real `Node`s
+//! ([`Cluster`]). Bad input is refused with a clear error and changes nothing.
 
+use super::cluster::{Cluster, b};
 use super::*;
-use std::collections::VecDeque;
 use triarch_core::causal::{ActorId, VersionVector};
 
-struct Cluster {
-    nodes: Vec<Node<SimDisk>>,
-    in_flight: VecDeque<(NodeId, NodeId, Message)>,
-    /// Nodes whose messages, in and out, are dropped.
-    down: Vec<NodeId>,
-    next_request: u64,
-    now_micros: u64,
+/// A three-node cluster with a leaderless keyspace of each merge policy but `lww`.
+fn cluster() -> Cluster {
+    cluster_of(3)
 }
 
-fn b(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
+fn cluster_of(size: u32) -> Cluster {
+    let mut c = Cluster::new(size);
+    for (name, policy) in [
+        ("hits", MergePolicy::Counter),
+        ("cart", MergePolicy::Set),
+        ("prefs", MergePolicy::Map),
+        ("docs", MergePolicy::Siblings),
+    ] {
+        let mut s = spec(name, Model::Leaderless);
+        s.settings.merge = Some(policy);
+        assert_eq!(c.call(1, Request::CreateKeyspace(s)), Reply::Created);
+    }
+    c
 }
 
 impl Cluster {
-    fn new(size: u32) -> Self {
-        let nodes = (1..=size)
-            .map(|i| {
-                let config = NodeConfig::new(NodeId(i), members(size));
-                Node::new(
-                    config,
-                    SimDisk::new(),
-                    DetRng::seed_from_u64(u64::from(i)),
-                    now(),
-                )
-                .unwrap()
-            })
-            .collect();
-        let mut c = Cluster {
-            nodes,
-            in_flight: VecDeque::new(),
-            down: Vec::new(),
-            next_request: 1,
-            now_micros: 0,
-        };
-        for (name, policy) in [
-            ("hits", MergePolicy::Counter),
-            ("cart", MergePolicy::Set),
-            ("prefs", MergePolicy::Map),
-            ("docs", MergePolicy::Siblings),
-        ] {
-            let mut s = spec(name, Model::Leaderless);
-            s.settings.merge = Some(policy);
-            assert_eq!(c.call(1, Request::CreateKeyspace(s)), Reply::Created);
-        }
-        c
-    }
-
-    fn now(&mut self) -> Now {
-        self.now_micros += 1;
-        Now::new(Instant(self.now_micros), 1_000 + self.now_micros / 1_000)
-    }
-
-    /// Syncs node `id`'s disk, then collects its outputs: messages join the network, the reply
-    /// to `request` (if any) is returned.
-    fn drain(&mut self, id: NodeId, request: RequestId) -> Option<Reply> {
-        let node = &mut self.nodes[id.0 as usize - 1];
-        node.storage_mut().sync().unwrap();
-        let mut reply = None;
-        while let Some(o) = node.poll_output() {
-            match o {
-                Output::Send { to, message } => self.in_flight.push_back((id, to, message)),
-                Output::Reply {
-                    request: r,
-                    reply: rep,
-                    ..
-                } if r == request => reply = Some(rep),
-                Output::Reply { .. } => {}
-            }
-        }
-        node.check_invariants();
-        reply
-    }
-
-    fn call(&mut self, via: u32, req: Request) -> Reply {
-        let request = RequestId(self.next_request);
-        self.next_request += 1;
-        let now = self.now();
-        let via = NodeId(via);
-        self.nodes[via.0 as usize - 1].handle_request(now, request, req);
-        let mut reply = self.drain(via, request);
-        while let Some((from, to, message)) = self.in_flight.pop_front() {
-            if self.down.contains(&from) || self.down.contains(&to) {
-                continue;
-            }
-            let now = self.now();
-            self.nodes[to.0 as usize - 1].handle_message(now, from, message);
-            if let Some(r) = self.drain(to, request) {
-                reply = Some(r);
-            }
-        }
-        if reply.is_none() {
-            // Let the coordinator's deadline pass.
-            self.now_micros += 10_000_000;
-            let now = self.now();
-            self.nodes[via.0 as usize - 1].handle_timeout(now);
-            reply = self.drain(via, request);
-            self.in_flight.clear();
-        }
-        reply.expect("every request is answered")
-    }
-
     fn apply(&mut self, via: u32, key: &str, op: Operation) -> Reply {
         let key = b(key);
         self.call(
@@ -130,18 +49,10 @@ impl Cluster {
         )
     }
 
-    fn get(&mut self, via: u32, key: &str) -> Reply {
-        self.call(
-            via,
-            Request::Get {
-                key: b(key),
-                r: None,
-            },
-        )
-    }
-
     fn stats(&self, id: u32, keyspace: &str) -> KeyspaceStats {
         self.nodes[id as usize - 1]
+            .as_ref()
+            .expect("running")
             .leaderless_stats()
             .get(keyspace)
             .cloned()
@@ -167,7 +78,7 @@ fn wrong(keyspace: &str, policy: MergePolicy, needs: &'static [MergePolicy]) -> 
 
 #[test]
 fn counter_incr_decr_incrby_decrby_and_get() {
-    let mut c = Cluster::new(3);
+    let mut c = cluster();
     assert_eq!(c.get(1, "hits:page"), Reply::Value(None), "never written");
     assert_eq!(
         c.read(1, "hits:page"),
@@ -197,7 +108,7 @@ fn counter_incr_decr_incrby_decrby_and_get() {
 
 #[test]
 fn set_sadd_srem_smembers_and_del() {
-    let mut c = Cluster::new(3);
+    let mut c = cluster();
     let add = |e: &[&str]| Operation::SetAdd(e.iter().map(|x| b(x)).collect());
     let rem = |e: &[&str]| Operation::SetRemove(e.iter().map(|x| b(x)).collect());
     assert_eq!(c.read(1, "cart:alice"), members_of(&[]));
@@ -234,7 +145,7 @@ fn set_sadd_srem_smembers_and_del() {
 
 #[test]
 fn map_hset_hdel_hgetall_and_del() {
-    let mut c = Cluster::new(3);
+    let mut c = cluster();
     let hset =
         |p: &[(&str, &str)]| Operation::MapSet(p.iter().map(|(f, v)| (b(f), b(v))).collect());
     assert_eq!(
@@ -268,7 +179,7 @@ fn map_hset_hdel_hgetall_and_del() {
 
 #[test]
 fn siblings_getv_setv_get_set_and_del() {
-    let mut c = Cluster::new(3);
+    let mut c = cluster();
     let setv = |context: VersionVector, v: &str| Operation::SiblingsWrite {
         context,
         value: Some(b(v)),
@@ -333,7 +244,7 @@ fn siblings_getv_setv_get_set_and_del() {
 #[test]
 fn a_command_the_policy_does_not_support_is_refused_and_changes_nothing() {
     use MergePolicy::*;
-    let mut c = Cluster::new(3);
+    let mut c = cluster();
     c.apply(1, "cart:k", Operation::SetAdd(vec![b("x")]));
     assert_eq!(
         c.apply(1, "cart:k", Operation::CounterAdd(1)),
@@ -385,7 +296,7 @@ fn a_command_the_policy_does_not_support_is_refused_and_changes_nothing() {
 
 #[test]
 fn bad_contexts_and_oversized_elements_are_refused() {
-    let mut c = Cluster::new(3);
+    let mut c = cluster();
     let foreign: VersionVector = [(ActorId(9), 1)].into_iter().collect();
     assert_eq!(
         c.apply(
@@ -424,8 +335,8 @@ fn bad_contexts_and_oversized_elements_are_refused() {
 
 #[test]
 fn consistency_levels_per_request() {
-    let mut c = Cluster::new(3);
-    c.down.push(NodeId(3));
+    let mut c = cluster();
+    c.down.insert(NodeId(3));
     let incr = |w: Option<Consistency>| Request::Apply {
         key: b("hits:k"),
         op: Operation::CounterAdd(1),
@@ -485,9 +396,15 @@ fn consistency_levels_per_request() {
 
 #[test]
 fn a_node_outside_the_preference_list_forwards_to_a_replica() {
-    let mut c = Cluster::new(5);
+    let mut c = cluster_of(5);
     // Default N=3 of 5 nodes: find a key some node does not replicate.
-    let hits = c.nodes[0].catalog().get("hits").unwrap().clone();
+    let hits = c.nodes[0]
+        .as_ref()
+        .unwrap()
+        .catalog()
+        .get("hits")
+        .unwrap()
+        .clone();
     let ring = triarch_leaderless::ring::Ring::new(
         &(1..=5).map(NodeId).collect::<Vec<_>>(),
         triarch_leaderless::ring::VNODES_PER_NODE_DEFAULT,
