@@ -182,6 +182,8 @@ struct Handoff {
     keys_walked: u64,
     hints_walked_count: u64,
     progress: BTreeMap<NodeId, DestinationProgress>,
+    /// Hints this node holds for keys it gains itself: merged into its own data table.
+    local: Vec<(String, Bytes, HintPayload)>,
 }
 
 impl Handoff {
@@ -320,6 +322,7 @@ impl Leaderless {
             keys_walked: 0,
             hints_walked_count: 0,
             progress: BTreeMap::new(),
+            local: Vec::new(),
         };
         self.moving.as_mut().expect("checked above").handoff = Some(handoff);
         self.pump_handoff(env);
@@ -455,8 +458,18 @@ impl Leaderless {
                 break;
             }
         }
+        let local = std::mem::take(&mut h.local);
         m.handoff = Some(h);
         self.moving = Some(m);
+        for (keyspace, key, payload) in local {
+            if let Err(e) = self.merge_copy(env, &keyspace, &key, payload) {
+                tracing::error!(
+                    keyspace,
+                    error = e,
+                    "merging a hint into a gained key failed"
+                );
+            }
+        }
         for (to, op, batch) in sends {
             let message = Message::MoveBatch {
                 op,
@@ -540,7 +553,14 @@ impl Leaderless {
             let current = self.ring.preference_list(position, usize::from(n));
             let bytes = payload.encode().len();
             for g in next.preference_list(position, usize::from(n)) {
-                if !current.contains(&g) && g != self.node {
+                if current.contains(&g) {
+                    continue;
+                }
+                if g == self.node {
+                    // This fallback gains the key: it keeps the copy as an owner.
+                    h.local
+                        .push((hint.keyspace.clone(), hint.key.clone(), payload.clone()));
+                } else {
                     h.gather(g, &hint.keyspace, hint.key.clone(), payload.clone(), bytes);
                 }
             }
@@ -561,18 +581,7 @@ impl Leaderless {
     ) {
         let count = entries.len() as u64;
         for (key, payload) in entries {
-            let merged = match payload {
-                HintPayload::Record(record) => {
-                    self.follow_stamp(env, &keyspace, &record);
-                    self.apply_record(env.storage, &keyspace, &key, &record, true)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-                HintPayload::State(state) => self
-                    .store_update(env.storage, &keyspace, &key, &Update::State(state))
-                    .map_err(|e| format!("{e:?}")),
-            };
-            if let Err(e) = merged {
+            if let Err(e) = self.merge_copy(env, &keyspace, &key, payload) {
                 // No acknowledgement: the sender resends the batch.
                 tracing::error!(%from, keyspace, error = e, "merging a handoff copy failed");
                 return;
@@ -580,6 +589,27 @@ impl Leaderless {
         }
         self.stats_mut(&keyspace).move_keys_received += count;
         self.send(from, Message::MoveAck { op });
+    }
+
+    /// Merges a copy handed off here: last-writer-wins for records, the join for states.
+    fn merge_copy<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        keyspace: &str,
+        key: &[u8],
+        payload: HintPayload,
+    ) -> Result<(), String> {
+        match payload {
+            HintPayload::Record(record) => {
+                self.follow_stamp(env, keyspace, &record);
+                self.apply_record(env.storage, keyspace, key, &record, true)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            HintPayload::State(state) => self
+                .store_update(env.storage, keyspace, key, &Update::State(state))
+                .map_err(|e| format!("{e:?}")),
+        }
     }
 
     /// An old owner hears that a gained owner holds a batch durably.
