@@ -86,7 +86,7 @@
 //! handoff walks again from the start.
 
 use crate::anti_entropy::payload_of;
-use crate::hint::HintPayload;
+use crate::hint::{HintKey, HintPayload};
 use crate::message::{Message, OpId};
 use crate::ring::{self, Ring};
 use crate::state::Update;
@@ -174,6 +174,8 @@ struct Handoff {
     keyspace: usize,
     cursor: Vec<u8>,
     hints_walked: bool,
+    /// The last hint walked (the hints are walked in pages too, after the keyspaces).
+    hint_cursor: Option<HintKey>,
     /// Copies being gathered, per (destination, keyspace).
     gathering: BTreeMap<(NodeId, String), Batch>,
     /// Full batches waiting for room in flight.
@@ -316,6 +318,7 @@ impl Leaderless {
             keyspace: 0,
             cursor: Vec::new(),
             hints_walked: false,
+            hint_cursor: None,
             gathering: BTreeMap::new(),
             ready: VecDeque::new(),
             in_flight: BTreeMap::new(),
@@ -537,7 +540,12 @@ impl Leaderless {
             return Ok(()); // the hint store loads on a later step
         }
         let ns: BTreeMap<String, u8> = h.keyspaces.iter().cloned().collect();
-        for hint in self.hints.keys() {
+        let page = self
+            .hints
+            .keys_after(h.hint_cursor.as_ref(), WALK_PAGE_KEYS);
+        let done = page.len() < WALK_PAGE_KEYS;
+        h.hint_cursor = page.last().cloned().or(h.hint_cursor.take());
+        for hint in page {
             h.hints_walked_count += 1;
             let Some(&n) = ns.get(&hint.keyspace) else {
                 tracing::warn!(
@@ -565,8 +573,10 @@ impl Leaderless {
                 }
             }
         }
-        h.hints_walked = true;
-        h.flush();
+        if done {
+            h.hints_walked = true;
+            h.flush();
+        }
         Ok(())
     }
 
