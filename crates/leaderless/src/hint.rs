@@ -550,6 +550,20 @@ impl HintStore {
         self.index.keys().cloned().collect()
     }
 
+    /// Up to `limit` hints held after `after` (from the first if `None`), in key order.
+    pub fn keys_after(&self, after: Option<&HintKey>, limit: usize) -> Vec<HintKey> {
+        use std::ops::Bound;
+        let from = match after {
+            Some(h) => Bound::Excluded(h.clone()),
+            None => Bound::Unbounded,
+        };
+        self.index
+            .range((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(h, _)| h.clone())
+            .collect()
+    }
+
     /// Owners this node holds hints for (one index seek per owner).
     pub fn owners(&self) -> Vec<NodeId> {
         let mut owners = Vec::new();

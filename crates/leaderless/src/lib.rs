@@ -114,6 +114,16 @@
 //! until every other replica is seen without it, so the replicas' staggered collections never
 //! hand it back and bring nothing back (`tombstones_collected` in [`KeyspaceStats`]).
 //!
+//! ## Membership changes
+//!
+//! The ring's members change by *moves* (one node joins, or one leaves) that the node's
+//! cluster-metadata group decides and drives through three phases ([`membership`]):
+//! [`Leaderless::begin_move`] makes every operation this node starts joint (W of the current
+//! owners AND W of the next ones; R of each for reads; strict only), [`Leaderless::start_handoff`]
+//! sends every key this node owns to the key's gained owners, [`Leaderless::finish_move`] switches
+//! the ring. Anti-entropy and tombstone collection pause during a move. A node need not be on
+//! the ring at all: it still coordinates.
+//!
 //! Everything the engine wants done comes out of [`Leaderless::poll_effect`]; the node routes the
 //! effects. Staged storage writes become durable when the driver syncs the batch, before any
 //! effect of that batch is released (persist-then-send), so a local acknowledgement counted here

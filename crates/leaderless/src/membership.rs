@@ -86,7 +86,7 @@
 //! handoff walks again from the start.
 
 use crate::anti_entropy::payload_of;
-use crate::hint::HintPayload;
+use crate::hint::{HintKey, HintPayload};
 use crate::message::{Message, OpId};
 use crate::ring::{self, Ring};
 use crate::state::Update;
@@ -174,6 +174,8 @@ struct Handoff {
     keyspace: usize,
     cursor: Vec<u8>,
     hints_walked: bool,
+    /// The last hint walked (the hints are walked in pages too, after the keyspaces).
+    hint_cursor: Option<HintKey>,
     /// Copies being gathered, per (destination, keyspace).
     gathering: BTreeMap<(NodeId, String), Batch>,
     /// Full batches waiting for room in flight.
@@ -182,6 +184,8 @@ struct Handoff {
     keys_walked: u64,
     hints_walked_count: u64,
     progress: BTreeMap<NodeId, DestinationProgress>,
+    /// Hints this node holds for keys it gains itself: merged into its own data table.
+    local: Vec<(String, Bytes, HintPayload)>,
 }
 
 impl Handoff {
@@ -314,12 +318,14 @@ impl Leaderless {
             keyspace: 0,
             cursor: Vec::new(),
             hints_walked: false,
+            hint_cursor: None,
             gathering: BTreeMap::new(),
             ready: VecDeque::new(),
             in_flight: BTreeMap::new(),
             keys_walked: 0,
             hints_walked_count: 0,
             progress: BTreeMap::new(),
+            local: Vec::new(),
         };
         self.moving.as_mut().expect("checked above").handoff = Some(handoff);
         self.pump_handoff(env);
@@ -455,8 +461,18 @@ impl Leaderless {
                 break;
             }
         }
+        let local = std::mem::take(&mut h.local);
         m.handoff = Some(h);
         self.moving = Some(m);
+        for (keyspace, key, payload) in local {
+            if let Err(e) = self.merge_copy(env, &keyspace, &key, payload) {
+                tracing::error!(
+                    keyspace,
+                    error = e,
+                    "merging a hint into a gained key failed"
+                );
+            }
+        }
         for (to, op, batch) in sends {
             let message = Message::MoveBatch {
                 op,
@@ -524,7 +540,12 @@ impl Leaderless {
             return Ok(()); // the hint store loads on a later step
         }
         let ns: BTreeMap<String, u8> = h.keyspaces.iter().cloned().collect();
-        for hint in self.hints.keys() {
+        let page = self
+            .hints
+            .keys_after(h.hint_cursor.as_ref(), WALK_PAGE_KEYS);
+        let done = page.len() < WALK_PAGE_KEYS;
+        h.hint_cursor = page.last().cloned().or(h.hint_cursor.take());
+        for hint in page {
             h.hints_walked_count += 1;
             let Some(&n) = ns.get(&hint.keyspace) else {
                 tracing::warn!(
@@ -540,13 +561,22 @@ impl Leaderless {
             let current = self.ring.preference_list(position, usize::from(n));
             let bytes = payload.encode().len();
             for g in next.preference_list(position, usize::from(n)) {
-                if !current.contains(&g) && g != self.node {
+                if current.contains(&g) {
+                    continue;
+                }
+                if g == self.node {
+                    // This fallback gains the key: it keeps the copy as an owner.
+                    h.local
+                        .push((hint.keyspace.clone(), hint.key.clone(), payload.clone()));
+                } else {
                     h.gather(g, &hint.keyspace, hint.key.clone(), payload.clone(), bytes);
                 }
             }
         }
-        h.hints_walked = true;
-        h.flush();
+        if done {
+            h.hints_walked = true;
+            h.flush();
+        }
         Ok(())
     }
 
@@ -561,18 +591,7 @@ impl Leaderless {
     ) {
         let count = entries.len() as u64;
         for (key, payload) in entries {
-            let merged = match payload {
-                HintPayload::Record(record) => {
-                    self.follow_stamp(env, &keyspace, &record);
-                    self.apply_record(env.storage, &keyspace, &key, &record, true)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                }
-                HintPayload::State(state) => self
-                    .store_update(env.storage, &keyspace, &key, &Update::State(state))
-                    .map_err(|e| format!("{e:?}")),
-            };
-            if let Err(e) = merged {
+            if let Err(e) = self.merge_copy(env, &keyspace, &key, payload) {
                 // No acknowledgement: the sender resends the batch.
                 tracing::error!(%from, keyspace, error = e, "merging a handoff copy failed");
                 return;
@@ -580,6 +599,27 @@ impl Leaderless {
         }
         self.stats_mut(&keyspace).move_keys_received += count;
         self.send(from, Message::MoveAck { op });
+    }
+
+    /// Merges a copy handed off here: last-writer-wins for records, the join for states.
+    fn merge_copy<S: Storage>(
+        &mut self,
+        env: &mut Env<'_, S>,
+        keyspace: &str,
+        key: &[u8],
+        payload: HintPayload,
+    ) -> Result<(), String> {
+        match payload {
+            HintPayload::Record(record) => {
+                self.follow_stamp(env, keyspace, &record);
+                self.apply_record(env.storage, keyspace, key, &record, true)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+            HintPayload::State(state) => self
+                .store_update(env.storage, keyspace, key, &Update::State(state))
+                .map_err(|e| format!("{e:?}")),
+        }
     }
 
     /// An old owner hears that a gained owner holds a batch durably.

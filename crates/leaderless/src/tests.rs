@@ -1242,6 +1242,7 @@ mod sloppy {
 
 mod anti_entropy_exchanges;
 mod membership;
+mod membership_seeds;
 
 #[test]
 fn a_keyspace_asks_for_sloppy_quorums_unless_the_node_overrides_it() {

@@ -398,3 +398,58 @@ fn anti_entropy_pauses_during_a_move_and_tombstone_confirmations_start_over() {
         .sum();
     assert_eq!(collected, 3);
 }
+
+#[test]
+fn hints_reach_the_gained_owner_and_hints_for_the_departed_node_are_dropped() {
+    // Hint delivery off, so that only the handoff can move the hints' copies.
+    let config = LeaderlessConfig {
+        quorum_mode_default: QuorumMode::Sloppy,
+        hints: crate::hint::HintConfig {
+            handoff_in_flight_max: 0,
+            ..Default::default()
+        },
+        ..LeaderlessConfig::default()
+    };
+    let mut c = Cluster::new(6, config);
+    let order = {
+        let e = &c.nodes[&NodeId(1)].engine;
+        e.ring().preference_list(Ring::position("default", b"k"), 6)
+    };
+    let (a, b, cc, d, e, f) = (order[0], order[1], order[2], order[3], order[4], order[5]);
+    // Every owner down: the coordinator d learns to suspect them, then writes through the
+    // fallbacks d (for a), e (for b) and f (for c).
+    c.down = BTreeSet::from([a, b, cc]);
+    for _ in 0..2 {
+        assert!(matches!(
+            c.set(d.0, "k", "probe"),
+            Outcome::QuorumFailed { .. }
+        ));
+    }
+    c.tick(Duration::from_millis(1_500));
+    assert_eq!(c.set(d.0, "k", "v"), Outcome::Written { existed: false });
+    c.down.clear();
+    let hints = |c: &Cluster, id: NodeId| crate::hint::stored_hints(&c.nodes[&id].disk).unwrap();
+    for (fallback, owner) in [(d, a), (e, b), (f, cc)] {
+        assert_eq!(hints(&c, fallback).len(), 1);
+        assert_eq!(hints(&c, fallback)[0].hint.owner, owner);
+    }
+    // Decommission a: the key's owners become b, c, d; d gains it.
+    let next: Vec<NodeId> = order.iter().copied().filter(|n| *n != a).collect();
+    c.begin_move_everywhere(&next);
+    assert_eq!(c.next_owners(1, "k"), vec![b, cc, d]);
+    c.handoff_everywhere();
+    assert!(c.nodes.values().all(|r| r.engine.handoff_done()));
+    c.finish_everywhere();
+    // d holds the write as an owner now (its own hint for a, and e's and f's copies).
+    assert_eq!(
+        c.stored(d.0, "k").unwrap().value.as_deref(),
+        Some(&b"v"[..])
+    );
+    assert!(c.stats_of(d, "default").move_keys_received >= 1);
+    // The hint for the departed node is dropped; those for b and c wait for delivery.
+    assert!(hints(&c, d).is_empty());
+    assert_eq!(c.stats_of(d, "default").hints_dropped_owner_left, 1);
+    assert_eq!(c.stats_of(d, "default").hints_pending, 0);
+    assert_eq!(hints(&c, e)[0].hint.owner, b);
+    assert_eq!(hints(&c, f)[0].hint.owner, cc);
+}
