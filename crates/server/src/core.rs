@@ -151,6 +151,8 @@ pub struct Snapshot {
     pub primary_counters: Vec<(&'static str, u64)>,
     /// This node's view of the cluster's metadata group (`None`: not one of its voters).
     pub meta: Option<triarch_node::GroupInfo>,
+    /// The membership and this node's part in a move.
+    pub membership: triarch_node::meta::MembershipStatus,
     /// Every multi-leader keyspace this node serves: its region group as seen here, the
     /// region's counters and (on the region's leader) the shipping lag to every other region.
     pub multileader: Vec<crate::metrics::MultiLeaderInfo>,
@@ -433,6 +435,7 @@ impl Core {
                         .collect(),
                     primary_counters: crate::metrics::primary_counters(&self.node),
                     meta: self.node.meta_info(),
+                    membership: self.node.membership_status(),
                     multileader,
                     multileader_stats,
                     in_flight: self.node.in_flight(),

@@ -49,6 +49,7 @@ pub fn render_info(shared: &Shared, snapshot: Option<&Snapshot>) -> String {
         }
         render_role(&mut s, snap.meta.as_ref());
         let _ = writeln!(s, "\r");
+        render_membership(&mut s, &snap.membership);
         let _ = writeln!(s, "\r\n# Core\r");
         let _ = writeln!(s, "in_flight_operations:{}\r", snap.in_flight);
         let _ = writeln!(s, "batches:{}\r", snap.batches);
@@ -169,6 +170,46 @@ fn render_group(
 
 /// `role=..,leader=..,term=..,voters=..` of a region group (`role=none` on a node that is not
 /// one of its voters).
+/// The membership as decided (`membership:`), and this node's handoff in a move in progress
+/// (`membership_handoff:`).
+fn render_membership(s: &mut String, status: &triarch_node::meta::MembershipStatus) {
+    let m = &status.membership;
+    let list = |ids: &[triarch_core::NodeId]| {
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(";")
+    };
+    let moving = match &m.moving {
+        None => "none".to_string(),
+        Some(mv) => match mv.change {
+            triarch_node::meta::Change::Join(id) => format!("join:{id}"),
+            triarch_node::meta::Change::Decommission(id) => format!("decommission:{id}"),
+        },
+    };
+    let phase = match &m.moving {
+        None => "none",
+        Some(_) if m.handing_off() => "handoff",
+        Some(_) => "begin",
+    };
+    let _ = writeln!(
+        s,
+        "membership:index={},ring={},left={},moving={moving},phase={phase}\r",
+        m.index,
+        list(&m.ring),
+        list(&m.left),
+    );
+    if let Some(me) = &status.this_node {
+        let sent: u64 = me.destinations.values().map(|d| d.keys_sent).sum();
+        let bytes: u64 = me.destinations.values().map(|d| d.bytes_sent).sum();
+        let _ = writeln!(
+            s,
+            "membership_handoff:keys_walked={},keys_sent={sent},bytes_sent={bytes},done={}\r",
+            me.keys_walked, me.handoff_done
+        );
+    }
+}
+
 fn render_role(s: &mut String, group: Option<&triarch_node::GroupInfo>) {
     match group {
         Some(g) => {
