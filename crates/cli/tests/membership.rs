@@ -124,7 +124,10 @@ fn a_node_joins_and_is_decommissioned_under_load_without_losing_a_write() {
     let four = c.add_joining("r1").unwrap();
     c.start(four).unwrap();
     // Not a member yet: it refuses data requests, clearly.
-    match connect(c.node(four).resp).call(&["GET", "prefs:x"]).unwrap() {
+    match connect(c.node(four).resp)
+        .call(&["GET", "prefs:x"])
+        .unwrap()
+    {
         Value::Error(e) => assert!(e.starts_with("TRYAGAIN this node is joining"), "{e}"),
         other => panic!("a joining node served a read: {other:?}"),
     }
@@ -160,7 +163,10 @@ fn a_node_joins_and_is_decommissioned_under_load_without_losing_a_write() {
     let leave = connect(c.node(2).resp)
         .call(&["TRIARCH.CLUSTER", "DECOMMISSION", "4"])
         .unwrap();
-    assert!(matches!(leave, Value::Array(_)), "DECOMMISSION answered {leave:?}");
+    assert!(
+        matches!(leave, Value::Array(_)),
+        "DECOMMISSION answered {leave:?}"
+    );
     let at_leave = acked.lock().unwrap().len();
     wait_for_ring(&c, &[1, 2, 3, four], "n1,n2,n3");
     assert_eq!(members(c.node(1).resp)["left"], "n4");
