@@ -20,47 +20,13 @@
 # Needs redis-benchmark, redis-cli (apt-get install redis-tools) and python3. Every node is a
 # child of one `triarch up`, stopped by its PID on exit. Ports stay below 32768.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-ROOT="$(pwd)"
 N="${N:-100000}"; CLIENTS="${CLIENTS:-50}"; SIZE="${SIZE:-100}"; KEYS="${KEYS:-100000}"
 SAMPLE_MS="${SAMPLE_MS:-100}"; CARTS="${CARTS:-10000}"
-BIN="${TRIARCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/triarch}"
-
-log() { echo "[$(date +%T)] $*" >&2; }
-for tool in redis-benchmark redis-cli python3; do
-  command -v "$tool" >/dev/null || { echo "bench_ml: $tool missing (apt-get install redis-tools python3)"; exit 1; }
-done
-if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${TRIARCH_BIN:-}" ]; then
-  log "cargo build --release -p triarch-cli"
-  cargo build --release -p triarch-cli -q || exit 1
-fi
-[ -x "$BIN" ] || { echo "bench_ml: $BIN missing"; exit 1; }
-
-WORK="$(mktemp -d /tmp/triarch-bench-ml.XXXXXX)"
-UP=""; SAMPLER=""
-cleanup() {
-  trap - EXIT INT TERM
-  [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null && wait "$SAMPLER" 2>/dev/null
-  if [ -n "$UP" ]; then
-    kill -TERM "$UP" 2>/dev/null   # `up` stops every node it started, by PID
-    for _ in $(seq 1 150); do kill -0 "$UP" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$UP" 2>/dev/null && kill -KILL "$UP" 2>/dev/null
-    wait "$UP" 2>/dev/null
-  fi
-  if [ "${KEEP:-0}" = 1 ]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-TBASE=$((22100 + RANDOM % 4000))
-"$BIN" up --nodes 6 --regions 3 --dir "$WORK/triarch" --base-port "$TBASE" >"$WORK/up.log" 2>&1 &
-UP=$!
-for _ in $(seq 1 600); do
-  grep -q "Ctrl-C" "$WORK/up.log" 2>/dev/null && break
-  kill -0 "$UP" 2>/dev/null || break
-  sleep 0.1
-done
-grep -q "Ctrl-C" "$WORK/up.log" || { echo "bench_ml: triarch did not come up"; cat "$WORK/up.log"; exit 1; }
+SAMPLER=""
+BENCH_ON_EXIT='[ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null && wait "$SAMPLER" 2>/dev/null'
+source "$(dirname "$0")/lib.sh"
+bench_init bench-ml redis-benchmark redis-cli python3
+bench_up --nodes 6 --regions 3
 [ "$(redis-cli -p "$TBASE" TRIARCH.KEYSPACE CREATE key MODEL multi-leader N 2 MERGE lww)" = OK ] || exit 1
 
 # leader_of KEYSPACE: sets LEADER to r1's leader of KEYSPACE's group once both r1 nodes (n1, n4)

@@ -23,52 +23,11 @@
 # child of one `triarch up`, stopped by its PID on exit (and, should `up` not stop them, by the
 # PIDs it wrote to cluster.json). Ports stay below 32768.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-ROOT="$(pwd)"
 ROUNDS="${ROUNDS:-3}"; N="${N:-100000}"; CLIENTS="${CLIENTS:-50}"; SIZE="${SIZE:-100}"
 KEYS="${KEYS:-100000}"
-BIN="${TRIARCH_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/triarch}"
-
-log() { echo "[$(date +%T)] $*" >&2; }
-for tool in redis-benchmark redis-cli python3; do
-  command -v "$tool" >/dev/null || { echo "bench_quorums: $tool missing (apt-get install redis-tools python3)"; exit 1; }
-done
-if [ "${SKIP_BUILD:-0}" != 1 ] && [ -z "${TRIARCH_BIN:-}" ]; then
-  log "cargo build --release -p triarch-cli"
-  cargo build --release -p triarch-cli -q || exit 1
-fi
-[ -x "$BIN" ] || { echo "bench_quorums: $BIN missing"; exit 1; }
-
-WORK="$(mktemp -d /tmp/triarch-bench-quorums.XXXXXX)"
-UP=""
-cleanup() {
-  trap - EXIT INT TERM
-  if [ -n "$UP" ]; then
-    kill -TERM "$UP" 2>/dev/null   # `up` stops every node it started, by PID
-    for _ in $(seq 1 150); do kill -0 "$UP" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$UP" 2>/dev/null && kill -KILL "$UP" 2>/dev/null
-    wait "$UP" 2>/dev/null
-  fi
-  # Nodes `up` did not stop (it was killed): by the PIDs it recorded, if they are still triarch.
-  if [ -f "$WORK/triarch/cluster.json" ]; then
-    for pid in $(python3 -c 'import json,sys; print(" ".join(str(n["pid"]) for n in json.load(open(sys.argv[1]))["nodes"] if n.get("pid")))' "$WORK/triarch/cluster.json" 2>/dev/null); do
-      if [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = triarch ]; then kill -KILL "$pid" 2>/dev/null; fi
-    done
-  fi
-  if [ "${KEEP:-0}" = 1 ]; then log "work dir kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-TBASE=$((22100 + RANDOM % 4000)) # RESP TBASE..+2, HTTP +100, peers +200: all below 32768
-"$BIN" up --nodes 3 --no-keyspaces --dir "$WORK/triarch" --base-port "$TBASE" >"$WORK/up.log" 2>&1 &
-UP=$!
-for _ in $(seq 1 600); do
-  grep -q "Ctrl-C" "$WORK/up.log" 2>/dev/null && break
-  kill -0 "$UP" 2>/dev/null || break
-  sleep 0.1
-done
-grep -q "Ctrl-C" "$WORK/up.log" || { echo "bench_quorums: triarch did not come up"; cat "$WORK/up.log"; exit 1; }
+source "$(dirname "$0")/lib.sh"
+bench_init bench-quorums redis-benchmark redis-cli python3
+bench_up --nodes 3 --no-keyspaces
 
 for q in 1 2 3; do
   out=$(redis-cli -p "$TBASE" TRIARCH.KEYSPACE CREATE "q$q" MODEL leaderless N 3 W "$q" R "$q")
