@@ -3,7 +3,8 @@
 //! reorders, loses and duplicates messages, one crash and restart of a random node (losing the
 //! writes of the step it crashed in, which were never synced), and one join or decommission
 //! driven through the three phases by a small metadata driver (every node learns each phase at
-//! its own time, and reports back; a down node learns once it is back).
+//! its own time, and reports back; a down node learns once it is back). Half the seeds run a
+//! second move after the first (a join, possibly of the node that left, or a decommission).
 //!
 //! At the end everything is healed and checked, first on the disks, then through reads:
 //!
@@ -85,9 +86,10 @@ struct SimNode {
     hlc: Hlc,
     up: bool,
     restart_at: Option<Instant>,
-    /// The last phase of the move this node learnt (durable metadata of the node layer):
-    /// 0 none, 1 begin, 2 handoff, 3 finish.
-    known: u8,
+    /// The last stage this node learnt (durable metadata of the node layer): 0 none, then
+    /// for move m (from `rings[m]` to `rings[m + 1]`) 3m + 1 begin, 3m + 2 handoff, 3m + 3
+    /// finish.
+    known: usize,
 }
 
 struct Sim {
@@ -101,11 +103,13 @@ struct Sim {
     loss: f64,
     duplication: f64,
     delay_ms_max: u64,
-    current: Vec<NodeId>,
-    next: Vec<NodeId>,
+    /// The ring before each move, and after the last.
+    rings: Vec<Vec<NodeId>>,
     // The metadata driver.
-    move_at: Instant,
-    phase: u8,
+    /// When the next move begins (decided once the previous one finished everywhere).
+    move_at: Option<Instant>,
+    /// The last stage decided (as `SimNode::known`).
+    stage: usize,
     learn_at: BTreeMap<NodeId, Instant>,
     ready: BTreeSet<NodeId>,
     handed_off: BTreeSet<NodeId>,
@@ -126,6 +130,14 @@ struct Sim {
     next_element: u64,
 }
 
+/// Stage `stage` (> 0) as (move, phase 1..=3).
+fn split(stage: usize) -> (usize, u8) {
+    if stage == 0 {
+        return (0, 0);
+    }
+    ((stage - 1) / 3, ((stage - 1) % 3 + 1) as u8)
+}
+
 fn value_of(key: usize, index: usize) -> Bytes {
     Bytes::from(format!("{key}:{index}"))
 }
@@ -142,16 +154,31 @@ fn index_of(value: &[u8]) -> usize {
 impl Sim {
     fn new(seed: u64, config: LeaderlessConfig) -> Sim {
         let mut rng = DetRng::seed_from_u64(seed);
+        // One move, or two in half the seeds: each a join (a fresh node, or one that left in
+        // the first move and comes back with what it kept) or a decommission (down to 3 nodes).
         let size = rng.between(4, 5) as u32;
-        let join = rng.chance(0.5);
-        let all: Vec<NodeId> = (1..=size).map(NodeId).collect();
-        let (current, next) = if join {
-            (all[..all.len() - 1].to_vec(), all.clone())
-        } else {
-            let leaving = all[rng.below(all.len() as u64) as usize];
-            let next = all.iter().copied().filter(|n| *n != leaving).collect();
-            (all.clone(), next)
-        };
+        let mut rings: Vec<Vec<NodeId>> = vec![(1..=size).map(NodeId).collect()];
+        let mut fresh = size + 1;
+        let mut left: Vec<NodeId> = Vec::new();
+        let moves = if rng.chance(0.5) { 2 } else { 1 };
+        for _ in 0..moves {
+            let ring = rings.last().expect("a ring").clone();
+            let mut next = ring.clone();
+            if ring.len() > 3 && rng.chance(0.5) {
+                let leaving = ring[rng.below(ring.len() as u64) as usize];
+                next.retain(|n| *n != leaving);
+                left.push(leaving);
+            } else if let Some(back) = left.pop().filter(|_| rng.chance(0.5)) {
+                next.push(back);
+            } else {
+                next.push(NodeId(fresh));
+                fresh += 1;
+            }
+            next.sort();
+            rings.push(next);
+        }
+        let all: Vec<NodeId> = (1..fresh).map(NodeId).collect();
+        let current = rings[0].clone();
         let nodes = all
             .iter()
             .map(|&id| {
@@ -181,10 +208,9 @@ impl Sim {
             nodes,
             net: BTreeMap::new(),
             seq: 0,
-            current,
-            next,
-            move_at,
-            phase: 0,
+            rings,
+            move_at: Some(move_at),
+            stage: 0,
             learn_at: BTreeMap::new(),
             ready: BTreeSet::new(),
             handed_off: BTreeSet::new(),
@@ -300,10 +326,12 @@ impl Sim {
     fn restart(&mut self, id: NodeId) {
         let wall_ms = self.wall_ms();
         let first_op = self.rng.next_u64() >> 1;
-        let members = if self.nodes[&id].known >= 3 {
-            self.next.clone()
+        let known = self.nodes[&id].known;
+        let (m, p) = split(known);
+        let members = if p == 3 {
+            self.rings[m + 1].clone()
         } else {
-            self.current.clone()
+            self.rings[m].clone()
         };
         let node = self.nodes.get_mut(&id).expect("a node");
         let started = node.hlc.now(wall_ms);
@@ -312,13 +340,12 @@ impl Sim {
         node.up = true;
         node.restart_at = None;
         // The node layer replays the move's phases from its durable metadata.
-        let known = node.known;
         self.step(id, |e, env| e.handle_timeout(env));
-        if known == 1 || known == 2 {
-            let next = self.next.clone();
+        if p == 1 || p == 2 {
+            let next = self.rings[m + 1].clone();
             self.step(id, |e, env| e.begin_move(env, &next));
         }
-        if known == 2 {
+        if p == 2 {
             self.step(id, |e, env| {
                 e.start_handoff(env, &[lww(), counters(), sets()])
             });
@@ -328,22 +355,34 @@ impl Sim {
     /// The metadata driver: decides each phase once the previous one is reported done, and
     /// tells every node at its own time.
     fn drive(&mut self) {
-        if self.phase == 0 && self.now >= self.move_at {
-            self.advance();
+        let moves = self.rings.len() - 1;
+        let (m, p) = split(self.stage);
+        let everyone_knows = self.nodes.values().all(|n| n.known >= self.stage);
+        if (self.stage == 0 || p == 3) && self.stage < 3 * moves && everyone_knows {
+            match self.move_at {
+                Some(at) if self.now >= at => self.advance(),
+                Some(_) => {}
+                None => {
+                    let wait = Duration::from_millis(self.rng.between(50, 300));
+                    self.move_at = Some(self.now + wait);
+                }
+            }
         }
+        let stage = self.stage;
         let due: Vec<NodeId> = self
             .learn_at
             .iter()
             .filter(|(id, at)| {
-                **at <= self.now && self.nodes[*id].up && self.nodes[*id].known < self.phase
+                **at <= self.now && self.nodes[*id].up && self.nodes[*id].known < stage
             })
             .map(|(id, _)| *id)
             .collect();
+        let (m, p) = if stage == 0 { (m, 0) } else { split(stage) };
         for id in due {
-            self.nodes.get_mut(&id).expect("a node").known = self.phase;
-            match self.phase {
+            self.nodes.get_mut(&id).expect("a node").known = stage;
+            match p {
                 1 => {
-                    let next = self.next.clone();
+                    let next = self.rings[m + 1].clone();
                     self.step(id, |e, env| e.begin_move(env, &next));
                 }
                 2 => self.step(id, |e, env| {
@@ -353,26 +392,32 @@ impl Sim {
                 _ => unreachable!(),
             }
         }
+        if stage == 0 {
+            return;
+        }
         for (id, node) in &self.nodes {
-            if !node.up {
+            if !node.up || node.known < stage {
                 continue;
             }
-            if self.phase == 1 && node.known >= 1 && node.engine.move_ready() {
+            if p == 1 && node.engine.move_ready() {
                 self.ready.insert(*id);
             }
-            if self.phase == 2 && node.known >= 2 && node.engine.handoff_done() {
+            if p == 2 && node.engine.handoff_done() {
                 self.handed_off.insert(*id);
             }
         }
         let everyone = self.ready.len() == self.nodes.len();
-        let old_owners = self.current.iter().all(|n| self.handed_off.contains(n));
-        if (self.phase == 1 && everyone) || (self.phase == 2 && old_owners) {
+        let old_owners = self.rings[m].iter().all(|n| self.handed_off.contains(n));
+        if (p == 1 && everyone) || (p == 2 && old_owners) {
             self.advance();
         }
     }
 
     fn advance(&mut self) {
-        self.phase += 1;
+        self.stage += 1;
+        self.move_at = None;
+        self.ready.clear();
+        self.handed_off.clear();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             let at = self.now + Duration::from_millis(self.rng.between(0, 200));
@@ -381,7 +426,8 @@ impl Sim {
     }
 
     fn finished(&self) -> bool {
-        self.phase == 3 && self.nodes.values().all(|n| n.known == 3)
+        let last = 3 * (self.rings.len() - 1);
+        self.stage == last && self.nodes.values().all(|n| n.known == last)
     }
 
     fn up_node(&mut self) -> Option<NodeId> {
@@ -481,8 +527,8 @@ impl Sim {
         loop {
             if self.now >= Instant::ZERO + RUN_LIMIT {
                 return Err(format!(
-                    "stuck: phase {} ready {:?} handed off {:?} ops {}",
-                    self.phase,
+                    "stuck: stage {} ready {:?} handed off {:?} ops {}",
+                    self.stage,
                     self.ready,
                     self.handed_off,
                     self.ops.len()
@@ -510,14 +556,19 @@ impl Sim {
         self.loss = 0.0;
         self.duplication = 0.0;
         let limit = self.now + Duration::from_secs(10);
-        while (self.nodes.values().any(|n| !n.up) || !self.net.is_empty()) && self.now < limit {
+        while self.nodes.values().any(|n| !n.up) && self.now < limit {
+            self.tick();
+        }
+        // Let what is in flight land (anti-entropy keeps some traffic going for good).
+        let settled = self.now + Duration::from_millis(500);
+        while self.now < settled {
             self.tick();
         }
         for (id, node) in &self.nodes {
             if node.engine.is_moving() || node.engine.move_status().is_some() {
                 return Err(format!("{id} still holds a move in progress"));
             }
-            if node.engine.ring().nodes() != self.next.as_slice() {
+            if node.engine.ring().nodes() != self.rings.last().expect("a ring").as_slice() {
                 return Err(format!(
                     "{id} is on the ring {:?}",
                     node.engine.ring().nodes()
@@ -550,10 +601,8 @@ impl Sim {
                 .map(|s| s.anti_entropy_ranges_compared)
                 .sum();
             println!(
-                "{:?} -> {:?}: move at {:?}, crash of {} at {:?}, end {:?}, lww acked {acked} unknown {unknown}, counters {:?}, set adds {}, handoff keys received {received}, anti-entropy ranges compared {compared}",
-                self.current,
-                self.next,
-                self.move_at,
+                "{:?}: crash of {} at {:?}, end {:?}, lww acked {acked} unknown {unknown}, counters {:?}, set adds {}, handoff keys received {received}, anti-entropy ranges compared {compared}",
+                self.rings,
                 self.crash_node,
                 self.crash_at,
                 self.now,
@@ -567,7 +616,8 @@ impl Sim {
 
     /// The owners of `key` of `keyspace` on the new ring.
     fn owners(&self, keyspace: &KeyspaceConfig, key: &[u8]) -> Vec<NodeId> {
-        self.nodes[&self.next[0]].engine.replicas(keyspace, key)
+        let last = self.rings.last().expect("a ring");
+        self.nodes[&last[0]].engine.replicas(keyspace, key)
     }
 
     /// Every R-subset of the new owners holds every acknowledged write.
