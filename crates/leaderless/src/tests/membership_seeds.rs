@@ -63,7 +63,7 @@ enum Fate {
     Unknown,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Op {
     Lww {
         key: usize,
@@ -76,8 +76,24 @@ enum Op {
         key: usize,
         element: u64,
     },
+    /// A read during the load: it must see every write acknowledged before it started.
+    Read {
+        key: usize,
+        floor: Floor,
+    },
     /// A final read (its outcome is checked where it is issued).
     Check,
+}
+
+/// What a read during the load must see at least.
+#[derive(Clone, Debug)]
+enum Floor {
+    /// The last acknowledged index of the LWW key, if any.
+    Lww(Option<usize>),
+    /// Acknowledged increments.
+    Counter(u64),
+    /// Acknowledged elements.
+    Set(Vec<u64>),
 }
 
 struct SimNode {
@@ -128,6 +144,23 @@ struct Sim {
     counters: Vec<(u64, u64)>,
     sets: Vec<BTreeMap<u64, Fate>>,
     next_element: u64,
+    /// Whether the load reads too (one seed of three: read repair heals some of what a lost
+    /// handoff loses, which the other seeds must be able to see).
+    reads: bool,
+    /// What reads during the load saw wrong.
+    violations: Vec<String>,
+}
+
+/// The elements of a set read (`None`: empty).
+fn set_members(view: Option<View>) -> BTreeSet<u64> {
+    match view {
+        None => BTreeSet::new(),
+        Some(View::Set(members)) => members
+            .iter()
+            .map(|m| std::str::from_utf8(m).unwrap().parse().unwrap())
+            .collect(),
+        Some(other) => panic!("a set reads as a set: {other:?}"),
+    }
 }
 
 /// Stage `stage` (> 0) as (move, phase 1..=3).
@@ -226,6 +259,8 @@ impl Sim {
             counters: vec![(0, 0); COUNTER_KEYS],
             sets: vec![BTreeMap::new(); SET_KEYS],
             next_element: 1,
+            reads: seed % 3 == 2,
+            violations: Vec::new(),
         }
     }
 
@@ -314,6 +349,37 @@ impl Sim {
             }
             Op::Set { key, element } => {
                 self.sets[key].insert(element, fate);
+            }
+            Op::Read { key, floor } => {
+                let verdict = match (&floor, outcome) {
+                    (Floor::Lww(last_acked), Some(Outcome::Read { value })) => {
+                        self.check_lww_from(key, *last_acked, value.as_deref())
+                    }
+                    (Floor::Counter(acked), Some(Outcome::State(view))) => {
+                        let value = match view {
+                            Some(View::Counter(v)) => v,
+                            None => 0,
+                            other => panic!("a counter reads as a counter: {other:?}"),
+                        };
+                        if value < i128::from(*acked) {
+                            Err(format!("ctr key{key} read {value} < {acked} acknowledged"))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    (Floor::Set(acked), Some(Outcome::State(view))) => {
+                        let held = set_members(view);
+                        match acked.iter().find(|e| !held.contains(e)) {
+                            Some(e) => Err(format!("set key{key} read without acknowledged {e}")),
+                            None => Ok(()),
+                        }
+                    }
+                    _ => Ok(()), // failed, or cut by the crash: nothing to check
+                };
+                if let Err(e) = verdict {
+                    self.violations
+                        .push(format!("a read during the load (at {:?}): {e}", self.now));
+                }
             }
             Op::Check => {
                 if let Some(outcome) = outcome {
@@ -446,8 +512,33 @@ impl Sim {
         };
         let request = RequestId(self.next_request);
         self.next_request += 1;
-        let roll = self.rng.below(10);
-        if roll < 6 {
+        let roll = self.rng.below(12);
+        if roll >= 10 && !self.reads {
+            return;
+        }
+        if roll >= 10 {
+            let policy = self.rng.below(3);
+            let keys = [LWW_KEYS, COUNTER_KEYS, SET_KEYS][policy as usize];
+            let key = self.rng.below(keys as u64) as usize;
+            let floor = match policy {
+                0 => Floor::Lww(self.lww[key].iter().rposition(|f| *f == Fate::Acked)),
+                1 => Floor::Counter(self.counters[key].0),
+                _ => Floor::Set(
+                    self.sets[key]
+                        .iter()
+                        .filter(|(_, f)| **f == Fate::Acked)
+                        .map(|(e, _)| *e)
+                        .collect(),
+                ),
+            };
+            self.ops.insert(request, (via, Op::Read { key, floor }));
+            let k = key_of(key);
+            match policy {
+                0 => self.step(via, |e, env| e.read(env, request, &lww(), k, R)),
+                1 => self.step(via, |e, env| e.read_state(env, request, &counters(), k, R)),
+                _ => self.step(via, |e, env| e.read_state(env, request, &sets(), k, R)),
+            }
+        } else if roll < 6 {
             let key = self.rng.below(LWW_KEYS as u64) as usize;
             if self.lww_busy[key] {
                 return; // one write per key at a time: their order is the client's
@@ -610,6 +701,9 @@ impl Sim {
                 self.sets.iter().map(|s| s.len()).sum::<usize>()
             );
         }
+        if let Some(v) = self.violations.first() {
+            return Err(format!("{v} ({} in all)", self.violations.len()));
+        }
         self.check_disks()?;
         self.check_reads()
     }
@@ -661,8 +755,19 @@ impl Sim {
     }
 
     fn check_lww(&self, key: usize, value: Option<&[u8]>) -> Result<(), String> {
+        let last_acked = self.lww[key].iter().rposition(|f| *f == Fate::Acked);
+        self.check_lww_from(key, last_acked, value)
+    }
+
+    /// `value` is index `last_acked` of `key`, a later one, or one whose fate is unknown.
+    fn check_lww_from(
+        &self,
+        key: usize,
+        last_acked: Option<usize>,
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
         let fates = &self.lww[key];
-        let Some(last_acked) = fates.iter().rposition(|f| *f == Fate::Acked) else {
+        let Some(last_acked) = last_acked else {
             return Ok(());
         };
         let Some(value) = value else {
@@ -712,10 +817,7 @@ impl Sim {
                 }
             }
             Some(View::Set(members)) => {
-                let held: BTreeSet<u64> = members
-                    .iter()
-                    .map(|m| std::str::from_utf8(m).unwrap().parse().unwrap())
-                    .collect();
+                let held = set_members(Some(View::Set(members)));
                 for (element, fate) in &self.sets[key] {
                     if *fate == Fate::Acked && !held.contains(element) {
                         return Err(format!("set key{key}: acknowledged add of {element} lost"));
