@@ -5,6 +5,9 @@
 //! driven through the three phases by a small metadata driver (every node learns each phase at
 //! its own time, and reports back; a down node learns once it is back). Half the seeds run a
 //! second move after the first (a join, possibly of the node that left, or a decommission).
+//! Anti-entropy runs in one seed of four; the load also reads (at R=2) in one seed of three, and
+//! each such read must see every write acknowledged before it started. (Both heal what a
+//! planted bug loses, so the other seeds run without them.)
 //!
 //! At the end everything is healed and checked, first on the disks, then through reads:
 //!
@@ -17,7 +20,11 @@
 //! - a read at R=N through the new ring sees the same;
 //! - no node holds a move in progress, and every ring is the next one.
 //!
-//! A failing seed prints itself; `MEMBERSHIP_SEED=<seed>` replays exactly that one.
+//! A failing seed prints itself; `MEMBERSHIP_SEED=<seed>` replays exactly that one
+//! (`MEMBERSHIP_SEEDS=<count>` runs seeds 0..count instead of 1,000; `MEMBERSHIP_VERBOSE=1`
+//! prints each run's rings, crash and counts). Two planted bugs must be caught within the first
+//! 200 seeds: a handoff from the first owner of each key only, and writes during the move on
+//! the current ring only.
 
 use super::*;
 use std::panic::{AssertUnwindSafe, catch_unwind};
