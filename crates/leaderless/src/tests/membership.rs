@@ -288,6 +288,9 @@ fn a_node_is_decommissioned_from_four_and_nothing_acknowledged_is_lost() {
         "the leaving node hands its keys to each node that gains some"
     );
     c.finish_everywhere();
+    // A restarted node layer replaying the move after it finished changes nothing.
+    c.begin_move_everywhere(&next);
+    assert!(c.nodes.values().all(|r| !r.engine.is_moving()));
     // The decommissioned node owns nothing but still coordinates.
     assert_eq!(c.nodes[&NodeId(4)].engine.ring().nodes(), next.as_slice());
     assert_eq!(c.get(4, "k3"), read("v3"));
@@ -525,4 +528,34 @@ fn a_tombstone_collected_before_the_move_still_reaches_the_gained_owner() {
     assert_eq!(held.value, None, "the gained owner got the tombstone");
     c.down = BTreeSet::from([NodeId(3)]);
     assert_eq!(c.get(4, &key), Outcome::Read { value: None });
+}
+
+#[test]
+fn a_joint_quorum_counts_each_ring_apart() {
+    let placement = Placement {
+        current: ids(&[1, 2, 3]),
+        next: Some(ids(&[1, 2, 4])),
+    };
+    assert_eq!(placement.all(), ids(&[1, 2, 3, 4]));
+    let got = |set: &[u32]| {
+        let set = ids(set);
+        move |n: NodeId| set.contains(&n)
+    };
+    assert!(placement.met(got(&[1, 2]), 2), "two owners of both rings");
+    assert!(
+        !placement.met(got(&[1, 3]), 2),
+        "one owner of the next ring"
+    );
+    assert!(
+        !placement.met(got(&[2, 4]), 2),
+        "one owner of the current ring"
+    );
+    assert!(placement.met(got(&[1, 3, 4]), 2));
+    assert_eq!(placement.count(got(&[3, 4])), 1);
+    assert!(placement.possible(got(&[3]), 2) && !placement.possible(got(&[1, 4]), 2));
+    let fixed = Placement {
+        current: ids(&[1, 2, 3]),
+        next: None,
+    };
+    assert!(fixed.met(got(&[1, 3]), 2));
 }
