@@ -881,6 +881,16 @@ impl AntiEntropy {
         }
     }
 
+    /// Every tombstone of `keyspace` this node collected and still remembers: (key, timestamp).
+    pub fn collected_in(&self, keyspace: &str) -> Vec<(Bytes, HlcTimestamp)> {
+        self.keyspaces.get(keyspace).map_or_else(Vec::new, |i| {
+            i.collected
+                .iter()
+                .map(|((_, key), c)| (key.clone(), c.timestamp))
+                .collect()
+        })
+    }
+
     /// The timestamp of the tombstone of `key` this node collected, if it still remembers it.
     pub fn collected(&self, keyspace: &str, key: &[u8]) -> Option<HlcTimestamp> {
         let index = self.keyspaces.get(keyspace)?;

@@ -623,10 +623,11 @@ impl Leaderless {
     fn placement(&self, keyspace: &KeyspaceConfig, key: &[u8], write: bool) -> Placement {
         let position = Ring::position(&keyspace.name, key);
         let n = usize::from(keyspace.n);
+        let bug = write && self.config.bug_move_writes_current_ring_only;
         let next = self
             .moving
             .as_ref()
-            .filter(|_| !(write && self.config.bug_move_writes_current_ring_only))
+            .filter(|_| !bug)
             .map(|m| m.next.preference_list(position, n));
         Placement {
             current: self.ring.preference_list(position, n),

@@ -21,7 +21,9 @@
 //!    included) and, for each key whose current preference list holds it, sends its copy to
 //!    every node of the key's *next* preference list that is not in its current one (the key's
 //!    *gained* owners). It also sends every hint it holds, as a fallback, to the gained owners of
-//!    the hint's key. Copies travel in batches ([`Message::MoveBatch`]: at most
+//!    the hint's key (keeping it as an owner if it gains the key itself), and every tombstone
+//!    it collected and still remembers (see [`crate::anti_entropy`]) as a tombstone: a gained
+//!    owner that never held it would otherwise take an older write of the key. Copies travel in batches ([`Message::MoveBatch`]: at most
 //!    [`HANDOFF_KEYS_PER_BATCH_MAX`] keys or [`HANDOFF_BYTES_PER_BATCH_MAX`] bytes, one keyspace
 //!    each), at most [`HANDOFF_BATCHES_IN_FLIGHT_MAX`] in flight, each resent on timeout until
 //!    its destination acknowledges it ([`Message::MoveAck`], sent after the receiver's sync). The
@@ -70,9 +72,10 @@
 //!
 //! A node keeps on disk the keys it no longer owns after a move (no cleanup yet); they are never
 //! served as an owner's copy, since coordinators ask only a key's preference list. Left for a
-//! later cleanup: deleting them. Until that exists a node must not regain ownership of keys it
-//! lost in an earlier move while they may hold values whose tombstones were since collected
-//! elsewhere (such a stale value would be handed nowhere, but would be read as an owner's copy).
+//! later cleanup: deleting them. Until that exists, a node that regains keys it lost in an
+//! earlier move may hold stale values of them: harmless where the owners hold something newer
+//! (a merge keeps the newer), but a value whose tombstone every owner has since collected and
+//! forgotten comes back (the handoff sends the tombstones still remembered, not older ones).
 //! A node that is not on the ring (before it joins, after it leaves) still coordinates: reads
 //! and writes go to the owners, and operations on merged keys are forwarded to one.
 //!
@@ -88,6 +91,7 @@
 use crate::anti_entropy::payload_of;
 use crate::hint::{HintKey, HintPayload};
 use crate::message::{Message, OpId};
+use crate::record::Record;
 use crate::ring::{self, Ring};
 use crate::state::Update;
 use crate::{Env, Leaderless, table_name};
@@ -501,19 +505,7 @@ impl Leaderless {
             }
             for (key, bytes) in page {
                 h.keys_walked += 1;
-                let position = Ring::position(&name, &key);
-                let current = self.ring.preference_list(position, n);
-                if !current.contains(&self.node) {
-                    continue; // not an owner here: a leftover of an earlier move
-                }
-                if self.config.bug_handoff_from_first_owner_only && current[0] != self.node {
-                    continue; // PLANTED BUG: only the first owner hands the key off
-                }
-                let gained: Vec<NodeId> = next
-                    .preference_list(position, n)
-                    .into_iter()
-                    .filter(|g| !current.contains(g))
-                    .collect();
+                let gained = self.gained_from_here(next, &name, &key, n);
                 if gained.is_empty() {
                     continue;
                 }
@@ -530,6 +522,21 @@ impl Leaderless {
                 }
             }
             if done {
+                // Tombstones collected here lately still order writes here (see
+                // `anti_entropy`); a gained owner that never held them would take an older
+                // write of the key (a straggler, a leftover): hand them off as tombstones.
+                for (key, timestamp) in self.anti_entropy.collected_in(&name) {
+                    let gained = self.gained_from_here(next, &name, &key, n);
+                    let tombstone = Record {
+                        timestamp,
+                        value: None,
+                    };
+                    let bytes = tombstone.encode().len();
+                    for g in gained {
+                        let payload = HintPayload::Record(tombstone.clone());
+                        h.gather(g, &name, key.clone(), payload, bytes);
+                    }
+                }
                 h.flush();
                 h.keyspace += 1;
                 h.cursor.clear();
@@ -578,6 +585,23 @@ impl Leaderless {
             h.flush();
         }
         Ok(())
+    }
+
+    /// The gained owners of `key` this node hands it to: none unless it owns the key on the
+    /// current ring (a key held here otherwise is a leftover of an earlier move).
+    fn gained_from_here(&self, next: &Ring, keyspace: &str, key: &[u8], n: usize) -> Vec<NodeId> {
+        let position = Ring::position(keyspace, key);
+        let current = self.ring.preference_list(position, n);
+        if !current.contains(&self.node) {
+            return Vec::new();
+        }
+        if self.config.bug_handoff_from_first_owner_only && current[0] != self.node {
+            return Vec::new(); // PLANTED BUG: only the first owner hands the key off
+        }
+        next.preference_list(position, n)
+            .into_iter()
+            .filter(|g| !current.contains(g))
+            .collect()
     }
 
     /// A gained owner merges a batch of copies, then acknowledges it (after its sync).

@@ -93,8 +93,10 @@ impl Cluster {
     }
 }
 
-/// A key whose owners on both rings are given (as sets), searched for.
-fn key_with(c: &Cluster, current: &[u32], next: &[u32]) -> String {
+/// A key whose owners (as sets) are `current` on node 1's ring and `next` on the ring of
+/// `next_members`, searched for.
+fn key_moving(c: &Cluster, next_members: &[u32], current: &[u32], next: &[u32]) -> String {
+    let next_ring = Ring::new(&ids(next_members), ring::VNODES_PER_NODE_DEFAULT);
     let sorted = |mut v: Vec<NodeId>| {
         v.sort();
         v
@@ -102,7 +104,9 @@ fn key_with(c: &Cluster, current: &[u32], next: &[u32]) -> String {
     (0..10_000)
         .map(|i| format!("probe{i}"))
         .find(|k| {
-            sorted(c.owners(1, k)) == ids(current) && sorted(c.next_owners(1, k)) == ids(next)
+            let position = Ring::position("default", k.as_bytes());
+            sorted(c.owners(1, k)) == ids(current)
+                && sorted(next_ring.preference_list(position, 3)) == ids(next)
         })
         .expect("some key has these owners")
 }
@@ -147,7 +151,7 @@ fn a_node_joins_three_and_every_acknowledged_write_is_on_w_of_its_new_owners() {
     assert!(c.nodes[&NodeId(1)].engine.move_ready());
 
     // During the move a write needs W of the current owners AND W of the next ones.
-    let joint = key_with(&c, &[1, 2, 3], &[1, 2, 4]);
+    let joint = key_moving(&c, &[1, 2, 3, 4], &[1, 2, 3], &[1, 2, 4]);
     let other = c.owners(1, &joint);
     let gained_and_kept_down = BTreeSet::from([NodeId(4), NodeId(2)]);
     c.down = gained_and_kept_down;
@@ -247,7 +251,7 @@ fn a_node_is_decommissioned_from_four_and_nothing_acknowledged_is_lost() {
     c.begin_move_everywhere(&next);
     // A write to a key that node 4 owns now and node 3 gains: with 3 down, the next list
     // {1, 2, 3} has 1 and 2; with 3 and 2 down the next list has only 1 and it fails.
-    let joint = key_with(&c, &[1, 2, 4], &[1, 2, 3]);
+    let joint = key_moving(&c, &[1, 2, 3], &[1, 2, 4], &[1, 2, 3]);
     c.down = BTreeSet::from([NodeId(2), NodeId(3)]);
     assert_eq!(
         c.set(1, &joint, "lost"),
@@ -284,6 +288,9 @@ fn a_node_is_decommissioned_from_four_and_nothing_acknowledged_is_lost() {
         "the leaving node hands its keys to each node that gains some"
     );
     c.finish_everywhere();
+    // A restarted node layer replaying the move after it finished changes nothing.
+    c.begin_move_everywhere(&next);
+    assert!(c.nodes.values().all(|r| !r.engine.is_moving()));
     // The decommissioned node owns nothing but still coordinates.
     assert_eq!(c.nodes[&NodeId(4)].engine.ring().nodes(), next.as_slice());
     assert_eq!(c.get(4, "k3"), read("v3"));
@@ -452,4 +459,103 @@ fn hints_reach_the_gained_owner_and_hints_for_the_departed_node_are_dropped() {
     assert_eq!(c.stats_of(d, "default").hints_pending, 0);
     assert_eq!(hints(&c, e)[0].hint.owner, b);
     assert_eq!(hints(&c, f)[0].hint.owner, cc);
+}
+
+#[test]
+fn a_tombstone_collected_before_the_move_still_reaches_the_gained_owner() {
+    let config = LeaderlessConfig {
+        anti_entropy: crate::anti_entropy::AntiEntropyConfig {
+            exchange_interval: Duration::from_secs(1),
+            tombstone_grace: Duration::from_secs(1),
+            ..Default::default()
+        },
+        hints: crate::hint::HintConfig {
+            hint_age_max: Duration::from_secs(1),
+            ..Default::default()
+        },
+        ..LeaderlessConfig::default()
+    };
+    let mut c = Cluster::with_anti_entropy(3, config.clone());
+    c.add_node(4, &ids(&[1, 2, 3]), config);
+    for id in 1..=4 {
+        c.step(NodeId(id), |e, env| e.observe_keyspace(env, &ks()));
+    }
+    let key = key_moving(&c, &[1, 2, 3, 4], &[1, 2, 3], &[1, 2, 4]);
+    c.set(1, &key, "v");
+    let stale = c.stored(1, &key).unwrap();
+    let req = RequestId(4343);
+    let k = Bytes::copy_from_slice(key.as_bytes());
+    c.step(NodeId(1), |e, env| e.write(env, req, &ks(), k, None, 2));
+    assert_eq!(c.finish(req), Outcome::Written { existed: true });
+    // Every old owner collects the tombstone; the exchanges that would then show each that
+    // the others collected it too are lost, so they still remember it when the move begins.
+    let mut waited = 0;
+    loop {
+        c.now = c.now + Duration::from_millis(100);
+        for r in c.nodes.values_mut() {
+            r.wall_ms += 100;
+        }
+        for id in 1..=4 {
+            c.step(NodeId(id), |e, env| e.handle_timeout(env));
+        }
+        if (1..=3).all(|id| c.stored(id, &key).is_none()) {
+            c.in_flight.clear();
+            break;
+        }
+        c.deliver_all();
+        waited += 1;
+        assert!(waited < 300, "the tombstone is collected");
+    }
+    let remembered = (1..=3)
+        .filter(|id| {
+            let status = c.nodes[&NodeId(*id)].engine.anti_entropy_status();
+            status.keyspaces["default"].tombstones_remembered == 1
+        })
+        .count();
+    assert!(remembered >= 1);
+    // The node that gains the key holds a stale copy of the deleted value (a straggling
+    // write, or a leftover of an earlier move).
+    let repair = Message::Repair {
+        keyspace: "default".into(),
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        record: stale,
+    };
+    c.step(NodeId(4), |e, env| e.handle_message(env, NodeId(1), repair));
+    c.begin_move_everywhere(&ids(&[1, 2, 3, 4]));
+    c.handoff_everywhere();
+    c.finish_everywhere();
+    let held = c.stored(4, &key).unwrap();
+    assert_eq!(held.value, None, "the gained owner got the tombstone");
+    c.down = BTreeSet::from([NodeId(3)]);
+    assert_eq!(c.get(4, &key), Outcome::Read { value: None });
+}
+
+#[test]
+fn a_joint_quorum_counts_each_ring_apart() {
+    let placement = Placement {
+        current: ids(&[1, 2, 3]),
+        next: Some(ids(&[1, 2, 4])),
+    };
+    assert_eq!(placement.all(), ids(&[1, 2, 3, 4]));
+    let got = |set: &[u32]| {
+        let set = ids(set);
+        move |n: NodeId| set.contains(&n)
+    };
+    assert!(placement.met(got(&[1, 2]), 2), "two owners of both rings");
+    assert!(
+        !placement.met(got(&[1, 3]), 2),
+        "one owner of the next ring"
+    );
+    assert!(
+        !placement.met(got(&[2, 4]), 2),
+        "one owner of the current ring"
+    );
+    assert!(placement.met(got(&[1, 3, 4]), 2));
+    assert_eq!(placement.count(got(&[3, 4])), 1);
+    assert!(placement.possible(got(&[3]), 2) && !placement.possible(got(&[1, 4]), 2));
+    let fixed = Placement {
+        current: ids(&[1, 2, 3]),
+        next: None,
+    };
+    assert!(fixed.met(got(&[1, 3]), 2));
 }

@@ -3,7 +3,11 @@
 //! reorders, loses and duplicates messages, one crash and restart of a random node (losing the
 //! writes of the step it crashed in, which were never synced), and one join or decommission
 //! driven through the three phases by a small metadata driver (every node learns each phase at
-//! its own time, and reports back; a down node learns once it is back).
+//! its own time, and reports back; a down node learns once it is back). Half the seeds run a
+//! second move after the first (a join, possibly of the node that left, or a decommission).
+//! Anti-entropy runs in one seed of four; the load also reads (at R=2) in one seed of three, and
+//! each such read must see every write acknowledged before it started. (Both heal what a
+//! planted bug loses, so the other seeds run without them.)
 //!
 //! At the end everything is healed and checked, first on the disks, then through reads:
 //!
@@ -16,7 +20,11 @@
 //! - a read at R=N through the new ring sees the same;
 //! - no node holds a move in progress, and every ring is the next one.
 //!
-//! A failing seed prints itself; `MEMBERSHIP_SEED=<seed>` replays exactly that one.
+//! A failing seed prints itself; `MEMBERSHIP_SEED=<seed>` replays exactly that one
+//! (`MEMBERSHIP_SEEDS=<count>` runs seeds 0..count instead of 1,000; `MEMBERSHIP_VERBOSE=1`
+//! prints each run's rings, crash and counts). Two planted bugs must be caught within the first
+//! 200 seeds: a handoff from the first owner of each key only, and writes during the move on
+//! the current ring only.
 
 use super::*;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -62,7 +70,7 @@ enum Fate {
     Unknown,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Op {
     Lww {
         key: usize,
@@ -75,8 +83,24 @@ enum Op {
         key: usize,
         element: u64,
     },
+    /// A read during the load: it must see every write acknowledged before it started.
+    Read {
+        key: usize,
+        floor: Floor,
+    },
     /// A final read (its outcome is checked where it is issued).
     Check,
+}
+
+/// What a read during the load must see at least.
+#[derive(Clone, Debug)]
+enum Floor {
+    /// The last acknowledged index of the LWW key, if any.
+    Lww(Option<usize>),
+    /// Acknowledged increments.
+    Counter(u64),
+    /// Acknowledged elements.
+    Set(Vec<u64>),
 }
 
 struct SimNode {
@@ -85,9 +109,10 @@ struct SimNode {
     hlc: Hlc,
     up: bool,
     restart_at: Option<Instant>,
-    /// The last phase of the move this node learnt (durable metadata of the node layer):
-    /// 0 none, 1 begin, 2 handoff, 3 finish.
-    known: u8,
+    /// The last stage this node learnt (durable metadata of the node layer): 0 none, then
+    /// for move m (from `rings[m]` to `rings[m + 1]`) 3m + 1 begin, 3m + 2 handoff, 3m + 3
+    /// finish.
+    known: usize,
 }
 
 struct Sim {
@@ -101,11 +126,13 @@ struct Sim {
     loss: f64,
     duplication: f64,
     delay_ms_max: u64,
-    current: Vec<NodeId>,
-    next: Vec<NodeId>,
+    /// The ring before each move, and after the last.
+    rings: Vec<Vec<NodeId>>,
     // The metadata driver.
-    move_at: Instant,
-    phase: u8,
+    /// When the next move begins (decided once the previous one finished everywhere).
+    move_at: Option<Instant>,
+    /// The last stage decided (as `SimNode::known`).
+    stage: usize,
     learn_at: BTreeMap<NodeId, Instant>,
     ready: BTreeSet<NodeId>,
     handed_off: BTreeSet<NodeId>,
@@ -124,6 +151,31 @@ struct Sim {
     counters: Vec<(u64, u64)>,
     sets: Vec<BTreeMap<u64, Fate>>,
     next_element: u64,
+    /// Whether the load reads too (one seed of three: read repair heals some of what a lost
+    /// handoff loses, which the other seeds must be able to see).
+    reads: bool,
+    /// What reads during the load saw wrong.
+    violations: Vec<String>,
+}
+
+/// The elements of a set read (`None`: empty).
+fn set_members(view: Option<View>) -> BTreeSet<u64> {
+    match view {
+        None => BTreeSet::new(),
+        Some(View::Set(members)) => members
+            .iter()
+            .map(|m| std::str::from_utf8(m).unwrap().parse().unwrap())
+            .collect(),
+        Some(other) => panic!("a set reads as a set: {other:?}"),
+    }
+}
+
+/// Stage `stage` (> 0) as (move, phase 1..=3).
+fn split(stage: usize) -> (usize, u8) {
+    if stage == 0 {
+        return (0, 0);
+    }
+    ((stage - 1) / 3, ((stage - 1) % 3 + 1) as u8)
 }
 
 fn value_of(key: usize, index: usize) -> Bytes {
@@ -142,16 +194,31 @@ fn index_of(value: &[u8]) -> usize {
 impl Sim {
     fn new(seed: u64, config: LeaderlessConfig) -> Sim {
         let mut rng = DetRng::seed_from_u64(seed);
+        // One move, or two in half the seeds: each a join (a fresh node, or one that left in
+        // the first move and comes back with what it kept) or a decommission (down to 3 nodes).
         let size = rng.between(4, 5) as u32;
-        let join = rng.chance(0.5);
-        let all: Vec<NodeId> = (1..=size).map(NodeId).collect();
-        let (current, next) = if join {
-            (all[..all.len() - 1].to_vec(), all.clone())
-        } else {
-            let leaving = all[rng.below(all.len() as u64) as usize];
-            let next = all.iter().copied().filter(|n| *n != leaving).collect();
-            (all.clone(), next)
-        };
+        let mut rings: Vec<Vec<NodeId>> = vec![(1..=size).map(NodeId).collect()];
+        let mut fresh = size + 1;
+        let mut left: Vec<NodeId> = Vec::new();
+        let moves = if rng.chance(0.5) { 2 } else { 1 };
+        for _ in 0..moves {
+            let ring = rings.last().expect("a ring").clone();
+            let mut next = ring.clone();
+            if ring.len() > 3 && rng.chance(0.5) {
+                let leaving = ring[rng.below(ring.len() as u64) as usize];
+                next.retain(|n| *n != leaving);
+                left.push(leaving);
+            } else if let Some(back) = left.pop().filter(|_| rng.chance(0.5)) {
+                next.push(back);
+            } else {
+                next.push(NodeId(fresh));
+                fresh += 1;
+            }
+            next.sort();
+            rings.push(next);
+        }
+        let all: Vec<NodeId> = (1..fresh).map(NodeId).collect();
+        let current = rings[0].clone();
         let nodes = all
             .iter()
             .map(|&id| {
@@ -181,10 +248,9 @@ impl Sim {
             nodes,
             net: BTreeMap::new(),
             seq: 0,
-            current,
-            next,
-            move_at,
-            phase: 0,
+            rings,
+            move_at: Some(move_at),
+            stage: 0,
             learn_at: BTreeMap::new(),
             ready: BTreeSet::new(),
             handed_off: BTreeSet::new(),
@@ -200,6 +266,8 @@ impl Sim {
             counters: vec![(0, 0); COUNTER_KEYS],
             sets: vec![BTreeMap::new(); SET_KEYS],
             next_element: 1,
+            reads: seed % 3 == 2,
+            violations: Vec::new(),
         }
     }
 
@@ -289,6 +357,37 @@ impl Sim {
             Op::Set { key, element } => {
                 self.sets[key].insert(element, fate);
             }
+            Op::Read { key, floor } => {
+                let verdict = match (&floor, outcome) {
+                    (Floor::Lww(last_acked), Some(Outcome::Read { value })) => {
+                        self.check_lww_from(key, *last_acked, value.as_deref())
+                    }
+                    (Floor::Counter(acked), Some(Outcome::State(view))) => {
+                        let value = match view {
+                            Some(View::Counter(v)) => v,
+                            None => 0,
+                            other => panic!("a counter reads as a counter: {other:?}"),
+                        };
+                        if value < i128::from(*acked) {
+                            Err(format!("ctr key{key} read {value} < {acked} acknowledged"))
+                        } else {
+                            Ok(())
+                        }
+                    }
+                    (Floor::Set(acked), Some(Outcome::State(view))) => {
+                        let held = set_members(view);
+                        match acked.iter().find(|e| !held.contains(e)) {
+                            Some(e) => Err(format!("set key{key} read without acknowledged {e}")),
+                            None => Ok(()),
+                        }
+                    }
+                    _ => Ok(()), // failed, or cut by the crash: nothing to check
+                };
+                if let Err(e) = verdict {
+                    self.violations
+                        .push(format!("a read during the load (at {:?}): {e}", self.now));
+                }
+            }
             Op::Check => {
                 if let Some(outcome) = outcome {
                     self.outcomes.insert(request, outcome);
@@ -300,10 +399,12 @@ impl Sim {
     fn restart(&mut self, id: NodeId) {
         let wall_ms = self.wall_ms();
         let first_op = self.rng.next_u64() >> 1;
-        let members = if self.nodes[&id].known >= 3 {
-            self.next.clone()
+        let known = self.nodes[&id].known;
+        let (m, p) = split(known);
+        let members = if p == 3 {
+            self.rings[m + 1].clone()
         } else {
-            self.current.clone()
+            self.rings[m].clone()
         };
         let node = self.nodes.get_mut(&id).expect("a node");
         let started = node.hlc.now(wall_ms);
@@ -312,13 +413,12 @@ impl Sim {
         node.up = true;
         node.restart_at = None;
         // The node layer replays the move's phases from its durable metadata.
-        let known = node.known;
         self.step(id, |e, env| e.handle_timeout(env));
-        if known == 1 || known == 2 {
-            let next = self.next.clone();
+        if p == 1 || p == 2 {
+            let next = self.rings[m + 1].clone();
             self.step(id, |e, env| e.begin_move(env, &next));
         }
-        if known == 2 {
+        if p == 2 {
             self.step(id, |e, env| {
                 e.start_handoff(env, &[lww(), counters(), sets()])
             });
@@ -328,22 +428,34 @@ impl Sim {
     /// The metadata driver: decides each phase once the previous one is reported done, and
     /// tells every node at its own time.
     fn drive(&mut self) {
-        if self.phase == 0 && self.now >= self.move_at {
-            self.advance();
+        let moves = self.rings.len() - 1;
+        let (m, p) = split(self.stage);
+        let everyone_knows = self.nodes.values().all(|n| n.known >= self.stage);
+        if (self.stage == 0 || p == 3) && self.stage < 3 * moves && everyone_knows {
+            match self.move_at {
+                Some(at) if self.now >= at => self.advance(),
+                Some(_) => {}
+                None => {
+                    let wait = Duration::from_millis(self.rng.between(50, 300));
+                    self.move_at = Some(self.now + wait);
+                }
+            }
         }
+        let stage = self.stage;
         let due: Vec<NodeId> = self
             .learn_at
             .iter()
             .filter(|(id, at)| {
-                **at <= self.now && self.nodes[*id].up && self.nodes[*id].known < self.phase
+                **at <= self.now && self.nodes[*id].up && self.nodes[*id].known < stage
             })
             .map(|(id, _)| *id)
             .collect();
+        let (m, p) = if stage == 0 { (m, 0) } else { split(stage) };
         for id in due {
-            self.nodes.get_mut(&id).expect("a node").known = self.phase;
-            match self.phase {
+            self.nodes.get_mut(&id).expect("a node").known = stage;
+            match p {
                 1 => {
-                    let next = self.next.clone();
+                    let next = self.rings[m + 1].clone();
                     self.step(id, |e, env| e.begin_move(env, &next));
                 }
                 2 => self.step(id, |e, env| {
@@ -353,26 +465,32 @@ impl Sim {
                 _ => unreachable!(),
             }
         }
+        if stage == 0 {
+            return;
+        }
         for (id, node) in &self.nodes {
-            if !node.up {
+            if !node.up || node.known < stage {
                 continue;
             }
-            if self.phase == 1 && node.known >= 1 && node.engine.move_ready() {
+            if p == 1 && node.engine.move_ready() {
                 self.ready.insert(*id);
             }
-            if self.phase == 2 && node.known >= 2 && node.engine.handoff_done() {
+            if p == 2 && node.engine.handoff_done() {
                 self.handed_off.insert(*id);
             }
         }
         let everyone = self.ready.len() == self.nodes.len();
-        let old_owners = self.current.iter().all(|n| self.handed_off.contains(n));
-        if (self.phase == 1 && everyone) || (self.phase == 2 && old_owners) {
+        let old_owners = self.rings[m].iter().all(|n| self.handed_off.contains(n));
+        if (p == 1 && everyone) || (p == 2 && old_owners) {
             self.advance();
         }
     }
 
     fn advance(&mut self) {
-        self.phase += 1;
+        self.stage += 1;
+        self.move_at = None;
+        self.ready.clear();
+        self.handed_off.clear();
         let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
         for id in ids {
             let at = self.now + Duration::from_millis(self.rng.between(0, 200));
@@ -381,7 +499,8 @@ impl Sim {
     }
 
     fn finished(&self) -> bool {
-        self.phase == 3 && self.nodes.values().all(|n| n.known == 3)
+        let last = 3 * (self.rings.len() - 1);
+        self.stage == last && self.nodes.values().all(|n| n.known == last)
     }
 
     fn up_node(&mut self) -> Option<NodeId> {
@@ -400,8 +519,33 @@ impl Sim {
         };
         let request = RequestId(self.next_request);
         self.next_request += 1;
-        let roll = self.rng.below(10);
-        if roll < 6 {
+        let roll = self.rng.below(12);
+        if roll >= 10 && !self.reads {
+            return;
+        }
+        if roll >= 10 {
+            let policy = self.rng.below(3);
+            let keys = [LWW_KEYS, COUNTER_KEYS, SET_KEYS][policy as usize];
+            let key = self.rng.below(keys as u64) as usize;
+            let floor = match policy {
+                0 => Floor::Lww(self.lww[key].iter().rposition(|f| *f == Fate::Acked)),
+                1 => Floor::Counter(self.counters[key].0),
+                _ => Floor::Set(
+                    self.sets[key]
+                        .iter()
+                        .filter(|(_, f)| **f == Fate::Acked)
+                        .map(|(e, _)| *e)
+                        .collect(),
+                ),
+            };
+            self.ops.insert(request, (via, Op::Read { key, floor }));
+            let k = key_of(key);
+            match policy {
+                0 => self.step(via, |e, env| e.read(env, request, &lww(), k, R)),
+                1 => self.step(via, |e, env| e.read_state(env, request, &counters(), k, R)),
+                _ => self.step(via, |e, env| e.read_state(env, request, &sets(), k, R)),
+            }
+        } else if roll < 6 {
             let key = self.rng.below(LWW_KEYS as u64) as usize;
             if self.lww_busy[key] {
                 return; // one write per key at a time: their order is the client's
@@ -481,8 +625,8 @@ impl Sim {
         loop {
             if self.now >= Instant::ZERO + RUN_LIMIT {
                 return Err(format!(
-                    "stuck: phase {} ready {:?} handed off {:?} ops {}",
-                    self.phase,
+                    "stuck: stage {} ready {:?} handed off {:?} ops {}",
+                    self.stage,
                     self.ready,
                     self.handed_off,
                     self.ops.len()
@@ -510,14 +654,19 @@ impl Sim {
         self.loss = 0.0;
         self.duplication = 0.0;
         let limit = self.now + Duration::from_secs(10);
-        while (self.nodes.values().any(|n| !n.up) || !self.net.is_empty()) && self.now < limit {
+        while self.nodes.values().any(|n| !n.up) && self.now < limit {
+            self.tick();
+        }
+        // Let what is in flight land (anti-entropy keeps some traffic going for good).
+        let settled = self.now + Duration::from_millis(500);
+        while self.now < settled {
             self.tick();
         }
         for (id, node) in &self.nodes {
             if node.engine.is_moving() || node.engine.move_status().is_some() {
                 return Err(format!("{id} still holds a move in progress"));
             }
-            if node.engine.ring().nodes() != self.next.as_slice() {
+            if node.engine.ring().nodes() != self.rings.last().expect("a ring").as_slice() {
                 return Err(format!(
                     "{id} is on the ring {:?}",
                     node.engine.ring().nodes()
@@ -550,10 +699,8 @@ impl Sim {
                 .map(|s| s.anti_entropy_ranges_compared)
                 .sum();
             println!(
-                "{:?} -> {:?}: move at {:?}, crash of {} at {:?}, end {:?}, lww acked {acked} unknown {unknown}, counters {:?}, set adds {}, handoff keys received {received}, anti-entropy ranges compared {compared}",
-                self.current,
-                self.next,
-                self.move_at,
+                "{:?}: crash of {} at {:?}, end {:?}, lww acked {acked} unknown {unknown}, counters {:?}, set adds {}, handoff keys received {received}, anti-entropy ranges compared {compared}",
+                self.rings,
                 self.crash_node,
                 self.crash_at,
                 self.now,
@@ -561,13 +708,17 @@ impl Sim {
                 self.sets.iter().map(|s| s.len()).sum::<usize>()
             );
         }
+        if let Some(v) = self.violations.first() {
+            return Err(format!("{v} ({} in all)", self.violations.len()));
+        }
         self.check_disks()?;
         self.check_reads()
     }
 
     /// The owners of `key` of `keyspace` on the new ring.
     fn owners(&self, keyspace: &KeyspaceConfig, key: &[u8]) -> Vec<NodeId> {
-        self.nodes[&self.next[0]].engine.replicas(keyspace, key)
+        let last = self.rings.last().expect("a ring");
+        self.nodes[&last[0]].engine.replicas(keyspace, key)
     }
 
     /// Every R-subset of the new owners holds every acknowledged write.
@@ -611,8 +762,19 @@ impl Sim {
     }
 
     fn check_lww(&self, key: usize, value: Option<&[u8]>) -> Result<(), String> {
+        let last_acked = self.lww[key].iter().rposition(|f| *f == Fate::Acked);
+        self.check_lww_from(key, last_acked, value)
+    }
+
+    /// `value` is index `last_acked` of `key`, a later one, or one whose fate is unknown.
+    fn check_lww_from(
+        &self,
+        key: usize,
+        last_acked: Option<usize>,
+        value: Option<&[u8]>,
+    ) -> Result<(), String> {
         let fates = &self.lww[key];
-        let Some(last_acked) = fates.iter().rposition(|f| *f == Fate::Acked) else {
+        let Some(last_acked) = last_acked else {
             return Ok(());
         };
         let Some(value) = value else {
@@ -662,10 +824,7 @@ impl Sim {
                 }
             }
             Some(View::Set(members)) => {
-                let held: BTreeSet<u64> = members
-                    .iter()
-                    .map(|m| std::str::from_utf8(m).unwrap().parse().unwrap())
-                    .collect();
+                let held = set_members(Some(View::Set(members)));
                 for (element, fate) in &self.sets[key] {
                     if *fate == Fate::Acked && !held.contains(element) {
                         return Err(format!("set key{key}: acknowledged add of {element} lost"));
