@@ -39,6 +39,22 @@ fn members(addr: SocketAddr) -> BTreeMap<String, String> {
     }
 }
 
+/// Field `field` of keyspace `prefs`'s line in `INFO` on `addr` (0 if absent).
+fn prefs_counter(addr: SocketAddr, field: &str) -> u64 {
+    let text = match connect(addr).call(&["INFO"]).unwrap() {
+        Value::Bulk(b) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("INFO answered {other:?}"),
+    };
+    text.lines()
+        .find_map(|l| l.trim_end().strip_prefix("keyspace_prefs:"))
+        .and_then(|line| {
+            line.split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{field}=")))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Waits until every node of `nodes` shows no move and the ring `ring`.
 fn wait_for_ring(c: &LocalCluster, nodes: &[u32], ring: &str) {
     let deadline = Instant::now() + TIMEOUT;
@@ -146,6 +162,9 @@ fn a_node_joins_and_is_decommissioned_under_load_without_losing_a_write() {
     let at_join = acked.lock().unwrap().len();
     wait_for_ring(&c, &[1, 2, 3, four], "n1,n2,n3,n4");
     let joined_in = started.elapsed();
+    // The keys it gained came in the handoff (and the founders' INFO shows the ring).
+    let handed = prefs_counter(c.node(four).resp, "move_keys_received");
+    assert!(handed > 0, "n4 received no key in the handoff");
     writers.extend(start_load(
         vec![c.node(four).resp],
         stop.clone(),
@@ -194,7 +213,7 @@ fn a_node_joins_and_is_decommissioned_under_load_without_losing_a_write() {
         }
     }
     eprintln!(
-        "join decided and finished after {joined_in:?}; {} acknowledged writes ({at_join} before the join, {at_leave} before the decommission) all read back; {:?} in all",
+        "join decided and finished after {joined_in:?} ({handed} keys handed to n4); {} acknowledged writes ({at_join} before the join, {at_leave} before the decommission) all read back; {:?} in all",
         acked.len(),
         started.elapsed()
     );

@@ -99,7 +99,7 @@ fn render_leaderless(
 ) {
     let _ = writeln!(
         s,
-        "keyspace_{}:model={},n={},r={},w={},merge={},quorum={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},clock_ahead_refused={},clock_ahead_copied={},write_restamps={},siblings_created={},siblings_resolved={},forwarded={},hinted_writes={},hints_stored={},hints_pending={},hints_delivered={},anti_entropy_keys_repaired={},tombstones_collected={}\r",
+        "keyspace_{}:model={},n={},r={},w={},merge={},quorum={},reads={},writes={},read_repairs={},quorum_failures={},lww_discarded={},clock_ahead_refused={},clock_ahead_copied={},write_restamps={},siblings_created={},siblings_resolved={},forwarded={},hinted_writes={},hints_stored={},hints_pending={},hints_delivered={},anti_entropy_keys_repaired={},tombstones_collected={},move_keys_received={}\r",
         k.name,
         k.model,
         k.n,
@@ -123,7 +123,8 @@ fn render_leaderless(
         st.hints_pending,
         st.hints_delivered,
         st.anti_entropy_keys_repaired,
-        st.tombstones_collected
+        st.tombstones_collected,
+        st.move_keys_received
     );
 }
 

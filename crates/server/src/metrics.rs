@@ -226,6 +226,11 @@ impl OpMetrics {
                     s.anti_entropy_exchanges_abandoned,
                 ),
                 ("triarch_tombstones_collected_total", s.tombstones_collected),
+                ("triarch_move_keys_received_total", s.move_keys_received),
+                (
+                    "triarch_hints_dropped_owner_left_total",
+                    s.hints_dropped_owner_left,
+                ),
             ];
             for (name, value) in counters {
                 counter!(name, "keyspace" => ks.clone()).absolute(value);
