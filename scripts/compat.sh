@@ -120,4 +120,18 @@ echo "$OUT"
 [ "$(echo "$OUT" | grep -c 'requests per second')" = 2 ] || { echo "compat: redis-benchmark on a primary-backup keyspace did not finish"; exit 1; }
 redis-benchmark -p "$P3" -n 5000 -c 50 -q INCR balance:bench 2>&1 | tr '\r' '\n' | grep 'requests per second'
 [ "$(redis-cli -p "$P1" GET balance:bench)" = "5000" ] || { echo "compat: INCR count $(redis-cli -p "$P1" GET balance:bench), expected 5000"; exit 1; }
+echo "== redis-py SET NX (a compare-and-set against absence) on primary-backup and leaderless keys"
+python3 - "$P2" <<'PY'
+import sys, redis
+r = redis.Redis(port=int(sys.argv[1]))
+assert r.set("balance:nx", "first", nx=True) is True
+assert r.set("balance:nx", "second", nx=True) is None, "NX overwrote an existing key"
+assert r.get("balance:nx") == b"first"
+try:
+    r.set("plain-nx", "v", nx=True)
+    raise SystemExit("compat: SET NX on a leaderless key was accepted")
+except redis.ResponseError as e:
+    assert "primary-backup" in str(e), e
+print("SET NX ok")
+PY
 echo "compat: all clients ok"

@@ -68,6 +68,9 @@ enum Combine {
     Get,
     /// SET: +OK.
     Set,
+    /// SET ... NX on a primary-backup key (a compare-and-set against absence): +OK, or null
+    /// when the key existed.
+    SetNx,
     /// DEL: number of keys that existed.
     Del,
     /// EXISTS: number of keys present.
@@ -424,6 +427,8 @@ fn combine(command: &'static str, kind: Combine, parts: Vec<Option<NodeReply>>) 
             siblings_reply(view)
         }
         (Combine::Cas, Some(NodeReply::Swapped(swapped))) => Reply::Integer(i64::from(swapped)),
+        (Combine::SetNx, Some(NodeReply::Swapped(true))) => Reply::ok(),
+        (Combine::SetNx, Some(NodeReply::Swapped(false))) => Reply::Null,
         (Combine::Exec(_), Some(NodeReply::Exec(None))) => Reply::NullArray,
         (Combine::Exec(kinds), Some(NodeReply::Exec(Some(results)))) => exec_reply(&kinds, results),
         (Combine::Admin(kind), Some(r)) => admin_reply(kind, r),
@@ -703,7 +708,11 @@ async fn dispatch(
     let argc = args.len();
     let ready = |r: Reply| Action::Slot(ready_slot(seq, r));
     // The command's name for errors, as a static string (no allocation per command).
-    let command = static_name(&name);
+    let command = if name == "SET" && argc == 4 && upper(&args[3]) == "NX" {
+        "SET ... NX"
+    } else {
+        static_name(&name)
+    };
     // Submits `requests` as the parts of one slot, with the connection's read settings for
     // the core to apply to GETs of primary-backup keys.
     let submit_reads = |combine: Combine, requests: Vec<Request>, reads: Option<ReadOptions>| async move {
@@ -842,8 +851,17 @@ async fn dispatch(
             };
             submit(Combine::Set, vec![request]).await
         }
+        // Only primary-backup keyspaces can decide "if absent" atomically (a compare-and-set).
+        "SET" if argc == 4 && upper(&args[3]) == "NX" => {
+            let request = Request::Cas {
+                key: args[1].clone(),
+                expected: None,
+                new: args[2].clone(),
+            };
+            submit(Combine::SetNx, vec![request]).await
+        }
         "SET" if argc > 3 => ready(Reply::error(
-            "ERR SET options (EX, PX, NX, XX, GET, KEEPTTL) are not supported by Triarch",
+            "ERR SET options (EX, PX, XX, GET, KEEPTTL) are not supported by Triarch; NX is, on primary-backup keyspaces",
         )),
         "DEL" | "UNLINK" if argc >= 2 => {
             let requests = args[1..]
@@ -1678,6 +1696,29 @@ mod tests {
         assert_eq!(
             combine("HGET", Combine::Field(b("x")), one(map.clone())),
             Reply::Null
+        );
+        // SET NX: OK when it wrote, nil when the key existed, the node's error otherwise.
+        assert_eq!(
+            combine("SET ... NX", Combine::SetNx, one(NodeReply::Swapped(true))),
+            Reply::ok()
+        );
+        assert_eq!(
+            combine("SET ... NX", Combine::SetNx, one(NodeReply::Swapped(false))),
+            Reply::Null
+        );
+        let leaderless = triarch_node::RequestError::NeedsPrimaryBackup {
+            keyspace: "default".into(),
+            model: Model::Leaderless,
+        };
+        assert_eq!(
+            combine(
+                "SET ... NX",
+                Combine::SetNx,
+                one(NodeReply::Error(leaderless))
+            ),
+            Reply::error(
+                "ERR keyspace 'default' is leaderless; SET ... NX needs a primary-backup keyspace"
+            )
         );
         assert_eq!(
             combine("HGETALL", Combine::Fields, one(map)),
