@@ -40,26 +40,32 @@ pub fn node_config(
     planted_bug: bool,
 ) -> Result<ServerConfig> {
     let peer = |i: u32| SocketAddr::from((host_ip(i), PEER_PORT)).to_string();
+    use crate::Workload as W;
+    let name = workload.keyspace();
     let keyspace = match workload {
-        crate::Workload::SingleWriter => serde_json::json!({
-            "name": crate::client::KEYSPACE,
+        W::SingleWriter | W::Counter | W::Set => serde_json::json!({
+            "name": name,
             "model": "leaderless",
             "n": 3,
             "r": 2,
             "w": 2,
-            "merge": "lww",
+            "merge": match workload {
+                W::Counter => "counter",
+                W::Set => "set",
+                _ => "lww",
+            },
         }),
-        crate::Workload::Registers => serde_json::json!({
-            "name": crate::client::KEYSPACE,
+        W::Registers | W::Bank => serde_json::json!({
+            "name": name,
             "model": "primary-backup",
             "n": 3,
         }),
         // As `triarch up`: N = min(3, nodes in the smallest region) voters per region.
-        crate::Workload::Cart => serde_json::json!({
-            "name": crate::client::CART_KEYSPACE,
+        W::Cart | W::MlCounter => serde_json::json!({
+            "name": name,
             "model": "multi-leader",
             "n": (nodes / CART_REGIONS).clamp(1, 3),
-            "merge": "set",
+            "merge": if workload == W::Cart { "set" } else { "counter" },
         }),
     };
     let members: Vec<serde_json::Value> = (1..=nodes)
@@ -76,7 +82,7 @@ pub fn node_config(
         "keyspaces": [keyspace],
         "request_timeout_ms": 1_000,
         "clock_forward_bound_ms": 60_000,
-        "bug_ack_before_quorum": planted_bug && workload == crate::Workload::SingleWriter,
+        "bug_ack_before_quorum": planted_bug && matches!(workload, W::SingleWriter | W::Set),
         "bug_local_reads": planted_bug && workload == crate::Workload::Registers,
     });
     let config: ServerConfig =
@@ -87,14 +93,15 @@ pub fn node_config(
     Ok(config)
 }
 
-/// Regions of `--workload cart` (the other workloads run in one region, `r1`).
+/// Regions of the multi-leader workloads (the other workloads run in one region, `r1`).
 pub const CART_REGIONS: u32 = 3;
 
-/// Node `id`'s region: `r((id - 1) % 3 + 1)` for the cart workload, else `r1`.
+/// Node `id`'s region: `r((id - 1) % 3 + 1)` for the multi-leader workloads, else `r1`.
 pub fn region(workload: crate::Workload, id: u32) -> String {
-    match workload {
-        crate::Workload::Cart => format!("r{}", (id - 1) % CART_REGIONS + 1),
-        _ => "r1".into(),
+    if workload.is_multileader() {
+        format!("r{}", (id - 1) % CART_REGIONS + 1)
+    } else {
+        "r1".into()
     }
 }
 

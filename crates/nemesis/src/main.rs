@@ -54,8 +54,10 @@ struct RunArgs {
     /// (default: all; with --planted-bug: partition).
     #[arg(long)]
     faults: Option<String>,
-    /// Nodes acknowledge writes once one replica holds them (bug_ack_before_quorum); registers:
-    /// bug_local_reads; cart: the client records some SADDs as acknowledged without sending them.
+    /// single-writer and set: nodes acknowledge writes once one replica holds them
+    /// (bug_ack_before_quorum); registers: bug_local_reads; cart: the client records some SADDs
+    /// as acknowledged without sending them; bank: transfers without WATCH; counter and
+    /// ml-counter: some INCRBYs recorded as acknowledged but never sent, some sent twice.
     #[arg(long)]
     planted_bug: bool,
     /// Succeed only if some checker fails (use with --planted-bug).
@@ -68,8 +70,11 @@ struct RunArgs {
     #[arg(long, default_value_t = 8)]
     keys: u64,
     /// single-writer (a leaderless keyspace, the single-writer checker), registers (a
-    /// primary-backup keyspace, linearizability per key) or cart (a multi-leader add-wins set
-    /// over regions r1..r3, the cart checker; --keys carts, one writer per cart).
+    /// primary-backup keyspace, linearizability per key), cart (a multi-leader add-wins set
+    /// over regions r1..r3, the cart checker; --keys carts), bank (primary-backup transfers
+    /// with WATCH/MULTI/EXEC between --keys accounts: total conserved, no negative balance),
+    /// counter (leaderless counters), ml-counter (multi-leader counters over regions r1..r3)
+    /// or set (a leaderless add-wins set: lost, unexpected, stale).
     #[arg(long, default_value = "single-writer")]
     workload: String,
     /// Reader processes (default: as many as keys).
@@ -244,20 +249,21 @@ fn check_command(dir: &std::path::Path) -> Result<bool> {
         bail!("no n1.toml in {}: not a run directory", dir.display());
     }
     let keys = parsed.events.iter().map(|e| e.key + 1).max().unwrap_or(0);
-    // The workload the run used, from its keyspace's model.
-    let n1 = std::fs::read_to_string(dir.join("n1.toml"))?;
-    let workload = if n1.contains("multi-leader") {
-        Workload::Cart
-    } else if n1.contains("primary-backup") {
-        Workload::Registers
-    } else {
-        Workload::SingleWriter
+    // The workload the run used (runs older than the `workload` file: from the model).
+    let workload = match std::fs::read_to_string(dir.join("workload")) {
+        Ok(name) => Workload::parse(name.trim()).map_err(anyhow::Error::msg)?,
+        Err(_) => {
+            let n1 = std::fs::read_to_string(dir.join("n1.toml"))?;
+            if n1.contains("multi-leader") {
+                Workload::Cart
+            } else if n1.contains("primary-backup") {
+                Workload::Registers
+            } else {
+                Workload::SingleWriter
+            }
+        }
     };
-    let results = if workload == Workload::Cart {
-        check::cart_all(&parsed.events, nodes, keys)
-    } else {
-        check::check_all(&parsed.history, workload, nodes, keys)
-    };
+    let results = check::check_run(&parsed, workload, nodes, keys);
     let (ok, fail, info) = parsed.history.outcome_counts();
     println!(
         "{} events: {ok} ok, {fail} fail, {info} info",

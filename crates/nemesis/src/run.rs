@@ -208,6 +208,10 @@ pub fn run(options: &RunOptions, interrupted: &Interrupted) -> Result<RunOutcome
     let dir = options.dir.canonicalize()?;
     let schedule = Schedule::generate(options.seed, &schedule_options(options));
     std::fs::write(dir.join("schedule.txt"), schedule.to_string())?;
+    std::fs::write(
+        dir.join("workload"),
+        format!("{}\n", options.workload.name()),
+    )?;
     eprintln!("triarch-nemesis: {}", options.replay_command());
     eprintln!("  run directory {}", dir.display());
 
@@ -247,16 +251,7 @@ pub fn run(options: &RunOptions, interrupted: &Interrupted) -> Result<RunOutcome
 
     let check_started = Instant::now();
     let parsed = history::read(&dir.join("history.jsonl"))?;
-    let results = if options.workload == crate::Workload::Cart {
-        check::cart_all(&parsed.events, options.nodes, options.keys)
-    } else {
-        check::check_all(
-            &parsed.history,
-            options.workload,
-            options.nodes,
-            options.keys,
-        )
-    };
+    let results = check::check_run(&parsed, options.workload, options.nodes, options.keys);
     timings.check = check_started.elapsed();
     let checkers_failed = results.iter().any(|r| !r.is_ok()) || !driven.unexpected_exits.is_empty();
     let passed = checkers_failed == options.expect_failure;
@@ -376,7 +371,16 @@ fn drive(
         options.workload.name().into(),
     ];
     let mut client_args = client_args;
-    if options.planted_bug && options.workload == crate::Workload::Cart {
+    // Client-side planted bugs (the others are node flags, in the configurations).
+    if options.planted_bug
+        && matches!(
+            options.workload,
+            crate::Workload::Cart
+                | crate::Workload::Bank
+                | crate::Workload::Counter
+                | crate::Workload::MlCounter
+        )
+    {
         client_args.push("--planted-bug".into());
     }
     harness.spawn_client(&self_exe, &client_args)?;
@@ -523,14 +527,14 @@ fn drive(
     timings.settle = settle_started.elapsed();
 
     let final_started = Instant::now();
-    timeline.log(if options.workload == crate::Workload::Cart {
-        "final reads: SMEMBERS of every cart through every node until all agree"
+    timeline.log(if options.workload.polls_finally() {
+        "final reads: every key through every node until all agree"
     } else {
         "final reads at R=3 through every node"
     });
     harness.client.as_mut().expect("client").send("final")?;
     let mut final_wait = Duration::from_secs(45) + options.timeout * 6 * options.keys as u32;
-    if options.workload == crate::Workload::Cart {
+    if options.workload.polls_finally() {
         // The client polls for up to 60 s, then a round may take a timeout per read.
         final_wait +=
             Duration::from_secs(60) + options.timeout * options.nodes * options.keys as u32;
@@ -595,6 +599,26 @@ fn summary(
             "client-side: every 50th SADD recorded as acknowledged, never sent",
             "carts (writers SADD unique elements to random carts, SREM some of their own)",
         ),
+        crate::Workload::Bank => (
+            "primary-backup, N=3",
+            "client-side: transfers without WATCH (read, then MULTI SET SET EXEC on stale balances)",
+            "bank (accounts of 100; writers transfer 1..20 with WATCH/MULTI/EXEC, readers read every balance in one MULTI/EXEC)",
+        ),
+        crate::Workload::Counter => (
+            "leaderless, N=3 R=2 W=2, counter",
+            "client-side: every 50th INCRBY recorded as acknowledged, never sent; every 50th (+25) sent twice",
+            "counters (writers INCRBY 1..5 to random counters, readers GET)",
+        ),
+        crate::Workload::MlCounter => (
+            "multi-leader over regions r1..r3, counter",
+            "client-side: every 50th INCRBY recorded as acknowledged, never sent; every 50th (+25) sent twice",
+            "counters (writers INCRBY 1..5 to random counters, readers GET)",
+        ),
+        crate::Workload::Set => (
+            "leaderless, N=3 R=2 W=2, add-wins set",
+            "bug_ack_before_quorum",
+            "sets (writers SADD unique elements to random sets, SREM some of their own; readers SMEMBERS)",
+        ),
     };
     let _ = writeln!(
         s,
@@ -612,10 +636,10 @@ fn summary(
         "workload:   {workload}: {} keys, {} writers + {} readers, think ~{} ms, client timeout {} ms",
         options.keys,
         options.keys,
-        if options.workload == crate::Workload::Cart {
-            0 // carts are read only after the final heal
-        } else {
+        if options.workload.has_readers() {
             options.readers
+        } else {
+            0 // carts are read only after the final heal
         },
         options.think.as_millis(),
         options.timeout.as_millis()
