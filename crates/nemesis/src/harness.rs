@@ -145,6 +145,8 @@ pub struct Harness {
     binary: PathBuf,
     nodes: Vec<NodeProc>,
     pub client: Option<ClientProc>,
+    /// The region-latency program in the switch namespace ([`crate::delay`]), when on.
+    delay: Option<Child>,
     torn_down: bool,
 }
 
@@ -167,6 +169,7 @@ impl Harness {
             binary: binary.to_path_buf(),
             nodes,
             client: None,
+            delay: None,
             torn_down: false,
         }
     }
@@ -375,6 +378,80 @@ impl Harness {
         Ok(restarted)
     }
 
+    /// Starts the delay program in the switch namespace, waits for it to bind its queues, then
+    /// adds the iptables rules that send cross-region packets to it ([`crate::delay`]).
+    pub fn start_region_latency(
+        &mut self,
+        self_exe: &Path,
+        latency: &crate::delay::RegionLatency,
+        workload: crate::Workload,
+    ) -> Result<()> {
+        use std::io::BufRead;
+        let log_path = self.dir.join("delay.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.topo.switch()])
+            .arg(self_exe)
+            .arg("delay")
+            .arg("--queues")
+            .arg(latency.queues_arg())
+            .arg("--run-dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting the delay program in the switch namespace")?;
+        let stdout = child.stdout.take().expect("piped");
+        self.delay = Some(child);
+        // Its first line is `ready` (queues bound) or, if it failed, the end of its output.
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!(
+                "the delay program did not start:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        let region_of = |n: u32| {
+            region(workload, n)
+                .trim_start_matches('r')
+                .parse()
+                .expect("r<number>")
+        };
+        for rule in latency.iptables_rules(self.node_count(), region_of, host_ip) {
+            net::run(
+                Command::new("ip")
+                    .args(["netns", "exec", &self.topo.switch(), "iptables"])
+                    .args(&rule),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `Some(status)` once the delay program exited (it never should while the run lasts).
+    pub fn delay_exited(&mut self) -> Result<Option<ExitStatus>> {
+        match &mut self.delay {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `triarch-nemesis probe` in node `from`'s namespace: the median TCP connect time, in
+    /// ms, to node `to`'s RESP port.
+    pub fn probe(&self, self_exe: &Path, from: u32, to: u32) -> Result<f64> {
+        let out = net::run(
+            Command::new("ip")
+                .args(["netns", "exec", &self.topo.node(from)])
+                .arg(self_exe)
+                .args(["probe", "--addr", &resp_addr(to).to_string()]),
+        )?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("probe answered {out:?}"))
+    }
+
     /// Starts `triarch-nemesis client <args>` in the client namespace.
     pub fn spawn_client(&mut self, self_exe: &Path, args: &[String]) -> Result<()> {
         let log = self.dir.join("client.log");
@@ -424,6 +501,12 @@ impl Harness {
                 problems.push(format!("reaping the client: {e}"));
             }
         }
+        if let Some(mut child) = self.delay.take() {
+            let _ = child.kill();
+            if let Err(e) = child.wait() {
+                problems.push(format!("reaping the delay program: {e}"));
+            }
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
@@ -469,6 +552,9 @@ impl Harness {
             .map(|n| n.config.display().to_string())
             .collect();
         markers.push(self.dir.join("history.jsonl").display().to_string());
+        // The delay program names the run directory (its iptables rules lived in the switch
+        // namespace, checked gone above).
+        markers.push(format!("--run-dir {}", self.dir.display()));
         found.extend(
             processes_mentioning(&markers)
                 .into_iter()

@@ -51,6 +51,7 @@
 //! counters, compare-and-set, bank over RESP).
 
 pub mod check;
+pub mod delay;
 pub use client::Workload;
 pub mod client;
 pub mod harness;

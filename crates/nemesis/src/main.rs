@@ -38,6 +38,24 @@ enum Command {
     /// The workload process (started by `run` inside the client namespace).
     #[command(hide = true)]
     Client(ClientArgs),
+    /// The region-latency program (started by `run` inside the switch namespace).
+    #[command(hide = true)]
+    Delay {
+        /// queue:ms pairs, e.g. 1:20,2:40,3:60.
+        #[arg(long)]
+        queues: String,
+        /// The run's directory (names the process for the leftover check).
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+    /// Prints the median TCP connect time to an address, in ms (run inside a node namespace).
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+    },
 }
 
 #[derive(Args)]
@@ -89,6 +107,11 @@ struct RunArgs {
     /// Pause between the final heal and the final reads, in seconds.
     #[arg(long, default_value_t = 5)]
     settle_s: u64,
+    /// One-way delays between regions r1..r3 (NFQUEUE at the bridge): `20,40,60` ms for
+    /// r1-r2, r1-r3, r2-r3, `on` (that default) or `off`. Default: on for the multi-leader
+    /// workloads (cart, ml-counter), off for the others (their nodes are all in r1).
+    #[arg(long)]
+    region_latency: Option<String>,
     /// The triarch binary (default: next to this one).
     #[arg(long)]
     triarch: Option<PathBuf>,
@@ -123,6 +146,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_command(args),
         Command::Check { dir } => report(check_command(&dir)),
+        Command::Delay { queues, run_dir: _ } => report(
+            triarch_nemesis::delay::parse_queues(&queues)
+                .and_then(|q| triarch_nemesis::delay::serve(&q))
+                .map(|()| true),
+        ),
+        Command::Probe { addr, count } => {
+            report(triarch_nemesis::delay::probe(addr, count).map(|ms| {
+                println!("{ms:.2}");
+                true
+            }))
+        }
         Command::Clean => report(clean().map(|removed| {
             if removed.is_empty() {
                 println!("nothing to clean");
@@ -220,7 +254,21 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
     if args.expect_failure && !args.planted_bug {
         eprintln!("triarch-nemesis: note: --expect-failure without --planted-bug");
     }
+    let workload = Workload::parse(&args.workload).map_err(anyhow::Error::msg)?;
+    let region_latency = match &args.region_latency {
+        Some(text) => {
+            triarch_nemesis::delay::RegionLatency::parse(text).map_err(anyhow::Error::msg)?
+        }
+        None if workload.is_multileader() => Some(triarch_nemesis::delay::RegionLatency::DEFAULT),
+        None => None,
+    };
+    if region_latency.is_some() && !workload.is_multileader() {
+        bail!(
+            "--region-latency needs nodes in regions: use it with a multi-leader workload (cart, ml-counter)"
+        );
+    }
     Ok(RunOptions {
+        region_latency,
         seed,
         nodes: args.nodes,
         time_limit: Duration::from_secs(args.time_limit_s),
@@ -234,7 +282,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         timeout: Duration::from_millis(args.timeout_ms),
         settle: Duration::from_secs(args.settle_s),
         triarch,
-        workload: Workload::parse(&args.workload).map_err(anyhow::Error::msg)?,
+        workload,
     })
 }
 

@@ -37,6 +37,8 @@ pub struct RunOptions {
     /// The `triarch` binary the nodes run.
     pub triarch: PathBuf,
     pub workload: crate::Workload,
+    /// One-way delays between regions, applied for the whole run ([`crate::delay`]).
+    pub region_latency: Option<crate::delay::RegionLatency>,
 }
 
 impl RunOptions {
@@ -59,6 +61,14 @@ impl RunOptions {
         }
         if self.workload != crate::Workload::SingleWriter {
             let _ = write!(c, " --workload {}", self.workload.name());
+        }
+        match (&self.region_latency, self.workload.is_multileader()) {
+            (None, true) => c.push_str(" --region-latency off"),
+            (Some(l), _) if *l != crate::delay::RegionLatency::DEFAULT => {
+                let ms: Vec<String> = l.one_way_ms.iter().map(u64::to_string).collect();
+                let _ = write!(c, " --region-latency {}", ms.join(","));
+            }
+            _ => {}
         }
         if self.planted_bug {
             c.push_str(" --planted-bug");
@@ -98,7 +108,11 @@ pub fn preflight(options: &RunOptions) -> Result<()> {
     if euid != Some("0") {
         bail!("triarch-nemesis must run as root (it creates network namespaces and nft rules)");
     }
-    for (program, package) in [("ip", "iproute2"), ("nft", "nftables")] {
+    let mut programs = vec![("ip", "iproute2"), ("nft", "nftables")];
+    if options.region_latency.is_some() {
+        programs.push(("iptables", "iptables"));
+    }
+    for (program, package) in programs {
         if !net::have(program) {
             bail!("`{program}` not found: install it with `apt-get install -y {package}`");
         }
@@ -186,6 +200,8 @@ struct Driven {
     main: Duration,
     unexpected_exits: Vec<String>,
     final_heal: String,
+    /// What region latency was applied and measured (empty when off).
+    latency: Vec<String>,
 }
 
 /// Runs everything; errors are harness errors (setup, a fault that could not be applied, an
@@ -345,8 +361,11 @@ fn drive(
     let setup_started = Instant::now();
     harness.create_network()?;
     harness.write_configs(options.workload, options.planted_bug)?;
-    harness.start_all()?;
     let self_exe = std::env::current_exe().context("locating triarch-nemesis")?;
+    if let Some(latency) = &options.region_latency {
+        harness.start_region_latency(&self_exe, latency, options.workload)?;
+    }
+    harness.start_all()?;
     let addrs: Vec<String> = (1..=options.nodes)
         .map(|i| resp_addr(i).to_string())
         .collect();
@@ -407,6 +426,30 @@ fn drive(
         timings.setup.as_secs_f64()
     ));
 
+    if let Some(latency) = &options.region_latency {
+        // Show that the matrix bites: TCP connect round trips (two one-way delays) between
+        // nodes of each pair of regions, and inside r1 for comparison.
+        let mut pairs = vec![(1, 2), (1, 3), (2, 3)];
+        if options.nodes >= 4 {
+            pairs.push((1, 4));
+        }
+        let mut measured = Vec::new();
+        for (from, to) in pairs {
+            let rtt = harness.probe(&self_exe, from, to)?;
+            let (ra, rb) = (
+                crate::harness::region(options.workload, from),
+                crate::harness::region(options.workload, to),
+            );
+            measured.push(format!("n{from}({ra})->n{to}({rb}) {rtt:.1} ms"));
+        }
+        driven.latency = vec![
+            format!("one-way delays {}", latency.describe()),
+            format!("measured TCP connect round trips: {}", measured.join(", ")),
+        ];
+        for line in &driven.latency {
+            timeline.log(&format!("region latency: {line}"));
+        }
+    }
     harness.client.as_mut().expect("client").send("start")?;
     let t0 = Instant::now();
     timeline.t0 = Some(t0);
@@ -422,6 +465,12 @@ fn drive(
             let what = format!("n{id} exited unexpectedly ({status}); see n{id}.log");
             timeline.log(&what);
             unexpected.push(format!("{:.3}s {what}", timeline.at().as_secs_f64()));
+        }
+        if let Some(status) = h.delay_exited()? {
+            bail!(
+                "the delay program exited ({status}):\n{}",
+                tail(&dir.join("delay.log"), 20)
+            );
         }
         if let Some(status) = h.client.as_mut().expect("client").exited()? {
             bail!(
@@ -644,6 +693,17 @@ fn summary(
         options.think.as_millis(),
         options.timeout.as_millis()
     );
+    if options.region_latency.is_some() {
+        let _ = writeln!(
+            s,
+            "latency:    {} (iptables NFQUEUE at the bridge + the delay program, the whole run)",
+            driven.latency.join("; ")
+        );
+        let held = tail(&dir.join("delay.log"), 1);
+        if !held.is_empty() {
+            let _ = writeln!(s, "            delay program at its last report: {held}");
+        }
+    }
     let _ = writeln!(
         s,
         "schedule:   faults {} over {} s, then final heal, {} s settle, final reads",
@@ -771,7 +831,7 @@ fn summary(
     );
     let _ = writeln!(
         s,
-        "files: summary.txt history.jsonl latency-raw.svg checker.txt nemesis.log schedule.txt n*.toml n*.log client.log info-n*.txt data/"
+        "files: summary.txt history.jsonl latency-raw.svg checker.txt nemesis.log schedule.txt workload n*.toml n*.log client.log info-n*.txt delay.log (with region latency) data/"
     );
     s
 }
