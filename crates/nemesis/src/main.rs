@@ -63,8 +63,10 @@ struct RunArgs {
     /// Seed of the fault schedule and of the workload's choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, default_value_t = 5)]
-    nodes: u32,
+    /// Nodes (default: 9 for the multi-leader workloads, three per region, so that each region
+    /// is a 3-voter Raft group; 5 for the others).
+    #[arg(long)]
+    nodes: Option<u32>,
     /// Length of the main phase (faults and workload), in seconds.
     #[arg(long, default_value_t = 60)]
     time_limit_s: u64,
@@ -270,7 +272,9 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
     Ok(RunOptions {
         region_latency,
         seed,
-        nodes: args.nodes,
+        nodes: args
+            .nodes
+            .unwrap_or(if workload.is_multileader() { 9 } else { 5 }),
         time_limit: Duration::from_secs(args.time_limit_s),
         faults,
         planted_bug: args.planted_bug,
