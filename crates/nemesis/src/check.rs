@@ -63,6 +63,12 @@ pub fn check_run(
             })
         }),
         Workload::Set => merged().map(|h| set::check(&h)),
+        Workload::MlLww => {
+            let history = last_final_reads(events);
+            let mut results = check_all(&history, Workload::SingleWriter, nodes, keys);
+            results[1].checker = FINAL_CONVERGENCE;
+            return results;
+        }
     };
     let keys = if workload == Workload::Bank { 1 } else { keys };
     vec![
@@ -140,6 +146,35 @@ pub fn merged_history(events: &[Event], workload: Workload) -> Result<MergedHist
         }
     }
     Ok(h)
+}
+
+/// The history with only each node's last `ok` final read of each key among the final reads:
+/// the final reads of a multi-leader run poll until the regions agree, and the earlier rounds
+/// may precede the last shipments (as any read in another region may).
+pub fn last_final_reads(events: &[Event]) -> History {
+    let ops = cart_ops(events);
+    let mut last: BTreeMap<(u64, &str), usize> = BTreeMap::new();
+    for op in &ops {
+        if op.invoke.is_final && op.kind() == Kind::Ok {
+            last.insert((op.invoke.key, op.invoke.node.as_str()), op.invoke.index);
+        }
+    }
+    let kept: BTreeSet<usize> = last.values().copied().collect();
+    let mut dropped: BTreeSet<usize> = BTreeSet::new();
+    for op in &ops {
+        if op.invoke.is_final && !kept.contains(&op.invoke.index) {
+            dropped.insert(op.invoke.index);
+            dropped.extend(op.complete.map(|c| c.index));
+        }
+    }
+    let mut w = crate::history::HistoryWriter::new(Vec::new());
+    for e in events.iter().filter(|e| !dropped.contains(&e.index)) {
+        w.write(e.clone()).expect("writing to memory");
+    }
+    let text = w.flush_into();
+    crate::history::parse(text.as_slice())
+        .expect("a valid history stays valid without some of its operations")
+        .history
 }
 
 pub const FINAL_CONVERGENCE: &str = "convergence (final reads through every node agree)";
@@ -933,6 +968,35 @@ mod tests {
             r[0].violations[0].detail.contains("set history"),
             "{}",
             r[0]
+        );
+    }
+
+    /// Register 0 (home r1): write 1 acknowledged through n1; final polls through n1..n3, the
+    /// first round `first` (n2's answer), the last round `last` through every node.
+    fn ml_lww_script(first: Option<u64>, last: [Option<u64>; 3]) -> Script {
+        let mut s = Script::default();
+        s.invoke(0, F::Write, 0, Some(1), 1);
+        s.ok(0);
+        s.read(1, 0, 4, |e| e.value = Some(1));
+        s.final_phase = true;
+        s.read(10, 0, 2, |e| e.value = first);
+        for (i, v) in last.into_iter().enumerate() {
+            s.read(20 + i as u64, 0, i as u32 + 1, |e| e.value = v);
+        }
+        s
+    }
+
+    #[test]
+    fn multi_leader_lww_judges_each_nodes_last_final_read() {
+        use ViolationKind::*;
+        // An early poll through another region may precede the shipment: not a violation.
+        let s = ml_lww_script(None, [Some(1); 3]);
+        assert_eq!(verdicts(&s, Workload::MlLww, 3, 1), vec![vec![], vec![]]);
+        // The last one may not.
+        let s = ml_lww_script(Some(1), [Some(1), None, Some(1)]);
+        assert_eq!(
+            verdicts(&s, Workload::MlLww, 3, 1),
+            vec![vec![Lost], vec![Diverged]]
         );
     }
 }

@@ -73,10 +73,16 @@ pub enum Workload {
     /// random sets and sometimes SREM their own; readers SMEMBERS. Checked by the simulator's
     /// add-wins set checker (lost, unexpected, stale).
     Set,
+    /// Keyspace `mllww` is multi-leader (merge lww, regions r1..r3): single-writer registers,
+    /// register `k` written (1, 2, 3, ...) only through nodes of its home region
+    /// r(k % 3 + 1) and read in the main phase only there (where reads are linearizable);
+    /// checked by the simulator's single-writer checker on the main phase and each node's last
+    /// final read.
+    MlLww,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::SingleWriter,
         Workload::Registers,
         Workload::Cart,
@@ -84,6 +90,7 @@ impl Workload {
         Workload::Counter,
         Workload::MlCounter,
         Workload::Set,
+        Workload::MlLww,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +102,7 @@ impl Workload {
             Workload::Counter => "counter",
             Workload::MlCounter => "ml-counter",
             Workload::Set => "set",
+            Workload::MlLww => "ml-lww",
         }
     }
 
@@ -107,6 +115,7 @@ impl Workload {
             Workload::Counter => "counter",
             Workload::MlCounter => "mlcounter",
             Workload::Set => "set",
+            Workload::MlLww => "mllww",
         }
     }
 
@@ -115,7 +124,7 @@ impl Workload {
         match self {
             Workload::SingleWriter | Workload::Counter | Workload::Set => "leaderless",
             Workload::Registers | Workload::Bank => "primary-backup",
-            Workload::Cart | Workload::MlCounter => "multi-leader",
+            Workload::Cart | Workload::MlCounter | Workload::MlLww => "multi-leader",
         }
     }
 
@@ -146,7 +155,7 @@ impl Workload {
             .find(|w| w.name() == text)
             .ok_or_else(|| {
                 format!(
-                    "unknown workload {text:?}: single-writer (leaderless), registers (primary-backup), cart (multi-leader), bank (primary-backup), counter (leaderless), ml-counter (multi-leader) or set (leaderless)"
+                    "unknown workload {text:?}: single-writer (leaderless), registers (primary-backup), cart (multi-leader), bank (primary-backup), counter (leaderless), ml-counter (multi-leader), set (leaderless) or ml-lww (multi-leader)"
                 )
             })
     }
@@ -163,6 +172,16 @@ pub fn key_name(key: u64) -> String {
 /// The RESP key of cart `key`.
 pub fn cart_key(key: u64) -> String {
     format!("{CART_KEYSPACE}:{key}")
+}
+
+/// Node `id`'s region number in the multi-leader workloads (as [`crate::harness::region`]).
+pub fn region_of(id: u32) -> u32 {
+    (id - 1) % crate::harness::CART_REGIONS + 1
+}
+
+/// The home region of `--workload ml-lww` register `key`: r(key % 3 + 1).
+pub fn home_region(key: u64) -> u32 {
+    (key % u64::from(crate::harness::CART_REGIONS)) as u32 + 1
 }
 
 /// Every account's balance before the first transfer (the simulator's, so that its bank
@@ -333,7 +352,7 @@ impl Connections {
     }
 
     /// Runs one operation through `node`.
-    fn perform(&mut self, node: u32, f: F, key: u64, value: Option<u64>) -> Outcome {
+    fn perform(&mut self, node: u32, f: F, key: &str, value: Option<u64>) -> Outcome {
         let conn = match self.open.entry(node) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
@@ -344,10 +363,9 @@ impl Connections {
                 }
             }
         };
-        let key = key_name(key);
         let reply = match (f, value) {
-            (F::Write, Some(v)) => conn.call(&["SET", &key, &v.to_string()]),
-            (F::Read, None) => conn.call(&["GET", &key]),
+            (F::Write, Some(v)) => conn.call(&["SET", key, &v.to_string()]),
+            (F::Read, None) => conn.call(&["GET", key]),
             (f, v) => panic!("{f:?} with value {v:?}"),
         };
         let broken = reply.is_err();
@@ -498,6 +516,7 @@ enum Answer {
     Members(Vec<u64>),
     Count(i64),
     Balances(Vec<i64>),
+    Value(Option<u64>),
 }
 
 /// After the final heal: reads every key through every node (SMEMBERS, GET of a counter, or
@@ -566,6 +585,11 @@ fn read_once(
             let (o, b) = conns.read_bank(node, accounts);
             (o, b.map(Answer::Balances))
         }
+        Workload::MlLww => {
+            let o = conns.perform(node, F::Read, &workload.key(key), None);
+            let answer = (o.kind == Kind::Ok).then_some(Answer::Value(o.value));
+            (o, answer)
+        }
         Workload::SingleWriter | Workload::Registers => {
             unreachable!("register workloads read with final_reads")
         }
@@ -576,6 +600,7 @@ fn read_once(
         Some(Answer::Members(m)) => event.members = Some(m.clone()),
         Some(Answer::Count(c)) => event.count = Some(*c),
         Some(Answer::Balances(b)) => event.balances = Some(b.clone()),
+        Some(Answer::Value(v)) => event.value = *v,
         None => {}
     }
     answer
@@ -861,10 +886,17 @@ fn merged_reader(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: DetR
             break;
         }
         let node = rng.between(1, nodes) as u32;
-        let key = if options.workload == Workload::Bank {
-            0
-        } else {
-            rng.below(options.keys)
+        let key = match options.workload {
+            Workload::Bank => 0,
+            // A register is read in its home region only (its reads are linearizable there);
+            // the planted bug reads it anywhere, as if multi-leader reads were linearizable.
+            Workload::MlLww if !options.planted_bug => {
+                let home: Vec<u64> = (0..options.keys)
+                    .filter(|&k| home_region(k) == region_of(node))
+                    .collect();
+                home[rng.below(home.len() as u64) as usize]
+            }
+            _ => rng.below(options.keys),
         };
         shared.record(Kind::Invoke, process, F::Read, key, None, node, None);
         let mut event = Event::new(Kind::Ok, process, F::Read, key, None, node);
@@ -1002,7 +1034,16 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
-        let node = rng.between(1, nodes) as u32;
+        let node = match role {
+            // Multi-leader single-writer registers: through their home region's nodes only.
+            Role::Writer { key } if options.workload == Workload::MlLww => {
+                let home: Vec<u32> = (1..=nodes as u32)
+                    .filter(|&n| region_of(n) == home_region(key))
+                    .collect();
+                home[rng.below(home.len() as u64) as usize]
+            }
+            _ => rng.between(1, nodes) as u32,
+        };
         let (f, key, value) = match role {
             Role::Writer { key } => {
                 next_value += 1;
@@ -1019,7 +1060,7 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
             }
         };
         shared.record(Kind::Invoke, process, f, key, value, node, None);
-        let outcome = conns.perform(node, f, key, value);
+        let outcome = conns.perform(node, f, &options.workload.key(key), value);
         let value = if f == F::Write { value } else { outcome.value };
         shared.record(outcome.kind, process, f, key, value, node, outcome.error);
         if outcome.kind == Kind::Info {
@@ -1040,7 +1081,7 @@ fn final_reads(shared: &Shared, options: &ClientOptions, node: u32) {
         for attempt in 1..=FINAL_READ_ATTEMPTS {
             let process = shared.new_process();
             shared.record(Kind::Invoke, process, F::Read, key, None, node, None);
-            let outcome = conns.perform(node, F::Read, key, None);
+            let outcome = conns.perform(node, F::Read, &key_name(key), None);
             let done = outcome.kind == Kind::Ok;
             shared.record(
                 outcome.kind,
@@ -1179,7 +1220,9 @@ pub fn run(options: ClientOptions) -> Result<()> {
     let options = Arc::new(options);
     let mut rng = DetRng::seed_from_u64(triarch_core::hash::mix64(options.seed ^ 0xc11e_7700));
     let writers: Vec<Role> = match options.workload {
-        Workload::SingleWriter => (0..options.keys).map(|key| Role::Writer { key }).collect(),
+        Workload::SingleWriter | Workload::MlLww => {
+            (0..options.keys).map(|key| Role::Writer { key }).collect()
+        }
         Workload::Registers => (0..options.keys)
             .map(|index| Role::AnyKeyWriter { index })
             .collect(),

@@ -61,11 +61,15 @@ pub fn node_config(
             "n": 3,
         }),
         // As `triarch up`: N = min(3, nodes in the smallest region) voters per region.
-        W::Cart | W::MlCounter => serde_json::json!({
+        W::Cart | W::MlCounter | W::MlLww => serde_json::json!({
             "name": name,
             "model": "multi-leader",
             "n": (nodes / CART_REGIONS).clamp(1, 3),
-            "merge": if workload == W::Cart { "set" } else { "counter" },
+            "merge": match workload {
+                W::Cart => "set",
+                W::MlCounter => "counter",
+                _ => "lww",
+            },
         }),
     };
     let members: Vec<serde_json::Value> = (1..=nodes)

@@ -100,6 +100,12 @@ pub fn preflight(options: &RunOptions) -> Result<()> {
     if options.keys == 0 || options.keys > 1_000 || options.readers > 1_000 {
         bail!("--keys must be between 1 and 1000 and --readers at most 1000");
     }
+    if options.workload == crate::Workload::MlLww && (options.keys < 3 || options.nodes < 3) {
+        bail!("--workload ml-lww needs --keys 3 or more (a register homed in every region)");
+    }
+    if options.workload == crate::Workload::Bank && options.keys < 2 {
+        bail!("--workload bank needs --keys 2 or more (accounts to transfer between)");
+    }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
         .lines()
@@ -398,6 +404,7 @@ fn drive(
                 | crate::Workload::Bank
                 | crate::Workload::Counter
                 | crate::Workload::MlCounter
+                | crate::Workload::MlLww
         )
     {
         client_args.push("--planted-bug".into());
@@ -662,6 +669,11 @@ fn summary(
             "multi-leader over regions r1..r3, counter",
             "client-side: every 50th INCRBY recorded as acknowledged, never sent; every 50th (+25) sent twice",
             "counters (writers INCRBY 1..5 to random counters, readers GET)",
+        ),
+        crate::Workload::MlLww => (
+            "multi-leader over regions r1..r3, lww",
+            "client-side: registers read through any region, as if multi-leader reads were linearizable",
+            "single-writer registers, each written and read only through its home region's nodes",
         ),
         crate::Workload::Set => (
             "leaderless, N=3 R=2 W=2, add-wins set",
