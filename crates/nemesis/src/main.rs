@@ -77,7 +77,8 @@ struct RunArgs {
     /// single-writer and set: nodes acknowledge writes once one replica holds them
     /// (bug_ack_before_quorum); registers: bug_local_reads; cart: the client records some SADDs
     /// as acknowledged without sending them; bank: transfers without WATCH; counter and
-    /// ml-counter: some INCRBYs recorded as acknowledged but never sent, some sent twice.
+    /// ml-counter: some INCRBYs recorded as acknowledged but never sent, some sent twice; ml-lww:
+    /// registers read through any region.
     #[arg(long)]
     planted_bug: bool,
     /// Succeed only if some checker fails (use with --planted-bug).
@@ -86,7 +87,8 @@ struct RunArgs {
     /// Run directory (must not exist or be empty; default target/nemesis/seed-<seed>-<time>).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Registers (one writer each).
+    /// Keys: registers, counters, sets or carts (bank: accounts); also the number of writer
+    /// processes.
     #[arg(long, default_value_t = 8)]
     keys: u64,
     /// single-writer (a leaderless keyspace, the single-writer checker), registers (a
@@ -94,7 +96,8 @@ struct RunArgs {
     /// over regions r1..r3, the cart checker; --keys carts), bank (primary-backup transfers
     /// with WATCH/MULTI/EXEC between --keys accounts: total conserved, no negative balance),
     /// counter (leaderless counters), ml-counter (multi-leader counters over regions r1..r3)
-    /// or set (a leaderless add-wins set: lost, unexpected, stale).
+    /// set (a leaderless add-wins set: lost, unexpected, stale) or ml-lww (multi-leader
+    /// single-writer registers, each written and read in its home region).
     #[arg(long, default_value = "single-writer")]
     workload: String,
     /// Reader processes (default: as many as keys).
@@ -111,7 +114,7 @@ struct RunArgs {
     settle_s: u64,
     /// One-way delays between regions r1..r3 (NFQUEUE at the bridge): `20,40,60` ms for
     /// r1-r2, r1-r3, r2-r3, `on` (that default) or `off`. Default: on for the multi-leader
-    /// workloads (cart, ml-counter), off for the others (their nodes are all in r1).
+    /// workloads (cart, ml-counter, ml-lww), off for the others (their nodes are all in r1).
     #[arg(long)]
     region_latency: Option<String>,
     /// The triarch binary (default: next to this one).
