@@ -1339,5 +1339,36 @@ mod tests {
     #[test]
     fn keys_live_in_the_workload_keyspace() {
         assert_eq!(key_name(3), "nemesis:3");
+        assert_eq!(Workload::Bank.key(2), "bank:2");
+        assert_eq!(Workload::MlCounter.key(0), "mlcounter:0");
+        for w in Workload::ALL {
+            assert_eq!(Workload::parse(w.name()), Ok(w));
+        }
+        assert!(Workload::parse("nope").is_err());
+        // Registers of ml-lww are homed in every region: keys 0, 1, 2 in r1, r2, r3.
+        assert_eq!((home_region(0), home_region(1), home_region(5)), (1, 2, 3));
+        assert_eq!((region_of(1), region_of(5), region_of(9)), (1, 2, 3));
+    }
+
+    #[test]
+    fn counter_replies() {
+        let c = |f, r| classify_counter(f, r);
+        assert_eq!(c(F::Incr, Ok(Reply::Integer(7))), (Outcome::ok(None), None));
+        assert_eq!(c(F::Read, Ok(Reply::Bulk(b"-3".to_vec()))).1, Some(-3));
+        assert_eq!(c(F::Read, Ok(Reply::Nil)).1, Some(0));
+        assert_eq!(c(F::Read, Ok(Reply::Integer(4))).1, Some(4));
+        assert_eq!(
+            c(F::Read, Ok(Reply::Bulk(b"x".to_vec()))).0.kind,
+            Kind::Info
+        );
+        assert_eq!(
+            c(F::Incr, Ok(Reply::Error("QUORUM 1 of 2".into()))).0.kind,
+            Kind::Info
+        );
+        assert_eq!(
+            c(F::Incr, Ok(Reply::Error("ERR wrong type".into()))).0.kind,
+            Kind::Fail
+        );
+        assert_eq!(c(F::Incr, Err(CallError::Timeout)).0.kind, Kind::Info);
     }
 }

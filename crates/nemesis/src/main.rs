@@ -303,7 +303,16 @@ fn check_command(dir: &std::path::Path) -> Result<bool> {
     if nodes == 0 {
         bail!("no n1.toml in {}: not a run directory", dir.display());
     }
-    let keys = parsed.events.iter().map(|e| e.key + 1).max().unwrap_or(0);
+    // Keys: the highest used (bank: accounts, as many as a whole-bank read returns).
+    let keys = parsed
+        .events
+        .iter()
+        .map(|e| {
+            let accounts = e.balances.as_ref().map_or(0, |b| b.len() as u64);
+            (e.key + 1).max(e.to.map_or(0, |t| t + 1)).max(accounts)
+        })
+        .max()
+        .unwrap_or(0);
     // The workload the run used (runs older than the `workload` file: from the model).
     let workload = match std::fs::read_to_string(dir.join("workload")) {
         Ok(name) => Workload::parse(name.trim()).map_err(anyhow::Error::msg)?,
