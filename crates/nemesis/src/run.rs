@@ -278,10 +278,17 @@ pub fn run(options: &RunOptions, interrupted: &Interrupted) -> Result<RunOutcome
     let checkers_failed = results.iter().any(|r| !r.is_ok()) || !driven.unexpected_exits.is_empty();
     let passed = checkers_failed == options.expect_failure;
     let title = format!(
-        "triarch-nemesis seed {}: {} nodes, faults {}{}",
+        "triarch-nemesis {} ({}) seed {}: {} nodes, faults {}{}{}",
+        options.workload.name(),
+        options.workload.model(),
         options.seed,
         options.nodes,
         fault_names(&options.faults),
+        if options.region_latency.is_some() {
+            ", region latency"
+        } else {
+            ""
+        },
         if options.planted_bug {
             ", PLANTED BUG"
         } else {
