@@ -46,8 +46,13 @@ pub fn check_run(
     };
     let all_nodes: Vec<u64> = (1..=u64::from(nodes)).collect();
     let semantics = match workload {
-        Workload::SingleWriter | Workload::Registers => {
-            return check_all(&parsed.history, workload, nodes, keys);
+        Workload::SingleWriter => return check_all(&parsed.history, workload, nodes, keys),
+        // The events, not the simulator's history: they carry compare-and-sets.
+        Workload::Registers => {
+            return vec![
+                linearizable_events(events),
+                convergence(&parsed.history, nodes, keys),
+            ];
         }
         Workload::Cart => return cart_all(events, nodes, keys),
         Workload::Bank => merged().map(|h| bank_history::check(&h, keys, &all_nodes)),
@@ -304,6 +309,39 @@ pub fn linearizable_registers(history: &History) -> CheckerResult {
             _ => RegisterOp::info(op.process.0, call, invoked),
         };
         per_key.entry(op.key).or_default().push(register_op);
+    }
+    registers::check_keys(per_key)
+}
+
+/// Every key's reads, writes and compare-and-sets (final reads included) must be linearizable:
+/// the simulator's WGL search per key, on the run's events. An undecided search is a violation.
+pub fn linearizable_events(events: &[Event]) -> CheckerResult {
+    let mut per_key: BTreeMap<u64, Vec<RegisterOp>> = BTreeMap::new();
+    for op in cart_ops(events) {
+        let e = op.invoke;
+        let call = match (e.f, e.value, e.expected) {
+            (F::Read, _, _) => RegisterCall::Read,
+            (F::Write, Some(v), _) => RegisterCall::Write(v),
+            (F::Cas, Some(new), Some(expected)) => RegisterCall::Cas {
+                expected: Some(expected),
+                new,
+            },
+            _ => continue, // refused when the history was parsed
+        };
+        let invoked = e.time / 1_000;
+        let register_op = match op.complete {
+            Some(c) if c.kind == Kind::Ok => {
+                let result = match call {
+                    RegisterCall::Read => RegisterResult::Read(c.value),
+                    RegisterCall::Write(_) => RegisterResult::Written,
+                    RegisterCall::Cas { .. } => RegisterResult::Cas(c.swapped.unwrap_or(false)),
+                };
+                RegisterOp::ok(e.process, call, invoked, c.time / 1_000, result)
+            }
+            Some(c) if c.kind == Kind::Fail => RegisterOp::fail(e.process, call, invoked),
+            _ => RegisterOp::info(e.process, call, invoked),
+        };
+        per_key.entry(e.key).or_default().push(register_op);
     }
     registers::check_keys(per_key)
 }
@@ -998,5 +1036,37 @@ mod tests {
             verdicts(&s, Workload::MlLww, 3, 1),
             vec![vec![Lost], vec![Diverged]]
         );
+    }
+
+    /// Register 0: write 1 acknowledged; a compare-and-set 1 -> 2 answering `swapped`; then a
+    /// read returning `read`.
+    fn cas_script(swapped: bool, read: u64) -> Script {
+        let mut s = Script::default();
+        s.invoke(0, F::Write, 0, Some(1), 1);
+        s.ok(0);
+        let mut cas = Event::new(Kind::Invoke, 1, F::Cas, 0, Some(2), 2);
+        cas.expected = Some(1);
+        s.open.insert(1, cas.clone());
+        s.push(cas);
+        s.complete(1, Kind::Ok, |e| e.swapped = Some(swapped));
+        s.read(2, 0, 3, |e| e.value = Some(read));
+        s
+    }
+
+    #[test]
+    fn compare_and_sets_are_judged_for_linearizability() {
+        assert!(linearizable_events(&cas_script(true, 2).events).is_ok());
+        // Nothing else wrote: the CAS must have swapped, and the read must see it.
+        for (swapped, read) in [(false, 1), (true, 1), (false, 2)] {
+            let r = linearizable_events(&cas_script(swapped, read).events);
+            assert_eq!(
+                kinds(&r),
+                vec![ViolationKind::NotLinearizable],
+                "{swapped} {read}: {r}"
+            );
+        }
+        // Through check_run, with the parsed history.
+        let s = cas_script(true, 2);
+        assert!(check_run(&s.parsed(), Workload::Registers, 1, 1)[0].is_ok());
     }
 }

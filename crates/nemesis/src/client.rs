@@ -220,6 +220,8 @@ pub struct ClientOptions {
 }
 
 struct Shared {
+    /// The last value each register was seen to hold (registers: what compare-and-sets expect).
+    seen: Mutex<BTreeMap<u64, u64>>,
     t0: Instant,
     history: Mutex<HistoryWriter<BufWriter<File>>>,
     next_process: AtomicU64,
@@ -1052,7 +1054,19 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
             Role::AnyKeyWriter { index } => {
                 next_value += 1;
                 let value = (index + 1) * 1_000_000_000 + next_value - 1;
-                (F::Write, rng.below(options.keys), Some(value))
+                let key = rng.below(options.keys);
+                // One operation in three is a compare-and-set from the value last seen.
+                let expected = shared.seen.lock().expect("seen").get(&key).copied();
+                if let Some(expected) = expected.filter(|_| rng.below(3) == 0) {
+                    let kind = cas(
+                        &shared, &mut conns, &options, process, node, key, expected, value,
+                    );
+                    if kind == Kind::Info {
+                        process = shared.new_process();
+                    }
+                    continue;
+                }
+                (F::Write, key, Some(value))
             }
             Role::Reader => (F::Read, rng.below(options.keys), None),
             Role::CartWriter { .. } | Role::CounterWriter | Role::Transfer | Role::MergedReader => {
@@ -1062,11 +1076,66 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
         shared.record(Kind::Invoke, process, f, key, value, node, None);
         let outcome = conns.perform(node, f, &options.workload.key(key), value);
         let value = if f == F::Write { value } else { outcome.value };
+        if let (Kind::Ok, Some(v)) = (outcome.kind, value) {
+            shared.seen.lock().expect("seen").insert(key, v);
+        }
         shared.record(outcome.kind, process, f, key, value, node, outcome.error);
         if outcome.kind == Kind::Info {
             process = shared.new_process();
         }
     }
+}
+
+/// One `TRIARCH.CAS key expected new` through `node`, recorded: `1` is an `ok` that swapped,
+/// `0` an `ok` that did not, errors as [`classify`]. Returns the outcome (after `info` the
+/// caller retires its process).
+#[allow(clippy::too_many_arguments)]
+fn cas(
+    shared: &Shared,
+    conns: &mut Connections,
+    options: &ClientOptions,
+    process: u64,
+    node: u32,
+    key: u64,
+    expected: u64,
+    new: u64,
+) -> Kind {
+    let mut event = Event::new(Kind::Invoke, process, F::Cas, key, Some(new), node);
+    event.expected = Some(expected);
+    shared.record_event(event.clone());
+    let name = options.workload.key(key);
+    let reply = match conns.conn(node) {
+        Ok(conn) => conn.call(&[
+            "TRIARCH.CAS",
+            &name,
+            &expected.to_string(),
+            &new.to_string(),
+        ]),
+        Err(e) => {
+            event.kind = Kind::Fail;
+            event.error = Some(e);
+            shared.record_event(event);
+            return Kind::Fail;
+        }
+    };
+    let broken = reply.is_err();
+    let outcome = match reply {
+        Ok(Reply::Integer(n @ (0 | 1))) => {
+            event.swapped = Some(n == 1);
+            Outcome::ok(None)
+        }
+        other => classify(F::Write, other.map(not_a_value)),
+    };
+    if broken || outcome.kind == Kind::Info {
+        conns.open.remove(&node);
+    }
+    if event.swapped == Some(true) {
+        shared.seen.lock().expect("seen").insert(key, new);
+    }
+    event.kind = outcome.kind;
+    event.error = outcome.error;
+    shared.record_event(event);
+    outcome.kind
 }
 
 /// Reads every key through `node` at R=3, retrying a failed read a few times.
@@ -1211,6 +1280,7 @@ pub fn run(options: ClientOptions) -> Result<()> {
         .with_context(|| format!("creating {}", options.history.display()))?;
     expect(&rx, "start")?;
     let shared = Arc::new(Shared {
+        seen: Mutex::new(BTreeMap::new()),
         t0: Instant::now(),
         history: Mutex::new(HistoryWriter::new(BufWriter::new(file))),
         next_process: AtomicU64::new(0),

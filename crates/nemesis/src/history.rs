@@ -57,6 +57,8 @@ pub enum F {
     Incr,
     /// A bank transfer of `value` from account `key` to account `to` (`--workload bank`).
     Transfer,
+    /// `TRIARCH.CAS key expected value` (`--workload registers`).
+    Cas,
 }
 
 impl F {
@@ -64,7 +66,7 @@ impl F {
         match self {
             F::Read => Function::Read,
             // The simulator's history (statistics, latency plot) sees set updates as writes.
-            F::Write | F::Add | F::Remove | F::Incr | F::Transfer => Function::Write,
+            F::Write | F::Add | F::Remove | F::Incr | F::Transfer | F::Cas => Function::Write,
         }
     }
 }
@@ -100,6 +102,12 @@ pub struct Event {
     /// An `ok` read of the whole bank: every account's balance, account `i` at index `i`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub balances: Option<Vec<i64>>,
+    /// A compare-and-set's expected value (`value` is the new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+    /// An `ok` compare-and-set: whether it stored its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapped: Option<bool>,
 }
 
 impl Event {
@@ -120,6 +128,8 @@ impl Event {
             to: None,
             count: None,
             balances: None,
+            expected: None,
+            swapped: None,
         }
     }
 }
@@ -250,8 +260,15 @@ pub fn parse(input: impl BufRead) -> Result<ParsedHistory> {
                     i + 1
                 )));
             }
-            if e.f != F::Read && (e.value, e.to) != (invoke.value, invoke.to) {
+            if e.f != F::Read
+                && (e.value, e.to, e.expected) != (invoke.value, invoke.to, invoke.expected)
+            {
                 return Err(problem("a write completed with another value".into()));
+            }
+            if e.f == F::Cas && e.kind == Kind::Ok && e.swapped.is_none() {
+                return Err(problem(
+                    "an ok compare-and-set says whether it swapped".into(),
+                ));
             }
             if (e.f == F::Transfer) != e.to.is_some() {
                 return Err(problem(

@@ -92,7 +92,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 8)]
     keys: u64,
     /// single-writer (a leaderless keyspace, the single-writer checker), registers (a
-    /// primary-backup keyspace, linearizability per key), cart (a multi-leader add-wins set
+    /// primary-backup keyspace, reads, writes and TRIARCH.CAS: linearizability per key), cart (a multi-leader add-wins set
     /// over regions r1..r3, the cart checker; --keys carts), bank (primary-backup transfers
     /// with WATCH/MULTI/EXEC between --keys accounts: total conserved, no negative balance),
     /// counter (leaderless counters), ml-counter (multi-leader counters over regions r1..r3)
