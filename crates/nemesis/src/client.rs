@@ -57,34 +57,107 @@ pub enum Workload {
     /// sometimes SREMs one it added and saw acknowledged; after the final heal every node is
     /// polled with SMEMBERS until all agree. Checked by [`crate::check::cart`].
     Cart,
+    /// Keyspace `bank` is primary-backup (N=3): `--keys` accounts start at 100 each; writers
+    /// transfer random amounts between random accounts with WATCH, GET, GET, MULTI, SET, SET,
+    /// EXEC; readers read every balance in one MULTI/EXEC. Checked by the simulator's bank
+    /// checker (total conserved, no account below zero, on every read).
+    Bank,
+    /// Keyspace `counter` is leaderless (N=3, R=2, W=2, merge counter): writers INCRBY random
+    /// counters by 1..=5, readers GET them. Checked by the simulator's counter checker.
+    Counter,
+    /// Keyspace `mlcounter` is multi-leader (merge counter, regions r1..r3): as `counter`, with
+    /// a read required to see only the increments acknowledged in its own region until the
+    /// final heal.
+    MlCounter,
+    /// Keyspace `set` is leaderless (N=3, R=2, W=2, merge set): writers SADD unique elements to
+    /// random sets and sometimes SREM their own; readers SMEMBERS. Checked by the simulator's
+    /// add-wins set checker (lost, unexpected, stale).
+    Set,
+    /// Keyspace `mllww` is multi-leader (merge lww, regions r1..r3): single-writer registers,
+    /// register `k` written (1, 2, 3, ...) only through nodes of its home region
+    /// r(k % 3 + 1) and read in the main phase only there (where reads are linearizable);
+    /// checked by the simulator's single-writer checker on the main phase and each node's last
+    /// final read.
+    MlLww,
 }
 
 impl Workload {
+    pub const ALL: [Workload; 8] = [
+        Workload::SingleWriter,
+        Workload::Registers,
+        Workload::Cart,
+        Workload::Bank,
+        Workload::Counter,
+        Workload::MlCounter,
+        Workload::Set,
+        Workload::MlLww,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Workload::SingleWriter => "single-writer",
             Workload::Registers => "registers",
             Workload::Cart => "cart",
+            Workload::Bank => "bank",
+            Workload::Counter => "counter",
+            Workload::MlCounter => "ml-counter",
+            Workload::Set => "set",
+            Workload::MlLww => "ml-lww",
         }
     }
 
     /// The keyspace the workload's keys live in.
     pub fn keyspace(self) -> &'static str {
         match self {
+            Workload::SingleWriter | Workload::Registers => KEYSPACE,
             Workload::Cart => CART_KEYSPACE,
-            _ => KEYSPACE,
+            Workload::Bank => "bank",
+            Workload::Counter => "counter",
+            Workload::MlCounter => "mlcounter",
+            Workload::Set => "set",
+            Workload::MlLww => "mllww",
         }
     }
 
-    pub fn parse(text: &str) -> Result<Workload, String> {
-        match text {
-            "single-writer" => Ok(Workload::SingleWriter),
-            "registers" => Ok(Workload::Registers),
-            "cart" => Ok(Workload::Cart),
-            other => Err(format!(
-                "unknown workload {other:?}: single-writer (leaderless), registers (primary-backup) or cart (multi-leader)"
-            )),
+    /// The replication model of the workload's keyspace.
+    pub fn model(self) -> &'static str {
+        match self {
+            Workload::SingleWriter | Workload::Counter | Workload::Set => "leaderless",
+            Workload::Registers | Workload::Bank => "primary-backup",
+            Workload::Cart | Workload::MlCounter | Workload::MlLww => "multi-leader",
         }
+    }
+
+    /// Whether the nodes are spread over regions r1..r3.
+    pub fn is_multileader(self) -> bool {
+        self.model() == "multi-leader"
+    }
+
+    /// Whether the final reads poll every node until all agree (rather than reading each key
+    /// once per node at R=3, as the register workloads do).
+    pub fn polls_finally(self) -> bool {
+        !matches!(self, Workload::SingleWriter | Workload::Registers)
+    }
+
+    /// Whether the main phase has reader processes.
+    pub fn has_readers(self) -> bool {
+        self != Workload::Cart
+    }
+
+    /// The RESP key of `key`.
+    pub fn key(self, key: u64) -> String {
+        format!("{}:{key}", self.keyspace())
+    }
+
+    pub fn parse(text: &str) -> Result<Workload, String> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == text)
+            .ok_or_else(|| {
+                format!(
+                    "unknown workload {text:?}: single-writer (leaderless), registers (primary-backup), cart (multi-leader), bank (primary-backup), counter (leaderless), ml-counter (multi-leader), set (leaderless) or ml-lww (multi-leader)"
+                )
+            })
     }
 }
 
@@ -100,6 +173,20 @@ pub fn key_name(key: u64) -> String {
 pub fn cart_key(key: u64) -> String {
     format!("{CART_KEYSPACE}:{key}")
 }
+
+/// Node `id`'s region number in the multi-leader workloads (as [`crate::harness::region`]).
+pub fn region_of(id: u32) -> u32 {
+    (id - 1) % crate::harness::CART_REGIONS + 1
+}
+
+/// The home region of `--workload ml-lww` register `key`: r(key % 3 + 1).
+pub fn home_region(key: u64) -> u32 {
+    (key % u64::from(crate::harness::CART_REGIONS)) as u32 + 1
+}
+
+/// Every account's balance before the first transfer (the simulator's, so that its bank
+/// checker's initial state is the workload's).
+pub const BANK_INITIAL_BALANCE: i64 = triarch_sim::merged::BANK_INITIAL_BALANCE;
 
 /// How long the client polls SMEMBERS after the final heal for every node to agree.
 const CART_CONVERGENCE_DEADLINE: Duration = Duration::from_secs(60);
@@ -133,6 +220,8 @@ pub struct ClientOptions {
 }
 
 struct Shared {
+    /// The last value each register was seen to hold (registers: what compare-and-sets expect).
+    seen: Mutex<BTreeMap<u64, u64>>,
     t0: Instant,
     history: Mutex<HistoryWriter<BufWriter<File>>>,
     next_process: AtomicU64,
@@ -172,20 +261,17 @@ impl Shared {
         error: Option<String>,
         members: Option<Vec<u64>>,
     ) {
+        let mut event = Event::new(kind, process, f, key, value, node);
+        event.error = error;
+        event.members = members;
+        self.record_event(event);
+    }
+
+    /// Appends `event`, stamping its time and final-phase mark.
+    fn record_event(&self, mut event: Event) {
         let mut history = self.history.lock().expect("history lock");
-        let event = Event {
-            index: 0,
-            kind,
-            process,
-            f,
-            key,
-            value,
-            time: self.t0.elapsed().as_nanos() as u64,
-            node: format!("n{node}"),
-            error,
-            is_final: self.final_phase.load(Ordering::Relaxed),
-            members,
-        };
+        event.time = self.t0.elapsed().as_nanos() as u64;
+        event.is_final = self.final_phase.load(Ordering::Relaxed);
         if let Err(e) = history.write(event) {
             eprintln!("cannot write the history: {e}");
             std::process::exit(4);
@@ -268,7 +354,7 @@ impl Connections {
     }
 
     /// Runs one operation through `node`.
-    fn perform(&mut self, node: u32, f: F, key: u64, value: Option<u64>) -> Outcome {
+    fn perform(&mut self, node: u32, f: F, key: &str, value: Option<u64>) -> Outcome {
         let conn = match self.open.entry(node) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
@@ -279,10 +365,9 @@ impl Connections {
                 }
             }
         };
-        let key = key_name(key);
         let reply = match (f, value) {
-            (F::Write, Some(v)) => conn.call(&["SET", &key, &v.to_string()]),
-            (F::Read, None) => conn.call(&["GET", &key]),
+            (F::Write, Some(v)) => conn.call(&["SET", key, &v.to_string()]),
+            (F::Read, None) => conn.call(&["GET", key]),
             (f, v) => panic!("{f:?} with value {v:?}"),
         };
         let broken = reply.is_err();
@@ -295,30 +380,35 @@ impl Connections {
 }
 
 impl Connections {
+    /// The open connection to `node`, opened (and set up) if need be; an error means nothing
+    /// was sent that matters.
+    fn conn(&mut self, node: u32) -> Result<&mut Conn, String> {
+        match self.open.entry(node) {
+            std::collections::btree_map::Entry::Occupied(e) => Ok(e.into_mut()),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let addr = self.nodes[node as usize - 1];
+                Ok(e.insert(connect(addr, self.timeout, &self.setup)?))
+            }
+        }
+    }
+
     /// Runs one cart operation (`SADD`, `SREM` or `SMEMBERS` of cart `key`) through `node`;
     /// the members are those of an `ok` `SMEMBERS`.
     fn perform_cart(
         &mut self,
         node: u32,
         f: F,
-        key: u64,
+        key: &str,
         value: Option<u64>,
     ) -> (Outcome, Option<Vec<u64>>) {
-        let conn = match self.open.entry(node) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let addr = self.nodes[node as usize - 1];
-                match connect(addr, self.timeout, &self.setup) {
-                    Ok(c) => e.insert(c),
-                    Err(error) => return (Outcome::failed(Kind::Fail, error), None),
-                }
-            }
+        let conn = match self.conn(node) {
+            Ok(c) => c,
+            Err(error) => return (Outcome::failed(Kind::Fail, error), None),
         };
-        let key = cart_key(key);
         let reply = match (f, value) {
-            (F::Add, Some(v)) => conn.call(&["SADD", &key, &v.to_string()]),
-            (F::Remove, Some(v)) => conn.call(&["SREM", &key, &v.to_string()]),
-            (F::Read, None) => conn.call(&["SMEMBERS", &key]),
+            (F::Add, Some(v)) => conn.call(&["SADD", key, &v.to_string()]),
+            (F::Remove, Some(v)) => conn.call(&["SREM", key, &v.to_string()]),
+            (F::Read, None) => conn.call(&["SMEMBERS", key]),
             (f, v) => panic!("{f:?} with value {v:?} on a cart"),
         };
         let broken = reply.is_err();
@@ -394,12 +484,16 @@ fn cart_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, index: u64, mut
             )
         };
         shared.record(Kind::Invoke, process, f, key, Some(value), node, None);
-        if options.planted_bug && f == F::Add && next % 50 == 0 {
+        if options.planted_bug
+            && options.workload == Workload::Cart
+            && f == F::Add
+            && next % 50 == 0
+        {
             // The planted bug: acknowledged, never sent.
             shared.record(Kind::Ok, process, f, key, Some(value), node, None);
             continue;
         }
-        let (outcome, _) = conns.perform_cart(node, f, key, Some(value));
+        let (outcome, _) = conns.perform_cart(node, f, &options.workload.key(key), Some(value));
         shared.record(
             outcome.kind,
             process,
@@ -418,37 +512,46 @@ fn cart_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, index: u64, mut
     }
 }
 
-/// After the final heal: reads every cart through every node (SMEMBERS) in rounds, until one
-/// round has every node answer every cart alike or the deadline passes. Every read is recorded.
-fn final_cart_polls(shared: &Shared, options: &ClientOptions) {
+/// What a final read returned, for comparing nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Answer {
+    Members(Vec<u64>),
+    Count(i64),
+    Balances(Vec<i64>),
+    Value(Option<u64>),
+}
+
+/// After the final heal: reads every key through every node (SMEMBERS, GET of a counter, or
+/// the whole bank in one MULTI/EXEC) in rounds, until one round has every node answer every key
+/// alike or the deadline passes. Every read is recorded.
+fn final_polls(shared: &Shared, options: &ClientOptions) {
+    let workload = options.workload;
     let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
     let deadline = Instant::now() + CART_CONVERGENCE_DEADLINE;
+    // The bank is one object (key 0) read whole.
+    let keys = if workload == Workload::Bank {
+        1
+    } else {
+        options.keys
+    };
     loop {
         let mut agreed = true;
-        for key in 0..options.keys {
-            let mut seen: Option<Vec<u64>> = None;
+        for key in 0..keys {
+            let mut seen: Option<Answer> = None;
             for node in 1..=options.nodes.len() as u32 {
                 let process = shared.new_process();
                 shared.record(Kind::Invoke, process, F::Read, key, None, node, None);
-                let (outcome, members) = conns.perform_cart(node, F::Read, key, None);
-                match (&members, &seen) {
+                let mut event = Event::new(Kind::Ok, process, F::Read, key, None, node);
+                let answer = read_once(&mut conns, workload, node, key, options.keys, &mut event);
+                match (&answer, &seen) {
                     (None, _) => agreed = false,
-                    (Some(m), Some(s)) if m != s => agreed = false,
+                    (Some(a), Some(s)) if a != s => agreed = false,
                     _ => {}
                 }
                 if seen.is_none() {
-                    seen = members.clone();
+                    seen = answer;
                 }
-                shared.record_members(
-                    outcome.kind,
-                    process,
-                    F::Read,
-                    key,
-                    None,
-                    node,
-                    outcome.error,
-                    members,
-                );
+                shared.record_event(event);
             }
         }
         if agreed || Instant::now() > deadline {
@@ -461,22 +564,421 @@ fn final_cart_polls(shared: &Shared, options: &ClientOptions) {
     }
 }
 
-/// Waits until every node answers `SCARD` on a cart (its region's group has a leader).
-fn wait_cart_ready(nodes: &[SocketAddr], timeout: Duration) -> Result<(), String> {
+/// One read of `key` through `node` for a polling workload: fills `event`'s outcome and result
+/// and returns the answer of an `ok` read.
+fn read_once(
+    conns: &mut Connections,
+    workload: Workload,
+    node: u32,
+    key: u64,
+    accounts: u64,
+    event: &mut Event,
+) -> Option<Answer> {
+    let (outcome, answer) = match workload {
+        Workload::Cart | Workload::Set => {
+            let (o, m) = conns.perform_cart(node, F::Read, &workload.key(key), None);
+            (o, m.map(Answer::Members))
+        }
+        Workload::Counter | Workload::MlCounter => {
+            let (o, c) = conns.perform_counter(node, F::Read, &workload.key(key), None);
+            (o, c.map(Answer::Count))
+        }
+        Workload::Bank => {
+            let (o, b) = conns.read_bank(node, accounts);
+            (o, b.map(Answer::Balances))
+        }
+        Workload::MlLww => {
+            let o = conns.perform(node, F::Read, &workload.key(key), None);
+            let answer = (o.kind == Kind::Ok).then_some(Answer::Value(o.value));
+            (o, answer)
+        }
+        Workload::SingleWriter | Workload::Registers => {
+            unreachable!("register workloads read with final_reads")
+        }
+    };
+    event.kind = outcome.kind;
+    event.error = outcome.error;
+    match &answer {
+        Some(Answer::Members(m)) => event.members = Some(m.clone()),
+        Some(Answer::Count(c)) => event.count = Some(*c),
+        Some(Answer::Balances(b)) => event.balances = Some(b.clone()),
+        Some(Answer::Value(v)) => event.value = *v,
+        None => {}
+    }
+    answer
+}
+
+impl Connections {
+    /// `INCRBY key amount` or `GET key` of a counter through `node`; the count of an `ok` read.
+    fn perform_counter(
+        &mut self,
+        node: u32,
+        f: F,
+        key: &str,
+        amount: Option<u64>,
+    ) -> (Outcome, Option<i64>) {
+        let conn = match self.conn(node) {
+            Ok(c) => c,
+            Err(error) => return (Outcome::failed(Kind::Fail, error), None),
+        };
+        let reply = match (f, amount) {
+            (F::Incr, Some(a)) => conn.call(&["INCRBY", key, &a.to_string()]),
+            (F::Read, None) => conn.call(&["GET", key]),
+            (f, v) => panic!("{f:?} with value {v:?} on a counter"),
+        };
+        let broken = reply.is_err();
+        let result = classify_counter(f, reply);
+        if broken || result.0.kind == Kind::Info {
+            self.open.remove(&node);
+        }
+        result
+    }
+
+    /// One transfer of `amount` from account `from` to `to` through `node`: WATCH both, GET
+    /// both, refuse (fail) if `from` holds less than `amount`, else MULTI, SET both, EXEC. Up to
+    /// EXEC nothing can change the bank, so any trouble before it is a `fail`; EXEC's nil (a
+    /// watched account changed) is a `fail`, its array an `ok`, a timeout or TRYAGAIN an `info`.
+    /// `watch: false` is the planted bug: the same without WATCH, so two transfers can both
+    /// write balances computed from the same old ones.
+    fn transfer(&mut self, node: u32, from: u64, to: u64, amount: i64, watch: bool) -> Outcome {
+        let (a, b) = (Workload::Bank.key(from), Workload::Bank.key(to));
+        let conn = match self.conn(node) {
+            Ok(c) => c,
+            Err(error) => return Outcome::failed(Kind::Fail, error),
+        };
+        let prepared = (|| -> Result<(i64, i64), String> {
+            if watch {
+                expect_simple(conn.call(&["WATCH", &a, &b]), "OK", "WATCH")?;
+            }
+            let va = integer_reply(conn.call(&["GET", &a]), "GET")?;
+            let vb = integer_reply(conn.call(&["GET", &b]), "GET")?;
+            Ok((va, vb))
+        })();
+        let (va, vb) = match prepared {
+            Ok(v) => v,
+            Err(e) => {
+                self.open.remove(&node); // it may hold watches
+                return Outcome::failed(Kind::Fail, e);
+            }
+        };
+        if va < amount {
+            if watch && expect_simple(conn.call(&["UNWATCH"]), "OK", "UNWATCH").is_err() {
+                self.open.remove(&node);
+            }
+            return Outcome::failed(Kind::Fail, format!("insufficient funds: {va} < {amount}"));
+        }
+        let queued = (|| -> Result<(), String> {
+            expect_simple(conn.call(&["MULTI"]), "OK", "MULTI")?;
+            expect_simple(
+                conn.call(&["SET", &a, &(va - amount).to_string()]),
+                "QUEUED",
+                "SET",
+            )?;
+            expect_simple(
+                conn.call(&["SET", &b, &(vb + amount).to_string()]),
+                "QUEUED",
+                "SET",
+            )
+        })();
+        if let Err(e) = queued {
+            self.open.remove(&node); // it may be inside MULTI
+            return Outcome::failed(Kind::Fail, e);
+        }
+        let reply = conn.call(&["EXEC"]);
+        let outcome = match reply {
+            Ok(Reply::Array(items))
+                if items.len() == 2
+                    && items
+                        .iter()
+                        .all(|i| matches!(i, Reply::Simple(s) if s == "OK")) =>
+            {
+                Outcome::ok(None)
+            }
+            Ok(Reply::Nil) => {
+                Outcome::failed(Kind::Fail, "EXEC aborted: a watched account changed".into())
+            }
+            Ok(Reply::Error(e)) if e.starts_with("EXECABORT") => Outcome::failed(Kind::Fail, e),
+            other => classify(F::Write, other),
+        };
+        if outcome.kind != Kind::Ok {
+            self.open.remove(&node);
+        }
+        outcome
+    }
+
+    /// Every balance in one MULTI/EXEC (one log entry: an atomic snapshot) through `node`.
+    fn read_bank(&mut self, node: u32, accounts: u64) -> (Outcome, Option<Vec<i64>>) {
+        let conn = match self.conn(node) {
+            Ok(c) => c,
+            Err(error) => return (Outcome::failed(Kind::Fail, error), None),
+        };
+        let queued = (|| -> Result<(), String> {
+            expect_simple(conn.call(&["MULTI"]), "OK", "MULTI")?;
+            for account in 0..accounts {
+                expect_simple(
+                    conn.call(&["GET", &Workload::Bank.key(account)]),
+                    "QUEUED",
+                    "GET",
+                )?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = queued {
+            self.open.remove(&node);
+            return (Outcome::failed(Kind::Fail, e), None);
+        }
+        let result = match conn.call(&["EXEC"]) {
+            Ok(Reply::Array(items)) if items.len() == accounts as usize => {
+                let balances: Result<Vec<i64>, String> = items
+                    .into_iter()
+                    .map(|item| integer_reply(Ok(item), "GET in EXEC"))
+                    .collect();
+                match balances {
+                    Ok(b) => (Outcome::ok(None), Some(b)),
+                    Err(e) => (Outcome::failed(Kind::Info, e), None),
+                }
+            }
+            other => (classify(F::Read, other.map(not_a_value)), None),
+        };
+        if result.0.kind != Kind::Ok {
+            self.open.remove(&node);
+        }
+        result
+    }
+}
+
+/// A reply [`classify`] must not take for a register's value (an EXEC's odd answer).
+fn not_a_value(reply: Reply) -> Reply {
+    match reply {
+        Reply::Error(e) => Reply::Error(e),
+        other => Reply::Simple(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// `Ok` when the reply is the simple string `word`.
+fn expect_simple(reply: Result<Reply, CallError>, word: &str, what: &str) -> Result<(), String> {
+    match reply {
+        Ok(Reply::Simple(s)) if s == word => Ok(()),
+        other => Err(format!("{what} answered {other:?}")),
+    }
+}
+
+/// A decimal integer (bulk or integer reply; nil reads as 0, as Redis's INCR sees it).
+fn integer_reply(reply: Result<Reply, CallError>, what: &str) -> Result<i64, String> {
+    match reply {
+        Ok(Reply::Integer(i)) => Ok(i),
+        Ok(Reply::Nil) => Ok(0),
+        Ok(Reply::Bulk(b)) => std::str::from_utf8(&b)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("{what} answered {:?}", String::from_utf8_lossy(&b))),
+        other => Err(format!("{what} answered {other:?}")),
+    }
+}
+
+/// Classifies a reply to a counter operation: an integer answers INCRBY, a decimal (or nil: 0)
+/// GET; errors and broken connections as [`classify`].
+pub fn classify_counter(f: F, reply: Result<Reply, CallError>) -> (Outcome, Option<i64>) {
+    match (f, reply) {
+        (F::Incr, Ok(Reply::Integer(_))) => (Outcome::ok(None), None),
+        (F::Read, Ok(r @ (Reply::Integer(_) | Reply::Nil | Reply::Bulk(_)))) => {
+            match integer_reply(Ok(r), "GET") {
+                Ok(c) => (Outcome::ok(None), Some(c)),
+                Err(e) => (Outcome::failed(Kind::Info, e), None),
+            }
+        }
+        (_, Ok(Reply::Error(e))) => (classify(F::Write, Ok(Reply::Error(e))), None),
+        (_, Ok(other)) => (
+            Outcome::failed(Kind::Info, format!("unexpected reply {other:?}")),
+            None,
+        ),
+        (_, Err(e)) => (classify(F::Write, Err(e)), None),
+    }
+}
+
+/// A counter writer: INCRBY random counters by 1..=5 through random nodes. With the planted
+/// bug, every 50th increment is recorded as acknowledged but never sent (the final value falls
+/// short of the acknowledged sum) and every 50th, 25 later, is sent twice but recorded once
+/// (the value exceeds what was attempted).
+fn counter_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: DetRng) {
+    let nodes = options.nodes.len() as u64;
+    let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
+    let mut process = shared.new_process();
+    let mut next = 0u64;
+    let think_max = (2 * options.think.as_micros() as u64).max(1);
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_micros(rng.below(think_max)));
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        next += 1;
+        let node = rng.between(1, nodes) as u32;
+        let key = rng.below(options.keys);
+        let amount = rng.between(1, 5);
+        let name = options.workload.key(key);
+        shared.record(
+            Kind::Invoke,
+            process,
+            F::Incr,
+            key,
+            Some(amount),
+            node,
+            None,
+        );
+        if options.planted_bug && next.is_multiple_of(50) {
+            shared.record(Kind::Ok, process, F::Incr, key, Some(amount), node, None);
+            continue;
+        }
+        if options.planted_bug && next % 50 == 25 {
+            let _ = conns.perform_counter(node, F::Incr, &name, Some(amount));
+        }
+        let (outcome, _) = conns.perform_counter(node, F::Incr, &name, Some(amount));
+        shared.record(
+            outcome.kind,
+            process,
+            F::Incr,
+            key,
+            Some(amount),
+            node,
+            outcome.error,
+        );
+        if outcome.kind == Kind::Info {
+            process = shared.new_process();
+        }
+    }
+}
+
+/// A bank writer: transfers 1..=20 between two random distinct accounts through random nodes.
+fn transfer_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: DetRng) {
+    let nodes = options.nodes.len() as u64;
+    let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
+    let mut process = shared.new_process();
+    let think_max = (2 * options.think.as_micros() as u64).max(1);
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_micros(rng.below(think_max)));
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let node = rng.between(1, nodes) as u32;
+        let from = rng.below(options.keys);
+        let to = (from + rng.between(1, options.keys - 1)) % options.keys;
+        let amount = rng.between(1, 20);
+        let mut event = Event::new(Kind::Invoke, process, F::Transfer, from, Some(amount), node);
+        event.to = Some(to);
+        shared.record_event(event.clone());
+        let outcome = conns.transfer(node, from, to, amount as i64, !options.planted_bug);
+        event.kind = outcome.kind;
+        event.error = outcome.error;
+        shared.record_event(event);
+        if outcome.kind == Kind::Info {
+            process = shared.new_process();
+        }
+    }
+}
+
+/// A reader of the polling workloads: reads a random key (the whole bank) through random nodes.
+fn merged_reader(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: DetRng) {
+    let nodes = options.nodes.len() as u64;
+    let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
+    let mut process = shared.new_process();
+    let think_max = (2 * options.think.as_micros() as u64).max(1);
+    while !shared.stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_micros(rng.below(think_max)));
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let node = rng.between(1, nodes) as u32;
+        let key = match options.workload {
+            Workload::Bank => 0,
+            // A register is read in its home region only (its reads are linearizable there);
+            // the planted bug reads it anywhere, as if multi-leader reads were linearizable.
+            Workload::MlLww if !options.planted_bug => {
+                let home: Vec<u64> = (0..options.keys)
+                    .filter(|&k| home_region(k) == region_of(node))
+                    .collect();
+                home[rng.below(home.len() as u64) as usize]
+            }
+            _ => rng.below(options.keys),
+        };
+        shared.record(Kind::Invoke, process, F::Read, key, None, node, None);
+        let mut event = Event::new(Kind::Ok, process, F::Read, key, None, node);
+        read_once(
+            &mut conns,
+            options.workload,
+            node,
+            key,
+            options.keys,
+            &mut event,
+        );
+        let info = event.kind == Kind::Info;
+        shared.record_event(event);
+        if info {
+            process = shared.new_process();
+        }
+    }
+}
+
+/// Sets every account to [`BANK_INITIAL_BALANCE`] in one MULTI/EXEC, through each node in turn,
+/// until one EXEC is acknowledged. Repeating it is harmless: no transfer has begun.
+fn bank_setup(nodes: &[SocketAddr], accounts: u64, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last = String::new();
+    for attempt in 0.. {
+        if Instant::now() > deadline {
+            return Err(format!("the bank could not be set up: {last}"));
+        }
+        let addr = nodes[attempt % nodes.len()];
+        let done = connect(addr, timeout, &[]).and_then(|mut c| {
+            expect_simple(c.call(&["MULTI"]), "OK", "MULTI")?;
+            for account in 0..accounts {
+                expect_simple(
+                    c.call(&[
+                        "SET",
+                        &Workload::Bank.key(account),
+                        &BANK_INITIAL_BALANCE.to_string(),
+                    ]),
+                    "QUEUED",
+                    "SET",
+                )?;
+            }
+            match c.call(&["EXEC"]) {
+                Ok(Reply::Array(items)) if items.len() == accounts as usize => Ok(()),
+                other => Err(format!("EXEC answered {other:?}")),
+            }
+        });
+        match done {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    unreachable!()
+}
+
+/// Waits until every node answers a read of the multi-leader keyspace (`SCARD` of a cart, `GET`
+/// of a counter: its region's group has a leader).
+fn wait_multileader_ready(
+    nodes: &[SocketAddr],
+    workload: Workload,
+    timeout: Duration,
+) -> Result<(), String> {
+    let probe = workload.key(u64::MAX);
+    let command = if workload == Workload::Cart {
+        "SCARD"
+    } else {
+        "GET"
+    };
     let deadline = Instant::now() + timeout;
     for (i, &addr) in nodes.iter().enumerate() {
         loop {
             let answer = Conn::connect_timeout(addr, CONNECT_TIMEOUT, Duration::from_secs(3))
                 .map_err(|e| e.to_string())
-                .and_then(|mut c| {
-                    c.call(&["SCARD", &cart_key(u64::MAX)])
-                        .map_err(|e| e.to_string())
-                });
+                .and_then(|mut c| c.call(&[command, &probe]).map_err(|e| e.to_string()));
             match answer {
-                Ok(Reply::Integer(_)) => break,
+                Ok(Reply::Integer(_) | Reply::Bulk(_) | Reply::Nil) => break,
                 other if Instant::now() > deadline => {
                     return Err(format!(
-                        "n{} ({addr}): SCARD answered {other:?} until the deadline",
+                        "n{} ({addr}): {command} answered {other:?} until the deadline",
                         i + 1
                     ));
                 }
@@ -511,10 +1013,16 @@ enum Role {
         index: u64,
     },
     Reader,
-    /// Adds unique elements to random carts (cart).
+    /// Adds unique elements to random carts or sets (cart, set).
     CartWriter {
         index: u64,
     },
+    /// Increments random counters (counter, ml-counter).
+    CounterWriter,
+    /// Transfers between random accounts (bank).
+    Transfer,
+    /// Reads random keys of a polling workload (set, counter, ml-counter, bank).
+    MergedReader,
 }
 
 fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng: DetRng) {
@@ -528,7 +1036,16 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
-        let node = rng.between(1, nodes) as u32;
+        let node = match role {
+            // Multi-leader single-writer registers: through their home region's nodes only.
+            Role::Writer { key } if options.workload == Workload::MlLww => {
+                let home: Vec<u32> = (1..=nodes as u32)
+                    .filter(|&n| region_of(n) == home_region(key))
+                    .collect();
+                home[rng.below(home.len() as u64) as usize]
+            }
+            _ => rng.between(1, nodes) as u32,
+        };
         let (f, key, value) = match role {
             Role::Writer { key } => {
                 next_value += 1;
@@ -537,19 +1054,88 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
             Role::AnyKeyWriter { index } => {
                 next_value += 1;
                 let value = (index + 1) * 1_000_000_000 + next_value - 1;
-                (F::Write, rng.below(options.keys), Some(value))
+                let key = rng.below(options.keys);
+                // One operation in three is a compare-and-set from the value last seen.
+                let expected = shared.seen.lock().expect("seen").get(&key).copied();
+                if let Some(expected) = expected.filter(|_| rng.below(3) == 0) {
+                    let kind = cas(
+                        &shared, &mut conns, &options, process, node, key, expected, value,
+                    );
+                    if kind == Kind::Info {
+                        process = shared.new_process();
+                    }
+                    continue;
+                }
+                (F::Write, key, Some(value))
             }
             Role::Reader => (F::Read, rng.below(options.keys), None),
-            Role::CartWriter { .. } => unreachable!("cart writers run cart_worker"),
+            Role::CartWriter { .. } | Role::CounterWriter | Role::Transfer | Role::MergedReader => {
+                unreachable!("{role:?} has its own worker")
+            }
         };
         shared.record(Kind::Invoke, process, f, key, value, node, None);
-        let outcome = conns.perform(node, f, key, value);
+        let outcome = conns.perform(node, f, &options.workload.key(key), value);
         let value = if f == F::Write { value } else { outcome.value };
+        if let (Kind::Ok, Some(v)) = (outcome.kind, value) {
+            shared.seen.lock().expect("seen").insert(key, v);
+        }
         shared.record(outcome.kind, process, f, key, value, node, outcome.error);
         if outcome.kind == Kind::Info {
             process = shared.new_process();
         }
     }
+}
+
+/// One `TRIARCH.CAS key expected new` through `node`, recorded: `1` is an `ok` that swapped,
+/// `0` an `ok` that did not, errors as [`classify`]. Returns the outcome (after `info` the
+/// caller retires its process).
+#[allow(clippy::too_many_arguments)]
+fn cas(
+    shared: &Shared,
+    conns: &mut Connections,
+    options: &ClientOptions,
+    process: u64,
+    node: u32,
+    key: u64,
+    expected: u64,
+    new: u64,
+) -> Kind {
+    let mut event = Event::new(Kind::Invoke, process, F::Cas, key, Some(new), node);
+    event.expected = Some(expected);
+    shared.record_event(event.clone());
+    let name = options.workload.key(key);
+    let reply = match conns.conn(node) {
+        Ok(conn) => conn.call(&[
+            "TRIARCH.CAS",
+            &name,
+            &expected.to_string(),
+            &new.to_string(),
+        ]),
+        Err(e) => {
+            event.kind = Kind::Fail;
+            event.error = Some(e);
+            shared.record_event(event);
+            return Kind::Fail;
+        }
+    };
+    let broken = reply.is_err();
+    let outcome = match reply {
+        Ok(Reply::Integer(n @ (0 | 1))) => {
+            event.swapped = Some(n == 1);
+            Outcome::ok(None)
+        }
+        other => classify(F::Write, other.map(not_a_value)),
+    };
+    if broken || outcome.kind == Kind::Info {
+        conns.open.remove(&node);
+    }
+    if event.swapped == Some(true) {
+        shared.seen.lock().expect("seen").insert(key, new);
+    }
+    event.kind = outcome.kind;
+    event.error = outcome.error;
+    shared.record_event(event);
+    outcome.kind
 }
 
 /// Reads every key through `node` at R=3, retrying a failed read a few times.
@@ -564,7 +1150,7 @@ fn final_reads(shared: &Shared, options: &ClientOptions, node: u32) {
         for attempt in 1..=FINAL_READ_ATTEMPTS {
             let process = shared.new_process();
             shared.record(Kind::Invoke, process, F::Read, key, None, node, None);
-            let outcome = conns.perform(node, F::Read, key, None);
+            let outcome = conns.perform(node, F::Read, &key_name(key), None);
             let done = outcome.kind == Kind::Ok;
             shared.record(
                 outcome.kind,
@@ -674,17 +1260,27 @@ pub fn run(options: ClientOptions) -> Result<()> {
         say(&format!("error {e}"));
         bail!("cluster not ready: {e}");
     }
-    if options.workload == Workload::Cart
-        && let Err(e) = wait_cart_ready(&options.nodes, READY_TIMEOUT)
+    if options.workload.is_multileader()
+        && let Err(e) = wait_multileader_ready(&options.nodes, options.workload, READY_TIMEOUT)
     {
         say(&format!("error {e}"));
-        bail!("the cart keyspace is not ready: {e}");
+        bail!(
+            "the {} keyspace is not ready: {e}",
+            options.workload.keyspace()
+        );
+    }
+    if options.workload == Workload::Bank
+        && let Err(e) = bank_setup(&options.nodes, options.keys, options.timeout)
+    {
+        say(&format!("error {e}"));
+        bail!("{e}");
     }
     say("ready");
     let file = File::create(&options.history)
         .with_context(|| format!("creating {}", options.history.display()))?;
     expect(&rx, "start")?;
     let shared = Arc::new(Shared {
+        seen: Mutex::new(BTreeMap::new()),
         t0: Instant::now(),
         history: Mutex::new(HistoryWriter::new(BufWriter::new(file))),
         next_process: AtomicU64::new(0),
@@ -694,27 +1290,39 @@ pub fn run(options: ClientOptions) -> Result<()> {
     let options = Arc::new(options);
     let mut rng = DetRng::seed_from_u64(triarch_core::hash::mix64(options.seed ^ 0xc11e_7700));
     let writers: Vec<Role> = match options.workload {
-        Workload::SingleWriter => (0..options.keys).map(|key| Role::Writer { key }).collect(),
+        Workload::SingleWriter | Workload::MlLww => {
+            (0..options.keys).map(|key| Role::Writer { key }).collect()
+        }
         Workload::Registers => (0..options.keys)
             .map(|index| Role::AnyKeyWriter { index })
             .collect(),
-        Workload::Cart => (0..options.keys)
+        Workload::Cart | Workload::Set => (0..options.keys)
             .map(|index| Role::CartWriter { index })
             .collect(),
+        Workload::Counter | Workload::MlCounter => {
+            (0..options.keys).map(|_| Role::CounterWriter).collect()
+        }
+        Workload::Bank => (0..options.keys).map(|_| Role::Transfer).collect(),
     };
-    let readers = if options.workload == Workload::Cart {
-        0
-    } else {
+    let readers = if options.workload.has_readers() {
         options.readers
+    } else {
+        0
     };
-    let roles = writers
-        .into_iter()
-        .chain((0..readers).map(|_| Role::Reader));
+    let reader = if options.workload.polls_finally() {
+        Role::MergedReader
+    } else {
+        Role::Reader
+    };
+    let roles = writers.into_iter().chain((0..readers).map(|_| reader));
     let workers: Vec<_> = roles
         .map(|role| {
             let (shared, options, rng) = (shared.clone(), options.clone(), rng.fork());
             std::thread::spawn(move || match role {
                 Role::CartWriter { index } => cart_worker(shared, options, index, rng),
+                Role::CounterWriter => counter_worker(shared, options, rng),
+                Role::Transfer => transfer_worker(shared, options, rng),
+                Role::MergedReader => merged_reader(shared, options, rng),
                 _ => worker(shared, options, role, rng),
             })
         })
@@ -735,11 +1343,9 @@ pub fn run(options: ClientOptions) -> Result<()> {
     if let Err(e) = wait_ready(&options.nodes, READY_TIMEOUT) {
         eprintln!("final reads start on a cluster that is not fully ready: {e}");
     }
-    let readers: Vec<_> = if options.workload == Workload::Cart {
+    let readers: Vec<_> = if options.workload.polls_finally() {
         let (shared, options) = (shared.clone(), options.clone());
-        vec![std::thread::spawn(move || {
-            final_cart_polls(&shared, &options)
-        })]
+        vec![std::thread::spawn(move || final_polls(&shared, &options))]
     } else {
         (1..=options.nodes.len() as u32)
             .map(|node| {
@@ -803,5 +1409,36 @@ mod tests {
     #[test]
     fn keys_live_in_the_workload_keyspace() {
         assert_eq!(key_name(3), "nemesis:3");
+        assert_eq!(Workload::Bank.key(2), "bank:2");
+        assert_eq!(Workload::MlCounter.key(0), "mlcounter:0");
+        for w in Workload::ALL {
+            assert_eq!(Workload::parse(w.name()), Ok(w));
+        }
+        assert!(Workload::parse("nope").is_err());
+        // Registers of ml-lww are homed in every region: keys 0, 1, 2 in r1, r2, r3.
+        assert_eq!((home_region(0), home_region(1), home_region(5)), (1, 2, 3));
+        assert_eq!((region_of(1), region_of(5), region_of(9)), (1, 2, 3));
+    }
+
+    #[test]
+    fn counter_replies() {
+        let c = |f, r| classify_counter(f, r);
+        assert_eq!(c(F::Incr, Ok(Reply::Integer(7))), (Outcome::ok(None), None));
+        assert_eq!(c(F::Read, Ok(Reply::Bulk(b"-3".to_vec()))).1, Some(-3));
+        assert_eq!(c(F::Read, Ok(Reply::Nil)).1, Some(0));
+        assert_eq!(c(F::Read, Ok(Reply::Integer(4))).1, Some(4));
+        assert_eq!(
+            c(F::Read, Ok(Reply::Bulk(b"x".to_vec()))).0.kind,
+            Kind::Info
+        );
+        assert_eq!(
+            c(F::Incr, Ok(Reply::Error("QUORUM 1 of 2".into()))).0.kind,
+            Kind::Info
+        );
+        assert_eq!(
+            c(F::Incr, Ok(Reply::Error("ERR wrong type".into()))).0.kind,
+            Kind::Fail
+        );
+        assert_eq!(c(F::Incr, Err(CallError::Timeout)).0.kind, Kind::Info);
     }
 }

@@ -40,26 +40,36 @@ pub fn node_config(
     planted_bug: bool,
 ) -> Result<ServerConfig> {
     let peer = |i: u32| SocketAddr::from((host_ip(i), PEER_PORT)).to_string();
+    use crate::Workload as W;
+    let name = workload.keyspace();
     let keyspace = match workload {
-        crate::Workload::SingleWriter => serde_json::json!({
-            "name": crate::client::KEYSPACE,
+        W::SingleWriter | W::Counter | W::Set => serde_json::json!({
+            "name": name,
             "model": "leaderless",
             "n": 3,
             "r": 2,
             "w": 2,
-            "merge": "lww",
+            "merge": match workload {
+                W::Counter => "counter",
+                W::Set => "set",
+                _ => "lww",
+            },
         }),
-        crate::Workload::Registers => serde_json::json!({
-            "name": crate::client::KEYSPACE,
+        W::Registers | W::Bank => serde_json::json!({
+            "name": name,
             "model": "primary-backup",
             "n": 3,
         }),
         // As `triarch up`: N = min(3, nodes in the smallest region) voters per region.
-        crate::Workload::Cart => serde_json::json!({
-            "name": crate::client::CART_KEYSPACE,
+        W::Cart | W::MlCounter | W::MlLww => serde_json::json!({
+            "name": name,
             "model": "multi-leader",
             "n": (nodes / CART_REGIONS).clamp(1, 3),
-            "merge": "set",
+            "merge": match workload {
+                W::Cart => "set",
+                W::MlCounter => "counter",
+                _ => "lww",
+            },
         }),
     };
     let members: Vec<serde_json::Value> = (1..=nodes)
@@ -76,7 +86,7 @@ pub fn node_config(
         "keyspaces": [keyspace],
         "request_timeout_ms": 1_000,
         "clock_forward_bound_ms": 60_000,
-        "bug_ack_before_quorum": planted_bug && workload == crate::Workload::SingleWriter,
+        "bug_ack_before_quorum": planted_bug && matches!(workload, W::SingleWriter | W::Set),
         "bug_local_reads": planted_bug && workload == crate::Workload::Registers,
     });
     let config: ServerConfig =
@@ -87,14 +97,15 @@ pub fn node_config(
     Ok(config)
 }
 
-/// Regions of `--workload cart` (the other workloads run in one region, `r1`).
+/// Regions of the multi-leader workloads (the other workloads run in one region, `r1`).
 pub const CART_REGIONS: u32 = 3;
 
-/// Node `id`'s region: `r((id - 1) % 3 + 1)` for the cart workload, else `r1`.
+/// Node `id`'s region: `r((id - 1) % 3 + 1)` for the multi-leader workloads, else `r1`.
 pub fn region(workload: crate::Workload, id: u32) -> String {
-    match workload {
-        crate::Workload::Cart => format!("r{}", (id - 1) % CART_REGIONS + 1),
-        _ => "r1".into(),
+    if workload.is_multileader() {
+        format!("r{}", (id - 1) % CART_REGIONS + 1)
+    } else {
+        "r1".into()
     }
 }
 
@@ -138,6 +149,8 @@ pub struct Harness {
     binary: PathBuf,
     nodes: Vec<NodeProc>,
     pub client: Option<ClientProc>,
+    /// The region-latency program in the switch namespace ([`crate::delay`]), when on.
+    delay: Option<Child>,
     torn_down: bool,
 }
 
@@ -160,6 +173,7 @@ impl Harness {
             binary: binary.to_path_buf(),
             nodes,
             client: None,
+            delay: None,
             torn_down: false,
         }
     }
@@ -368,6 +382,80 @@ impl Harness {
         Ok(restarted)
     }
 
+    /// Starts the delay program in the switch namespace, waits for it to bind its queues, then
+    /// adds the iptables rules that send cross-region packets to it ([`crate::delay`]).
+    pub fn start_region_latency(
+        &mut self,
+        self_exe: &Path,
+        latency: &crate::delay::RegionLatency,
+        workload: crate::Workload,
+    ) -> Result<()> {
+        use std::io::BufRead;
+        let log_path = self.dir.join("delay.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.topo.switch()])
+            .arg(self_exe)
+            .arg("delay")
+            .arg("--queues")
+            .arg(latency.queues_arg())
+            .arg("--run-dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting the delay program in the switch namespace")?;
+        let stdout = child.stdout.take().expect("piped");
+        self.delay = Some(child);
+        // Its first line is `ready` (queues bound) or, if it failed, the end of its output.
+        let mut line = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut line)?;
+        if line.trim() != "ready" {
+            bail!(
+                "the delay program did not start:\n{}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        let region_of = |n: u32| {
+            region(workload, n)
+                .trim_start_matches('r')
+                .parse()
+                .expect("r<number>")
+        };
+        for rule in latency.iptables_rules(self.node_count(), region_of, host_ip) {
+            net::run(
+                Command::new("ip")
+                    .args(["netns", "exec", &self.topo.switch(), "iptables"])
+                    .args(&rule),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `Some(status)` once the delay program exited (it never should while the run lasts).
+    pub fn delay_exited(&mut self) -> Result<Option<ExitStatus>> {
+        match &mut self.delay {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `triarch-nemesis probe` in node `from`'s namespace: the median TCP connect time, in
+    /// ms, to node `to`'s RESP port.
+    pub fn probe(&self, self_exe: &Path, from: u32, to: u32) -> Result<f64> {
+        let out = net::run(
+            Command::new("ip")
+                .args(["netns", "exec", &self.topo.node(from)])
+                .arg(self_exe)
+                .args(["probe", "--addr", &resp_addr(to).to_string()]),
+        )?;
+        out.trim()
+            .parse()
+            .with_context(|| format!("probe answered {out:?}"))
+    }
+
     /// Starts `triarch-nemesis client <args>` in the client namespace.
     pub fn spawn_client(&mut self, self_exe: &Path, args: &[String]) -> Result<()> {
         let log = self.dir.join("client.log");
@@ -417,6 +505,12 @@ impl Harness {
                 problems.push(format!("reaping the client: {e}"));
             }
         }
+        if let Some(mut child) = self.delay.take() {
+            let _ = child.kill();
+            if let Err(e) = child.wait() {
+                problems.push(format!("reaping the delay program: {e}"));
+            }
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();
@@ -462,6 +556,9 @@ impl Harness {
             .map(|n| n.config.display().to_string())
             .collect();
         markers.push(self.dir.join("history.jsonl").display().to_string());
+        // The delay program names the run directory (its iptables rules lived in the switch
+        // namespace, checked gone above).
+        markers.push(format!("--run-dir {}", self.dir.display()));
         found.extend(
             processes_mentioning(&markers)
                 .into_iter()

@@ -34,7 +34,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn to_sim(self) -> EventType {
+    pub fn to_sim(self) -> EventType {
         match self {
             Kind::Invoke => EventType::Invoke,
             Kind::Ok => EventType::Ok,
@@ -53,6 +53,12 @@ pub enum F {
     Add,
     /// `SREM` of one element (`value`) from a cart (`--workload cart`).
     Remove,
+    /// `INCRBY` of a counter by `value` (`--workload counter`, `ml-counter`).
+    Incr,
+    /// A bank transfer of `value` from account `key` to account `to` (`--workload bank`).
+    Transfer,
+    /// `TRIARCH.CAS key expected value` (`--workload registers`).
+    Cas,
 }
 
 impl F {
@@ -60,7 +66,7 @@ impl F {
         match self {
             F::Read => Function::Read,
             // The simulator's history (statistics, latency plot) sees set updates as writes.
-            F::Write | F::Add | F::Remove => Function::Write,
+            F::Write | F::Add | F::Remove | F::Incr | F::Transfer | F::Cas => Function::Write,
         }
     }
 }
@@ -84,9 +90,48 @@ pub struct Event {
     pub error: Option<String>,
     #[serde(default, rename = "final", skip_serializing_if = "is_false")]
     pub is_final: bool,
-    /// An `ok` read of a cart (`SMEMBERS`): the elements it returned, sorted.
+    /// An `ok` read of a cart or set (`SMEMBERS`): the elements it returned, sorted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<Vec<u64>>,
+    /// A transfer's destination account (`key` is its source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+    /// An `ok` read of a counter: its value (signed, so that a broken counter shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<i64>,
+    /// An `ok` read of the whole bank: every account's balance, account `i` at index `i`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balances: Option<Vec<i64>>,
+    /// A compare-and-set's expected value (`value` is the new one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u64>,
+    /// An `ok` compare-and-set: whether it stored its value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swapped: Option<bool>,
+}
+
+impl Event {
+    /// An event with no workload-specific fields set (index and time are the writer's).
+    pub fn new(kind: Kind, process: u64, f: F, key: u64, value: Option<u64>, node: u32) -> Event {
+        Event {
+            index: 0,
+            kind,
+            process,
+            f,
+            key,
+            value,
+            time: 0,
+            node: format!("n{node}"),
+            error: None,
+            is_final: false,
+            members: None,
+            to: None,
+            count: None,
+            balances: None,
+            expected: None,
+            swapped: None,
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -120,6 +165,11 @@ impl<W: Write> HistoryWriter<W> {
 
     pub fn flush(&mut self) -> std::io::Result<()> {
         self.out.flush()
+    }
+
+    /// The writer's output (tests write to a `Vec<u8>`).
+    pub fn flush_into(self) -> W {
+        self.out
     }
 }
 
@@ -189,6 +239,11 @@ pub fn parse(input: impl BufRead) -> Result<ParsedHistory> {
                     "a write is invoked with its value, a read without".into(),
                 ));
             }
+            if (e.f == F::Transfer) != e.to.is_some() {
+                return Err(problem(
+                    "a transfer (and only a transfer) names `to`".into(),
+                ));
+            }
             open.insert(e.process, events.len());
             history.invoke(process, e.f.to_sim(), e.key, e.value, NodeId(node), time);
         } else {
@@ -205,8 +260,20 @@ pub fn parse(input: impl BufRead) -> Result<ParsedHistory> {
                     i + 1
                 )));
             }
-            if e.f != F::Read && e.value != invoke.value {
+            if e.f != F::Read
+                && (e.value, e.to, e.expected) != (invoke.value, invoke.to, invoke.expected)
+            {
                 return Err(problem("a write completed with another value".into()));
+            }
+            if e.f == F::Cas && e.kind == Kind::Ok && e.swapped.is_none() {
+                return Err(problem(
+                    "an ok compare-and-set says whether it swapped".into(),
+                ));
+            }
+            if (e.f == F::Transfer) != e.to.is_some() {
+                return Err(problem(
+                    "a transfer (and only a transfer) names `to`".into(),
+                ));
             }
             history.complete(process, e.kind.to_sim(), e.value, time, e.error.clone());
         }
@@ -220,19 +287,9 @@ mod tests {
     use super::*;
 
     fn event(kind: Kind, process: u64, f: F, value: Option<u64>, time: u64) -> Event {
-        Event {
-            index: 0,
-            kind,
-            process,
-            f,
-            key: 1,
-            value,
-            time,
-            node: "n2".into(),
-            error: None,
-            is_final: false,
-            members: None,
-        }
+        let mut e = Event::new(kind, process, f, 1, value, 2);
+        e.time = time;
+        e
     }
 
     fn write_all(events: Vec<Event>) -> String {

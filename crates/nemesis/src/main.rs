@@ -38,6 +38,24 @@ enum Command {
     /// The workload process (started by `run` inside the client namespace).
     #[command(hide = true)]
     Client(ClientArgs),
+    /// The region-latency program (started by `run` inside the switch namespace).
+    #[command(hide = true)]
+    Delay {
+        /// queue:ms pairs, e.g. 1:20,2:40,3:60.
+        #[arg(long)]
+        queues: String,
+        /// The run's directory (names the process for the leftover check).
+        #[arg(long)]
+        run_dir: PathBuf,
+    },
+    /// Prints the median TCP connect time to an address, in ms (run inside a node namespace).
+    #[command(hide = true)]
+    Probe {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 5)]
+        count: u32,
+    },
 }
 
 #[derive(Args)]
@@ -45,8 +63,10 @@ struct RunArgs {
     /// Seed of the fault schedule and of the workload's choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
-    #[arg(long, default_value_t = 5)]
-    nodes: u32,
+    /// Nodes (default: 9 for the multi-leader workloads, three per region, so that each region
+    /// is a 3-voter Raft group; 5 for the others).
+    #[arg(long)]
+    nodes: Option<u32>,
     /// Length of the main phase (faults and workload), in seconds.
     #[arg(long, default_value_t = 60)]
     time_limit_s: u64,
@@ -54,8 +74,11 @@ struct RunArgs {
     /// (default: all; with --planted-bug: partition).
     #[arg(long)]
     faults: Option<String>,
-    /// Nodes acknowledge writes once one replica holds them (bug_ack_before_quorum); registers:
-    /// bug_local_reads; cart: the client records some SADDs as acknowledged without sending them.
+    /// single-writer and set: nodes acknowledge writes once one replica holds them
+    /// (bug_ack_before_quorum); registers: bug_local_reads; cart: the client records some SADDs
+    /// as acknowledged without sending them; bank: transfers without WATCH; counter and
+    /// ml-counter: some INCRBYs recorded as acknowledged but never sent, some sent twice; ml-lww:
+    /// registers read through any region.
     #[arg(long)]
     planted_bug: bool,
     /// Succeed only if some checker fails (use with --planted-bug).
@@ -64,12 +87,17 @@ struct RunArgs {
     /// Run directory (must not exist or be empty; default target/nemesis/seed-<seed>-<time>).
     #[arg(long)]
     dir: Option<PathBuf>,
-    /// Registers (one writer each).
+    /// Keys: registers, counters, sets or carts (bank: accounts); also the number of writer
+    /// processes.
     #[arg(long, default_value_t = 8)]
     keys: u64,
     /// single-writer (a leaderless keyspace, the single-writer checker), registers (a
-    /// primary-backup keyspace, linearizability per key) or cart (a multi-leader add-wins set
-    /// over regions r1..r3, the cart checker; --keys carts, one writer per cart).
+    /// primary-backup keyspace, reads, writes and TRIARCH.CAS: linearizability per key), cart (a multi-leader add-wins set
+    /// over regions r1..r3, the cart checker; --keys carts), bank (primary-backup transfers
+    /// with WATCH/MULTI/EXEC between --keys accounts: total conserved, no negative balance),
+    /// counter (leaderless counters), ml-counter (multi-leader counters over regions r1..r3)
+    /// set (a leaderless add-wins set: lost, unexpected, stale) or ml-lww (multi-leader
+    /// single-writer registers, each written and read in its home region).
     #[arg(long, default_value = "single-writer")]
     workload: String,
     /// Reader processes (default: as many as keys).
@@ -84,6 +112,11 @@ struct RunArgs {
     /// Pause between the final heal and the final reads, in seconds.
     #[arg(long, default_value_t = 5)]
     settle_s: u64,
+    /// One-way delays between regions r1..r3 (NFQUEUE at the bridge): `20,40,60` ms for
+    /// r1-r2, r1-r3, r2-r3, `on` (that default) or `off`. Default: on for the multi-leader
+    /// workloads (cart, ml-counter, ml-lww), off for the others (their nodes are all in r1).
+    #[arg(long)]
+    region_latency: Option<String>,
     /// The triarch binary (default: next to this one).
     #[arg(long)]
     triarch: Option<PathBuf>,
@@ -118,6 +151,17 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run_command(args),
         Command::Check { dir } => report(check_command(&dir)),
+        Command::Delay { queues, run_dir: _ } => report(
+            triarch_nemesis::delay::parse_queues(&queues)
+                .and_then(|q| triarch_nemesis::delay::serve(&q))
+                .map(|()| true),
+        ),
+        Command::Probe { addr, count } => {
+            report(triarch_nemesis::delay::probe(addr, count).map(|ms| {
+                println!("{ms:.2}");
+                true
+            }))
+        }
         Command::Clean => report(clean().map(|removed| {
             if removed.is_empty() {
                 println!("nothing to clean");
@@ -215,9 +259,25 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
     if args.expect_failure && !args.planted_bug {
         eprintln!("triarch-nemesis: note: --expect-failure without --planted-bug");
     }
+    let workload = Workload::parse(&args.workload).map_err(anyhow::Error::msg)?;
+    let region_latency = match &args.region_latency {
+        Some(text) => {
+            triarch_nemesis::delay::RegionLatency::parse(text).map_err(anyhow::Error::msg)?
+        }
+        None if workload.is_multileader() => Some(triarch_nemesis::delay::RegionLatency::DEFAULT),
+        None => None,
+    };
+    if region_latency.is_some() && !workload.is_multileader() {
+        bail!(
+            "--region-latency needs nodes in regions: use it with a multi-leader workload (cart, ml-counter)"
+        );
+    }
     Ok(RunOptions {
+        region_latency,
         seed,
-        nodes: args.nodes,
+        nodes: args
+            .nodes
+            .unwrap_or(if workload.is_multileader() { 9 } else { 5 }),
         time_limit: Duration::from_secs(args.time_limit_s),
         faults,
         planted_bug: args.planted_bug,
@@ -229,7 +289,7 @@ fn run_options(args: RunArgs) -> Result<RunOptions> {
         timeout: Duration::from_millis(args.timeout_ms),
         settle: Duration::from_secs(args.settle_s),
         triarch,
-        workload: Workload::parse(&args.workload).map_err(anyhow::Error::msg)?,
+        workload,
     })
 }
 
@@ -243,21 +303,31 @@ fn check_command(dir: &std::path::Path) -> Result<bool> {
     if nodes == 0 {
         bail!("no n1.toml in {}: not a run directory", dir.display());
     }
-    let keys = parsed.events.iter().map(|e| e.key + 1).max().unwrap_or(0);
-    // The workload the run used, from its keyspace's model.
-    let n1 = std::fs::read_to_string(dir.join("n1.toml"))?;
-    let workload = if n1.contains("multi-leader") {
-        Workload::Cart
-    } else if n1.contains("primary-backup") {
-        Workload::Registers
-    } else {
-        Workload::SingleWriter
+    // Keys: the highest used (bank: accounts, as many as a whole-bank read returns).
+    let keys = parsed
+        .events
+        .iter()
+        .map(|e| {
+            let accounts = e.balances.as_ref().map_or(0, |b| b.len() as u64);
+            (e.key + 1).max(e.to.map_or(0, |t| t + 1)).max(accounts)
+        })
+        .max()
+        .unwrap_or(0);
+    // The workload the run used (runs older than the `workload` file: from the model).
+    let workload = match std::fs::read_to_string(dir.join("workload")) {
+        Ok(name) => Workload::parse(name.trim()).map_err(anyhow::Error::msg)?,
+        Err(_) => {
+            let n1 = std::fs::read_to_string(dir.join("n1.toml"))?;
+            if n1.contains("multi-leader") {
+                Workload::Cart
+            } else if n1.contains("primary-backup") {
+                Workload::Registers
+            } else {
+                Workload::SingleWriter
+            }
+        }
     };
-    let results = if workload == Workload::Cart {
-        check::cart_all(&parsed.events, nodes, keys)
-    } else {
-        check::check_all(&parsed.history, workload, nodes, keys)
-    };
+    let results = check::check_run(&parsed, workload, nodes, keys);
     let (ok, fail, info) = parsed.history.outcome_counts();
     println!(
         "{} events: {ok} ok, {fail} fail, {info} info",

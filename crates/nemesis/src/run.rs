@@ -37,6 +37,8 @@ pub struct RunOptions {
     /// The `triarch` binary the nodes run.
     pub triarch: PathBuf,
     pub workload: crate::Workload,
+    /// One-way delays between regions, applied for the whole run ([`crate::delay`]).
+    pub region_latency: Option<crate::delay::RegionLatency>,
 }
 
 impl RunOptions {
@@ -59,6 +61,14 @@ impl RunOptions {
         }
         if self.workload != crate::Workload::SingleWriter {
             let _ = write!(c, " --workload {}", self.workload.name());
+        }
+        match (&self.region_latency, self.workload.is_multileader()) {
+            (None, true) => c.push_str(" --region-latency off"),
+            (Some(l), _) if *l != crate::delay::RegionLatency::DEFAULT => {
+                let ms: Vec<String> = l.one_way_ms.iter().map(u64::to_string).collect();
+                let _ = write!(c, " --region-latency {}", ms.join(","));
+            }
+            _ => {}
         }
         if self.planted_bug {
             c.push_str(" --planted-bug");
@@ -90,6 +100,12 @@ pub fn preflight(options: &RunOptions) -> Result<()> {
     if options.keys == 0 || options.keys > 1_000 || options.readers > 1_000 {
         bail!("--keys must be between 1 and 1000 and --readers at most 1000");
     }
+    if options.workload == crate::Workload::MlLww && (options.keys < 3 || options.nodes < 3) {
+        bail!("--workload ml-lww needs --keys 3 or more (a register homed in every region)");
+    }
+    if options.workload == crate::Workload::Bank && options.keys < 2 {
+        bail!("--workload bank needs --keys 2 or more (accounts to transfer between)");
+    }
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
         .lines()
@@ -98,7 +114,11 @@ pub fn preflight(options: &RunOptions) -> Result<()> {
     if euid != Some("0") {
         bail!("triarch-nemesis must run as root (it creates network namespaces and nft rules)");
     }
-    for (program, package) in [("ip", "iproute2"), ("nft", "nftables")] {
+    let mut programs = vec![("ip", "iproute2"), ("nft", "nftables")];
+    if options.region_latency.is_some() {
+        programs.push(("iptables", "iptables"));
+    }
+    for (program, package) in programs {
         if !net::have(program) {
             bail!("`{program}` not found: install it with `apt-get install -y {package}`");
         }
@@ -186,6 +206,8 @@ struct Driven {
     main: Duration,
     unexpected_exits: Vec<String>,
     final_heal: String,
+    /// What region latency was applied and measured (empty when off).
+    latency: Vec<String>,
 }
 
 /// Runs everything; errors are harness errors (setup, a fault that could not be applied, an
@@ -208,6 +230,10 @@ pub fn run(options: &RunOptions, interrupted: &Interrupted) -> Result<RunOutcome
     let dir = options.dir.canonicalize()?;
     let schedule = Schedule::generate(options.seed, &schedule_options(options));
     std::fs::write(dir.join("schedule.txt"), schedule.to_string())?;
+    std::fs::write(
+        dir.join("workload"),
+        format!("{}\n", options.workload.name()),
+    )?;
     eprintln!("triarch-nemesis: {}", options.replay_command());
     eprintln!("  run directory {}", dir.display());
 
@@ -247,24 +273,22 @@ pub fn run(options: &RunOptions, interrupted: &Interrupted) -> Result<RunOutcome
 
     let check_started = Instant::now();
     let parsed = history::read(&dir.join("history.jsonl"))?;
-    let results = if options.workload == crate::Workload::Cart {
-        check::cart_all(&parsed.events, options.nodes, options.keys)
-    } else {
-        check::check_all(
-            &parsed.history,
-            options.workload,
-            options.nodes,
-            options.keys,
-        )
-    };
+    let results = check::check_run(&parsed, options.workload, options.nodes, options.keys);
     timings.check = check_started.elapsed();
     let checkers_failed = results.iter().any(|r| !r.is_ok()) || !driven.unexpected_exits.is_empty();
     let passed = checkers_failed == options.expect_failure;
     let title = format!(
-        "triarch-nemesis seed {}: {} nodes, faults {}{}",
+        "triarch-nemesis {} ({}) seed {}: {} nodes, faults {}{}{}",
+        options.workload.name(),
+        options.workload.model(),
         options.seed,
         options.nodes,
         fault_names(&options.faults),
+        if options.region_latency.is_some() {
+            ", region latency"
+        } else {
+            ""
+        },
         if options.planted_bug {
             ", PLANTED BUG"
         } else {
@@ -350,8 +374,11 @@ fn drive(
     let setup_started = Instant::now();
     harness.create_network()?;
     harness.write_configs(options.workload, options.planted_bug)?;
-    harness.start_all()?;
     let self_exe = std::env::current_exe().context("locating triarch-nemesis")?;
+    if let Some(latency) = &options.region_latency {
+        harness.start_region_latency(&self_exe, latency, options.workload)?;
+    }
+    harness.start_all()?;
     let addrs: Vec<String> = (1..=options.nodes)
         .map(|i| resp_addr(i).to_string())
         .collect();
@@ -376,7 +403,17 @@ fn drive(
         options.workload.name().into(),
     ];
     let mut client_args = client_args;
-    if options.planted_bug && options.workload == crate::Workload::Cart {
+    // Client-side planted bugs (the others are node flags, in the configurations).
+    if options.planted_bug
+        && matches!(
+            options.workload,
+            crate::Workload::Cart
+                | crate::Workload::Bank
+                | crate::Workload::Counter
+                | crate::Workload::MlCounter
+                | crate::Workload::MlLww
+        )
+    {
         client_args.push("--planted-bug".into());
     }
     harness.spawn_client(&self_exe, &client_args)?;
@@ -403,6 +440,30 @@ fn drive(
         timings.setup.as_secs_f64()
     ));
 
+    if let Some(latency) = &options.region_latency {
+        // Show that the matrix bites: TCP connect round trips (two one-way delays) between
+        // nodes of each pair of regions, and inside r1 for comparison.
+        let mut pairs = vec![(1, 2), (1, 3), (2, 3)];
+        if options.nodes >= 4 {
+            pairs.push((1, 4));
+        }
+        let mut measured = Vec::new();
+        for (from, to) in pairs {
+            let rtt = harness.probe(&self_exe, from, to)?;
+            let (ra, rb) = (
+                crate::harness::region(options.workload, from),
+                crate::harness::region(options.workload, to),
+            );
+            measured.push(format!("n{from}({ra})->n{to}({rb}) {rtt:.1} ms"));
+        }
+        driven.latency = vec![
+            format!("one-way delays {}", latency.describe()),
+            format!("measured TCP connect round trips: {}", measured.join(", ")),
+        ];
+        for line in &driven.latency {
+            timeline.log(&format!("region latency: {line}"));
+        }
+    }
     harness.client.as_mut().expect("client").send("start")?;
     let t0 = Instant::now();
     timeline.t0 = Some(t0);
@@ -418,6 +479,12 @@ fn drive(
             let what = format!("n{id} exited unexpectedly ({status}); see n{id}.log");
             timeline.log(&what);
             unexpected.push(format!("{:.3}s {what}", timeline.at().as_secs_f64()));
+        }
+        if let Some(status) = h.delay_exited()? {
+            bail!(
+                "the delay program exited ({status}):\n{}",
+                tail(&dir.join("delay.log"), 20)
+            );
         }
         if let Some(status) = h.client.as_mut().expect("client").exited()? {
             bail!(
@@ -523,14 +590,14 @@ fn drive(
     timings.settle = settle_started.elapsed();
 
     let final_started = Instant::now();
-    timeline.log(if options.workload == crate::Workload::Cart {
-        "final reads: SMEMBERS of every cart through every node until all agree"
+    timeline.log(if options.workload.polls_finally() {
+        "final reads: every key through every node until all agree"
     } else {
         "final reads at R=3 through every node"
     });
     harness.client.as_mut().expect("client").send("final")?;
     let mut final_wait = Duration::from_secs(45) + options.timeout * 6 * options.keys as u32;
-    if options.workload == crate::Workload::Cart {
+    if options.workload.polls_finally() {
         // The client polls for up to 60 s, then a round may take a timeout per read.
         final_wait +=
             Duration::from_secs(60) + options.timeout * options.nodes * options.keys as u32;
@@ -595,6 +662,31 @@ fn summary(
             "client-side: every 50th SADD recorded as acknowledged, never sent",
             "carts (writers SADD unique elements to random carts, SREM some of their own)",
         ),
+        crate::Workload::Bank => (
+            "primary-backup, N=3",
+            "client-side: transfers without WATCH (read, then MULTI SET SET EXEC on stale balances)",
+            "bank (accounts of 100; writers transfer 1..20 with WATCH/MULTI/EXEC, readers read every balance in one MULTI/EXEC)",
+        ),
+        crate::Workload::Counter => (
+            "leaderless, N=3 R=2 W=2, counter",
+            "client-side: every 50th INCRBY recorded as acknowledged, never sent; every 50th (+25) sent twice",
+            "counters (writers INCRBY 1..5 to random counters, readers GET)",
+        ),
+        crate::Workload::MlCounter => (
+            "multi-leader over regions r1..r3, counter",
+            "client-side: every 50th INCRBY recorded as acknowledged, never sent; every 50th (+25) sent twice",
+            "counters (writers INCRBY 1..5 to random counters, readers GET)",
+        ),
+        crate::Workload::MlLww => (
+            "multi-leader over regions r1..r3, lww",
+            "client-side: registers read through any region, as if multi-leader reads were linearizable",
+            "single-writer registers, each written and read only through its home region's nodes",
+        ),
+        crate::Workload::Set => (
+            "leaderless, N=3 R=2 W=2, add-wins set",
+            "bug_ack_before_quorum",
+            "sets (writers SADD unique elements to random sets, SREM some of their own; readers SMEMBERS)",
+        ),
     };
     let _ = writeln!(
         s,
@@ -612,14 +704,25 @@ fn summary(
         "workload:   {workload}: {} keys, {} writers + {} readers, think ~{} ms, client timeout {} ms",
         options.keys,
         options.keys,
-        if options.workload == crate::Workload::Cart {
-            0 // carts are read only after the final heal
-        } else {
+        if options.workload.has_readers() {
             options.readers
+        } else {
+            0 // carts are read only after the final heal
         },
         options.think.as_millis(),
         options.timeout.as_millis()
     );
+    if options.region_latency.is_some() {
+        let _ = writeln!(
+            s,
+            "latency:    {} (iptables NFQUEUE at the bridge + the delay program, the whole run)",
+            driven.latency.join("; ")
+        );
+        let held = tail(&dir.join("delay.log"), 1);
+        if !held.is_empty() {
+            let _ = writeln!(s, "            delay program at its last report: {held}");
+        }
+    }
     let _ = writeln!(
         s,
         "schedule:   faults {} over {} s, then final heal, {} s settle, final reads",
@@ -747,7 +850,7 @@ fn summary(
     );
     let _ = writeln!(
         s,
-        "files: summary.txt history.jsonl latency-raw.svg checker.txt nemesis.log schedule.txt n*.toml n*.log client.log info-n*.txt data/"
+        "files: summary.txt history.jsonl latency-raw.svg checker.txt nemesis.log schedule.txt workload n*.toml n*.log client.log info-n*.txt delay.log (with region latency) data/"
     );
     s
 }
