@@ -456,20 +456,37 @@ pub fn classify_cart(f: F, reply: Result<Reply, CallError>) -> (Outcome, Option<
     }
 }
 
-/// A cart writer: SADDs elements unique over the run (`index` makes them so) to random carts
-/// through random nodes, and now and then SREMs an element it added and saw acknowledged.
-fn cart_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, index: u64, mut rng: DetRng) {
-    let nodes = options.nodes.len() as u64;
-    let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
+/// The loop of every client thread: a random think time (up to twice `options.think`), then one
+/// operation by `op`, which records it and returns how it ended, until the run stops. A process
+/// whose operation ended `info` (its outcome unknown) retires and a new one takes its place, as
+/// Jepsen's processes do.
+fn client_loop(
+    shared: &Shared,
+    options: &ClientOptions,
+    rng: &mut DetRng,
+    mut op: impl FnMut(&mut DetRng, u64) -> Kind,
+) {
     let mut process = shared.new_process();
-    let mut next = 0;
-    let mut acknowledged: Vec<(u64, u64)> = Vec::new();
     let think_max = (2 * options.think.as_micros() as u64).max(1);
     while !shared.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_micros(rng.below(think_max)));
         if shared.stop.load(Ordering::Relaxed) {
             break;
         }
+        if op(rng, process) == Kind::Info {
+            process = shared.new_process();
+        }
+    }
+}
+
+/// A cart writer: SADDs elements unique over the run (`index` makes them so) to random carts
+/// through random nodes, and now and then SREMs an element it added and saw acknowledged.
+fn cart_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, index: u64, mut rng: DetRng) {
+    let nodes = options.nodes.len() as u64;
+    let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
+    let mut next = 0;
+    let mut acknowledged: Vec<(u64, u64)> = Vec::new();
+    client_loop(&shared, &options, &mut rng, |rng, process| {
         let node = rng.between(1, nodes) as u32;
         let (f, key, value) = if !acknowledged.is_empty() && rng.below(5) == 0 {
             let (key, element) =
@@ -491,7 +508,7 @@ fn cart_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, index: u64, mut
         {
             // The planted bug: acknowledged, never sent.
             shared.record(Kind::Ok, process, f, key, Some(value), node, None);
-            continue;
+            return Kind::Ok;
         }
         let (outcome, _) = conns.perform_cart(node, f, &options.workload.key(key), Some(value));
         shared.record(
@@ -506,10 +523,8 @@ fn cart_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, index: u64, mut
         if f == F::Add && outcome.kind == Kind::Ok {
             acknowledged.push((key, value));
         }
-        if outcome.kind == Kind::Info {
-            process = shared.new_process();
-        }
-    }
+        outcome.kind
+    });
 }
 
 /// What a final read returned, for comparing nodes.
@@ -803,14 +818,8 @@ pub fn classify_counter(f: F, reply: Result<Reply, CallError>) -> (Outcome, Opti
 fn counter_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: DetRng) {
     let nodes = options.nodes.len() as u64;
     let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
-    let mut process = shared.new_process();
     let mut next = 0u64;
-    let think_max = (2 * options.think.as_micros() as u64).max(1);
-    while !shared.stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_micros(rng.below(think_max)));
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
+    client_loop(&shared, &options, &mut rng, |rng, process| {
         next += 1;
         let node = rng.between(1, nodes) as u32;
         let key = rng.below(options.keys);
@@ -827,7 +836,7 @@ fn counter_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: Det
         );
         if options.planted_bug && next.is_multiple_of(50) {
             shared.record(Kind::Ok, process, F::Incr, key, Some(amount), node, None);
-            continue;
+            return Kind::Ok;
         }
         if options.planted_bug && next % 50 == 25 {
             let _ = conns.perform_counter(node, F::Incr, &name, Some(amount));
@@ -842,23 +851,15 @@ fn counter_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: Det
             node,
             outcome.error,
         );
-        if outcome.kind == Kind::Info {
-            process = shared.new_process();
-        }
-    }
+        outcome.kind
+    });
 }
 
 /// A bank writer: transfers 1..=20 between two random distinct accounts through random nodes.
 fn transfer_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: DetRng) {
     let nodes = options.nodes.len() as u64;
     let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
-    let mut process = shared.new_process();
-    let think_max = (2 * options.think.as_micros() as u64).max(1);
-    while !shared.stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_micros(rng.below(think_max)));
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
+    client_loop(&shared, &options, &mut rng, |rng, process| {
         let node = rng.between(1, nodes) as u32;
         let from = rng.below(options.keys);
         let to = (from + rng.between(1, options.keys - 1)) % options.keys;
@@ -870,23 +871,15 @@ fn transfer_worker(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: De
         event.kind = outcome.kind;
         event.error = outcome.error;
         shared.record_event(event);
-        if outcome.kind == Kind::Info {
-            process = shared.new_process();
-        }
-    }
+        outcome.kind
+    });
 }
 
 /// A reader of the polling workloads: reads a random key (the whole bank) through random nodes.
 fn merged_reader(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: DetRng) {
     let nodes = options.nodes.len() as u64;
     let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
-    let mut process = shared.new_process();
-    let think_max = (2 * options.think.as_micros() as u64).max(1);
-    while !shared.stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_micros(rng.below(think_max)));
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
+    client_loop(&shared, &options, &mut rng, |rng, process| {
         let node = rng.between(1, nodes) as u32;
         let key = match options.workload {
             Workload::Bank => 0,
@@ -910,12 +903,10 @@ fn merged_reader(shared: Arc<Shared>, options: Arc<ClientOptions>, mut rng: DetR
             options.keys,
             &mut event,
         );
-        let info = event.kind == Kind::Info;
+        let kind = event.kind;
         shared.record_event(event);
-        if info {
-            process = shared.new_process();
-        }
-    }
+        kind
+    });
 }
 
 /// Sets every account to [`BANK_INITIAL_BALANCE`] in one MULTI/EXEC, through each node in turn,
@@ -1028,14 +1019,8 @@ enum Role {
 fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng: DetRng) {
     let nodes = options.nodes.len() as u64;
     let mut conns = Connections::new(&options.nodes, options.timeout, Vec::new());
-    let mut process = shared.new_process();
     let mut next_value = 1;
-    let think_max = (2 * options.think.as_micros() as u64).max(1);
-    while !shared.stop.load(Ordering::Relaxed) {
-        std::thread::sleep(Duration::from_micros(rng.below(think_max)));
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
+    client_loop(&shared, &options, &mut rng, |rng, process| {
         let node = match role {
             // Multi-leader single-writer registers: through their home region's nodes only.
             Role::Writer { key } if options.workload == Workload::MlLww => {
@@ -1058,13 +1043,9 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
                 // One operation in three is a compare-and-set from the value last seen.
                 let expected = shared.seen.lock().expect("seen").get(&key).copied();
                 if let Some(expected) = expected.filter(|_| rng.below(3) == 0) {
-                    let kind = cas(
+                    return cas(
                         &shared, &mut conns, &options, process, node, key, expected, value,
                     );
-                    if kind == Kind::Info {
-                        process = shared.new_process();
-                    }
-                    continue;
                 }
                 (F::Write, key, Some(value))
             }
@@ -1080,10 +1061,8 @@ fn worker(shared: Arc<Shared>, options: Arc<ClientOptions>, role: Role, mut rng:
             shared.seen.lock().expect("seen").insert(key, v);
         }
         shared.record(outcome.kind, process, f, key, value, node, outcome.error);
-        if outcome.kind == Kind::Info {
-            process = shared.new_process();
-        }
-    }
+        outcome.kind
+    });
 }
 
 /// One `TRIARCH.CAS key expected new` through `node`, recorded: `1` is an `ok` that swapped,
