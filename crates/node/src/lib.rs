@@ -409,7 +409,12 @@ impl<S: Storage> Node<S> {
         let leaderless = Leaderless::new(config.id, &membership.ring, leaderless_config)
             .with_incarnation(first_op, started);
         let primary = Primary::new(config.id, config.primary.clone(), started, rng.fork());
-        let meta = Primary::new(config.id, config.primary.clone(), started, rng.fork());
+        let meta = Primary::new(
+            config.id,
+            meta::meta_config(&config.primary),
+            started,
+            rng.fork(),
+        );
         let meta_spec = meta::meta_group(&members);
         let regions = Regions::new(config.members.iter().map(|m| (m.id, m.region.clone())))?;
         let own_region = config

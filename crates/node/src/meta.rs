@@ -32,11 +32,11 @@ use std::sync::Arc;
 use triarch_core::limits::KEYSPACES_MAX;
 use triarch_core::{ConfigError, KeyspaceConfig, NodeId, Now, RequestId};
 use triarch_leaderless::Env as LeaderlessEnv;
-use triarch_primary::LogIndex;
 use triarch_primary::engine::{Effect, Env, GroupSpec, Op, Outcome, ranked};
 use triarch_primary::machine::{
     Applied, Command, CommandResult, Extension, Rows, extension_row, extension_scan, table_name,
 };
+use triarch_primary::{LogIndex, PrimaryConfig};
 use triarch_storage::{Storage, StorageError};
 
 /// The metadata group's name. Keyspace and region names are letters, digits, `_` and `-`, so a
@@ -60,6 +60,21 @@ pub(crate) fn decode_membership(bytes: &[u8]) -> Option<Membership> {
     match bytes.split_first() {
         Some((&MEMBERSHIP_FORMAT_V1, rest)) => postcard::from_bytes(rest).ok(),
         _ => None,
+    }
+}
+
+/// The metadata group's timings, from the data groups' (`[primary]`): it is used rarely (a
+/// `CREATE`, a membership change), so it heartbeats 2.5 times less often and waits 1.5 times
+/// longer before an election (a metadata leader's failure costs a few seconds of `CREATE`s,
+/// never data), and gives a request twice the time, since one made while it elects waits.
+pub fn meta_config(data: &PrimaryConfig) -> PrimaryConfig {
+    PrimaryConfig {
+        heartbeat_interval: data.heartbeat_interval * 5 / 2,
+        election_timeout_min: data.election_timeout_min * 3 / 2,
+        election_timeout_max: data.election_timeout_max * 3 / 2,
+        request_timeout: data.request_timeout * 2,
+        lease_reads: false,
+        ..data.clone()
     }
 }
 
