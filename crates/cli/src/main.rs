@@ -74,6 +74,13 @@ struct ExploreArgs {
     /// Cut one region off from the others in each fault window (`--partition false`: no faults).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     partition: bool,
+    /// Also crash a node (sometimes two) in fault windows; it restarts over its disk.
+    #[arg(long)]
+    crash: bool,
+    /// Also skew clocks: ±100 ms apart throughout, and one or two jump by up to ±20 s in
+    /// fault windows.
+    #[arg(long)]
+    skew: bool,
     /// One JSON object per (workload, model), one per line, instead of the table.
     #[arg(long)]
     json: bool,
@@ -345,6 +352,8 @@ fn explore(args: ExploreArgs) -> Result<()> {
         workloads,
         models,
         partition: args.partition,
+        crash: args.crash,
+        skew: args.skew,
     };
     options.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = std::time::Instant::now();

@@ -83,10 +83,38 @@ pub enum MergedWorkload {
     MlCounter,
     /// Workload MR: writes of unique values to a multi-leader `lww` keyspace.
     MlRegisters,
+    /// Workload MB: transfers as a client without transactions does them (read both
+    /// balances, then SET both) on a multi-leader `lww` keyspace. Added for the explorer:
+    /// last-writer-wins loses updates, and this is where it shows.
+    MlBank,
+    /// Workload LB: the same read-then-write transfers on a leaderless `lww` keyspace.
+    LwwBank,
 }
 
 /// Every account's balance after workload B's setup.
 pub const BANK_INITIAL_BALANCE: i64 = 100;
+
+/// Workloads MB and LB store `write * BALANCE_WRITE_BASE + balance` in an account: the write
+/// (unique over the run, 0 for "never written") names the version a read returned, so that a
+/// write's parent (the version its transfer read) is known; balances stay below the base.
+pub const BALANCE_WRITE_BASE: u64 = 1_000_000;
+
+/// Workloads MB and LB: the stored value of write `write` setting `balance`.
+pub fn balance_value(write: u64, balance: i64) -> u64 {
+    assert!(
+        (0..BALANCE_WRITE_BASE as i64).contains(&balance),
+        "balance {balance} out of range"
+    );
+    write * BALANCE_WRITE_BASE + balance as u64
+}
+
+/// Workloads MB and LB: (write, balance) of what a read returned (`None`: never written, the
+/// initial balance).
+pub fn balance_of(value: Option<u64>) -> (u64, i64) {
+    value.map_or((0, BANK_INITIAL_BALANCE), |v| {
+        (v / BALANCE_WRITE_BASE, (v % BALANCE_WRITE_BASE) as i64)
+    })
+}
 
 impl MergedWorkload {
     /// The workloads of the single-region runs (`tests/merged_seeds.rs`).
@@ -106,7 +134,12 @@ impl MergedWorkload {
 
     /// Whether the workload runs on a multi-leader keyspace.
     pub fn is_multileader(self) -> bool {
-        Self::MULTI_LEADER.contains(&self)
+        Self::MULTI_LEADER.contains(&self) || self == MergedWorkload::MlBank
+    }
+
+    /// Workloads MB and LB: read-then-write transfers between `lww` registers.
+    pub fn is_lww_bank(self) -> bool {
+        matches!(self, MergedWorkload::MlBank | MergedWorkload::LwwBank)
     }
 
     /// The keyspace the workload runs in (created on every node from its configuration).
@@ -114,10 +147,15 @@ impl MergedWorkload {
         let (name, merge) = match self {
             MergedWorkload::Set => ("cart", MergePolicy::Set),
             MergedWorkload::Counter => ("hits", MergePolicy::Counter),
-            MergedWorkload::MlCart | MergedWorkload::MlCounter | MergedWorkload::MlRegisters => {
+            MergedWorkload::LwwBank => ("llbank", MergePolicy::Lww),
+            MergedWorkload::MlCart
+            | MergedWorkload::MlCounter
+            | MergedWorkload::MlRegisters
+            | MergedWorkload::MlBank => {
                 let (name, merge) = match self {
                     MergedWorkload::MlCart => ("mlcart", MergePolicy::Set),
                     MergedWorkload::MlCounter => ("mlcount", MergePolicy::Counter),
+                    MergedWorkload::MlBank => ("mlbank", MergePolicy::Lww),
                     _ => ("mlreg", MergePolicy::Lww),
                 };
                 // N=3 voters in every region.
@@ -161,6 +199,8 @@ impl MergedWorkload {
             MergedWorkload::MlCart => "cart",
             MergedWorkload::MlCounter => "counter",
             MergedWorkload::MlRegisters => "lww",
+            MergedWorkload::MlBank => "mlbank",
+            MergedWorkload::LwwBank => "lwwbank",
         }
     }
 }
@@ -625,6 +665,10 @@ struct Process {
     pending: Option<(MergedFunction, u64)>,
     /// Workload B: the transfer its last preparation found affordable, with the versions read.
     prepared: Option<MergedFunction>,
+    /// Workloads MB and LB: the transfer in progress (from, to, amount, the balance of
+    /// `from` once read), and the operations it issues next, in order.
+    transfer: Option<(u64, u64, i64, Option<i64>)>,
+    queued: Vec<(MergedFunction, u64)>,
 }
 
 /// The next operation a process issues.
@@ -724,6 +768,8 @@ impl MergedClients {
             owned: Vec::new(),
             pending: None,
             prepared: None,
+            transfer: None,
+            queued: Vec::new(),
         };
         self.processes.insert(id, process);
         id
@@ -751,8 +797,10 @@ impl MergedClients {
 
     /// The next operation of `id`, or `None` when the budget is spent (or the process is gone).
     pub fn next_op(&mut self, id: ProcessId) -> Option<PlannedMergedOp> {
-        let role = self.processes.get(&id)?.role;
-        if self.ops_invoked >= self.ops_budget && role != Role::Setup {
+        let process = self.processes.get(&id)?;
+        let role = process.role;
+        // A transfer under way finishes past the budget (its second write is owed).
+        if self.ops_invoked >= self.ops_budget && role != Role::Setup && process.queued.is_empty() {
             return None;
         }
         let node_index = if self.workload.is_multileader() {
@@ -793,9 +841,39 @@ impl MergedClients {
                     self.rng.below(self.keys),
                 )
             }
-            (Role::Reader, MergedWorkload::Registers | MergedWorkload::MlRegisters) => {
-                (MergedFunction::RegisterRead, self.rng.below(self.keys))
+            (Role::Writer, MergedWorkload::MlBank | MergedWorkload::LwwBank) => {
+                let process = self.processes.get_mut(&id).expect("looked up above");
+                if process.queued.is_empty() {
+                    let from = self.rng.below(self.keys);
+                    let to = (from + 1 + self.rng.below(self.keys - 1)) % self.keys;
+                    let amount = self.rng.between(1, 20) as i64;
+                    process.transfer = Some((from, to, amount, None));
+                    (MergedFunction::RegisterRead, from)
+                } else {
+                    let (f, key) = process.queued.remove(0);
+                    match f {
+                        MergedFunction::RegisterWrite { .. } => {
+                            // The value names the write: numbered now, in invocation order.
+                            let (_, balance) = balance_of(match f {
+                                MergedFunction::RegisterWrite { value } => Some(value),
+                                _ => None,
+                            });
+                            let write = self.next_element;
+                            self.next_element += 1;
+                            let value = balance_value(write, balance);
+                            (MergedFunction::RegisterWrite { value }, key)
+                        }
+                        f => (f, key),
+                    }
+                }
             }
+            (
+                Role::Reader,
+                MergedWorkload::Registers
+                | MergedWorkload::MlRegisters
+                | MergedWorkload::MlBank
+                | MergedWorkload::LwwBank,
+            ) => (MergedFunction::RegisterRead, self.rng.below(self.keys)),
             (Role::Writer, MergedWorkload::MlRegisters) => {
                 let value = self.next_element;
                 self.next_element += 1;
@@ -871,6 +949,44 @@ impl MergedClients {
                     }
                 }
             }
+            (MergedFunction::RegisterRead, EventType::Ok) if self.workload.is_lww_bank() => {
+                let Some(ReadResult::Register(v)) = result else {
+                    panic!("an ok register read has a value")
+                };
+                let (_, balance) = balance_of(*v);
+                match process.transfer {
+                    Some((from, to, amount, None)) if key == from => {
+                        process.transfer = Some((from, to, amount, Some(balance)));
+                        process.queued = vec![(MergedFunction::RegisterRead, to)];
+                    }
+                    Some((from, to, amount, Some(from_balance))) if key == to => {
+                        process.transfer = None;
+                        // The write numbers are drawn when the writes are invoked.
+                        if from_balance >= amount {
+                            process.queued = vec![
+                                (
+                                    MergedFunction::RegisterWrite {
+                                        value: balance_value(0, from_balance - amount),
+                                    },
+                                    from,
+                                ),
+                                (
+                                    MergedFunction::RegisterWrite {
+                                        value: balance_value(0, balance + amount),
+                                    },
+                                    to,
+                                ),
+                            ];
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (_, EventType::Fail | EventType::Info) if self.workload.is_lww_bank() => {
+                // The transfer is abandoned where it stands (after its first write, half done).
+                process.transfer = None;
+                process.queued.clear();
+            }
             (MergedFunction::BankPrepare { from, to, amount }, EventType::Ok) => {
                 if let Some(ReadResult::Balances(b)) = result
                     && let [(_, from_balance, from_version), (_, _, to_version)] = b.as_slice()
@@ -934,7 +1050,10 @@ impl MergedClients {
         let f = match self.workload {
             MergedWorkload::Set | MergedWorkload::MlCart => MergedFunction::SetRead,
             MergedWorkload::Counter | MergedWorkload::MlCounter => MergedFunction::CounterRead,
-            MergedWorkload::Registers | MergedWorkload::MlRegisters => MergedFunction::RegisterRead,
+            MergedWorkload::Registers
+            | MergedWorkload::MlRegisters
+            | MergedWorkload::MlBank
+            | MergedWorkload::LwwBank => MergedFunction::RegisterRead,
             MergedWorkload::Bank => MergedFunction::BankRead,
         };
         self.processes.get_mut(&id).expect("a final reader").pending = Some((f, key));

@@ -569,7 +569,13 @@ impl Simulation {
                     }
                     MergedWorkload::MlCart
                     | MergedWorkload::MlCounter
-                    | MergedWorkload::MlRegisters => self.multileader_checkers(run),
+                    | MergedWorkload::MlRegisters
+                    | MergedWorkload::MlBank => self.multileader_checkers(run),
+                    // Workload LB (the explorer's): its anomalies are the explorer's figures,
+                    // not failures; the final reads must agree.
+                    MergedWorkload::LwwBank => {
+                        vec![crate::explore::anomalies::final_reads_agree(&run.history)]
+                    }
                     MergedWorkload::Registers | MergedWorkload::Bank => {
                         let tables = run.tables.as_ref().expect("snapshot taken at Finish");
                         let workload = run.clients.workload;
@@ -855,7 +861,9 @@ impl Simulation {
                 | MergedWorkload::Bank
                 | MergedWorkload::MlCart
                 | MergedWorkload::MlCounter
-                | MergedWorkload::MlRegisters,
+                | MergedWorkload::MlRegisters
+                | MergedWorkload::MlBank
+                | MergedWorkload::LwwBank,
             ) => LeaderlessConfig::default(),
         };
         // Elections well inside a fault window, so that leaders change often.
@@ -1419,10 +1427,11 @@ impl Simulation {
             self.schedule(FINAL_READ_SETTLE, Event::Finish);
             return;
         }
-        let leaderless = self
-            .merged
-            .as_ref()
-            .is_some_and(|run| !run.clients.workload.is_multileader());
+        // (Workload LB's `lww` records are no CRDT state: nothing to snapshot.)
+        let leaderless = self.merged.as_ref().is_some_and(|run| {
+            !run.clients.workload.is_multileader()
+                && run.clients.workload != MergedWorkload::LwwBank
+        });
         if leaderless {
             // For `tests/sloppy.rs`: what hinted handoff alone left on the replicas.
             self.states_before_final_reads = Some(self.replica_states());

@@ -67,11 +67,16 @@
 //!
 //! Output depends on the options alone: the same options give byte-identical output.
 
-use crate::checker::regional;
+pub mod anomalies;
+pub mod staleness;
+
+use crate::checker::{ViolationKind, regional};
 use crate::history::EventType;
 use crate::merged::{MergedFunction, MergedWorkload};
 use crate::nemesis::Fault;
 use crate::{RegionOptions, SimOptions, Simulation};
+use anomalies::BalanceAnomalies;
+use staleness::Staleness;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -147,6 +152,11 @@ pub struct ExploreOptions {
     pub models: Vec<Model>,
     /// One region cut off per fault window.
     pub partition: bool,
+    /// A node (sometimes two) crashes in fault windows and restarts over its disk.
+    pub crash: bool,
+    /// Clocks disagree (±100 ms from the start) and one or two jump by up to ±20 s in fault
+    /// windows: what last-writer-wins orders by.
+    pub skew: bool,
 }
 
 impl Default for ExploreOptions {
@@ -158,6 +168,8 @@ impl Default for ExploreOptions {
             workloads: Workload::ALL.to_vec(),
             models: Model::ALL.to_vec(),
             partition: true,
+            crash: false,
+            skew: false,
         }
     }
 }
@@ -183,9 +195,45 @@ impl ExploreOptions {
             packet_loss: false,
             duplication: false,
             crashes: false,
-            clock_skew: false,
+            clock_skew: self.skew,
             ..SimOptions::multileader()
         }
+    }
+
+    /// The faults the nemesis chooses among, one or two per fault window.
+    pub fn faults(&self) -> Vec<Fault> {
+        let mut faults = Vec::new();
+        if self.partition {
+            faults.push(Fault::RegionCut);
+        }
+        if self.crash {
+            faults.push(Fault::CrashRestart);
+        }
+        if self.skew {
+            faults.push(Fault::ClockBump);
+        }
+        faults
+    }
+
+    /// The fault schedule in words.
+    pub fn describe_faults(&self) -> String {
+        let mut parts = Vec::new();
+        if self.partition {
+            parts.push("a region cut off from the others");
+        }
+        if self.crash {
+            parts.push("a node crash and restart");
+        }
+        if self.skew {
+            parts.push("a clock jump of up to 20 s (clocks ±100 ms apart throughout)");
+        }
+        if parts.is_empty() {
+            return "no faults".to_string();
+        }
+        format!(
+            "fault windows of 2-5 s from 1 s, healed 2-5 s between them, each with one or two of: {}",
+            parts.join("; ")
+        )
     }
 }
 
@@ -212,9 +260,16 @@ fn plan(
             Some("registers stand in: no set workload runs on primary-backup"),
         )),
         (Workload::Balance, Model::PrimaryBackup) => Ok((Run::Merged(W::Bank), "B", None)),
-        (Workload::Balance, _) => Err(
-            "n/a: workload B's transfers need WATCH/MULTI/EXEC, which only primary-backup keyspaces have",
-        ),
+        (Workload::Balance, Model::MultiLeader) => Ok((
+            Run::Merged(W::MlBank),
+            "MB",
+            Some("no transactions here: read both balances, then SET both; merge lww"),
+        )),
+        (Workload::Balance, Model::Leaderless) => Ok((
+            Run::Merged(W::LwwBank),
+            "LB",
+            Some("no transactions here: read both balances, then SET both; merge lww"),
+        )),
         (Workload::Prefs, Model::MultiLeader) => Ok((Run::Merged(W::MlRegisters), "MR", None)),
         (Workload::Prefs, Model::Leaderless) => Ok((Run::Registers, "A", None)),
         (Workload::Prefs, Model::PrimaryBackup) => Ok((Run::Merged(W::Registers), "L", None)),
@@ -278,7 +333,22 @@ pub struct Cell {
     pub aborted_transfers: Option<u64>,
     pub cut_off: BTreeMap<String, Availability>,
     pub elsewhere: Availability,
+    /// The balance workload's anomalies, summed over seeds (drift as absolute values).
+    pub balance: Option<BalanceAnomalies>,
+    /// Stale reads over every seed (`None`: workload B, whose reads are linearizable
+    /// snapshots by construction).
+    pub staleness: Option<Staleness>,
+    /// Every write and read latency of every seed, sorted (for the HTML report's CDFs).
+    pub write_cdf: Vec<Duration>,
+    pub read_cdf: Vec<Duration>,
+    /// The first seed's writes, per [`TIMELINE_BIN`] from 0: (ok, attempted), by the time
+    /// they were invoked; and its fault windows (from, to, what).
+    pub timeline: Vec<Availability>,
+    pub windows: Vec<(Duration, Duration, String)>,
 }
+
+/// The availability timeline's resolution.
+pub const TIMELINE_BIN: Duration = Duration::from_millis(250);
 
 impl Cell {
     /// The median write latency a client of `region` saw.
@@ -314,7 +384,8 @@ fn measure(run: Run, options: &ExploreOptions) -> Cell {
         BTreeMap<String, Vec<Duration>>,
     ) = Default::default();
     let model = match run {
-        Run::Registers | Run::Merged(MergedWorkload::Set | MergedWorkload::Counter) => {
+        Run::Registers
+        | Run::Merged(MergedWorkload::Set | MergedWorkload::Counter | MergedWorkload::LwwBank) => {
             Model::Leaderless
         }
         Run::Merged(w) if w.is_multileader() => Model::MultiLeader,
@@ -326,8 +397,9 @@ fn measure(run: Run, options: &ExploreOptions) -> Cell {
                 Run::Merged(w) => Simulation::new_in_regions(seed, &sim_options, w, &regions),
                 Run::Registers => Simulation::registers_in_regions(seed, &sim_options, &regions),
             };
-            if options.partition {
-                sim = sim.with_nemesis_faults(vec![Fault::RegionCut]);
+            let faults = options.faults();
+            if !faults.is_empty() {
+                sim = sim.with_nemesis_faults(faults);
             }
             let report = sim.run();
             (report, sim)
@@ -348,6 +420,40 @@ fn measure(run: Run, options: &ExploreOptions) -> Cell {
             }
         }
         let samples = samples(&sim);
+        if seed == options.first_seed {
+            timeline(&mut cell, &sim, &samples);
+        }
+        let seen = match (run, sim.merged_history()) {
+            (Run::Registers, _) => Some(staleness::of_registers(sim.history())),
+            (_, Some(history)) => staleness::of_merged(history),
+            (_, None) => None,
+        };
+        if let Some(seen) = seen {
+            cell.staleness
+                .get_or_insert_with(Staleness::default)
+                .add(&seen);
+        }
+        if let (Run::Merged(w), Some(history)) = (run, sim.merged_history()) {
+            let accounts = sim_options.keys;
+            let found = if w.is_lww_bank() {
+                Some(anomalies::lww_bank(history, accounts))
+            } else if w == MergedWorkload::Bank {
+                let violations = report
+                    .checkers
+                    .iter()
+                    .flat_map(|c| &c.violations)
+                    .filter(|v| v.kind == ViolationKind::Bank)
+                    .count() as u64;
+                Some(anomalies::transactional_bank(history, accounts, violations))
+            } else {
+                None
+            };
+            if let Some(found) = found {
+                cell.balance
+                    .get_or_insert_with(BalanceAnomalies::default)
+                    .add(&found);
+            }
+        }
         for s in &samples {
             let Some(done) = s.completed.filter(|_| s.ok) else {
                 continue;
@@ -359,8 +465,10 @@ fn measure(run: Run, options: &ExploreOptions) -> Cell {
             let region = format!("r{}", s.region + 1);
             if s.write {
                 writes.entry(region).or_default().push(waited);
+                cell.write_cdf.push(waited);
             } else if s.read {
                 reads.entry(region).or_default().push(waited);
+                cell.read_cdf.push(waited);
             }
         }
         for cut in sim.isolations() {
@@ -413,6 +521,8 @@ fn measure(run: Run, options: &ExploreOptions) -> Cell {
         }
     }
     cell.failed_checkers.sort();
+    cell.write_cdf.sort();
+    cell.read_cdf.sort();
     cell.write_latency = writes
         .into_iter()
         .filter_map(|(r, v)| Some((r, percentiles(v)?)))
@@ -422,6 +532,41 @@ fn measure(run: Run, options: &ExploreOptions) -> Cell {
         .filter_map(|(r, v)| Some((r, percentiles(v)?)))
         .collect();
     cell
+}
+
+/// The first seed's availability timeline and fault windows.
+fn timeline(cell: &mut Cell, sim: &Simulation, samples: &[Sample]) {
+    let bin = TIMELINE_BIN.as_micros() as u64;
+    for s in samples.iter().filter(|s| s.write && !s.aborted) {
+        let i = (s.invoked.as_micros() / bin) as usize;
+        if cell.timeline.len() <= i {
+            cell.timeline.resize(i + 1, (0, 0));
+        }
+        cell.timeline[i].0 += u64::from(s.ok);
+        cell.timeline[i].1 += 1;
+    }
+    let at = |i: Instant| Duration::from_micros(i.as_micros());
+    let cuts = sim.isolations();
+    for w in sim.fault_windows() {
+        let Some(to) = w.to else { continue };
+        let mut what: Vec<String> = w
+            .faults
+            .iter()
+            .map(|f| match f {
+                Fault::RegionCut => cuts
+                    .iter()
+                    .find(|c| c.from == w.from)
+                    .map_or("region cut".to_string(), |c| {
+                        format!("r{} cut off", c.region + 1)
+                    }),
+                Fault::CrashRestart => "node crash".to_string(),
+                Fault::ClockBump => "clock jump".to_string(),
+                other => other.to_string(),
+            })
+            .collect();
+        what.sort();
+        cell.windows.push((at(w.from), at(to), what.join(", ")));
+    }
 }
 
 /// Every main-phase operation of a finished run.
@@ -581,6 +726,32 @@ fn ratio((ok, attempted): Availability) -> String {
     }
 }
 
+/// `12/338 (3.6%); for p50/p99 20.1/130.0 ms; versions behind mean 1.2, max 3`.
+fn stale_line(st: &Staleness) -> String {
+    let mut line = format!("{}/{} ({:.1}%)", st.stale, st.reads, st.rate() * 100.0);
+    if let Some(p) = percentiles(st.stale_for.clone()) {
+        let (mean, max) = versions(st);
+        let _ = write!(
+            line,
+            "; behind by p50/p99 {}/{} ms; versions behind mean {mean:.1}, max {max}",
+            ms(p.p50),
+            ms(p.p99)
+        );
+    }
+    line
+}
+
+/// (mean, max) versions a stale read missed.
+fn versions(st: &Staleness) -> (f64, u64) {
+    let max = st.versions.iter().copied().max().unwrap_or(0);
+    let mean = if st.versions.is_empty() {
+        0.0
+    } else {
+        st.versions.iter().sum::<u64>() as f64 / st.versions.len() as f64
+    };
+    (mean, max)
+}
+
 fn latencies(l: &BTreeMap<String, Percentiles>) -> String {
     if l.is_empty() {
         return "-".to_string();
@@ -602,11 +773,7 @@ impl fmt::Display for Report {
             o.regions,
             o.first_seed,
             o.first_seed + o.seeds - 1,
-            if o.partition {
-                "one region cut off per fault window (2-5 s windows from 1 s)"
-            } else {
-                "no faults"
-            }
+            o.describe_faults()
         )?;
         writeln!(
             f,
@@ -648,6 +815,20 @@ impl fmt::Display for Report {
                     count(cell.read_repairs),
                     count(cell.hinted_writes)
                 )?;
+                if let Some(st) = &cell.staleness {
+                    writeln!(f, "  stale reads     {}", stale_line(st))?;
+                }
+                if let Some(b) = &cell.balance {
+                    writeln!(
+                        f,
+                        "  anomalies       lost updates {}, negative balances {}, money created or destroyed {}, half-done transfers {} (transfers done {})",
+                        b.lost_updates,
+                        b.negative_balances,
+                        b.total_drift,
+                        b.half_transfers,
+                        b.transfers
+                    )?;
+                }
                 if o.partition {
                     let per: Vec<String> = cell
                         .cut_off
@@ -731,6 +912,52 @@ fn json_availability((ok, attempted): Availability) -> String {
     format!("{{\"ok\":{ok},\"attempted\":{attempted}}}")
 }
 
+fn json_staleness(st: Option<&Staleness>) -> String {
+    let Some(st) = st else {
+        return "null".to_string();
+    };
+    let (mean, max) = versions(st);
+    let behind = percentiles(st.stale_for.clone()).map_or_else(
+        || "null".to_string(),
+        |p| {
+            let worst = st.stale_for.iter().max().copied().unwrap_or_default();
+            format!(
+                "{{\"p50\":{},\"p99\":{},\"max\":{}}}",
+                json_ms(p.p50),
+                json_ms(p.p99),
+                json_ms(worst)
+            )
+        },
+    );
+    let bins: Vec<String> = st
+        .by_age
+        .iter()
+        .zip(staleness::AGE_BINS_MS)
+        .map(|((reads, stale), from)| {
+            format!("{{\"age_ms_from\":{from},\"reads\":{reads},\"stale\":{stale}}}")
+        })
+        .collect();
+    format!(
+        "{{\"reads\":{},\"stale\":{},\"rate\":{:.4},\"behind_ms\":{behind},\"versions_behind\":{{\"mean\":{mean:.3},\"max\":{max}}},\"by_age\":[{}]}}",
+        st.reads,
+        st.stale,
+        st.rate(),
+        bins.join(",")
+    )
+}
+
+fn json_anomalies(b: Option<&BalanceAnomalies>) -> String {
+    b.map_or_else(
+        || "null".to_string(),
+        |b| {
+            format!(
+                "{{\"lost_updates\":{},\"negative_balances\":{},\"money_drift\":{},\"half_transfers\":{},\"transfers\":{}}}",
+                b.lost_updates, b.negative_balances, b.total_drift, b.half_transfers, b.transfers
+            )
+        },
+    )
+}
+
 impl Report {
     /// One JSON object per line, one per (workload, model) (fields: the module documentation).
     pub fn json_lines(&self) -> String {
@@ -748,11 +975,12 @@ impl Report {
                 out,
                 "{{\"workload\":{},\"model\":{},\"run\":{},\"note\":{},\"authoritative\":{},\
                  \"regions\":{},\"first_seed\":{},\"seeds\":{},\"partition\":{},\
+                 \"crash\":{},\"skew\":{},\
                  \"seeds_passed\":{},\"failed_checkers\":[{}],\"events\":{},\
                  \"write_latency_ms\":{},\"read_latency_ms\":{},\"conflicts\":{},\"merged\":{},\
                  \"lww_discarded\":{},\"read_repairs\":{},\"hinted_writes\":{},\
                  \"aborted_transfers\":{},\"writes_while_cut_off\":{{{}}},\
-                 \"writes_elsewhere_while_cut\":{}}}",
+                 \"writes_elsewhere_while_cut\":{},\"stale_reads\":{},\"anomalies\":{}}}",
                 json_opt_str(c.workload.map(Workload::as_str)),
                 json_str(model.as_str()),
                 json_opt_str(c.run),
@@ -762,6 +990,8 @@ impl Report {
                 o.first_seed,
                 o.seeds,
                 o.partition,
+                o.crash,
+                o.skew,
                 json_count(c.seeds_passed),
                 failed.join(","),
                 c.events,
@@ -775,6 +1005,8 @@ impl Report {
                 json_count(c.aborted_transfers),
                 cut.join(","),
                 json_availability(c.elsewhere),
+                json_staleness(c.staleness.as_ref()),
+                json_anomalies(c.balance.as_ref()),
             );
         }
         out
@@ -790,7 +1022,7 @@ mod tests {
         assert_eq!(Workload::parse("prefs"), Some(Workload::Prefs));
         assert_eq!(Workload::parse("bank"), None);
         assert_eq!(parse_model("multi-leader"), Some(Model::MultiLeader));
-        assert!(plan(Workload::Balance, Model::Leaderless).is_err());
+        assert!(plan(Workload::Balance, Model::Leaderless).is_ok());
         assert!(plan(Workload::Balance, Model::PrimaryBackup).is_ok());
         assert_eq!(json_str("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
     }
@@ -816,10 +1048,6 @@ mod tests {
         for c in a.cells.iter().filter(|c| c.run.is_some()) {
             assert_eq!(c.seeds_passed, Some(2), "{c:?}");
         }
-        let ml_bank = a
-            .cell(Workload::Balance, Model::MultiLeader)
-            .expect("a cell");
-        assert!(ml_bank.run.is_none() && ml_bank.note.is_some_and(|n| n.starts_with("n/a")));
         assert!(a.to_string().contains("== balance =="));
     }
 
