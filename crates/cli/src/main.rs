@@ -65,9 +65,26 @@ struct ExploreArgs {
     /// The first seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// cart, balance, prefs or all.
+    /// cart, balance, prefs, all (those three) or custom (registers shaped by --reads, --keys,
+    /// --zipf, --region-mix and --value-bytes).
     #[arg(long, default_value = "all")]
     workload: String,
+    /// --workload custom: the fraction of operations that are reads.
+    #[arg(long, default_value_t = 0.9)]
+    reads: f64,
+    /// --workload custom: how many keys.
+    #[arg(long, default_value_t = 100)]
+    keys: u64,
+    /// --workload custom: the Zipf exponent of key popularity (0: uniform).
+    #[arg(long, default_value_t = 0.99)]
+    zipf: f64,
+    /// --workload custom: comma-separated weights, one per region, of where the clients are
+    /// (default: even).
+    #[arg(long)]
+    region_mix: Option<String>,
+    /// --workload custom: the size of a written value (bytes).
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
     /// Comma-separated: primary-backup, multi-leader, leaderless.
     #[arg(long, default_value = "primary-backup,multi-leader,leaderless")]
     models: String,
@@ -84,6 +101,12 @@ struct ExploreArgs {
     /// One JSON object per (workload, model), one per line, instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report (inline SVG plots) to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Also write the first workload's write latency CDFs as a standalone SVG to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
     /// Instead: probabilistically bounded staleness of leaderless N=3, R=1, W=1 with exponential
     /// links, measured on the real engines against the WARS model, at several t (uses --seed).
     #[arg(long)]
@@ -324,6 +347,29 @@ fn explore_pbs(args: &ExploreArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs the explorer with a progress bar on stderr when stderr is a terminal (never on
+/// stdout: the report there depends on the options alone).
+fn run_explore(options: &triarch_sim::explore::ExploreOptions) -> triarch_sim::explore::Report {
+    use std::io::{IsTerminal, Write as _};
+    if !std::io::stderr().is_terminal() {
+        return triarch_sim::explore::explore(options);
+    }
+    const BAR: u64 = 30;
+    let report = triarch_sim::explore::explore_with_progress(options, &mut |done, total| {
+        let filled = (done * BAR / total.max(1)) as usize;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {done}/{total} simulations",
+            "#".repeat(filled),
+            " ".repeat(BAR as usize - filled)
+        );
+        let _ = err.flush();
+    });
+    eprint!("\r{}\r", " ".repeat(BAR as usize + 30));
+    report
+}
+
 fn explore(args: ExploreArgs) -> Result<()> {
     use triarch_sim::explore::{self, ExploreOptions, Workload};
     if args.pbs {
@@ -333,7 +379,10 @@ fn explore(args: ExploreArgs) -> Result<()> {
         Workload::ALL.to_vec()
     } else {
         vec![Workload::parse(&args.workload).ok_or_else(|| {
-            anyhow::anyhow!("--workload {}: cart, balance, prefs or all", args.workload)
+            anyhow::anyhow!(
+                "--workload {}: cart, balance, prefs, all or custom",
+                args.workload
+            )
         })?]
     };
     let models = args
@@ -354,15 +403,42 @@ fn explore(args: ExploreArgs) -> Result<()> {
         partition: args.partition,
         crash: args.crash,
         skew: args.skew,
+        mix: explore::CustomMix {
+            reads: args.reads,
+            keys: args.keys,
+            zipf: args.zipf,
+            region_mix: match &args.region_mix {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(|w| {
+                        w.trim()
+                            .parse::<f64>()
+                            .map_err(|e| anyhow::anyhow!("--region-mix {w}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            },
+            value_bytes: args.value_bytes,
+        },
     };
     options.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = std::time::Instant::now();
-    let report = explore::explore(&options);
+    let report = run_explore(&options);
     let elapsed = started.elapsed().as_secs_f64();
     if args.json {
         print!("{}", report.json_lines());
     } else {
         print!("{report}");
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, report.html())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("HTML report: {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        let svg = explore::html::write_latency_svg(&report, options.workloads[0]);
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("write latency plot: {}", path.display());
     }
     // Wall time on stderr: the report itself depends on the options alone.
     eprintln!(

@@ -89,6 +89,9 @@ pub enum MergedWorkload {
     MlBank,
     /// Workload LB: the same read-then-write transfers on a leaderless `lww` keyspace.
     LwwBank,
+    /// Workload LR: writes of unique values to a leaderless `lww` keyspace (the explorer's
+    /// custom mix on leaderless).
+    LwwRegisters,
 }
 
 /// Every account's balance after workload B's setup.
@@ -148,6 +151,7 @@ impl MergedWorkload {
             MergedWorkload::Set => ("cart", MergePolicy::Set),
             MergedWorkload::Counter => ("hits", MergePolicy::Counter),
             MergedWorkload::LwwBank => ("llbank", MergePolicy::Lww),
+            MergedWorkload::LwwRegisters => ("llreg", MergePolicy::Lww),
             MergedWorkload::MlCart
             | MergedWorkload::MlCounter
             | MergedWorkload::MlRegisters
@@ -201,6 +205,7 @@ impl MergedWorkload {
             MergedWorkload::MlRegisters => "lww",
             MergedWorkload::MlBank => "mlbank",
             MergedWorkload::LwwBank => "lwwbank",
+            MergedWorkload::LwwRegisters => "lwwreg",
         }
     }
 }
@@ -698,6 +703,53 @@ pub(crate) struct MergedClients {
     ops_budget: u64,
     ops_invoked: u64,
     think_max_micros: u64,
+    /// The explorer's custom mix, when one replaces the workload's own shape.
+    mix: Option<MixState>,
+}
+
+/// The explorer's custom workload shape ([`MergedClients::with_mix`]), for the register
+/// workloads L, MR and LR: every process reads with probability `reads` and otherwise writes a
+/// unique value; keys are drawn from a Zipf distribution of exponent `zipf` (0: uniform) over
+/// the run's keys; processes are placed in regions in proportion to `region_weights` and talk
+/// to their region's nodes; values are zero-padded to `value_bytes`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mix {
+    pub reads: f64,
+    pub zipf: f64,
+    pub region_weights: Vec<f64>,
+    pub value_bytes: usize,
+    /// Client processes (each runs one operation at a time).
+    pub processes: u64,
+}
+
+struct MixState {
+    reads: f64,
+    /// The cumulative probability of keys `0..=i`.
+    key_cdf: Vec<f64>,
+    value_bytes: usize,
+}
+
+/// Processes per region chosen by weight: process `i` of `n` goes to the first region whose
+/// cumulative weight exceeds `(i + 0.5) / n` (every weight is relative to their sum).
+pub fn mix_regions(weights: &[f64], processes: u64) -> Vec<u32> {
+    let sum: f64 = weights.iter().sum();
+    assert!(
+        sum > 0.0 && weights.iter().all(|w| *w >= 0.0),
+        "weights {weights:?}"
+    );
+    (0..processes)
+        .map(|i| {
+            let at = (i as f64 + 0.5) / processes as f64 * sum;
+            let mut total = 0.0;
+            weights
+                .iter()
+                .position(|w| {
+                    total += w;
+                    at < total
+                })
+                .unwrap_or(weights.len() - 1) as u32
+        })
+        .collect()
 }
 
 impl MergedClients {
@@ -724,6 +776,7 @@ impl MergedClients {
             ops_budget: ops,
             ops_invoked: 0,
             think_max_micros: 0,
+            mix: None,
         };
         // More writers than readers: the checkers judge the final state above all.
         for _ in 0..keys * 2 {
@@ -746,6 +799,53 @@ impl MergedClients {
             process.region = i as u32 % regions;
         }
         self
+    }
+
+    /// Replaces the processes with `mix.processes` mixed readers-writers placed in the
+    /// `regions` regions by `mix.region_weights`, each talking to its own region's nodes.
+    pub fn with_mix(mut self, mix: &Mix, regions: u32) -> Self {
+        assert!(matches!(
+            self.workload,
+            MergedWorkload::Registers | MergedWorkload::MlRegisters | MergedWorkload::LwwRegisters
+        ));
+        assert!((0.0..=1.0).contains(&mix.reads) && mix.zipf >= 0.0 && mix.processes >= 1);
+        assert_eq!(
+            mix.region_weights.len(),
+            regions as usize,
+            "a weight per region"
+        );
+        // The same mean think time per operation over the whole run as before.
+        let processes_before = self.processes.len() as u64;
+        self.regions = regions;
+        self.processes.clear();
+        for region in mix_regions(&mix.region_weights, mix.processes) {
+            self.spawn_in(Role::Writer, region);
+        }
+        let weights: Vec<f64> = (1..=self.keys)
+            .map(|k| 1.0 / (k as f64).powf(mix.zipf))
+            .collect();
+        let sum: f64 = weights.iter().sum();
+        let mut total = 0.0;
+        let key_cdf = weights
+            .iter()
+            .map(|w| {
+                total += w / sum;
+                total
+            })
+            .collect();
+        self.mix = Some(MixState {
+            reads: mix.reads,
+            key_cdf,
+            value_bytes: mix.value_bytes,
+        });
+        let mean = self.think_max_micros / 2 * mix.processes / processes_before.max(1);
+        self.think_max_micros = (2 * mean).max(1);
+        self
+    }
+
+    /// The size (bytes) a written value is zero-padded to (0: none).
+    pub fn value_bytes(&self) -> usize {
+        self.mix.as_ref().map_or(0, |m| m.value_bytes)
     }
 
     /// The region (index) of the nodes process `id` talks to.
@@ -802,6 +902,31 @@ impl MergedClients {
         // A transfer under way finishes past the budget (its second write is owed).
         if self.ops_invoked >= self.ops_budget && role != Role::Setup && process.queued.is_empty() {
             return None;
+        }
+        if let Some(mix) = &self.mix
+            && role == Role::Writer
+        {
+            let read = self.rng.chance(mix.reads);
+            let at = self.rng.unit_f64();
+            let key = mix
+                .key_cdf
+                .partition_point(|&c| c < at)
+                .min(mix.key_cdf.len() - 1) as u64;
+            let f = if read {
+                MergedFunction::RegisterRead
+            } else {
+                let value = self.next_element;
+                self.next_element += 1;
+                MergedFunction::RegisterWrite { value }
+            };
+            let region = self.processes[&id].region as usize;
+            let regions = self.regions as usize;
+            let in_region = (self.nodes - region).div_ceil(regions);
+            let node_index = region + regions * self.rng.below(in_region as u64) as usize;
+            let process = self.processes.get_mut(&id).expect("looked up above");
+            process.pending = Some((f, key));
+            self.ops_invoked += 1;
+            return Some(PlannedMergedOp { f, key, node_index });
         }
         let node_index = if self.workload.is_multileader() {
             // A node of the process's region: index `region + k * regions`.
@@ -872,9 +997,10 @@ impl MergedClients {
                 MergedWorkload::Registers
                 | MergedWorkload::MlRegisters
                 | MergedWorkload::MlBank
-                | MergedWorkload::LwwBank,
+                | MergedWorkload::LwwBank
+                | MergedWorkload::LwwRegisters,
             ) => (MergedFunction::RegisterRead, self.rng.below(self.keys)),
-            (Role::Writer, MergedWorkload::MlRegisters) => {
+            (Role::Writer, MergedWorkload::MlRegisters | MergedWorkload::LwwRegisters) => {
                 let value = self.next_element;
                 self.next_element += 1;
                 (
@@ -1053,7 +1179,8 @@ impl MergedClients {
             MergedWorkload::Registers
             | MergedWorkload::MlRegisters
             | MergedWorkload::MlBank
-            | MergedWorkload::LwwBank => MergedFunction::RegisterRead,
+            | MergedWorkload::LwwBank
+            | MergedWorkload::LwwRegisters => MergedFunction::RegisterRead,
             MergedWorkload::Bank => MergedFunction::BankRead,
         };
         self.processes.get_mut(&id).expect("a final reader").pending = Some((f, key));

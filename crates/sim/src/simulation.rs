@@ -6,7 +6,7 @@ use crate::checker::convergence::{self, ReplicaRecords, ReplicaStates, ReplicaTa
 use crate::checker::{bank_history, counter, leader, registers, set, single_writer};
 use crate::history::{EventType, Function, History, ProcessId};
 use crate::merged::{
-    BANK_INITIAL_BALANCE, MergedClients, MergedFunction, MergedHistory, MergedWorkload,
+    BANK_INITIAL_BALANCE, MergedClients, MergedFunction, MergedHistory, MergedWorkload, Mix,
     PlannedMergedOp, ReadResult,
 };
 use crate::nemesis::{Action, Fault, FaultWindow, Nemesis};
@@ -235,7 +235,15 @@ impl Simulation {
     /// independent streams per concern (network, nemesis, clients, nodes, disks) so that a change
     /// to one concern's use of randomness leaves the others' choices alone.
     pub fn new(seed: u64, options: &SimOptions) -> Self {
-        Simulation::build(seed, options, None, None, false, &RegionOptions::single())
+        Simulation::build(
+            seed,
+            options,
+            None,
+            None,
+            false,
+            &RegionOptions::single(),
+            None,
+        )
     }
 
     /// A run of `workload` with its nodes in `regions` ([`crate::run_multileader_seed`]): a
@@ -248,7 +256,7 @@ impl Simulation {
         workload: MergedWorkload,
         regions: &RegionOptions,
     ) -> Self {
-        Simulation::build(seed, options, Some(workload), None, false, regions)
+        Simulation::build(seed, options, Some(workload), None, false, regions, None)
     }
 
     /// A run of the register workload (`workload: None`) or of a CRDT workload whose nodes all
@@ -263,7 +271,7 @@ impl Simulation {
         config: LeaderlessConfig,
     ) -> Self {
         let single = RegionOptions::single();
-        Simulation::build(seed, options, workload, Some(config), false, &single)
+        Simulation::build(seed, options, workload, Some(config), false, &single, None)
     }
 
     /// A run of the register workload (`workload: None`) or of a CRDT workload whose nodes run
@@ -282,7 +290,7 @@ impl Simulation {
         config: LeaderlessConfig,
     ) -> Self {
         let single = RegionOptions::single();
-        Simulation::build(seed, options, workload, Some(config), true, &single)
+        Simulation::build(seed, options, workload, Some(config), true, &single, None)
     }
 
     /// Every replica's record of every key when the final reads began: after the final heal
@@ -325,7 +333,7 @@ impl Simulation {
     /// A run of the register workload (A: single-writer registers in the leaderless `default`
     /// keyspace) with its nodes in `regions`. Added for [`crate::explore`].
     pub fn registers_in_regions(seed: u64, options: &SimOptions, regions: &RegionOptions) -> Self {
-        Simulation::build(seed, options, None, None, false, regions)
+        Simulation::build(seed, options, None, None, false, regions, None)
     }
 
     /// Gives a run built with every fault of `options` off a nemesis that chooses among `faults`
@@ -354,9 +362,31 @@ impl Simulation {
     /// [`crate::run_merged_seed`]).
     pub fn new_merged(seed: u64, options: &SimOptions, workload: MergedWorkload) -> Self {
         let single = RegionOptions::single();
-        Simulation::build(seed, options, Some(workload), None, false, &single)
+        Simulation::build(seed, options, Some(workload), None, false, &single, None)
     }
 
+    /// A run of register workload `workload` (L, MR or LR) whose clients follow `mix` (the
+    /// explorer's custom workload: [`crate::merged::Mix`]) with the nodes in `regions`. Added
+    /// for [`crate::explore`].
+    pub fn new_mixed(
+        seed: u64,
+        options: &SimOptions,
+        workload: MergedWorkload,
+        regions: &RegionOptions,
+        mix: &Mix,
+    ) -> Self {
+        Simulation::build(
+            seed,
+            options,
+            Some(workload),
+            None,
+            false,
+            regions,
+            Some(mix),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn build(
         seed: u64,
         options: &SimOptions,
@@ -364,6 +394,7 @@ impl Simulation {
         leaderless_config: Option<LeaderlessConfig>,
         anti_entropy_only: bool,
         regions: &RegionOptions,
+        mix: Option<&Mix>,
     ) -> Self {
         options
             .validate()
@@ -445,6 +476,9 @@ impl Simulation {
                 );
                 if kind.is_multileader() {
                     clients = clients.in_regions(regions.regions);
+                }
+                if let Some(mix) = mix {
+                    clients = clients.with_mix(mix, regions.regions);
                 }
                 let run = MergedRun {
                     clients,
@@ -573,7 +607,7 @@ impl Simulation {
                     | MergedWorkload::MlBank => self.multileader_checkers(run),
                     // Workload LB (the explorer's): its anomalies are the explorer's figures,
                     // not failures; the final reads must agree.
-                    MergedWorkload::LwwBank => {
+                    MergedWorkload::LwwBank | MergedWorkload::LwwRegisters => {
                         vec![crate::explore::anomalies::final_reads_agree(&run.history)]
                     }
                     MergedWorkload::Registers | MergedWorkload::Bank => {
@@ -863,7 +897,8 @@ impl Simulation {
                 | MergedWorkload::MlCounter
                 | MergedWorkload::MlRegisters
                 | MergedWorkload::MlBank
-                | MergedWorkload::LwwBank,
+                | MergedWorkload::LwwBank
+                | MergedWorkload::LwwRegisters,
             ) => LeaderlessConfig::default(),
         };
         // Elections well inside a fault window, so that leaders change often.
@@ -1253,7 +1288,11 @@ impl Simulation {
             },
             MergedFunction::RegisterWrite { value } => Request::Set {
                 key: key.clone(),
-                value: Bytes::from(value.to_string()),
+                // Zero-padded to the mix's value size (it still parses as the number).
+                value: Bytes::from(format!(
+                    "{value:0width$}",
+                    width = run.clients.value_bytes()
+                )),
                 w: None,
             },
             MergedFunction::RegisterCas { expected, new } => Request::Cas {
@@ -1430,7 +1469,10 @@ impl Simulation {
         // (Workload LB's `lww` records are no CRDT state: nothing to snapshot.)
         let leaderless = self.merged.as_ref().is_some_and(|run| {
             !run.clients.workload.is_multileader()
-                && run.clients.workload != MergedWorkload::LwwBank
+                && !matches!(
+                    run.clients.workload,
+                    MergedWorkload::LwwBank | MergedWorkload::LwwRegisters
+                )
         });
         if leaderless {
             // For `tests/sloppy.rs`: what hinted handoff alone left on the replicas.

@@ -68,11 +68,12 @@
 //! Output depends on the options alone: the same options give byte-identical output.
 
 pub mod anomalies;
+pub mod html;
 pub mod staleness;
 
 use crate::checker::{ViolationKind, regional};
 use crate::history::EventType;
-use crate::merged::{MergedFunction, MergedWorkload};
+use crate::merged::{MergedFunction, MergedWorkload, Mix};
 use crate::nemesis::Fault;
 use crate::{RegionOptions, SimOptions, Simulation};
 use anomalies::BalanceAnomalies;
@@ -94,6 +95,8 @@ pub enum Workload {
     Cart,
     Balance,
     Prefs,
+    /// The shape [`ExploreOptions::mix`] describes, on registers (not part of `all`).
+    Custom,
 }
 
 impl Workload {
@@ -104,11 +107,15 @@ impl Workload {
             Workload::Cart => "cart",
             Workload::Balance => "balance",
             Workload::Prefs => "prefs",
+            Workload::Custom => "custom",
         }
     }
 
     pub fn parse(name: &str) -> Option<Workload> {
-        Workload::ALL.into_iter().find(|w| w.as_str() == name)
+        Workload::ALL
+            .into_iter()
+            .chain([Workload::Custom])
+            .find(|w| w.as_str() == name)
     }
 }
 
@@ -142,7 +149,7 @@ pub fn authoritative(model: Model) -> &'static str {
 }
 
 /// What `triarch explore` runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ExploreOptions {
     /// Regions, each of [`NODES_PER_REGION`] nodes (2 to 5).
     pub regions: u32,
@@ -157,6 +164,100 @@ pub struct ExploreOptions {
     /// Clocks disagree (±100 ms from the start) and one or two jump by up to ±20 s in fault
     /// windows: what last-writer-wins orders by.
     pub skew: bool,
+    /// The shape of [`Workload::Custom`].
+    pub mix: CustomMix,
+}
+
+/// The custom workload's shape: registers read with probability `reads` and otherwise written
+/// (a unique value, zero-padded to `value_bytes`), `keys` keys drawn from a Zipf distribution of
+/// exponent `zipf` (0: uniform), [`CUSTOM_PROCESSES`] clients placed in the regions in
+/// proportion to `region_mix` (one weight per region), each talking to its own region's nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CustomMix {
+    pub reads: f64,
+    pub keys: u64,
+    pub zipf: f64,
+    /// Empty: the same weight for every region.
+    pub region_mix: Vec<f64>,
+    pub value_bytes: usize,
+}
+
+/// The custom workload's client processes.
+pub const CUSTOM_PROCESSES: u64 = 12;
+
+impl Default for CustomMix {
+    fn default() -> Self {
+        CustomMix {
+            reads: 0.9,
+            keys: 100,
+            zipf: 0.99,
+            region_mix: Vec::new(),
+            value_bytes: 100,
+        }
+    }
+}
+
+impl CustomMix {
+    fn to_mix(&self, regions: u32) -> Mix {
+        let region_weights = if self.region_mix.is_empty() {
+            vec![1.0; regions as usize]
+        } else {
+            self.region_mix.clone()
+        };
+        Mix {
+            reads: self.reads,
+            zipf: self.zipf,
+            region_weights,
+            value_bytes: self.value_bytes,
+            processes: CUSTOM_PROCESSES,
+        }
+    }
+
+    fn validate(&self, regions: u32) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.reads) {
+            return Err(format!("reads must be 0 to 1, not {}", self.reads));
+        }
+        if !(1..=100_000).contains(&self.keys) {
+            return Err(format!("keys must be 1 to 100000, not {}", self.keys));
+        }
+        if !(0.0..=5.0).contains(&self.zipf) {
+            return Err(format!("zipf must be 0 to 5, not {}", self.zipf));
+        }
+        if self.value_bytes > 1 << 20 {
+            return Err(format!(
+                "value bytes must be at most 1 MiB, not {}",
+                self.value_bytes
+            ));
+        }
+        if !self.region_mix.is_empty()
+            && (self.region_mix.len() != regions as usize
+                || self.region_mix.iter().any(|w| !w.is_finite() || *w < 0.0)
+                || self.region_mix.iter().sum::<f64>() <= 0.0)
+        {
+            return Err(format!(
+                "region mix needs {regions} non-negative weights, not all zero: {:?}",
+                self.region_mix
+            ));
+        }
+        Ok(())
+    }
+
+    /// The shape in words.
+    pub fn describe(&self) -> String {
+        let regions = if self.region_mix.is_empty() {
+            "even".to_string()
+        } else {
+            let shown: Vec<String> = self.region_mix.iter().map(|w| format!("{w}")).collect();
+            shown.join(",")
+        };
+        format!(
+            "custom: {:.0}% reads, {} keys, zipf {}, region mix {regions}, {} B values, {CUSTOM_PROCESSES} clients",
+            self.reads * 100.0,
+            self.keys,
+            self.zipf,
+            self.value_bytes
+        )
+    }
 }
 
 impl Default for ExploreOptions {
@@ -170,6 +271,7 @@ impl Default for ExploreOptions {
             partition: true,
             crash: false,
             skew: false,
+            mix: CustomMix::default(),
         }
     }
 }
@@ -184,6 +286,9 @@ impl ExploreOptions {
         }
         if self.workloads.is_empty() || self.models.is_empty() {
             return Err("name at least one workload and one model".into());
+        }
+        if self.workloads.contains(&Workload::Custom) {
+            self.mix.validate(self.regions)?;
         }
         Ok(())
     }
@@ -241,6 +346,8 @@ impl ExploreOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Run {
     Merged(MergedWorkload),
+    /// A register workload (L, MR, LR) under the custom mix.
+    Mixed(MergedWorkload),
     /// Workload A: single-writer registers in the leaderless `default` keyspace.
     Registers,
 }
@@ -273,6 +380,13 @@ fn plan(
         (Workload::Prefs, Model::MultiLeader) => Ok((Run::Merged(W::MlRegisters), "MR", None)),
         (Workload::Prefs, Model::Leaderless) => Ok((Run::Registers, "A", None)),
         (Workload::Prefs, Model::PrimaryBackup) => Ok((Run::Merged(W::Registers), "L", None)),
+        (Workload::Custom, Model::PrimaryBackup) => Ok((Run::Mixed(W::Registers), "L+mix", None)),
+        (Workload::Custom, Model::MultiLeader) => Ok((Run::Mixed(W::MlRegisters), "MR+mix", None)),
+        (Workload::Custom, Model::Leaderless) => Ok((
+            Run::Mixed(W::LwwRegisters),
+            "LR+mix",
+            Some("registers in an lww keyspace, N=3 R=2 W=2"),
+        )),
     }
 }
 
@@ -368,9 +482,13 @@ fn add(total: &mut Option<u64>, n: u64) {
     *total = Some(total.unwrap_or(0) + n);
 }
 
-/// Runs every seed of one run and measures it.
-fn measure(run: Run, options: &ExploreOptions) -> Cell {
-    let sim_options = options.sim_options();
+/// Runs every seed of one run and measures it; `progress` is called after each seed.
+fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Cell {
+    let mut sim_options = options.sim_options();
+    if let Run::Mixed(_) = run {
+        sim_options.keys = options.mix.keys;
+    }
+    let mix = options.mix.to_mix(options.regions);
     let regions = RegionOptions {
         regions: options.regions,
         planted: None,
@@ -385,17 +503,17 @@ fn measure(run: Run, options: &ExploreOptions) -> Cell {
     ) = Default::default();
     let model = match run {
         Run::Registers
-        | Run::Merged(MergedWorkload::Set | MergedWorkload::Counter | MergedWorkload::LwwBank) => {
-            Model::Leaderless
-        }
-        Run::Merged(w) if w.is_multileader() => Model::MultiLeader,
-        Run::Merged(_) => Model::PrimaryBackup,
+        | Run::Merged(MergedWorkload::Set | MergedWorkload::Counter | MergedWorkload::LwwBank)
+        | Run::Mixed(MergedWorkload::LwwRegisters) => Model::Leaderless,
+        Run::Merged(w) | Run::Mixed(w) if w.is_multileader() => Model::MultiLeader,
+        Run::Merged(_) | Run::Mixed(_) => Model::PrimaryBackup,
     };
     for seed in options.first_seed..options.first_seed.saturating_add(options.seeds) {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let mut sim = match run {
                 Run::Merged(w) => Simulation::new_in_regions(seed, &sim_options, w, &regions),
                 Run::Registers => Simulation::registers_in_regions(seed, &sim_options, &regions),
+                Run::Mixed(w) => Simulation::new_mixed(seed, &sim_options, w, &regions, &mix),
             };
             let faults = options.faults();
             if !faults.is_empty() {
@@ -404,6 +522,7 @@ fn measure(run: Run, options: &ExploreOptions) -> Cell {
             let report = sim.run();
             (report, sim)
         }));
+        progress();
         let Ok((report, sim)) = outcome else {
             if !cell.failed_checkers.iter().any(|c| c == "panic") {
                 cell.failed_checkers.push("panic".into());
@@ -628,7 +747,7 @@ fn samples(sim: &Simulation) -> Vec<Sample> {
 }
 
 /// What `triarch explore` found.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Report {
     pub options: ExploreOptions,
     /// Each primary-backup keyspace's voters, with their regions (`regs (registers): n3 (r3) ...`).
@@ -641,6 +760,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// The self-contained HTML report ([`html`]).
+    pub fn html(&self) -> String {
+        html::render(self)
+    }
+
     pub fn cell(&self, workload: Workload, model: Model) -> Option<&Cell> {
         self.cells
             .iter()
@@ -650,9 +774,32 @@ impl Report {
 
 /// Runs the comparison.
 pub fn explore(options: &ExploreOptions) -> Report {
+    explore_with_progress(options, &mut |_, _| {})
+}
+
+/// Simulations [`explore`] runs for `options` (a run shared by two cells counts once).
+pub fn simulations(options: &ExploreOptions) -> u64 {
+    let mut runs = std::collections::BTreeSet::new();
+    for &workload in &options.workloads {
+        for &model in &options.models {
+            if let Ok((run, _, _)) = plan(workload, model) {
+                runs.insert(run);
+            }
+        }
+    }
+    runs.len() as u64 * options.seeds
+}
+
+/// Runs the comparison, calling `progress(done, total)` after every simulation.
+pub fn explore_with_progress(
+    options: &ExploreOptions,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Report {
     options
         .validate()
         .unwrap_or_else(|e| panic!("invalid options: {e}"));
+    let total = simulations(options);
+    let mut done = 0;
     let mut measured: BTreeMap<Run, Cell> = BTreeMap::new();
     let mut cells = Vec::new();
     let (mut runs, mut events) = (0, 0);
@@ -661,7 +808,10 @@ pub fn explore(options: &ExploreOptions) -> Report {
             let cell = match plan(workload, model) {
                 Ok((run, name, note)) => {
                     let measured = measured.entry(run).or_insert_with(|| {
-                        let cell = measure(run, options);
+                        let cell = measure(run, options, &mut || {
+                            done += 1;
+                            progress(done, total);
+                        });
                         runs += options.seeds;
                         events += cell.events;
                         cell
@@ -775,6 +925,9 @@ impl fmt::Display for Report {
             o.first_seed + o.seeds - 1,
             o.describe_faults()
         )?;
+        if o.workloads.contains(&Workload::Custom) {
+            writeln!(f, "{}", o.mix.describe())?;
+        }
         writeln!(
             f,
             "primary-backup voters: {}; latencies p50/p99 in ms by the client's region",
@@ -1043,6 +1196,11 @@ mod tests {
         let (a, b) = (explore(&options), explore(&options));
         assert_eq!(a.to_string(), b.to_string());
         assert_eq!(a.json_lines(), b.json_lines());
+        assert_eq!(a.html(), b.html());
+        assert!(
+            a.html().matches("<svg").count() >= 12,
+            "four plots per workload"
+        );
         assert_eq!(a.json_lines().lines().count(), 9, "{}", a.json_lines());
         // Every run passed its checkers, and the cells that cannot run say so.
         for c in a.cells.iter().filter(|c| c.run.is_some()) {
