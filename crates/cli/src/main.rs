@@ -52,6 +52,36 @@ enum Cmd {
     /// Compare the replication models on one workload shape in the simulator: latency per
     /// region, conflicts, repairs, availability while a region is cut off, checker verdicts.
     Explore(ExploreArgs),
+    /// Recommend a replication model and settings for a workload's shape, with the reasons,
+    /// then run the explorer on that shape for the numbers.
+    Advise(AdviseArgs),
+}
+
+#[derive(clap::Args)]
+struct AdviseArgs {
+    /// What a wrongly resolved conflict costs: high (money, inventory) or low (a preference).
+    #[arg(long, default_value = "low")]
+    conflict_cost: String,
+    /// Most writes to a key come from one region.
+    #[arg(long)]
+    writes_local: bool,
+    /// Client-seen write latency matters (an inter-region round trip is too much).
+    #[arg(long)]
+    latency_sensitive: bool,
+    /// Concurrent writes merge naturally (set adds and removes, counter increments).
+    #[arg(long)]
+    mergeable: bool,
+    /// Prefer the simplest system to operate and reason about.
+    #[arg(long)]
+    simple_ops: bool,
+    /// Seeds the explorer runs, from --seed.
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Regions (2 to 5), three nodes each.
+    #[arg(long, default_value_t = 3)]
+    regions: u32,
 }
 
 #[derive(clap::Args)]
@@ -172,6 +202,7 @@ fn main() -> Result<()> {
         }
         Cmd::Sim(args) => sim(args),
         Cmd::Explore(args) => explore(args),
+        Cmd::Advise(args) => advise(args),
     }
 }
 
@@ -368,6 +399,34 @@ fn run_explore(options: &triarch_sim::explore::ExploreOptions) -> triarch_sim::e
     });
     eprint!("\r{}\r", " ".repeat(BAR as usize + 30));
     report
+}
+
+fn advise(args: AdviseArgs) -> Result<()> {
+    use triarch_sim::explore::ExploreOptions;
+    use triarch_sim::explore::advise::{self, ConflictCost, Shape};
+    let conflict_cost = ConflictCost::parse(&args.conflict_cost)
+        .ok_or_else(|| anyhow::anyhow!("--conflict-cost {}: high or low", args.conflict_cost))?;
+    let shape = Shape {
+        conflict_cost,
+        writes_local: args.writes_local,
+        latency_sensitive: args.latency_sensitive,
+        mergeable: args.mergeable,
+        simple_ops: args.simple_ops,
+    };
+    let advice = advise::advise(&shape);
+    println!("{advice}");
+    println!();
+    let options = ExploreOptions {
+        regions: args.regions,
+        first_seed: args.seed,
+        seeds: args.seeds,
+        workloads: vec![advice.workload],
+        ..ExploreOptions::default()
+    };
+    options.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = run_explore(&options);
+    print!("{report}");
+    Ok(())
 }
 
 fn explore(args: ExploreArgs) -> Result<()> {

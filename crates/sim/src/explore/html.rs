@@ -12,10 +12,11 @@ use std::time::Duration;
 use triarch_core::Model;
 
 /// Plot size (px) and margins.
-const WIDTH: f64 = 560.0;
+const WIDTH: f64 = 660.0;
 const HEIGHT: f64 = 300.0;
 const LEFT: f64 = 56.0;
-const RIGHT: f64 = 16.0;
+/// Room for the legend, right of the plot.
+const RIGHT: f64 = 116.0;
 const TOP: f64 = 28.0;
 const BOTTOM: f64 = 44.0;
 /// Points drawn per CDF at most.
@@ -82,8 +83,8 @@ fn frame(out: &mut String, title: &str, x_label: &str, y_label: &str, models: &[
         escape(y_label)
     );
     for (i, &m) in models.iter().enumerate() {
-        let x = x1 - 120.0;
-        let y = y1 + 14.0 + 14.0 * i as f64;
+        let x = x1 + 8.0;
+        let y = y1 + 10.0 + 14.0 * i as f64;
         let _ = write!(
             out,
             "<path d=\"M{x:.1} {:.1}h18\" stroke=\"{}\" stroke-width=\"2\"/>\

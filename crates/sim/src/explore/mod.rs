@@ -67,6 +67,7 @@
 //!
 //! Output depends on the options alone: the same options give byte-identical output.
 
+pub mod advise;
 pub mod anomalies;
 pub mod html;
 pub mod staleness;
