@@ -121,6 +121,17 @@ struct ExploreArgs {
     /// Cut one region off from the others in each fault window (`--partition false`: no faults).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     partition: bool,
+    /// Every link's latency distribution: constant, uniform, exponential or lognormal (default:
+    /// drawn by the seed). Between regions the exponential and log-normal kinds are log-normal
+    /// around the base latency (a wide-area link has a floor).
+    #[arg(long)]
+    latency: Option<String>,
+    /// The one-way latency between every two regions, ms (default: drawn per pair, 20-60).
+    #[arg(long)]
+    region_ms: Option<u64>,
+    /// Leaderless keyspaces use sloppy quorums (hinted handoff) instead of strict ones.
+    #[arg(long)]
+    sloppy: bool,
     /// Also crash a node (sometimes two) in fault windows; it restarts over its disk.
     #[arg(long)]
     crash: bool,
@@ -462,6 +473,14 @@ fn explore(args: ExploreArgs) -> Result<()> {
         partition: args.partition,
         crash: args.crash,
         skew: args.skew,
+        sloppy: args.sloppy,
+        latency: match &args.latency {
+            None => None,
+            Some(name) => Some(explore::parse_latency(name).ok_or_else(|| {
+                anyhow::anyhow!("--latency {name}: constant, uniform, exponential or lognormal")
+            })?),
+        },
+        region_ms: args.region_ms,
         mix: explore::CustomMix {
             reads: args.reads,
             keys: args.keys,

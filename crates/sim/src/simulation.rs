@@ -357,6 +357,23 @@ impl Simulation {
         self
     }
 
+    /// Gives a run not yet run a network described by `spec` (drawing from the network's own
+    /// stream of the seed, as `build` does) in place of the one the seed drew. Added for
+    /// [`crate::explore`].
+    pub fn with_network(mut self, spec: &crate::network::NetworkSpec) -> Self {
+        assert!(self.events == 0, "a run not yet run");
+        let mut root = DetRng::seed_from_u64(self.seed);
+        let network_rng = root.fork();
+        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        assert!(
+            !self.options.packet_loss && !self.options.duplication,
+            "a described network has no loss or duplication"
+        );
+        self.network =
+            Network::described(&ids, &self.regional.of_node, network_rng, 0.0, 0.0, spec);
+        self
+    }
+
     /// A run of CRDT workload `workload` ([`crate::merged`]) under the same faults, with the
     /// same options; `options.planted_bug` plants the workload's own bug (see
     /// [`crate::run_merged_seed`]).
@@ -365,25 +382,19 @@ impl Simulation {
         Simulation::build(seed, options, Some(workload), None, false, &single, None)
     }
 
-    /// A run of register workload `workload` (L, MR or LR) whose clients follow `mix` (the
-    /// explorer's custom workload: [`crate::merged::Mix`]) with the nodes in `regions`. Added
-    /// for [`crate::explore`].
-    pub fn new_mixed(
+    /// A run for [`crate::explore`]: workload `workload` (`None`: the register workload A)
+    /// with the nodes in `regions`; if `mix` is given, a register workload (L, MR or LR) whose
+    /// clients follow it (the explorer's custom workload: [`crate::merged::Mix`]); if
+    /// `leaderless` is given, every node's leaderless engine runs with it (e.g. sloppy quorums).
+    pub fn for_explore(
         seed: u64,
         options: &SimOptions,
-        workload: MergedWorkload,
+        workload: Option<MergedWorkload>,
         regions: &RegionOptions,
-        mix: &Mix,
+        mix: Option<&Mix>,
+        leaderless: Option<LeaderlessConfig>,
     ) -> Self {
-        Simulation::build(
-            seed,
-            options,
-            Some(workload),
-            None,
-            false,
-            regions,
-            Some(mix),
-        )
+        Simulation::build(seed, options, workload, leaderless, false, regions, mix)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -83,7 +83,8 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
-use triarch_core::{Instant, Model, NodeId};
+use triarch_core::{Instant, Model, NodeId, QuorumMode};
+use triarch_leaderless::LeaderlessConfig;
 
 /// Writes and reads invoked before this are left out of the latencies (first elections).
 pub const WARM_UP: Duration = Duration::from_secs(1);
@@ -167,6 +168,29 @@ pub struct ExploreOptions {
     pub skew: bool,
     /// The shape of [`Workload::Custom`].
     pub mix: CustomMix,
+    /// Leaderless keyspaces use sloppy quorums (hinted handoff): a write succeeds once W of
+    /// the key's owners are covered, by themselves or by fallbacks standing in for suspected
+    /// owners. Default: strict (only owners count).
+    pub sloppy: bool,
+    /// Every link's latency distribution ([`LATENCY_KINDS`]); `None`: drawn by the seed.
+    pub latency: Option<u64>,
+    /// The one-way latency between every two regions (ms); `None`: drawn per pair by the
+    /// seed, 20 to 60 ms.
+    pub region_ms: Option<u64>,
+}
+
+/// The latency distribution kinds, by index (`--latency`): inside a region sub-millisecond of
+/// that kind; between regions constant, uniform up to a quarter above the base, or (for the
+/// exponential and log-normal kinds, since a wide-area link has a floor) log-normal around the
+/// base with a small sigma ([`crate::LatencyDistribution`]).
+pub const LATENCY_KINDS: [&str; 4] = ["constant", "uniform", "exponential", "lognormal"];
+
+/// The index of a latency kind's name.
+pub fn parse_latency(name: &str) -> Option<u64> {
+    LATENCY_KINDS
+        .iter()
+        .position(|&k| k == name)
+        .map(|i| i as u64)
 }
 
 /// The custom workload's shape: registers read with probability `reads` and otherwise written
@@ -273,6 +297,9 @@ impl Default for ExploreOptions {
             crash: false,
             skew: false,
             mix: CustomMix::default(),
+            sloppy: false,
+            latency: None,
+            region_ms: None,
         }
     }
 }
@@ -290,6 +317,19 @@ impl ExploreOptions {
         }
         if self.workloads.contains(&Workload::Custom) {
             self.mix.validate(self.regions)?;
+        }
+        if self
+            .latency
+            .is_some_and(|k| k >= LATENCY_KINDS.len() as u64)
+        {
+            return Err("latency kind out of range".into());
+        }
+        if self.region_ms.is_some_and(|ms| !(1..=400).contains(&ms)) {
+            return Err(format!(
+                "region latency must be 1 to 400 ms (messages take at most {} ms), not {:?}",
+                crate::LATENCY_MAX.as_millis(),
+                self.region_ms
+            ));
         }
         Ok(())
     }
@@ -319,6 +359,16 @@ impl ExploreOptions {
             faults.push(Fault::ClockBump);
         }
         faults
+    }
+
+    /// Where a write of `model` becomes authoritative in these runs.
+    pub fn authoritative(&self, model: Model) -> &'static str {
+        if model == Model::Leaderless && self.sloppy {
+            return "once W=2 of the key's N=3 owners are covered, by themselves or by fallback \
+                    nodes holding a hint for a suspected owner (sloppy quorum); readers \
+                    reconcile R=2 owners' copies and repair";
+        }
+        authoritative(model)
     }
 
     /// The fault schedule in words.
@@ -511,14 +561,26 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
     };
     for seed in options.first_seed..options.first_seed.saturating_add(options.seeds) {
         let outcome = catch_unwind(AssertUnwindSafe(|| {
-            let mut sim = match run {
-                Run::Merged(w) => Simulation::new_in_regions(seed, &sim_options, w, &regions),
-                Run::Registers => Simulation::registers_in_regions(seed, &sim_options, &regions),
-                Run::Mixed(w) => Simulation::new_mixed(seed, &sim_options, w, &regions, &mix),
+            let leaderless = options.sloppy.then(|| LeaderlessConfig {
+                quorum_mode_default: QuorumMode::Sloppy,
+                ..LeaderlessConfig::default()
+            });
+            let (workload, mix) = match run {
+                Run::Merged(w) => (Some(w), None),
+                Run::Registers => (None, None),
+                Run::Mixed(w) => (Some(w), Some(&mix)),
             };
+            let mut sim =
+                Simulation::for_explore(seed, &sim_options, workload, &regions, mix, leaderless);
             let faults = options.faults();
             if !faults.is_empty() {
                 sim = sim.with_nemesis_faults(faults);
+            }
+            if options.latency.is_some() || options.region_ms.is_some() {
+                sim = sim.with_network(&crate::NetworkSpec {
+                    kind: options.latency,
+                    inter_region_micros: options.region_ms.map(|ms| ms * 1_000),
+                });
             }
             let report = sim.run();
             (report, sim)
@@ -917,10 +979,16 @@ fn latencies(l: &BTreeMap<String, Percentiles>) -> String {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let o = &self.options;
+        let between = o
+            .region_ms
+            .map_or("20-60 ms".to_string(), |ms| format!("{ms} ms"));
+        let kind = o
+            .latency
+            .map_or("a kind drawn by the seed", |k| LATENCY_KINDS[k as usize]);
         writeln!(
             f,
-            "triarch explore: {} regions x {NODES_PER_REGION} nodes (20-60 ms between regions), \
-             seeds {}..{}, {}",
+            "triarch explore: {} regions x {NODES_PER_REGION} nodes ({between} between regions, \
+             links {kind}), seeds {}..{}, {}",
             o.regions,
             o.first_seed,
             o.first_seed + o.seeds - 1,
@@ -928,6 +996,12 @@ impl fmt::Display for Report {
         )?;
         if o.workloads.contains(&Workload::Custom) {
             writeln!(f, "{}", o.mix.describe())?;
+        }
+        if o.sloppy {
+            writeln!(
+                f,
+                "leaderless keyspaces use sloppy quorums (hinted handoff)"
+            )?;
         }
         writeln!(
             f,
@@ -937,7 +1011,7 @@ impl fmt::Display for Report {
         writeln!(f)?;
         writeln!(f, "where a write becomes authoritative:")?;
         for &model in &o.models {
-            writeln!(f, "  {:<15} {}", model.as_str(), authoritative(model))?;
+            writeln!(f, "  {:<15} {}", model.as_str(), o.authoritative(model))?;
         }
         for &workload in &o.workloads {
             writeln!(f)?;
@@ -1129,7 +1203,7 @@ impl Report {
                 out,
                 "{{\"workload\":{},\"model\":{},\"run\":{},\"note\":{},\"authoritative\":{},\
                  \"regions\":{},\"first_seed\":{},\"seeds\":{},\"partition\":{},\
-                 \"crash\":{},\"skew\":{},\
+                 \"crash\":{},\"skew\":{},\"sloppy\":{},\"latency\":{},\"region_ms\":{},\
                  \"seeds_passed\":{},\"failed_checkers\":[{}],\"events\":{},\
                  \"write_latency_ms\":{},\"read_latency_ms\":{},\"conflicts\":{},\"merged\":{},\
                  \"lww_discarded\":{},\"read_repairs\":{},\"hinted_writes\":{},\
@@ -1139,13 +1213,16 @@ impl Report {
                 json_str(model.as_str()),
                 json_opt_str(c.run),
                 json_opt_str(c.note),
-                json_str(authoritative(model)),
+                json_str(o.authoritative(model)),
                 o.regions,
                 o.first_seed,
                 o.seeds,
                 o.partition,
                 o.crash,
                 o.skew,
+                o.sloppy,
+                json_opt_str(o.latency.map(|k| LATENCY_KINDS[k as usize])),
+                json_count(o.region_ms),
                 json_count(c.seeds_passed),
                 failed.join(","),
                 c.events,

@@ -2,9 +2,10 @@
 //!
 //! **Registers** (every workload whose values name their write: L, MR, A, MB, LB). A main-phase
 //! `ok` read invoked at `t` that returned the value of write `v` (or nothing) is *stale* if some
-//! write acknowledged before `t` was invoked after `v` was acknowledged (after `v` was invoked,
-//! if `v`'s outcome is unknown; any acknowledged write, if the read returned nothing): that
-//! write is certainly newer in real time, and the reader could have seen it. Its staleness is
+//! write acknowledged before `t` was invoked after `v` was acknowledged (any acknowledged
+//! write, if the read returned nothing): that write is certainly newer in real time, and the
+//! reader could have seen it. A read of a write whose outcome is unknown (it timed out) is
+//! never counted stale: that write may have taken effect at any time after its invocation. Its staleness is
 //! counted in versions (how many such newer writes it missed) and in time (how long the oldest
 //! of them had been acknowledged when the read began: `t` minus its acknowledgement). A
 //! linearizable store has no stale read by this definition; the definition never counts a read
@@ -126,7 +127,14 @@ fn judge_registers(writes: &BTreeMap<u64, Vec<Write>>, reads: &[Read]) -> Stalen
         let boundary = match read.value {
             None => None,
             Some(v) => match writes.iter().find(|w| w.value == v) {
-                Some(w) => Some(w.acked.unwrap_or(w.invoked)),
+                Some(w) => match w.acked {
+                    Some(acked) => Some(acked),
+                    // Unknown outcome: it may have taken effect after every other write.
+                    None => {
+                        out.record(age, None);
+                        continue;
+                    }
+                },
                 // A value no write of the history wrote: not this judge's business.
                 None => continue,
             },
@@ -361,6 +369,15 @@ mod tests {
         assert_eq!(s.by_age[3], (3, 2), "{:?}", s.by_age);
         assert_eq!(s.by_age[4], (1, 0), "{:?}", s.by_age);
         assert!((s.rate() - 0.5).abs() < 1e-9);
+        // A write of unknown outcome (never completed) may take effect late, after newer
+        // acknowledged writes: a read of it is never stale.
+        let mut h = h;
+        h.invoke(ProcessId(9), w(4), 0, NodeId(1), ms(400));
+        h.invoke(ProcessId(7), r, 0, NodeId(1), ms(500));
+        h.complete(ProcessId(7), EventType::Ok, read(Some(4)), ms(501), None);
+        h.close_open(ms(600), "run ended");
+        let s = of_merged(&h).expect("registers");
+        assert_eq!((s.reads, s.stale), (5, 2), "{s:?}");
     }
 
     #[test]
