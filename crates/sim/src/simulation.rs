@@ -228,6 +228,8 @@ pub struct Simulation {
     regional: Regional,
     /// Every fault window so far, with what it blocked.
     windows: Vec<FaultWindow>,
+    /// Messages nodes sent during the main phase (for [`crate::explore`]).
+    messages_main: u64,
 }
 
 impl Simulation {
@@ -531,6 +533,7 @@ impl Simulation {
             anti_entropy_only,
             regional,
             windows: Vec::new(),
+            messages_main: 0,
         };
         let network = sim.network.describe();
         sim.log(format!("start: {} nodes, {network}", options.nodes));
@@ -553,6 +556,12 @@ impl Simulation {
 
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// Messages the nodes sent during the main phase (before the final heal): every kind,
+    /// heartbeats and elections included. Added for [`crate::explore`].
+    pub fn messages_sent_main(&self) -> u64 {
+        self.messages_main
     }
 
     /// The register workload's history (empty in a run of a CRDT workload).
@@ -1147,6 +1156,9 @@ impl Simulation {
         for output in outputs {
             if let Output::Send { message, .. } = &output {
                 self.observe_shipment(message);
+                if self.phase == Phase::Main {
+                    self.messages_main += 1;
+                }
             }
             match output {
                 Output::Send { to, message } => match self.network.transmit(from, to) {

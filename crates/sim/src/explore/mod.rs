@@ -1,71 +1,39 @@
-//! The trade-off explorer (`triarch explore`, issue 8, first increment): the same workload
-//! shape against each replication model, in the same simulated regions, latencies and faults,
-//! over the same seeds, and what each model cost and gave.
+//! The trade-off explorer (`triarch explore`, issue 8): the same workload shape against each
+//! replication model, in the same simulated regions, network and faults, over the same seeds,
+//! and what each model cost and gave. The user's guide, with every figure's definition and the
+//! JSON field names, is `docs/explore.md`.
 //!
 //! ## What runs
 //!
 //! `regions` regions of three nodes each (node `i` in region `r((i - 1) % R + 1)`; 20-60 ms
-//! between regions, sub-millisecond inside: [`crate::latency`]), [`SimOptions::multileader`]'s
-//! 10 s main phase of 400 operations, no crash, loss, duplication or clock skew. With
-//! `partition` on, the nemesis does one thing only: in each fault window (2-5 s, alternating
-//! with healed windows of 2-5 s, from 1 s on) it cuts one region, drawn by the seed, off from
-//! every other ([`Fault::RegionCut`]). The fault schedule comes from the seed alone, so every
-//! model of one seed sees the same cuts at the same times.
+//! between regions unless `region_ms` says, sub-millisecond inside: [`crate::latency`]),
+//! [`SimOptions::multileader`]'s 10 s main phase of 400 operations, no loss or duplication.
+//! The nemesis chooses among the faults the options name ([`ExploreOptions::faults`]: a region
+//! cut off, a node crash, a clock jump), one or two per fault window (2-5 s, alternating with
+//! healed windows of 2-5 s, from 1 s on); the schedule comes from the seed alone, so every
+//! model of one seed sees the same faults at the same times.
 //!
-//! The workloads are the simulator's existing ones ([`crate::merged`]); where a model has none of
-//! the right shape the cell says so instead of inventing one:
-//!
-//! | `--workload` | primary-backup | multi-leader | leaderless |
+//! | workload | primary-backup | multi-leader | leaderless |
 //! |---|---|---|---|
-//! | `cart` | L (registers: no set workload runs on primary-backup) | MC (`set`) | S (`set`) |
-//! | `balance` | B (WATCH/MULTI/EXEC transfers) | n/a | n/a |
+//! | `cart` | L (registers stand in) | MC (`set`) | S (`set`) |
+//! | `balance` | B (WATCH/MULTI/EXEC transfers) | MB (read-then-write, `lww`) | LB (read-then-write, `lww`) |
 //! | `prefs` | L (registers) | MR (`lww`) | A (single-writer `lww` registers) |
+//! | `custom` | L + [`CustomMix`] | MR + mix | LR + mix |
 //!
 //! A (model, workload) pair that runs in two rows (L) runs once.
 //!
-//! ## What is reported, per (workload, model)
+//! ## What is measured
 //!
-//! - **where a write becomes authoritative**: one fixed line per model ([`authoritative`]).
-//! - **before-write cost**: the latency of every write that completed `ok`, invoked after a 1 s
-//!   warm-up (the first elections), by the region of the node the client talked to: p50 and
-//!   p99 over every seed. Writes are adds, removes, SETs, compare-and-sets and bank EXECs.
-//! - **after-write cost**: multi-leader, summed over the regions' counters (each region once,
-//!   from its voters' region tables at the end): conflicts detected, conflicts merged by a CRDT,
-//!   writes last-writer-wins discarded; leaderless: `lww_discarded` summed over every node's
-//!   `KeyspaceStats`; primary-backup workload B: transfers aborted because a watched account
-//!   changed (optimistic concurrency's retry cost). Everything else is `n/a` (null).
-//! - **read-time and repair cost**: read latency p50/p99 as for writes (final reads excluded);
-//!   leaderless: read repairs and hinted writes from `KeyspaceStats` (the final reads after the
-//!   heal repair too, and are counted).
-//! - **what the user got**: write availability while a region was cut off. A write counts as
-//!   attempted when invoked inside a cut window, and as ok when it completed `ok` before the
-//!   window ended; those through the cut-off region's nodes are counted per region, those
-//!   through the other regions' nodes together. Workload B's aborted transfers count in
-//!   neither (the keyspace answered). Anomalies: how many seeds every checker of the run
-//!   passed, and the names of the checkers that failed (`panic` for a seed that panicked).
+//! Per (workload, model), over every seed: write and read latency p50/p99 by the client's
+//! region (after a 1 s warm-up), messages sent per acknowledged write, conflicts, merges and
+//! LWW discards, aborted transactions, read repairs and hinted writes, stale reads
+//! ([`staleness`]), the balance's anomalies ([`anomalies`]), writes that succeeded through a
+//! cut-off region and elsewhere meanwhile, checker verdicts; for the HTML report ([`html`]),
+//! every latency and the first seed's availability timeline and fault windows.
 //!
-//! ## Output
-//!
-//! [`Report`]'s `Display` is the terminal table; [`Report::json_lines`] is one JSON object per
-//! line, one per (workload, model), with these stable fields:
-//!
-//! | field | value |
-//! |---|---|
-//! | `workload` | `"cart"`, `"balance"` or `"prefs"` |
-//! | `model` | `"primary-backup"`, `"multi-leader"` or `"leaderless"` |
-//! | `run` | the simulator workload that ran (e.g. `"MC"`), or null |
-//! | `note` | why nothing ran, or what stood in, or null |
-//! | `authoritative` | where a write becomes authoritative (fixed text) |
-//! | `regions`, `first_seed`, `seeds`, `partition` | the options |
-//! | `seeds_passed` | seeds every checker passed (null if nothing ran) |
-//! | `failed_checkers` | names of checkers that failed on some seed |
-//! | `events` | simulation events processed, over every seed |
-//! | `write_latency_ms`, `read_latency_ms` | `{"r1": {"count": n, "p50": ms, "p99": ms}, ...}` |
-//! | `conflicts`, `merged`, `lww_discarded`, `read_repairs`, `hinted_writes`, `aborted_transfers` | counts, or null where the model has none |
-//! | `writes_while_cut_off` | `{"r1": {"ok": n, "attempted": n}, ...}`: writes through the cut-off region |
-//! | `writes_elsewhere_while_cut` | `{"ok": n, "attempted": n}`: writes through the other regions meanwhile |
-//!
-//! Output depends on the options alone: the same options give byte-identical output.
+//! [`Report`]'s `Display` is the terminal table, [`Report::json_lines`] one JSON object per
+//! line, [`Report::html`] the self-contained HTML report. Output depends on the options alone:
+//! the same options give byte-identical output.
 
 pub mod advise;
 pub mod anomalies;
@@ -498,6 +466,10 @@ pub struct Cell {
     pub aborted_transfers: Option<u64>,
     pub cut_off: BTreeMap<String, Availability>,
     pub elsewhere: Availability,
+    /// Messages the nodes sent during the main phases, and writes acknowledged in them, over
+    /// every seed.
+    pub messages: u64,
+    pub writes_ok: u64,
     /// The balance workload's anomalies, summed over seeds (drift as absolute values).
     pub balance: Option<BalanceAnomalies>,
     /// Stale reads over every seed (`None`: workload B, whose reads are linearizable
@@ -516,6 +488,11 @@ pub struct Cell {
 pub const TIMELINE_BIN: Duration = Duration::from_millis(250);
 
 impl Cell {
+    /// Messages sent (every kind) per acknowledged write, main phases of every seed.
+    pub fn messages_per_write(&self) -> f64 {
+        self.messages as f64 / self.writes_ok.max(1) as f64
+    }
+
     /// The median write latency a client of `region` saw.
     pub fn write_p50(&self, region: &str) -> Option<Duration> {
         self.write_latency.get(region).map(|p| p.p50)
@@ -602,6 +579,8 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
             }
         }
         let samples = samples(&sim);
+        cell.messages += sim.messages_sent_main();
+        cell.writes_ok += samples.iter().filter(|s| s.write && s.ok).count() as u64;
         if seed == options.first_seed {
             timeline(&mut cell, &sim, &samples);
         }
@@ -1028,6 +1007,11 @@ impl fmt::Display for Report {
                 }
                 writeln!(f)?;
                 writeln!(f, "  write p50/p99   {}", latencies(&cell.write_latency))?;
+                writeln!(
+                    f,
+                    "  messages        {:.1} sent per acknowledged write (all traffic: replication, heartbeats, reads)",
+                    cell.messages_per_write()
+                )?;
                 writeln!(f, "  read p50/p99    {}", latencies(&cell.read_latency))?;
                 writeln!(
                     f,
@@ -1208,7 +1192,8 @@ impl Report {
                  \"write_latency_ms\":{},\"read_latency_ms\":{},\"conflicts\":{},\"merged\":{},\
                  \"lww_discarded\":{},\"read_repairs\":{},\"hinted_writes\":{},\
                  \"aborted_transfers\":{},\"writes_while_cut_off\":{{{}}},\
-                 \"writes_elsewhere_while_cut\":{},\"stale_reads\":{},\"anomalies\":{}}}",
+                 \"writes_elsewhere_while_cut\":{},\"stale_reads\":{},\"anomalies\":{},\
+                 \"messages\":{},\"writes_ok\":{},\"messages_per_write\":{:.2}}}",
                 json_opt_str(c.workload.map(Workload::as_str)),
                 json_str(model.as_str()),
                 json_opt_str(c.run),
@@ -1238,6 +1223,9 @@ impl Report {
                 json_availability(c.elsewhere),
                 json_staleness(c.staleness.as_ref()),
                 json_anomalies(c.balance.as_ref()),
+                c.messages,
+                c.writes_ok,
+                c.messages_per_write(),
             );
         }
         out
