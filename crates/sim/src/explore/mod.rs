@@ -40,7 +40,8 @@ pub mod anomalies;
 pub mod html;
 pub mod staleness;
 
-use crate::checker::{ViolationKind, regional};
+use crate::checker::linearizable::{RegisterCall, RegisterOp, RegisterResult};
+use crate::checker::{ViolationKind, regional, registers};
 use crate::history::EventType;
 use crate::merged::{MergedFunction, MergedWorkload, Mix};
 use crate::nemesis::Fault;
@@ -470,6 +471,9 @@ pub struct Cell {
     /// every seed.
     pub messages: u64,
     pub writes_ok: u64,
+    /// Register workloads: (keys whose history is not linearizable, or undecided; keys
+    /// checked), summed over seeds ([`crate::checker::registers`]).
+    pub linearizable: Option<(u64, u64)>,
     /// The balance workload's anomalies, summed over seeds (drift as absolute values).
     pub balance: Option<BalanceAnomalies>,
     /// Stale reads over every seed (`None`: workload B, whose reads are linearizable
@@ -594,6 +598,29 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
                 .get_or_insert_with(Staleness::default)
                 .add(&seen);
         }
+        let register_ops = match (run, sim.merged_history()) {
+            (Run::Registers, _) => Some(registers_of(sim.history())),
+            (Run::Mixed(_), Some(history)) => Some(registers::register_ops(history)),
+            (Run::Merged(w), Some(history))
+                if matches!(
+                    w,
+                    MergedWorkload::Registers
+                        | MergedWorkload::MlRegisters
+                        | MergedWorkload::MlBank
+                        | MergedWorkload::LwwBank
+                ) =>
+            {
+                Some(registers::register_ops(history))
+            }
+            _ => None,
+        };
+        if let Some(per_key) = register_ops {
+            let keys = per_key.len() as u64;
+            let violating = registers::check_keys(per_key).violations.len() as u64;
+            let (v, k) = cell.linearizable.get_or_insert((0, 0));
+            *v += violating;
+            *k += keys;
+        }
         if let (Run::Merged(w), Some(history)) = (run, sim.merged_history()) {
             let accounts = sim_options.keys;
             let found = if w.is_lww_bank() {
@@ -693,6 +720,34 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
         .filter_map(|(r, v)| Some((r, percentiles(v)?)))
         .collect();
     cell
+}
+
+/// Workload A's history in the linearizability checker's terms, per key.
+fn registers_of(history: &crate::history::History) -> BTreeMap<u64, Vec<RegisterOp>> {
+    let mut out: BTreeMap<u64, Vec<RegisterOp>> = BTreeMap::new();
+    for op in history.ops() {
+        let call = match op.f {
+            crate::history::Function::Read => RegisterCall::Read,
+            crate::history::Function::Write => {
+                RegisterCall::Write(op.value.expect("writes carry a value"))
+            }
+        };
+        let invoked = op.invoke_time.as_micros();
+        let process = op.process.0;
+        let register_op = match (op.outcome, op.complete_time) {
+            (EventType::Ok, Some(completed)) => {
+                let result = match call {
+                    RegisterCall::Read => RegisterResult::Read(op.value),
+                    _ => RegisterResult::Written,
+                };
+                RegisterOp::ok(process, call, invoked, completed.as_micros(), result)
+            }
+            (EventType::Fail, _) => RegisterOp::fail(process, call, invoked),
+            _ => RegisterOp::info(process, call, invoked),
+        };
+        out.entry(op.key).or_default().push(register_op);
+    }
+    out
 }
 
 /// The first seed's availability timeline and fault windows.
@@ -963,7 +1018,7 @@ impl fmt::Display for Report {
             .map_or("20-60 ms".to_string(), |ms| format!("{ms} ms"));
         let kind = o
             .latency
-            .map_or("a kind drawn by the seed", |k| LATENCY_KINDS[k as usize]);
+            .map_or("of a kind drawn by the seed", |k| LATENCY_KINDS[k as usize]);
         writeln!(
             f,
             "triarch explore: {} regions x {NODES_PER_REGION} nodes ({between} between regions, \
@@ -1029,6 +1084,12 @@ impl fmt::Display for Report {
                 )?;
                 if let Some(st) = &cell.staleness {
                     writeln!(f, "  stale reads     {}", stale_line(st))?;
+                }
+                if let Some((violating, keys)) = cell.linearizable {
+                    writeln!(
+                        f,
+                        "  linearizable    {violating} of {keys} key histories are not (or could not be shown to be)"
+                    )?;
                 }
                 if let Some(b) = &cell.balance {
                     writeln!(
@@ -1193,7 +1254,8 @@ impl Report {
                  \"lww_discarded\":{},\"read_repairs\":{},\"hinted_writes\":{},\
                  \"aborted_transfers\":{},\"writes_while_cut_off\":{{{}}},\
                  \"writes_elsewhere_while_cut\":{},\"stale_reads\":{},\"anomalies\":{},\
-                 \"messages\":{},\"writes_ok\":{},\"messages_per_write\":{:.2}}}",
+                 \"messages\":{},\"writes_ok\":{},\"messages_per_write\":{:.2},\
+                 \"not_linearizable_keys\":{},\"keys_checked_linearizable\":{}}}",
                 json_opt_str(c.workload.map(Workload::as_str)),
                 json_str(model.as_str()),
                 json_opt_str(c.run),
@@ -1226,6 +1288,8 @@ impl Report {
                 c.messages,
                 c.writes_ok,
                 c.messages_per_write(),
+                json_count(c.linearizable.map(|(v, _)| v)),
+                json_count(c.linearizable.map(|(_, k)| k)),
             );
         }
         out
@@ -1263,6 +1327,13 @@ mod tests {
         assert_eq!(a.to_string(), b.to_string());
         assert_eq!(a.json_lines(), b.json_lines());
         assert_eq!(a.html(), b.html());
+        // The progress callback counts every simulation, once each.
+        let mut calls = Vec::new();
+        let c = explore_with_progress(&options, &mut |done, total| calls.push((done, total)));
+        assert_eq!(c.to_string(), a.to_string());
+        let total = simulations(&options);
+        assert_eq!(total, a.runs);
+        assert_eq!(calls, (1..=total).map(|d| (d, total)).collect::<Vec<_>>());
         assert!(
             a.html().matches("<svg").count() >= 12,
             "four plots per workload"
@@ -1273,6 +1344,14 @@ mod tests {
             assert_eq!(c.seeds_passed, Some(2), "{c:?}");
         }
         assert!(a.to_string().contains("== balance =="));
+        // Primary-backup registers are linearizable; multi-leader lww registers read locally
+        // are not (the same checker, run on every register workload).
+        let pb = a
+            .cell(Workload::Prefs, Model::PrimaryBackup)
+            .expect("a cell");
+        let ml = a.cell(Workload::Prefs, Model::MultiLeader).expect("a cell");
+        assert!(pb.linearizable.is_some_and(|(v, k)| v == 0 && k > 0), "{a}");
+        assert!(ml.linearizable.is_some_and(|(v, _)| v > 0), "{a}");
     }
 
     /// The headline lesson, in three regions: a primary-backup write crosses regions (to the
