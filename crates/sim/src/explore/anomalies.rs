@@ -335,6 +335,60 @@ mod tests {
         );
     }
 
+    /// Workload B's figures come from its reads: a planted overdrawn account in a read and a
+    /// final read whose total is off are counted.
+    #[test]
+    fn transactional_bank_reads_show_overdrafts_and_drift() {
+        let mut h = MergedHistory::new();
+        let balances = |b: &[i64]| {
+            Some(ReadResult::Balances(
+                b.iter()
+                    .enumerate()
+                    .map(|(a, &x)| (a as u64, x, 1))
+                    .collect(),
+            ))
+        };
+        let mut op = |p: u64, f: MergedFunction, at: u64, result| {
+            h.invoke(ProcessId(p), f, 0, NodeId(1), Instant(at));
+            h.complete(ProcessId(p), EventType::Ok, result, Instant(at + 1), None);
+        };
+        op(1, MergedFunction::BankRead, 1, balances(&[100, 100]));
+        let transfer = MergedFunction::BankTransfer {
+            from: 0,
+            to: 1,
+            amount: 10,
+            from_version: 1,
+            to_version: 1,
+        };
+        op(2, transfer, 3, None);
+        op(1, MergedFunction::BankRead, 5, balances(&[-5, 110]));
+        let healthy = transactional_bank(&h, 2, 0);
+        assert_eq!(healthy.negative_balances, 1, "{healthy:?}");
+        assert_eq!(healthy.transfers, 1);
+        h.mark_final_phase();
+        h.invoke(
+            ProcessId(3),
+            MergedFunction::BankRead,
+            0,
+            NodeId(1),
+            Instant(7),
+        );
+        h.complete(
+            ProcessId(3),
+            EventType::Ok,
+            balances(&[90, 100]),
+            Instant(8),
+            None,
+        );
+        let found = transactional_bank(&h, 2, 3);
+        assert_eq!(
+            (found.total_drift, found.lost_updates),
+            (-10, 3),
+            "{found:?}"
+        );
+        assert!(found.any());
+    }
+
     #[test]
     fn disagreeing_final_reads_are_caught() {
         let mut b = builder();

@@ -1338,6 +1338,9 @@ mod tests {
             a.html().matches("<svg").count() >= 12,
             "four plots per workload"
         );
+        // Self-contained: no script, nothing fetched.
+        let html = a.html();
+        assert!(!html.contains("<script") && !html.contains("src=") && !html.contains("href="));
         assert_eq!(a.json_lines().lines().count(), 9, "{}", a.json_lines());
         // Every run passed its checkers, and the cells that cannot run say so.
         for c in a.cells.iter().filter(|c| c.run.is_some()) {
