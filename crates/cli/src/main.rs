@@ -129,6 +129,10 @@ struct ExploreArgs {
     /// The one-way latency between every two regions, ms (default: drawn per pair, 20-60).
     #[arg(long)]
     region_ms: Option<u64>,
+    /// The multi-leader balance's merge policy: lww (transfers SET the balances read) or
+    /// counter (transfers increment them).
+    #[arg(long, default_value = "lww")]
+    balance_merge: String,
     /// Leaderless keyspaces use sloppy quorums (hinted handoff) instead of strict ones.
     #[arg(long)]
     sloppy: bool,
@@ -474,6 +478,11 @@ fn explore(args: ExploreArgs) -> Result<()> {
         crash: args.crash,
         skew: args.skew,
         sloppy: args.sloppy,
+        counter_balance: match args.balance_merge.as_str() {
+            "lww" => false,
+            "counter" => true,
+            other => anyhow::bail!("--balance-merge {other}: lww or counter"),
+        },
         latency: match &args.latency {
             None => None,
             Some(name) => Some(explore::parse_latency(name).ok_or_else(|| {

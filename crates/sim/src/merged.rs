@@ -92,7 +92,15 @@ pub enum MergedWorkload {
     /// Workload LR: writes of unique values to a leaderless `lww` keyspace (the explorer's
     /// custom mix on leaderless).
     LwwRegisters,
+    /// Workload MK: transfers on a multi-leader `counter` keyspace: read the source's balance
+    /// (its counter plus [`COUNTER_BANK_INITIAL_BALANCE`]), and if it covers the amount,
+    /// increment the source by minus the amount and the destination by the amount. Nothing is
+    /// lost, but two regions may both spend what one balance held.
+    MlCounterBank,
 }
+
+/// Workload MK: every account's balance before any transfer (a counter at zero).
+pub const COUNTER_BANK_INITIAL_BALANCE: i64 = 20;
 
 /// Every account's balance after workload B's setup.
 pub const BANK_INITIAL_BALANCE: i64 = 100;
@@ -137,7 +145,8 @@ impl MergedWorkload {
 
     /// Whether the workload runs on a multi-leader keyspace.
     pub fn is_multileader(self) -> bool {
-        Self::MULTI_LEADER.contains(&self) || self == MergedWorkload::MlBank
+        Self::MULTI_LEADER.contains(&self)
+            || matches!(self, MergedWorkload::MlBank | MergedWorkload::MlCounterBank)
     }
 
     /// Workloads MB and LB: read-then-write transfers between `lww` registers.
@@ -155,11 +164,13 @@ impl MergedWorkload {
             MergedWorkload::MlCart
             | MergedWorkload::MlCounter
             | MergedWorkload::MlRegisters
-            | MergedWorkload::MlBank => {
+            | MergedWorkload::MlBank
+            | MergedWorkload::MlCounterBank => {
                 let (name, merge) = match self {
                     MergedWorkload::MlCart => ("mlcart", MergePolicy::Set),
                     MergedWorkload::MlCounter => ("mlcount", MergePolicy::Counter),
                     MergedWorkload::MlBank => ("mlbank", MergePolicy::Lww),
+                    MergedWorkload::MlCounterBank => ("mlcbank", MergePolicy::Counter),
                     _ => ("mlreg", MergePolicy::Lww),
                 };
                 // N=3 voters in every region.
@@ -206,6 +217,7 @@ impl MergedWorkload {
             MergedWorkload::MlBank => "mlbank",
             MergedWorkload::LwwBank => "lwwbank",
             MergedWorkload::LwwRegisters => "lwwreg",
+            MergedWorkload::MlCounterBank => "mlcbank",
         }
     }
 }
@@ -956,9 +968,22 @@ impl MergedClients {
             (Role::Reader, MergedWorkload::Set | MergedWorkload::MlCart) => {
                 (MergedFunction::SetRead, self.rng.below(self.keys))
             }
-            (Role::Reader, MergedWorkload::Counter | MergedWorkload::MlCounter) => {
-                (MergedFunction::CounterRead, self.rng.below(self.keys))
+            (Role::Writer, MergedWorkload::MlCounterBank) => {
+                let process = self.processes.get_mut(&id).expect("looked up above");
+                if process.queued.is_empty() {
+                    let from = self.rng.below(self.keys);
+                    let to = (from + 1 + self.rng.below(self.keys - 1)) % self.keys;
+                    let amount = self.rng.between(1, 20) as i64;
+                    process.transfer = Some((from, to, amount, None));
+                    (MergedFunction::CounterRead, from)
+                } else {
+                    process.queued.remove(0)
+                }
             }
+            (
+                Role::Reader,
+                MergedWorkload::Counter | MergedWorkload::MlCounter | MergedWorkload::MlCounterBank,
+            ) => (MergedFunction::CounterRead, self.rng.below(self.keys)),
             (Role::Writer, MergedWorkload::Counter | MergedWorkload::MlCounter) => {
                 let amount = self.rng.between(1, 10) as i64;
                 (
@@ -1108,7 +1133,28 @@ impl MergedClients {
                     _ => {}
                 }
             }
-            (_, EventType::Fail | EventType::Info) if self.workload.is_lww_bank() => {
+            (MergedFunction::CounterRead, EventType::Ok)
+                if self.workload == MergedWorkload::MlCounterBank =>
+            {
+                let Some(ReadResult::Count(c)) = result else {
+                    panic!("an ok counter read has a count")
+                };
+                if let Some((from, to, amount, None)) = process.transfer
+                    && key == from
+                {
+                    process.transfer = None;
+                    if COUNTER_BANK_INITIAL_BALANCE as i128 + *c >= amount as i128 {
+                        process.queued = vec![
+                            (MergedFunction::CounterAdd { amount: -amount }, from),
+                            (MergedFunction::CounterAdd { amount }, to),
+                        ];
+                    }
+                }
+            }
+            (_, EventType::Fail | EventType::Info)
+                if self.workload.is_lww_bank()
+                    || self.workload == MergedWorkload::MlCounterBank =>
+            {
                 // The transfer is abandoned where it stands (after its first write, half done).
                 process.transfer = None;
                 process.queued.clear();
@@ -1175,7 +1221,9 @@ impl MergedClients {
     pub fn final_read(&mut self, id: ProcessId, key: u64) -> MergedFunction {
         let f = match self.workload {
             MergedWorkload::Set | MergedWorkload::MlCart => MergedFunction::SetRead,
-            MergedWorkload::Counter | MergedWorkload::MlCounter => MergedFunction::CounterRead,
+            MergedWorkload::Counter | MergedWorkload::MlCounter | MergedWorkload::MlCounterBank => {
+                MergedFunction::CounterRead
+            }
             MergedWorkload::Registers
             | MergedWorkload::MlRegisters
             | MergedWorkload::MlBank

@@ -624,7 +624,8 @@ impl Simulation {
                     MergedWorkload::MlCart
                     | MergedWorkload::MlCounter
                     | MergedWorkload::MlRegisters
-                    | MergedWorkload::MlBank => self.multileader_checkers(run),
+                    | MergedWorkload::MlBank
+                    | MergedWorkload::MlCounterBank => self.multileader_checkers(run),
                     // Workload LB (the explorer's): its anomalies are the explorer's figures,
                     // not failures; the final reads must agree.
                     MergedWorkload::LwwBank | MergedWorkload::LwwRegisters => {
@@ -918,7 +919,8 @@ impl Simulation {
                 | MergedWorkload::MlRegisters
                 | MergedWorkload::MlBank
                 | MergedWorkload::LwwBank
-                | MergedWorkload::LwwRegisters,
+                | MergedWorkload::LwwRegisters
+                | MergedWorkload::MlCounterBank,
             ) => LeaderlessConfig::default(),
         };
         // Elections well inside a fault window, so that leaders change often.

@@ -36,3 +36,30 @@ fn balance_transactions_keep_the_books_and_lww_loses_updates() {
     assert!(ml.lww_discarded.is_some_and(|n| n > 0), "{report}");
     assert!(report.to_string().contains("lost updates"), "{report}");
 }
+
+/// The other merge: transfers as counter increments on multi-leader lose no update (a
+/// counter keeps every increment) but two regions can both spend what one balance held, above
+/// all while they are cut apart: accounts go negative.
+#[test]
+fn counter_transfers_lose_nothing_but_overdraw() {
+    let options = ExploreOptions {
+        workloads: vec![Workload::Balance],
+        models: vec![Model::MultiLeader],
+        counter_balance: true,
+        ..ExploreOptions::default()
+    };
+    let report = explore(&options);
+    let ml = report
+        .cell(Workload::Balance, Model::MultiLeader)
+        .expect("a multi-leader cell");
+    assert_eq!(ml.run, Some("MK"), "{report}");
+    let found = ml.balance.expect("balance figures");
+    assert_eq!(found.lost_updates, 0, "{report}");
+    assert!(found.negative_balances > 0, "{report}");
+    assert_eq!(ml.seeds_passed, Some(options.seeds), "{report}");
+    assert!(
+        report
+            .json_lines()
+            .contains("\"balance_merge\":\"counter\"")
+    );
+}

@@ -25,7 +25,10 @@
 
 use crate::checker::{CheckerResult, Violation, ViolationKind};
 use crate::history::EventType;
-use crate::merged::{BANK_INITIAL_BALANCE, MergedFunction, MergedHistory, ReadResult, balance_of};
+use crate::merged::{
+    BANK_INITIAL_BALANCE, COUNTER_BANK_INITIAL_BALANCE, MergedFunction, MergedHistory, ReadResult,
+    balance_of,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 #[cfg(doc)]
@@ -133,6 +136,80 @@ pub fn lww_bank(history: &MergedHistory, accounts: u64) -> BalanceAnomalies {
     out
 }
 
+/// Workload MK ([`MergedWorkload::MlCounterBank`]): transfers as counter increments. Negative
+/// balances are main-phase reads below zero, plus accounts below zero at the end (once each);
+/// a lost update is a key whose final count is not the sum of its acknowledged increments
+/// (when none had an unknown outcome): a counter must lose none.
+pub fn counter_bank(history: &MergedHistory, accounts: u64) -> BalanceAnomalies {
+    let ops = history.ops();
+    let final_start = history.final_phase_start().unwrap_or(usize::MAX);
+    let initial = i128::from(COUNTER_BANK_INITIAL_BALANCE);
+    let mut out = BalanceAnomalies::default();
+    let mut finals: BTreeMap<u64, BTreeMap<i128, u64>> = BTreeMap::new();
+    // Per key: the sum of acknowledged increments, and whether some had an unknown outcome.
+    let mut sums: BTreeMap<u64, (i128, bool)> = BTreeMap::new();
+    let mut first_write_ok: BTreeMap<u64, bool> = BTreeMap::new();
+    let mut previous_was_read: BTreeMap<u64, bool> = BTreeMap::new();
+    for op in &ops {
+        let process = op.process.0;
+        let is_write = matches!(op.f, MergedFunction::CounterAdd { .. });
+        let first = is_write && previous_was_read.get(&process).copied().unwrap_or(false);
+        if let Some(was_ok) = first_write_ok.remove(&process) {
+            let second_ok = is_write && !first && op.outcome == EventType::Ok;
+            if was_ok && second_ok {
+                out.transfers += 1;
+            } else if was_ok {
+                out.half_transfers += 1;
+            }
+        }
+        if first {
+            first_write_ok.insert(process, op.outcome == EventType::Ok);
+        }
+        previous_was_read.insert(process, op.f == MergedFunction::CounterRead);
+        match (op.f, op.outcome, &op.result) {
+            (MergedFunction::CounterRead, EventType::Ok, Some(ReadResult::Count(c))) => {
+                if op.invoke_index >= final_start {
+                    *finals.entry(op.key).or_default().entry(*c).or_default() += 1;
+                } else if initial + c < 0 {
+                    out.negative_balances += 1;
+                }
+            }
+            (MergedFunction::CounterAdd { amount }, outcome, _) => {
+                let sum = sums.entry(op.key).or_default();
+                match outcome {
+                    EventType::Ok => sum.0 += i128::from(amount),
+                    EventType::Fail => {}
+                    _ => sum.1 = true,
+                }
+            }
+            _ => {}
+        }
+    }
+    out.half_transfers += first_write_ok.values().filter(|&&ok| ok).count() as u64;
+    let final_count = |key: u64| {
+        finals
+            .get(&key)
+            .and_then(|counts| counts.iter().max_by_key(|&(c, n)| (*n, *c)))
+            .map_or(0, |(&c, _)| c)
+    };
+    let mut total = 0;
+    for account in 0..accounts {
+        let balance = initial + final_count(account);
+        if balance < 0 {
+            out.negative_balances += 1;
+        }
+        total += balance;
+        if let Some(&(sum, unknown)) = sums.get(&account)
+            && !unknown
+            && sum != final_count(account)
+        {
+            out.lost_updates += 1;
+        }
+    }
+    out.total_drift = (total - initial * accounts as i128) as i64;
+    out
+}
+
 /// Workload B: see the module documentation; `bank_violations` is the bank checker's count.
 pub fn transactional_bank(
     history: &MergedHistory,
@@ -173,11 +250,16 @@ fn final_reads(history: &MergedHistory) -> BTreeMap<u64, BTreeMap<Option<u64>, u
     let final_start = history.final_phase_start().unwrap_or(usize::MAX);
     let mut finals: BTreeMap<u64, BTreeMap<Option<u64>, u64>> = BTreeMap::new();
     for op in history.ops() {
-        if op.invoke_index >= final_start
-            && let Some(ReadResult::Register(v)) = op.result
-        {
-            *finals.entry(op.key).or_default().entry(v).or_default() += 1;
+        if op.invoke_index < final_start {
+            continue;
         }
+        // Counters by their bits: only agreement matters here.
+        let value = match op.result {
+            Some(ReadResult::Register(v)) => v,
+            Some(ReadResult::Count(c)) => Some(c as u64),
+            _ => continue,
+        };
+        *finals.entry(op.key).or_default().entry(value).or_default() += 1;
     }
     finals
 }
@@ -387,6 +469,66 @@ mod tests {
             "{found:?}"
         );
         assert!(found.any());
+    }
+
+    /// Workload MK: two transfers that both read 20 and both spend 15 overdraw the account
+    /// (caught in the final read); a count that is not the sum of its increments is a lost
+    /// update.
+    #[test]
+    fn counter_transfers_that_both_spend_one_balance_overdraw_it() {
+        let mut h = MergedHistory::new();
+        let mut t = 0;
+        let mut op =
+            |h: &mut MergedHistory, p: u64, f: MergedFunction, key: u64, c: Option<i128>| {
+                t += 1;
+                h.invoke(ProcessId(p), f, key, NodeId(1), Instant(t));
+                t += 1;
+                h.complete(
+                    ProcessId(p),
+                    EventType::Ok,
+                    c.map(ReadResult::Count),
+                    Instant(t),
+                    None,
+                );
+            };
+        for p in [1, 2] {
+            op(&mut h, p, MergedFunction::CounterRead, 0, Some(0));
+        }
+        for p in [1, 2] {
+            op(
+                &mut h,
+                p,
+                MergedFunction::CounterAdd { amount: -15 },
+                0,
+                None,
+            );
+            op(
+                &mut h,
+                p,
+                MergedFunction::CounterAdd { amount: 15 },
+                1,
+                None,
+            );
+        }
+        h.mark_final_phase();
+        op(&mut h, 9, MergedFunction::CounterRead, 0, Some(-30));
+        op(&mut h, 9, MergedFunction::CounterRead, 1, Some(30));
+        let a = counter_bank(&h, 2);
+        assert_eq!(
+            (
+                a.negative_balances,
+                a.transfers,
+                a.total_drift,
+                a.lost_updates
+            ),
+            (1, 2, 0, 0),
+            "{a:?}"
+        );
+        // A final count missing an acknowledged increment.
+        op(&mut h, 9, MergedFunction::CounterRead, 1, Some(15));
+        op(&mut h, 9, MergedFunction::CounterRead, 1, Some(15));
+        let a = counter_bank(&h, 2);
+        assert_eq!((a.lost_updates, a.total_drift), (1, -15), "{a:?}");
     }
 
     #[test]

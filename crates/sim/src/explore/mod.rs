@@ -137,6 +137,9 @@ pub struct ExploreOptions {
     pub skew: bool,
     /// The shape of [`Workload::Custom`].
     pub mix: CustomMix,
+    /// The multi-leader balance merges by `counter` (transfers as increments) instead of `lww`
+    /// (transfers as SETs of the balances read).
+    pub counter_balance: bool,
     /// Leaderless keyspaces use sloppy quorums (hinted handoff): a write succeeds once W of
     /// the key's owners are covered, by themselves or by fallbacks standing in for suspected
     /// owners. Default: strict (only owners count).
@@ -266,6 +269,7 @@ impl Default for ExploreOptions {
             crash: false,
             skew: false,
             mix: CustomMix::default(),
+            counter_balance: false,
             sloppy: false,
             latency: None,
             region_ms: None,
@@ -376,6 +380,7 @@ enum Run {
 fn plan(
     workload: Workload,
     model: Model,
+    options: &ExploreOptions,
 ) -> Result<(Run, &'static str, Option<&'static str>), &'static str> {
     use MergedWorkload as W;
     match (workload, model) {
@@ -387,6 +392,13 @@ fn plan(
             Some("registers stand in: no set workload runs on primary-backup"),
         )),
         (Workload::Balance, Model::PrimaryBackup) => Ok((Run::Merged(W::Bank), "B", None)),
+        (Workload::Balance, Model::MultiLeader) if options.counter_balance => Ok((
+            Run::Merged(W::MlCounterBank),
+            "MK",
+            Some(
+                "no transactions here: read the source's balance, then increment both; merge counter",
+            ),
+        )),
         (Workload::Balance, Model::MultiLeader) => Ok((
             Run::Merged(W::MlBank),
             "MB",
@@ -625,6 +637,8 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
             let accounts = sim_options.keys;
             let found = if w.is_lww_bank() {
                 Some(anomalies::lww_bank(history, accounts))
+            } else if w == MergedWorkload::MlCounterBank {
+                Some(anomalies::counter_bank(history, accounts))
             } else if w == MergedWorkload::Bank {
                 let violations = report
                     .checkers
@@ -879,7 +893,7 @@ pub fn simulations(options: &ExploreOptions) -> u64 {
     let mut runs = std::collections::BTreeSet::new();
     for &workload in &options.workloads {
         for &model in &options.models {
-            if let Ok((run, _, _)) = plan(workload, model) {
+            if let Ok((run, _, _)) = plan(workload, model, options) {
                 runs.insert(run);
             }
         }
@@ -902,7 +916,7 @@ pub fn explore_with_progress(
     let (mut runs, mut events) = (0, 0);
     for &workload in &options.workloads {
         for &model in &options.models {
-            let cell = match plan(workload, model) {
+            let cell = match plan(workload, model, options) {
                 Ok((run, name, note)) => {
                     let measured = measured.entry(run).or_insert_with(|| {
                         let cell = measure(run, options, &mut || {
@@ -1248,7 +1262,7 @@ impl Report {
                 out,
                 "{{\"workload\":{},\"model\":{},\"run\":{},\"note\":{},\"authoritative\":{},\
                  \"regions\":{},\"first_seed\":{},\"seeds\":{},\"partition\":{},\
-                 \"crash\":{},\"skew\":{},\"sloppy\":{},\"latency\":{},\"region_ms\":{},\
+                 \"crash\":{},\"skew\":{},\"sloppy\":{},\"balance_merge\":{},\"latency\":{},\"region_ms\":{},\
                  \"seeds_passed\":{},\"failed_checkers\":[{}],\"events\":{},\
                  \"write_latency_ms\":{},\"read_latency_ms\":{},\"conflicts\":{},\"merged\":{},\
                  \"lww_discarded\":{},\"read_repairs\":{},\"hinted_writes\":{},\
@@ -1268,6 +1282,7 @@ impl Report {
                 o.crash,
                 o.skew,
                 o.sloppy,
+                json_str(if o.counter_balance { "counter" } else { "lww" }),
                 json_opt_str(o.latency.map(|k| LATENCY_KINDS[k as usize])),
                 json_count(o.region_ms),
                 json_count(c.seeds_passed),
@@ -1305,8 +1320,9 @@ mod tests {
         assert_eq!(Workload::parse("prefs"), Some(Workload::Prefs));
         assert_eq!(Workload::parse("bank"), None);
         assert_eq!(parse_model("multi-leader"), Some(Model::MultiLeader));
-        assert!(plan(Workload::Balance, Model::Leaderless).is_ok());
-        assert!(plan(Workload::Balance, Model::PrimaryBackup).is_ok());
+        let o = ExploreOptions::default();
+        assert!(plan(Workload::Balance, Model::Leaderless, &o).is_ok());
+        assert!(plan(Workload::Balance, Model::PrimaryBackup, &o).is_ok());
         assert_eq!(json_str("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
     }
 

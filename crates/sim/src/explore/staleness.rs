@@ -181,16 +181,19 @@ pub fn of_registers(history: &History) -> Staleness {
     judge_registers(&writes, &reads)
 }
 
-/// The stale reads of a CRDT, register or balance workload's history; `None` for workload B
-/// (its reads are snapshots of every account, linearizable by construction).
+/// The stale reads of a set, register or balance workload's history; `None` for workload B
+/// (its reads are snapshots of every account, linearizable by construction) and for counters
+/// (not measured: a counter's value names no write).
 pub fn of_merged(history: &MergedHistory) -> Option<Staleness> {
     let events = history.events();
     let end = history.final_phase_start().unwrap_or(events.len());
     let ops = history.ops();
-    if ops
-        .iter()
-        .any(|op| matches!(op.f, MergedFunction::BankRead | MergedFunction::BankSetup))
-    {
+    if ops.iter().any(|op| {
+        matches!(
+            op.f,
+            MergedFunction::BankRead | MergedFunction::BankSetup | MergedFunction::CounterRead
+        )
+    }) {
         return None;
     }
     let time = |i: usize| events[i].time;

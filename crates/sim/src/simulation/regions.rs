@@ -461,6 +461,9 @@ impl Simulation {
             MergedWorkload::MlRegisters | MergedWorkload::MlBank => {
                 regional::check_lww_discards(history, &self.regional.shipped, replicas)
             }
+            // Workload MK (the explorer's): its overdrafts are the explorer's figures; the
+            // final reads must agree.
+            MergedWorkload::MlCounterBank => crate::explore::anomalies::final_reads_agree(history),
             other => panic!("{other} is not a multi-leader workload"),
         };
         let mut leaders = CheckerResult {
