@@ -338,14 +338,18 @@ impl Simulation {
         Simulation::build(seed, options, None, None, false, regions, None)
     }
 
-    /// Gives a run built with every fault of `options` off a nemesis that chooses among `faults`
-    /// alone (drawing from the nemesis's own stream of the seed, as `build` does), from the end
+    /// Gives a run built with every fault of `options` off (clock skew may be on) a nemesis that
+    /// chooses among `faults` alone (drawing from the nemesis's own stream of the seed, as `build` does), from the end
     /// of the quiet start. Call it before [`Simulation::run`]. Added for [`crate::explore`],
     /// which cuts one region off per fault window and nothing else.
     pub fn with_nemesis_faults(mut self, faults: Vec<Fault>) -> Self {
+        assert!(self.events == 0, "a run not yet run");
+        // A run built with clock skew on (its clocks' baseline offsets) has a nemesis with
+        // faults already, and its first fault window scheduled; it keeps that one.
+        let scheduled = !self.nemesis.is_idle();
         assert!(
-            self.nemesis.is_idle() && self.events == 0,
-            "a run built with every fault off, not yet run"
+            !faults.is_empty() || !scheduled,
+            "no faults for a run whose first fault window is scheduled"
         );
         let mut root = DetRng::seed_from_u64(self.seed);
         let _network_rng = root.fork();
@@ -353,7 +357,7 @@ impl Simulation {
         let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
         self.nemesis =
             Nemesis::new(faults, nemesis_rng).with_regions(self.regional.nodes_by_region(&ids));
-        if !self.nemesis.is_idle() {
+        if !self.nemesis.is_idle() && !scheduled {
             self.schedule(QUIET_START, Event::FaultsOn);
         }
         self

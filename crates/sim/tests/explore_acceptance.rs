@@ -75,3 +75,34 @@ fn primary_backup_pays_round_trips_and_a_cut_side_writes_only_without_it() {
     let (pb_ok, pb_attempted) = pb.cut_off_total();
     assert!(pb_attempted > 0 && pb_ok * 10 < pb_attempted, "{report}");
 }
+
+/// The whole fault schedule: region cuts, node crashes and clock jumps together run on every
+/// model and workload without a panic, and the windows say what they held.
+#[test]
+fn crashes_and_clock_skew_run_on_every_model() {
+    let options = ExploreOptions {
+        seeds: 2,
+        crash: true,
+        skew: true,
+        ..ExploreOptions::default()
+    };
+    let report = explore(&options);
+    for cell in report.cells.iter().filter(|c| c.run.is_some()) {
+        assert!(
+            !cell.failed_checkers.iter().any(|c| c == "panic"),
+            "{report}"
+        );
+        assert!(cell.events > 0, "{report}");
+    }
+    let kinds: String = report
+        .cells
+        .iter()
+        .flat_map(|c| c.windows.iter().map(|(_, _, what)| what.clone()))
+        .collect::<Vec<_>>()
+        .join(";");
+    assert!(
+        kinds.contains("node crash") || kinds.contains("clock jump"),
+        "{kinds}"
+    );
+    assert!(report.to_string().contains("a node crash and restart"));
+}
