@@ -613,17 +613,15 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
         let register_ops = match (run, sim.merged_history()) {
             (Run::Registers, _) => Some(registers_of(sim.history())),
             (Run::Mixed(_), Some(history)) => Some(registers::register_ops(history)),
-            (Run::Merged(w), Some(history))
-                if matches!(
-                    w,
+            (
+                Run::Merged(
                     MergedWorkload::Registers
-                        | MergedWorkload::MlRegisters
-                        | MergedWorkload::MlBank
-                        | MergedWorkload::LwwBank
-                ) =>
-            {
-                Some(registers::register_ops(history))
-            }
+                    | MergedWorkload::MlRegisters
+                    | MergedWorkload::MlBank
+                    | MergedWorkload::LwwBank,
+                ),
+                Some(history),
+            ) => Some(registers::register_ops(history)),
             _ => None,
         };
         if let Some(per_key) = register_ops {
