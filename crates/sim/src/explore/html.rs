@@ -275,25 +275,49 @@ pub fn availability_svg(cells: &[&Cell], title: &str) -> String {
             plot_y(0.0) + 16.0
         );
     }
+    let _ = write!(
+        out,
+        "<path d=\"M{:.1} {:.1}h18\" stroke=\"#555\" stroke-width=\"2\" \
+         stroke-dasharray=\"4 3\"/><text x=\"{:.1}\" y=\"{:.1}\" font-size=\"9\">cut-off side</text>",
+        plot_x(1.0) + 8.0,
+        plot_y(1.0) + 10.0 + 14.0 * models.len() as f64 - 4.0,
+        plot_x(1.0) + 30.0,
+        plot_y(1.0) + 10.0 + 14.0 * models.len() as f64
+    );
     for cell in cells {
         let Some(model) = cell.model.filter(|_| !cell.timeline.is_empty()) else {
             continue;
         };
-        let mut d = String::new();
-        for (i, &(ok, attempted)) in cell.timeline.iter().enumerate() {
-            if attempted == 0 {
+        // Solid: every write; dashed: writes through a region while it was cut off.
+        for (line, dash) in [
+            (&cell.timeline, ""),
+            (&cell.timeline_cut_off, " stroke-dasharray=\"4 3\""),
+        ] {
+            let mut d = String::new();
+            for (i, &(ok, attempted)) in line.iter().enumerate() {
+                if attempted == 0 {
+                    // A gap: nothing was attempted on that side then.
+                    if !dash.is_empty() && !d.is_empty() && !d.ends_with('|') {
+                        d.push('|');
+                    }
+                    continue;
+                }
+                let x = time_x((i as f64 + 0.5) * TIMELINE_BIN.as_secs_f64());
+                let y = plot_y(ok as f64 / attempted as f64);
+                let move_to = d.is_empty() || d.ends_with('|');
+                let _ = write!(d, "{}{x:.1} {y:.1}", if move_to { "M" } else { "L" });
+            }
+            let d = d.replace('|', "");
+            if d.is_empty() {
                 continue;
             }
-            let x = time_x((i as f64 + 0.5) * TIMELINE_BIN.as_secs_f64());
-            let y = plot_y(ok as f64 / attempted as f64);
-            let _ = write!(d, "{}{x:.1} {y:.1}", if d.is_empty() { "M" } else { "L" });
+            let _ = write!(
+                out,
+                "<path d=\"{d}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" \
+                 stroke-opacity=\"0.85\"{dash}/>",
+                colour(model)
+            );
         }
-        let _ = write!(
-            out,
-            "<path d=\"{d}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\" \
-             stroke-opacity=\"0.85\"/>",
-            colour(model)
-        );
     }
     out.push_str("</svg>");
     out

@@ -497,6 +497,9 @@ pub struct Cell {
     /// The first seed's writes, per [`TIMELINE_BIN`] from 0: (ok, attempted), by the time
     /// they were invoked; and its fault windows (from, to, what).
     pub timeline: Vec<Availability>,
+    /// The same, for the writes through a region while it was cut off (the minority side),
+    /// ok only when they completed before the heal.
+    pub timeline_cut_off: Vec<Availability>,
     pub windows: Vec<(Duration, Duration, String)>,
 }
 
@@ -765,16 +768,28 @@ fn registers_of(history: &crate::history::History) -> BTreeMap<u64, Vec<Register
 /// The first seed's availability timeline and fault windows.
 fn timeline(cell: &mut Cell, sim: &Simulation, samples: &[Sample]) {
     let bin = TIMELINE_BIN.as_micros() as u64;
+    let cuts = sim.isolations();
     for s in samples.iter().filter(|s| s.write && !s.aborted) {
         let i = (s.invoked.as_micros() / bin) as usize;
-        if cell.timeline.len() <= i {
-            cell.timeline.resize(i + 1, (0, 0));
+        // Through a cut-off region, a write counts as ok when it completed before the heal,
+        // as in the table.
+        let cut = cuts
+            .iter()
+            .find(|c| c.region == s.region && c.from <= s.invoked && s.invoked < c.to);
+        let ok_in_cut = cut.map(|c| s.ok && s.completed.is_some_and(|done| done <= c.to));
+        for (line, ok) in [
+            (&mut cell.timeline, Some(s.ok)),
+            (&mut cell.timeline_cut_off, ok_in_cut),
+        ] {
+            let Some(ok) = ok else { continue };
+            if line.len() <= i {
+                line.resize(i + 1, (0, 0));
+            }
+            line[i].0 += u64::from(ok);
+            line[i].1 += 1;
         }
-        cell.timeline[i].0 += u64::from(s.ok);
-        cell.timeline[i].1 += 1;
     }
     let at = |i: Instant| Duration::from_micros(i.as_micros());
-    let cuts = sim.isolations();
     for w in sim.fault_windows() {
         let Some(to) = w.to else { continue };
         let mut what: Vec<String> = w
