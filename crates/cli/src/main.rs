@@ -52,6 +52,36 @@ enum Cmd {
     /// Compare the replication models on one workload shape in the simulator: latency per
     /// region, conflicts, repairs, availability while a region is cut off, checker verdicts.
     Explore(ExploreArgs),
+    /// Recommend a replication model and settings for a workload's shape, with the reasons,
+    /// then run the explorer on that shape for the numbers.
+    Advise(AdviseArgs),
+}
+
+#[derive(clap::Args)]
+struct AdviseArgs {
+    /// What a wrongly resolved conflict costs: high (money, inventory) or low (a preference).
+    #[arg(long, default_value = "low")]
+    conflict_cost: String,
+    /// Most writes to a key come from one region.
+    #[arg(long)]
+    writes_local: bool,
+    /// Client-seen write latency matters (an inter-region round trip is too much).
+    #[arg(long)]
+    latency_sensitive: bool,
+    /// Concurrent writes merge naturally (set adds and removes, counter increments).
+    #[arg(long)]
+    mergeable: bool,
+    /// Prefer the simplest system to operate and reason about.
+    #[arg(long)]
+    simple_ops: bool,
+    /// Seeds the explorer runs, from --seed.
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Regions (2 to 5), three nodes each.
+    #[arg(long, default_value_t = 3)]
+    regions: u32,
 }
 
 #[derive(clap::Args)]
@@ -65,18 +95,63 @@ struct ExploreArgs {
     /// The first seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// cart, balance, prefs or all.
+    /// cart, balance, prefs, all (those three) or custom (registers shaped by --reads, --keys,
+    /// --zipf, --region-mix and --value-bytes).
     #[arg(long, default_value = "all")]
     workload: String,
+    /// --workload custom: the fraction of operations that are reads.
+    #[arg(long, default_value_t = 0.9)]
+    reads: f64,
+    /// --workload custom: how many keys.
+    #[arg(long, default_value_t = 100)]
+    keys: u64,
+    /// --workload custom: the Zipf exponent of key popularity (0: uniform).
+    #[arg(long, default_value_t = 0.99)]
+    zipf: f64,
+    /// --workload custom: comma-separated weights, one per region, of where the clients are
+    /// (default: even).
+    #[arg(long)]
+    region_mix: Option<String>,
+    /// --workload custom: the size of a written value (bytes).
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
     /// Comma-separated: primary-backup, multi-leader, leaderless.
     #[arg(long, default_value = "primary-backup,multi-leader,leaderless")]
     models: String,
     /// Cut one region off from the others in each fault window (`--partition false`: no faults).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     partition: bool,
+    /// Every link's latency distribution: constant, uniform, exponential or lognormal (default:
+    /// drawn by the seed). Between regions the exponential and log-normal kinds are log-normal
+    /// around the base latency (a wide-area link has a floor).
+    #[arg(long)]
+    latency: Option<String>,
+    /// The one-way latency between every two regions, ms (default: drawn per pair, 20-60).
+    #[arg(long)]
+    region_ms: Option<u64>,
+    /// The multi-leader balance's merge policy: lww (transfers SET the balances read) or
+    /// counter (transfers increment them).
+    #[arg(long, default_value = "lww")]
+    balance_merge: String,
+    /// Leaderless keyspaces use sloppy quorums (hinted handoff) instead of strict ones.
+    #[arg(long)]
+    sloppy: bool,
+    /// Also crash a node (sometimes two) in fault windows; it restarts over its disk.
+    #[arg(long)]
+    crash: bool,
+    /// Also skew clocks: ±100 ms apart throughout, and one or two jump by up to ±20 s in
+    /// fault windows.
+    #[arg(long)]
+    skew: bool,
     /// One JSON object per (workload, model), one per line, instead of the table.
     #[arg(long)]
     json: bool,
+    /// Also write a self-contained HTML report (inline SVG plots) to this file.
+    #[arg(long)]
+    html: Option<PathBuf>,
+    /// Also write the first workload's write latency CDFs as a standalone SVG to this file.
+    #[arg(long)]
+    svg: Option<PathBuf>,
     /// Instead: probabilistically bounded staleness of leaderless N=3, R=1, W=1 with exponential
     /// links, measured on the real engines against the WARS model, at several t (uses --seed).
     #[arg(long)]
@@ -142,6 +217,7 @@ fn main() -> Result<()> {
         }
         Cmd::Sim(args) => sim(args),
         Cmd::Explore(args) => explore(args),
+        Cmd::Advise(args) => advise(args),
     }
 }
 
@@ -317,6 +393,57 @@ fn explore_pbs(args: &ExploreArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs the explorer with a progress bar on stderr when stderr is a terminal (never on
+/// stdout: the report there depends on the options alone).
+fn run_explore(options: &triarch_sim::explore::ExploreOptions) -> triarch_sim::explore::Report {
+    use std::io::{IsTerminal, Write as _};
+    if !std::io::stderr().is_terminal() {
+        return triarch_sim::explore::explore(options);
+    }
+    const BAR: u64 = 30;
+    let report = triarch_sim::explore::explore_with_progress(options, &mut |done, total| {
+        let filled = (done * BAR / total.max(1)) as usize;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\r[{}{}] {done}/{total} simulations",
+            "#".repeat(filled),
+            " ".repeat(BAR as usize - filled)
+        );
+        let _ = err.flush();
+    });
+    eprint!("\r{}\r", " ".repeat(BAR as usize + 30));
+    report
+}
+
+fn advise(args: AdviseArgs) -> Result<()> {
+    use triarch_sim::explore::ExploreOptions;
+    use triarch_sim::explore::advise::{self, ConflictCost, Shape};
+    let conflict_cost = ConflictCost::parse(&args.conflict_cost)
+        .ok_or_else(|| anyhow::anyhow!("--conflict-cost {}: high or low", args.conflict_cost))?;
+    let shape = Shape {
+        conflict_cost,
+        writes_local: args.writes_local,
+        latency_sensitive: args.latency_sensitive,
+        mergeable: args.mergeable,
+        simple_ops: args.simple_ops,
+    };
+    let advice = advise::advise(&shape);
+    println!("{advice}");
+    println!();
+    let options = ExploreOptions {
+        regions: args.regions,
+        first_seed: args.seed,
+        seeds: args.seeds,
+        workloads: vec![advice.workload],
+        ..ExploreOptions::default()
+    };
+    options.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = run_explore(&options);
+    print!("{report}");
+    Ok(())
+}
+
 fn explore(args: ExploreArgs) -> Result<()> {
     use triarch_sim::explore::{self, ExploreOptions, Workload};
     if args.pbs {
@@ -326,7 +453,10 @@ fn explore(args: ExploreArgs) -> Result<()> {
         Workload::ALL.to_vec()
     } else {
         vec![Workload::parse(&args.workload).ok_or_else(|| {
-            anyhow::anyhow!("--workload {}: cart, balance, prefs or all", args.workload)
+            anyhow::anyhow!(
+                "--workload {}: cart, balance, prefs, all or custom",
+                args.workload
+            )
         })?]
     };
     let models = args
@@ -345,15 +475,57 @@ fn explore(args: ExploreArgs) -> Result<()> {
         workloads,
         models,
         partition: args.partition,
+        crash: args.crash,
+        skew: args.skew,
+        sloppy: args.sloppy,
+        counter_balance: match args.balance_merge.as_str() {
+            "lww" => false,
+            "counter" => true,
+            other => anyhow::bail!("--balance-merge {other}: lww or counter"),
+        },
+        latency: match &args.latency {
+            None => None,
+            Some(name) => Some(explore::parse_latency(name).ok_or_else(|| {
+                anyhow::anyhow!("--latency {name}: constant, uniform, exponential or lognormal")
+            })?),
+        },
+        region_ms: args.region_ms,
+        mix: explore::CustomMix {
+            reads: args.reads,
+            keys: args.keys,
+            zipf: args.zipf,
+            region_mix: match &args.region_mix {
+                None => Vec::new(),
+                Some(list) => list
+                    .split(',')
+                    .map(|w| {
+                        w.trim()
+                            .parse::<f64>()
+                            .map_err(|e| anyhow::anyhow!("--region-mix {w}: {e}"))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+            },
+            value_bytes: args.value_bytes,
+        },
     };
     options.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let started = std::time::Instant::now();
-    let report = explore::explore(&options);
+    let report = run_explore(&options);
     let elapsed = started.elapsed().as_secs_f64();
     if args.json {
         print!("{}", report.json_lines());
     } else {
         print!("{report}");
+    }
+    if let Some(path) = &args.html {
+        std::fs::write(path, report.html())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("HTML report: {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        let svg = explore::html::write_latency_svg(&report, options.workloads[0]);
+        std::fs::write(path, svg).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("write latency plot: {}", path.display());
     }
     // Wall time on stderr: the report itself depends on the options alone.
     eprintln!(

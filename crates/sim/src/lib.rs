@@ -117,6 +117,7 @@ pub use history::{EventType, Function, History, HistoryEvent, Op, ProcessId};
 pub use latency::{LATENCY_MAX, LatencyDistribution};
 pub use merged::{MergedFunction, MergedHistory, MergedWorkload, ReadResult};
 pub use nemesis::{Fault, FaultWindow};
+pub use network::NetworkSpec;
 pub use simulation::{
     CLIENT_TIMEOUT, FINAL_READ_SETTLE, RegionStats, SETTLE, Simulation, WALL_CLOCK_START_MS,
     key_bytes,

@@ -83,10 +83,49 @@ pub enum MergedWorkload {
     MlCounter,
     /// Workload MR: writes of unique values to a multi-leader `lww` keyspace.
     MlRegisters,
+    /// Workload MB: transfers as a client without transactions does them (read both
+    /// balances, then SET both) on a multi-leader `lww` keyspace. Added for the explorer:
+    /// last-writer-wins loses updates, and this is where it shows.
+    MlBank,
+    /// Workload LB: the same read-then-write transfers on a leaderless `lww` keyspace.
+    LwwBank,
+    /// Workload LR: writes of unique values to a leaderless `lww` keyspace (the explorer's
+    /// custom mix on leaderless).
+    LwwRegisters,
+    /// Workload MK: transfers on a multi-leader `counter` keyspace: read the source's balance
+    /// (its counter plus [`COUNTER_BANK_INITIAL_BALANCE`]), and if it covers the amount,
+    /// increment the source by minus the amount and the destination by the amount. Nothing is
+    /// lost, but two regions may both spend what one balance held.
+    MlCounterBank,
 }
+
+/// Workload MK: every account's balance before any transfer (a counter at zero).
+pub const COUNTER_BANK_INITIAL_BALANCE: i64 = 20;
 
 /// Every account's balance after workload B's setup.
 pub const BANK_INITIAL_BALANCE: i64 = 100;
+
+/// Workloads MB and LB store `write * BALANCE_WRITE_BASE + balance` in an account: the write
+/// (unique over the run, 0 for "never written") names the version a read returned, so that a
+/// write's parent (the version its transfer read) is known; balances stay below the base.
+pub const BALANCE_WRITE_BASE: u64 = 1_000_000;
+
+/// Workloads MB and LB: the stored value of write `write` setting `balance`.
+pub fn balance_value(write: u64, balance: i64) -> u64 {
+    assert!(
+        (0..BALANCE_WRITE_BASE as i64).contains(&balance),
+        "balance {balance} out of range"
+    );
+    write * BALANCE_WRITE_BASE + balance as u64
+}
+
+/// Workloads MB and LB: (write, balance) of what a read returned (`None`: never written, the
+/// initial balance).
+pub fn balance_of(value: Option<u64>) -> (u64, i64) {
+    value.map_or((0, BANK_INITIAL_BALANCE), |v| {
+        (v / BALANCE_WRITE_BASE, (v % BALANCE_WRITE_BASE) as i64)
+    })
+}
 
 impl MergedWorkload {
     /// The workloads of the single-region runs (`tests/merged_seeds.rs`).
@@ -107,6 +146,12 @@ impl MergedWorkload {
     /// Whether the workload runs on a multi-leader keyspace.
     pub fn is_multileader(self) -> bool {
         Self::MULTI_LEADER.contains(&self)
+            || matches!(self, MergedWorkload::MlBank | MergedWorkload::MlCounterBank)
+    }
+
+    /// Workloads MB and LB: read-then-write transfers between `lww` registers.
+    pub fn is_lww_bank(self) -> bool {
+        matches!(self, MergedWorkload::MlBank | MergedWorkload::LwwBank)
     }
 
     /// The keyspace the workload runs in (created on every node from its configuration).
@@ -114,10 +159,18 @@ impl MergedWorkload {
         let (name, merge) = match self {
             MergedWorkload::Set => ("cart", MergePolicy::Set),
             MergedWorkload::Counter => ("hits", MergePolicy::Counter),
-            MergedWorkload::MlCart | MergedWorkload::MlCounter | MergedWorkload::MlRegisters => {
+            MergedWorkload::LwwBank => ("llbank", MergePolicy::Lww),
+            MergedWorkload::LwwRegisters => ("llreg", MergePolicy::Lww),
+            MergedWorkload::MlCart
+            | MergedWorkload::MlCounter
+            | MergedWorkload::MlRegisters
+            | MergedWorkload::MlBank
+            | MergedWorkload::MlCounterBank => {
                 let (name, merge) = match self {
                     MergedWorkload::MlCart => ("mlcart", MergePolicy::Set),
                     MergedWorkload::MlCounter => ("mlcount", MergePolicy::Counter),
+                    MergedWorkload::MlBank => ("mlbank", MergePolicy::Lww),
+                    MergedWorkload::MlCounterBank => ("mlcbank", MergePolicy::Counter),
                     _ => ("mlreg", MergePolicy::Lww),
                 };
                 // N=3 voters in every region.
@@ -161,6 +214,10 @@ impl MergedWorkload {
             MergedWorkload::MlCart => "cart",
             MergedWorkload::MlCounter => "counter",
             MergedWorkload::MlRegisters => "lww",
+            MergedWorkload::MlBank => "mlbank",
+            MergedWorkload::LwwBank => "lwwbank",
+            MergedWorkload::LwwRegisters => "lwwreg",
+            MergedWorkload::MlCounterBank => "mlcbank",
         }
     }
 }
@@ -625,6 +682,10 @@ struct Process {
     pending: Option<(MergedFunction, u64)>,
     /// Workload B: the transfer its last preparation found affordable, with the versions read.
     prepared: Option<MergedFunction>,
+    /// Workloads MB and LB: the transfer in progress (from, to, amount, the balance of
+    /// `from` once read), and the operations it issues next, in order.
+    transfer: Option<(u64, u64, i64, Option<i64>)>,
+    queued: Vec<(MergedFunction, u64)>,
 }
 
 /// The next operation a process issues.
@@ -654,6 +715,53 @@ pub(crate) struct MergedClients {
     ops_budget: u64,
     ops_invoked: u64,
     think_max_micros: u64,
+    /// The explorer's custom mix, when one replaces the workload's own shape.
+    mix: Option<MixState>,
+}
+
+/// The explorer's custom workload shape ([`MergedClients::with_mix`]), for the register
+/// workloads L, MR and LR: every process reads with probability `reads` and otherwise writes a
+/// unique value; keys are drawn from a Zipf distribution of exponent `zipf` (0: uniform) over
+/// the run's keys; processes are placed in regions in proportion to `region_weights` and talk
+/// to their region's nodes; values are zero-padded to `value_bytes`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mix {
+    pub reads: f64,
+    pub zipf: f64,
+    pub region_weights: Vec<f64>,
+    pub value_bytes: usize,
+    /// Client processes (each runs one operation at a time).
+    pub processes: u64,
+}
+
+struct MixState {
+    reads: f64,
+    /// The cumulative probability of keys `0..=i`.
+    key_cdf: Vec<f64>,
+    value_bytes: usize,
+}
+
+/// Processes per region chosen by weight: process `i` of `n` goes to the first region whose
+/// cumulative weight exceeds `(i + 0.5) / n` (every weight is relative to their sum).
+pub fn mix_regions(weights: &[f64], processes: u64) -> Vec<u32> {
+    let sum: f64 = weights.iter().sum();
+    assert!(
+        sum > 0.0 && weights.iter().all(|w| *w >= 0.0),
+        "weights {weights:?}"
+    );
+    (0..processes)
+        .map(|i| {
+            let at = (i as f64 + 0.5) / processes as f64 * sum;
+            let mut total = 0.0;
+            weights
+                .iter()
+                .position(|w| {
+                    total += w;
+                    at < total
+                })
+                .unwrap_or(weights.len() - 1) as u32
+        })
+        .collect()
 }
 
 impl MergedClients {
@@ -680,6 +788,7 @@ impl MergedClients {
             ops_budget: ops,
             ops_invoked: 0,
             think_max_micros: 0,
+            mix: None,
         };
         // More writers than readers: the checkers judge the final state above all.
         for _ in 0..keys * 2 {
@@ -704,6 +813,53 @@ impl MergedClients {
         self
     }
 
+    /// Replaces the processes with `mix.processes` mixed readers-writers placed in the
+    /// `regions` regions by `mix.region_weights`, each talking to its own region's nodes.
+    pub fn with_mix(mut self, mix: &Mix, regions: u32) -> Self {
+        assert!(matches!(
+            self.workload,
+            MergedWorkload::Registers | MergedWorkload::MlRegisters | MergedWorkload::LwwRegisters
+        ));
+        assert!((0.0..=1.0).contains(&mix.reads) && mix.zipf >= 0.0 && mix.processes >= 1);
+        assert_eq!(
+            mix.region_weights.len(),
+            regions as usize,
+            "a weight per region"
+        );
+        // The same mean think time per operation over the whole run as before.
+        let processes_before = self.processes.len() as u64;
+        self.regions = regions;
+        self.processes.clear();
+        for region in mix_regions(&mix.region_weights, mix.processes) {
+            self.spawn_in(Role::Writer, region);
+        }
+        let weights: Vec<f64> = (1..=self.keys)
+            .map(|k| 1.0 / (k as f64).powf(mix.zipf))
+            .collect();
+        let sum: f64 = weights.iter().sum();
+        let mut total = 0.0;
+        let key_cdf = weights
+            .iter()
+            .map(|w| {
+                total += w / sum;
+                total
+            })
+            .collect();
+        self.mix = Some(MixState {
+            reads: mix.reads,
+            key_cdf,
+            value_bytes: mix.value_bytes,
+        });
+        let mean = self.think_max_micros / 2 * mix.processes / processes_before.max(1);
+        self.think_max_micros = (2 * mean).max(1);
+        self
+    }
+
+    /// The size (bytes) a written value is zero-padded to (0: none).
+    pub fn value_bytes(&self) -> usize {
+        self.mix.as_ref().map_or(0, |m| m.value_bytes)
+    }
+
     /// The region (index) of the nodes process `id` talks to.
     #[cfg(test)]
     fn region_of(&self, id: ProcessId) -> Option<u32> {
@@ -724,6 +880,8 @@ impl MergedClients {
             owned: Vec::new(),
             pending: None,
             prepared: None,
+            transfer: None,
+            queued: Vec::new(),
         };
         self.processes.insert(id, process);
         id
@@ -751,9 +909,36 @@ impl MergedClients {
 
     /// The next operation of `id`, or `None` when the budget is spent (or the process is gone).
     pub fn next_op(&mut self, id: ProcessId) -> Option<PlannedMergedOp> {
-        let role = self.processes.get(&id)?.role;
-        if self.ops_invoked >= self.ops_budget && role != Role::Setup {
+        let process = self.processes.get(&id)?;
+        let role = process.role;
+        // A transfer under way finishes past the budget (its second write is owed).
+        if self.ops_invoked >= self.ops_budget && role != Role::Setup && process.queued.is_empty() {
             return None;
+        }
+        if let Some(mix) = &self.mix
+            && role == Role::Writer
+        {
+            let read = self.rng.chance(mix.reads);
+            let at = self.rng.unit_f64();
+            let key = mix
+                .key_cdf
+                .partition_point(|&c| c < at)
+                .min(mix.key_cdf.len() - 1) as u64;
+            let f = if read {
+                MergedFunction::RegisterRead
+            } else {
+                let value = self.next_element;
+                self.next_element += 1;
+                MergedFunction::RegisterWrite { value }
+            };
+            let region = self.processes[&id].region as usize;
+            let regions = self.regions as usize;
+            let in_region = (self.nodes - region).div_ceil(regions);
+            let node_index = region + regions * self.rng.below(in_region as u64) as usize;
+            let process = self.processes.get_mut(&id).expect("looked up above");
+            process.pending = Some((f, key));
+            self.ops_invoked += 1;
+            return Some(PlannedMergedOp { f, key, node_index });
         }
         let node_index = if self.workload.is_multileader() {
             // A node of the process's region: index `region + k * regions`.
@@ -783,9 +968,22 @@ impl MergedClients {
             (Role::Reader, MergedWorkload::Set | MergedWorkload::MlCart) => {
                 (MergedFunction::SetRead, self.rng.below(self.keys))
             }
-            (Role::Reader, MergedWorkload::Counter | MergedWorkload::MlCounter) => {
-                (MergedFunction::CounterRead, self.rng.below(self.keys))
+            (Role::Writer, MergedWorkload::MlCounterBank) => {
+                let process = self.processes.get_mut(&id).expect("looked up above");
+                if process.queued.is_empty() {
+                    let from = self.rng.below(self.keys);
+                    let to = (from + 1 + self.rng.below(self.keys - 1)) % self.keys;
+                    let amount = self.rng.between(1, 20) as i64;
+                    process.transfer = Some((from, to, amount, None));
+                    (MergedFunction::CounterRead, from)
+                } else {
+                    process.queued.remove(0)
+                }
             }
+            (
+                Role::Reader,
+                MergedWorkload::Counter | MergedWorkload::MlCounter | MergedWorkload::MlCounterBank,
+            ) => (MergedFunction::CounterRead, self.rng.below(self.keys)),
             (Role::Writer, MergedWorkload::Counter | MergedWorkload::MlCounter) => {
                 let amount = self.rng.between(1, 10) as i64;
                 (
@@ -793,10 +991,41 @@ impl MergedClients {
                     self.rng.below(self.keys),
                 )
             }
-            (Role::Reader, MergedWorkload::Registers | MergedWorkload::MlRegisters) => {
-                (MergedFunction::RegisterRead, self.rng.below(self.keys))
+            (Role::Writer, MergedWorkload::MlBank | MergedWorkload::LwwBank) => {
+                let process = self.processes.get_mut(&id).expect("looked up above");
+                if process.queued.is_empty() {
+                    let from = self.rng.below(self.keys);
+                    let to = (from + 1 + self.rng.below(self.keys - 1)) % self.keys;
+                    let amount = self.rng.between(1, 20) as i64;
+                    process.transfer = Some((from, to, amount, None));
+                    (MergedFunction::RegisterRead, from)
+                } else {
+                    let (f, key) = process.queued.remove(0);
+                    match f {
+                        MergedFunction::RegisterWrite { .. } => {
+                            // The value names the write: numbered now, in invocation order.
+                            let (_, balance) = balance_of(match f {
+                                MergedFunction::RegisterWrite { value } => Some(value),
+                                _ => None,
+                            });
+                            let write = self.next_element;
+                            self.next_element += 1;
+                            let value = balance_value(write, balance);
+                            (MergedFunction::RegisterWrite { value }, key)
+                        }
+                        f => (f, key),
+                    }
+                }
             }
-            (Role::Writer, MergedWorkload::MlRegisters) => {
+            (
+                Role::Reader,
+                MergedWorkload::Registers
+                | MergedWorkload::MlRegisters
+                | MergedWorkload::MlBank
+                | MergedWorkload::LwwBank
+                | MergedWorkload::LwwRegisters,
+            ) => (MergedFunction::RegisterRead, self.rng.below(self.keys)),
+            (Role::Writer, MergedWorkload::MlRegisters | MergedWorkload::LwwRegisters) => {
                 let value = self.next_element;
                 self.next_element += 1;
                 (
@@ -871,6 +1100,65 @@ impl MergedClients {
                     }
                 }
             }
+            (MergedFunction::RegisterRead, EventType::Ok) if self.workload.is_lww_bank() => {
+                let Some(ReadResult::Register(v)) = result else {
+                    panic!("an ok register read has a value")
+                };
+                let (_, balance) = balance_of(*v);
+                match process.transfer {
+                    Some((from, to, amount, None)) if key == from => {
+                        process.transfer = Some((from, to, amount, Some(balance)));
+                        process.queued = vec![(MergedFunction::RegisterRead, to)];
+                    }
+                    Some((from, to, amount, Some(from_balance))) if key == to => {
+                        process.transfer = None;
+                        // The write numbers are drawn when the writes are invoked.
+                        if from_balance >= amount {
+                            process.queued = vec![
+                                (
+                                    MergedFunction::RegisterWrite {
+                                        value: balance_value(0, from_balance - amount),
+                                    },
+                                    from,
+                                ),
+                                (
+                                    MergedFunction::RegisterWrite {
+                                        value: balance_value(0, balance + amount),
+                                    },
+                                    to,
+                                ),
+                            ];
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (MergedFunction::CounterRead, EventType::Ok)
+                if self.workload == MergedWorkload::MlCounterBank =>
+            {
+                let Some(ReadResult::Count(c)) = result else {
+                    panic!("an ok counter read has a count")
+                };
+                if let Some((from, to, amount, None)) = process.transfer
+                    && key == from
+                {
+                    process.transfer = None;
+                    if COUNTER_BANK_INITIAL_BALANCE as i128 + *c >= amount as i128 {
+                        process.queued = vec![
+                            (MergedFunction::CounterAdd { amount: -amount }, from),
+                            (MergedFunction::CounterAdd { amount }, to),
+                        ];
+                    }
+                }
+            }
+            (_, EventType::Fail | EventType::Info)
+                if self.workload.is_lww_bank()
+                    || self.workload == MergedWorkload::MlCounterBank =>
+            {
+                // The transfer is abandoned where it stands (after its first write, half done).
+                process.transfer = None;
+                process.queued.clear();
+            }
             (MergedFunction::BankPrepare { from, to, amount }, EventType::Ok) => {
                 if let Some(ReadResult::Balances(b)) = result
                     && let [(_, from_balance, from_version), (_, _, to_version)] = b.as_slice()
@@ -933,8 +1221,14 @@ impl MergedClients {
     pub fn final_read(&mut self, id: ProcessId, key: u64) -> MergedFunction {
         let f = match self.workload {
             MergedWorkload::Set | MergedWorkload::MlCart => MergedFunction::SetRead,
-            MergedWorkload::Counter | MergedWorkload::MlCounter => MergedFunction::CounterRead,
-            MergedWorkload::Registers | MergedWorkload::MlRegisters => MergedFunction::RegisterRead,
+            MergedWorkload::Counter | MergedWorkload::MlCounter | MergedWorkload::MlCounterBank => {
+                MergedFunction::CounterRead
+            }
+            MergedWorkload::Registers
+            | MergedWorkload::MlRegisters
+            | MergedWorkload::MlBank
+            | MergedWorkload::LwwBank
+            | MergedWorkload::LwwRegisters => MergedFunction::RegisterRead,
             MergedWorkload::Bank => MergedFunction::BankRead,
         };
         self.processes.get_mut(&id).expect("a final reader").pending = Some((f, key));

@@ -13,6 +13,18 @@ use triarch_core::{DetRng, NodeId};
 /// A directed link `(from, to)`.
 pub type Link = (NodeId, NodeId);
 
+/// What a run's network looks like where the seed should not choose (the explorer's
+/// `--latency` and `--region-ms`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// The distribution kind of every link: 0 constant, 1 uniform, 2 exponential, 3 log-normal
+    /// ([`LatencyDistribution::random`]); `None`: drawn by the seed.
+    pub kind: Option<u64>,
+    /// Every region pair's base one-way latency (µs); `None`: drawn per pair by the seed,
+    /// 20-60 ms.
+    pub inter_region_micros: Option<u64>,
+}
+
 pub(crate) struct Network {
     links: BTreeMap<Link, LatencyDistribution>,
     /// With several regions: each region pair's base one-way latency (µs), by region index.
@@ -44,17 +56,45 @@ impl Network {
     pub fn with_regions(
         nodes: &[NodeId],
         regions: &[u32],
-        mut rng: DetRng,
+        rng: DetRng,
         loss_baseline: f64,
         duplicate_baseline: f64,
     ) -> Self {
+        let spec = NetworkSpec::default();
+        Network::described(
+            nodes,
+            regions,
+            rng,
+            loss_baseline,
+            duplicate_baseline,
+            &spec,
+        )
+    }
+
+    /// Like [`Network::with_regions`], with the distribution kind and the inter-region base
+    /// latency chosen by `spec` where it says (drawn from `rng` where it does not, the same
+    /// draws as [`Network::with_regions`]). Added for [`crate::explore`].
+    pub fn described(
+        nodes: &[NodeId],
+        regions: &[u32],
+        mut rng: DetRng,
+        loss_baseline: f64,
+        duplicate_baseline: f64,
+        spec: &NetworkSpec,
+    ) -> Self {
         assert_eq!(nodes.len(), regions.len(), "one region per node");
-        let kind = rng.below(4);
+        let kind = match spec.kind {
+            Some(kind) => kind,
+            None => rng.below(4),
+        };
         let count = regions.iter().max().map_or(1, |r| r + 1);
         let mut region_pairs = BTreeMap::new();
         for a in 0..count {
             for b in a + 1..count {
-                let base = rng.between(INTER_REGION_MS_MIN * 1_000, INTER_REGION_MS_MAX * 1_000);
+                let base = match spec.inter_region_micros {
+                    Some(base) => base,
+                    None => rng.between(INTER_REGION_MS_MIN * 1_000, INTER_REGION_MS_MAX * 1_000),
+                };
                 region_pairs.insert((a, b), base);
             }
         }

@@ -6,7 +6,7 @@ use crate::checker::convergence::{self, ReplicaRecords, ReplicaStates, ReplicaTa
 use crate::checker::{bank_history, counter, leader, registers, set, single_writer};
 use crate::history::{EventType, Function, History, ProcessId};
 use crate::merged::{
-    BANK_INITIAL_BALANCE, MergedClients, MergedFunction, MergedHistory, MergedWorkload,
+    BANK_INITIAL_BALANCE, MergedClients, MergedFunction, MergedHistory, MergedWorkload, Mix,
     PlannedMergedOp, ReadResult,
 };
 use crate::nemesis::{Action, Fault, FaultWindow, Nemesis};
@@ -228,6 +228,8 @@ pub struct Simulation {
     regional: Regional,
     /// Every fault window so far, with what it blocked.
     windows: Vec<FaultWindow>,
+    /// Messages nodes sent during the main phase (for [`crate::explore`]).
+    messages_main: u64,
 }
 
 impl Simulation {
@@ -235,7 +237,15 @@ impl Simulation {
     /// independent streams per concern (network, nemesis, clients, nodes, disks) so that a change
     /// to one concern's use of randomness leaves the others' choices alone.
     pub fn new(seed: u64, options: &SimOptions) -> Self {
-        Simulation::build(seed, options, None, None, false, &RegionOptions::single())
+        Simulation::build(
+            seed,
+            options,
+            None,
+            None,
+            false,
+            &RegionOptions::single(),
+            None,
+        )
     }
 
     /// A run of `workload` with its nodes in `regions` ([`crate::run_multileader_seed`]): a
@@ -248,7 +258,7 @@ impl Simulation {
         workload: MergedWorkload,
         regions: &RegionOptions,
     ) -> Self {
-        Simulation::build(seed, options, Some(workload), None, false, regions)
+        Simulation::build(seed, options, Some(workload), None, false, regions, None)
     }
 
     /// A run of the register workload (`workload: None`) or of a CRDT workload whose nodes all
@@ -263,7 +273,7 @@ impl Simulation {
         config: LeaderlessConfig,
     ) -> Self {
         let single = RegionOptions::single();
-        Simulation::build(seed, options, workload, Some(config), false, &single)
+        Simulation::build(seed, options, workload, Some(config), false, &single, None)
     }
 
     /// A run of the register workload (`workload: None`) or of a CRDT workload whose nodes run
@@ -282,7 +292,7 @@ impl Simulation {
         config: LeaderlessConfig,
     ) -> Self {
         let single = RegionOptions::single();
-        Simulation::build(seed, options, workload, Some(config), true, &single)
+        Simulation::build(seed, options, workload, Some(config), true, &single, None)
     }
 
     /// Every replica's record of every key when the final reads began: after the final heal
@@ -325,17 +335,21 @@ impl Simulation {
     /// A run of the register workload (A: single-writer registers in the leaderless `default`
     /// keyspace) with its nodes in `regions`. Added for [`crate::explore`].
     pub fn registers_in_regions(seed: u64, options: &SimOptions, regions: &RegionOptions) -> Self {
-        Simulation::build(seed, options, None, None, false, regions)
+        Simulation::build(seed, options, None, None, false, regions, None)
     }
 
-    /// Gives a run built with every fault of `options` off a nemesis that chooses among `faults`
-    /// alone (drawing from the nemesis's own stream of the seed, as `build` does), from the end
+    /// Gives a run built with every fault of `options` off (clock skew may be on) a nemesis that
+    /// chooses among `faults` alone (drawing from the nemesis's own stream of the seed, as `build` does), from the end
     /// of the quiet start. Call it before [`Simulation::run`]. Added for [`crate::explore`],
     /// which cuts one region off per fault window and nothing else.
     pub fn with_nemesis_faults(mut self, faults: Vec<Fault>) -> Self {
+        assert!(self.events == 0, "a run not yet run");
+        // A run built with clock skew on (its clocks' baseline offsets) has a nemesis with
+        // faults already, and its first fault window scheduled; it keeps that one.
+        let scheduled = !self.nemesis.is_idle();
         assert!(
-            self.nemesis.is_idle() && self.events == 0,
-            "a run built with every fault off, not yet run"
+            !faults.is_empty() || !scheduled,
+            "no faults for a run whose first fault window is scheduled"
         );
         let mut root = DetRng::seed_from_u64(self.seed);
         let _network_rng = root.fork();
@@ -343,9 +357,26 @@ impl Simulation {
         let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
         self.nemesis =
             Nemesis::new(faults, nemesis_rng).with_regions(self.regional.nodes_by_region(&ids));
-        if !self.nemesis.is_idle() {
+        if !self.nemesis.is_idle() && !scheduled {
             self.schedule(QUIET_START, Event::FaultsOn);
         }
+        self
+    }
+
+    /// Gives a run not yet run a network described by `spec` (drawing from the network's own
+    /// stream of the seed, as `build` does) in place of the one the seed drew. Added for
+    /// [`crate::explore`].
+    pub fn with_network(mut self, spec: &crate::network::NetworkSpec) -> Self {
+        assert!(self.events == 0, "a run not yet run");
+        let mut root = DetRng::seed_from_u64(self.seed);
+        let network_rng = root.fork();
+        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        assert!(
+            !self.options.packet_loss && !self.options.duplication,
+            "a described network has no loss or duplication"
+        );
+        self.network =
+            Network::described(&ids, &self.regional.of_node, network_rng, 0.0, 0.0, spec);
         self
     }
 
@@ -354,9 +385,25 @@ impl Simulation {
     /// [`crate::run_merged_seed`]).
     pub fn new_merged(seed: u64, options: &SimOptions, workload: MergedWorkload) -> Self {
         let single = RegionOptions::single();
-        Simulation::build(seed, options, Some(workload), None, false, &single)
+        Simulation::build(seed, options, Some(workload), None, false, &single, None)
     }
 
+    /// A run for [`crate::explore`]: workload `workload` (`None`: the register workload A)
+    /// with the nodes in `regions`; if `mix` is given, a register workload (L, MR or LR) whose
+    /// clients follow it (the explorer's custom workload: [`crate::merged::Mix`]); if
+    /// `leaderless` is given, every node's leaderless engine runs with it (e.g. sloppy quorums).
+    pub fn for_explore(
+        seed: u64,
+        options: &SimOptions,
+        workload: Option<MergedWorkload>,
+        regions: &RegionOptions,
+        mix: Option<&Mix>,
+        leaderless: Option<LeaderlessConfig>,
+    ) -> Self {
+        Simulation::build(seed, options, workload, leaderless, false, regions, mix)
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn build(
         seed: u64,
         options: &SimOptions,
@@ -364,6 +411,7 @@ impl Simulation {
         leaderless_config: Option<LeaderlessConfig>,
         anti_entropy_only: bool,
         regions: &RegionOptions,
+        mix: Option<&Mix>,
     ) -> Self {
         options
             .validate()
@@ -446,6 +494,9 @@ impl Simulation {
                 if kind.is_multileader() {
                     clients = clients.in_regions(regions.regions);
                 }
+                if let Some(mix) = mix {
+                    clients = clients.with_mix(mix, regions.regions);
+                }
                 let run = MergedRun {
                     clients,
                     history: MergedHistory::new(),
@@ -486,6 +537,7 @@ impl Simulation {
             anti_entropy_only,
             regional,
             windows: Vec::new(),
+            messages_main: 0,
         };
         let network = sim.network.describe();
         sim.log(format!("start: {} nodes, {network}", options.nodes));
@@ -508,6 +560,12 @@ impl Simulation {
 
     pub fn seed(&self) -> u64 {
         self.seed
+    }
+
+    /// Messages the nodes sent during the main phase (before the final heal): every kind,
+    /// heartbeats and elections included. Added for [`crate::explore`].
+    pub fn messages_sent_main(&self) -> u64 {
+        self.messages_main
     }
 
     /// The register workload's history (empty in a run of a CRDT workload).
@@ -569,7 +627,14 @@ impl Simulation {
                     }
                     MergedWorkload::MlCart
                     | MergedWorkload::MlCounter
-                    | MergedWorkload::MlRegisters => self.multileader_checkers(run),
+                    | MergedWorkload::MlRegisters
+                    | MergedWorkload::MlBank
+                    | MergedWorkload::MlCounterBank => self.multileader_checkers(run),
+                    // Workload LB (the explorer's): its anomalies are the explorer's figures,
+                    // not failures; the final reads must agree.
+                    MergedWorkload::LwwBank | MergedWorkload::LwwRegisters => {
+                        vec![crate::explore::anomalies::final_reads_agree(&run.history)]
+                    }
                     MergedWorkload::Registers | MergedWorkload::Bank => {
                         let tables = run.tables.as_ref().expect("snapshot taken at Finish");
                         let workload = run.clients.workload;
@@ -855,7 +920,11 @@ impl Simulation {
                 | MergedWorkload::Bank
                 | MergedWorkload::MlCart
                 | MergedWorkload::MlCounter
-                | MergedWorkload::MlRegisters,
+                | MergedWorkload::MlRegisters
+                | MergedWorkload::MlBank
+                | MergedWorkload::LwwBank
+                | MergedWorkload::LwwRegisters
+                | MergedWorkload::MlCounterBank,
             ) => LeaderlessConfig::default(),
         };
         // Elections well inside a fault window, so that leaders change often.
@@ -1093,6 +1162,9 @@ impl Simulation {
         for output in outputs {
             if let Output::Send { message, .. } = &output {
                 self.observe_shipment(message);
+                if self.phase == Phase::Main {
+                    self.messages_main += 1;
+                }
             }
             match output {
                 Output::Send { to, message } => match self.network.transmit(from, to) {
@@ -1245,7 +1317,11 @@ impl Simulation {
             },
             MergedFunction::RegisterWrite { value } => Request::Set {
                 key: key.clone(),
-                value: Bytes::from(value.to_string()),
+                // Zero-padded to the mix's value size (it still parses as the number).
+                value: Bytes::from(format!(
+                    "{value:0width$}",
+                    width = run.clients.value_bytes()
+                )),
                 w: None,
             },
             MergedFunction::RegisterCas { expected, new } => Request::Cas {
@@ -1419,10 +1495,14 @@ impl Simulation {
             self.schedule(FINAL_READ_SETTLE, Event::Finish);
             return;
         }
-        let leaderless = self
-            .merged
-            .as_ref()
-            .is_some_and(|run| !run.clients.workload.is_multileader());
+        // (Workload LB's `lww` records are no CRDT state: nothing to snapshot.)
+        let leaderless = self.merged.as_ref().is_some_and(|run| {
+            !run.clients.workload.is_multileader()
+                && !matches!(
+                    run.clients.workload,
+                    MergedWorkload::LwwBank | MergedWorkload::LwwRegisters
+                )
+        });
         if leaderless {
             // For `tests/sloppy.rs`: what hinted handoff alone left on the replicas.
             self.states_before_final_reads = Some(self.replica_states());

@@ -66,7 +66,10 @@ impl Regional {
             options: options.clone(),
             of_node: (0..nodes).map(|i| i % options.regions).collect(),
             rng,
-            observe_shipments: workload == Some(MergedWorkload::MlRegisters),
+            observe_shipments: matches!(
+                workload,
+                Some(MergedWorkload::MlRegisters | MergedWorkload::MlBank)
+            ),
             shipped: ShippedWrites::new(),
             replicas: None,
             leaders_after_heal: None,
@@ -164,7 +167,7 @@ impl Simulation {
                 stats.concurrent_readds =
                     cart::concurrent_readds_judged(&run.history, region_of, &self.isolations());
             }
-            MergedWorkload::MlRegisters => {
+            MergedWorkload::MlRegisters | MergedWorkload::MlBank => {
                 let shipped = &self.regional.shipped;
                 stats.lww_lost = regional::lww_writes_lost(&run.history, shipped, replicas);
             }
@@ -283,7 +286,10 @@ impl Simulation {
         let Some(Command::Ship { changes, .. }) = Command::decode(command) else {
             return;
         };
-        let workload = MergedWorkload::MlRegisters;
+        let workload = self
+            .merged
+            .as_ref()
+            .map_or(MergedWorkload::MlRegisters, |run| run.clients.workload);
         for outgoing in changes {
             let change = outgoing.change;
             let Payload::Lww {
@@ -452,9 +458,12 @@ impl Simulation {
             MergedWorkload::MlCounter => counter::check_scoped(history, |add, read, is_final| {
                 is_final || region_of(add.node) == region_of(read.node)
             }),
-            MergedWorkload::MlRegisters => {
+            MergedWorkload::MlRegisters | MergedWorkload::MlBank => {
                 regional::check_lww_discards(history, &self.regional.shipped, replicas)
             }
+            // Workload MK (the explorer's): its overdrafts are the explorer's figures; the
+            // final reads must agree.
+            MergedWorkload::MlCounterBank => crate::explore::anomalies::final_reads_agree(history),
             other => panic!("{other} is not a multi-leader workload"),
         };
         let mut leaders = CheckerResult {
