@@ -1099,7 +1099,7 @@ impl fmt::Display for Report {
                 writeln!(f, "  write p50/p99   {}", latencies(&cell.write_latency))?;
                 writeln!(
                     f,
-                    "  messages        {:.1} sent per acknowledged write (all traffic: replication, heartbeats, reads)",
+                    "  messages        {:.1} sent per acknowledged write (the model's traffic: replication, heartbeats, reads)",
                     cell.messages_per_write()
                 )?;
                 writeln!(f, "  read p50/p99    {}", latencies(&cell.read_latency))?;
