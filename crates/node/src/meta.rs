@@ -21,6 +21,16 @@
 //! `TRYAGAIN` (it may or may not have happened, as any write without an answer). Data requests
 //! never touch the group. Keyspaces seeded from configuration files are not proposed: every node
 //! seeds them at version 0, below any created entry.
+//!
+//! The same group decides the cluster's [`Membership`]: the founders (the configuration's
+//! `members`, which host every Raft group), the leaderless ring, members joined and departed,
+//! and the move in progress. A `JOIN` or `DECOMMISSION` starts a move; each node reports to the
+//! group as it passes the move's phases (`Begun` once it coordinates only joint operations,
+//! `HandedOff` once its copies reached the keys' gained owners), and the group's machine ends the
+//! move when everyone has (docs/membership.md; the engine's side is
+//! `triarch_leaderless::membership`). Every node keeps a durable copy of the membership, merged
+//! by the index of the command that last changed it, and brings its peers and its leaderless
+//! engine to it ([`Node::follow_membership`]).
 
 use crate::api::{GroupInfo, Reply, RequestError};
 use crate::catalog::{CatalogEntry, CatalogMessage};
