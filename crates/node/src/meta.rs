@@ -30,7 +30,7 @@
 //! move when everyone has (docs/membership.md; the engine's side is
 //! `triarch_leaderless::membership`). Every node keeps a durable copy of the membership, merged
 //! by the index of the command that last changed it, and brings its peers and its leaderless
-//! engine to it ([`Node::follow_membership`]).
+//! engine to it (`Node::follow_membership`).
 
 use crate::api::{GroupInfo, Reply, RequestError};
 use crate::catalog::{CatalogEntry, CatalogMessage};
