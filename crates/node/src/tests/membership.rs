@@ -157,6 +157,21 @@ fn under_replicated(c: &Cluster, load: &Load, node: u32) -> Vec<String> {
         .collect()
 }
 
+/// Sixty writes made while n3 is down, so that each is on exactly two nodes: a move that takes
+/// one of them off a key's owners must bring the copy to the gained owner.
+fn writes_on_two_nodes(c: &mut Cluster) -> Load {
+    let mut load = Load::new();
+    c.down.insert(NodeId(3));
+    for _ in 0..60 {
+        load.tick(c, &[1, 2]);
+        c.step();
+    }
+    load.settle(c);
+    c.down.remove(&NodeId(3));
+    assert!(load.acked.len() > 50);
+    load
+}
+
 /// Three founders without anti-entropy (so that only the move itself can bring copies), and a
 /// leaderless keyspace `prefs` (N=3, R=W=2).
 fn cluster_with_prefs() -> Cluster {
@@ -181,17 +196,7 @@ fn cluster_tuned(tune: fn(&mut NodeConfig)) -> Cluster {
 #[test]
 fn a_node_joins_under_load_and_is_decommissioned_under_load_without_losing_a_write() {
     let mut c = cluster_with_prefs();
-    let mut load = Load::new();
-    // With n3 down, each write is on exactly two nodes: a move that loses one of them must
-    // bring the copy to the gained owner.
-    c.down.insert(NodeId(3));
-    for _ in 0..60 {
-        load.tick(&mut c, &[1, 2]);
-        c.step();
-    }
-    load.settle(&mut c);
-    c.down.remove(&NodeId(3));
-    assert!(load.acked.len() > 50);
+    let mut load = writes_on_two_nodes(&mut c);
     let four = c.add_joining();
     assert_eq!(four, 4);
     let r = status(&mut c, 1);
@@ -292,14 +297,7 @@ fn planted_bug_a_move_without_handoff_leaves_writes_on_too_few_owners() {
         config.leaderless.anti_entropy.enabled = false;
         config.bug_skip_handoff = true;
     });
-    let mut load = Load::new();
-    c.down.insert(NodeId(3));
-    for _ in 0..60 {
-        load.tick(&mut c, &[1, 2]);
-        c.step();
-    }
-    load.settle(&mut c);
-    c.down.remove(&NodeId(3));
+    let load = writes_on_two_nodes(&mut c);
     c.add_joining();
     assert!(matches!(
         c.call(1, Request::Join(joined(4))),
