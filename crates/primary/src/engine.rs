@@ -1112,7 +1112,14 @@ impl Primary {
             EntryData::Noop | EntryData::Membership { .. } => None,
         };
         let applied = match &proposal {
-            Some(p) => g.machine.apply(env.storage, index, p),
+            // Only this node's own requests and the proposals it made are answered from here.
+            Some(p)
+                if (p.origin.node == self.id && p.origin.incarnation == self.incarnation)
+                    || g.proposed.get(&index).is_some_and(|m| m.origin == p.origin) =>
+            {
+                g.machine.apply(env.storage, index, p)
+            }
+            Some(p) => g.machine.apply_unanswered(env.storage, index, p),
             None => {
                 if matches!(data, EntryData::Application(_)) {
                     tracing::error!(
