@@ -1070,7 +1070,7 @@ mod tests {
             expected: expected.map(bytes),
             new: bytes(new),
         };
-        let proposals = vec![
+        let proposals = [
             proposal(1, 1, vec![set("a", "1"), set("b", "x")]),
             proposal(1, 2, vec![del("a"), del("never"), set("c", "3")]),
             proposal(2, 1, vec![incr("c", 4), set("c", "9"), incr("c", 1)]),
