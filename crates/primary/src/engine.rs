@@ -68,7 +68,7 @@ pub struct PrimaryConfig {
     /// unavailable.
     pub forward_attempts_max: u8,
     /// How many applied entries a group keeps in its log for followers that lag (a follower
-    /// further behind needs a snapshot); the log is compacted in steps of a tenth of this.
+    /// further behind needs a snapshot); the log is compacted in steps of a hundredth of this.
     /// Compaction does not copy the keyspace's state: a snapshot is materialized only when a
     /// follower needs one ([`RaftConfig::snapshots_on_demand`]).
     pub compact_every: u64,
@@ -1183,10 +1183,11 @@ impl Primary {
         let keep = self.config.compact_every;
         let applied = g.machine.applied();
         let snapshot_index = g.raft.snapshot().index;
-        // Keep the last `keep` applied entries, and drop the rest a tenth of `keep` at a time:
-        // each compaction deletes a bounded number of entries, so none stalls the core task.
+        // Keep the last `keep` applied entries, and drop the rest a hundredth of `keep` at a
+        // time: each compaction deletes a bounded number of entries, so none stalls the core
+        // task (steps of a tenth, 10,000 deletes at once, showed in the p99 of writes).
         let target = LogIndex(applied.0.saturating_sub(keep));
-        if g.broken.is_some() || target.distance_from(snapshot_index) < (keep / 10).max(1) {
+        if g.broken.is_some() || target.distance_from(snapshot_index) < (keep / 100).max(1) {
             return;
         }
         // A leader keeps its log while a follower still needs entries from it: compacting them
