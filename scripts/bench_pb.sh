@@ -15,6 +15,8 @@
 #        ETCD_SECS=8 (measured seconds per etcd run, after 2 s of warm-up) KEEP=1 (keep the work dir)
 #        ANCHORS_DIR=../shared/bench (where etcd-load's source is) SKIP_BUILD=1
 #        TRIARCH_BIN=path (a prebuilt binary; implies nothing is built)
+#        BASELINE_BIN=path (another triarch binary, e.g. a build of an earlier commit: a second
+#        3-node cluster measured in the same interleaved rounds, rows "triarch pb BASELINE ...")
 # Needs redis-server, redis-benchmark, redis-cli, etcd, etcdctl (apt-get install redis-server
 # redis-tools etcd-server etcd-client) and, to build etcd-load once, protobuf-compiler and
 # libprotobuf-dev. Every server is a child process on 127.0.0.1, stopped by PID on exit.
@@ -103,17 +105,26 @@ wait_port "$RPORT" 20 || exit 1
 
 # ---- Triarch: 3 nodes; keyspace `key` is primary-backup because redis-benchmark's keys are
 # key:NNNNNNNNNNNN (with -r).
+start_triarch() { # start_triarch BIN NAME BASE_PORT
+  "$1" up --nodes 3 --dir "$WORK/$2" --base-port "$3" >"$WORK/$2-up.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 1 300); do grep -q "Ctrl-C" "$WORK/$2-up.log" 2>/dev/null && break; sleep 0.1; done
+  grep -q "Ctrl-C" "$WORK/$2-up.log" || { echo "bench_pb: $2 did not come up"; cat "$WORK/$2-up.log"; exit 1; }
+  [ "$(redis-cli -p "$3" TRIARCH.KEYSPACE CREATE key MODEL primary-backup)" = OK ] || exit 1
+}
 TBASE=$((22100 + RANDOM % 4000))
-"$BIN" up --nodes 3 --dir "$WORK/triarch" --base-port "$TBASE" >"$WORK/up.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 1 300); do grep -q "Ctrl-C" "$WORK/up.log" 2>/dev/null && break; sleep 0.1; done
-grep -q "Ctrl-C" "$WORK/up.log" || { echo "bench_pb: triarch did not come up"; cat "$WORK/up.log"; exit 1; }
-[ "$(redis-cli -p "$TBASE" TRIARCH.KEYSPACE CREATE key MODEL primary-backup)" = OK ] || exit 1
-find_leader() { # sets LPORT (the leader of keyspace key, as all three nodes agree) and FPORT
-  local seen
+start_triarch "$BIN" triarch "$TBASE"
+if [ -n "${BASELINE_BIN:-}" ]; then
+  [ -x "$BASELINE_BIN" ] || { echo "bench_pb: $BASELINE_BIN missing"; exit 1; }
+  BBASE=$((TBASE + 300))   # a cluster's ports span base..base+202
+  start_triarch "$BASELINE_BIN" baseline "$BBASE"
+fi
+find_leader() { # find_leader [BASE_PORT]: sets LPORT (the leader of keyspace key, as all three
+  # nodes agree), FPORT and LEADER
+  local seen base="${1:-$TBASE}"
   LEADER=""
   for _ in $(seq 1 200); do
-    seen=$(for i in 0 1 2; do redis-cli -p $((TBASE + i)) INFO | tr -d '\r' |
+    seen=$(for i in 0 1 2; do redis-cli -p $((base + i)) INFO | tr -d '\r' |
       sed -n 's/^keyspace_key:.*leader=n\([0-9][0-9]*\).*/\1/p'; done)
     # all three nodes name the same leader
     if [ "$(echo $seen | wc -w)" = 3 ] && [ "$(echo "$seen" | sort -u | wc -l)" = 1 ]; then
@@ -122,8 +133,8 @@ find_leader() { # sets LPORT (the leader of keyspace key, as all three nodes agr
     sleep 0.1
   done
   [ -n "$LEADER" ] || { echo "bench_pb: keyspace key has no leader"; exit 1; }
-  LPORT=$((TBASE + LEADER - 1))
-  FPORT=$((TBASE + LEADER % 3))   # the next node: a follower
+  LPORT=$((base + LEADER - 1))
+  FPORT=$((base + LEADER % 3))   # the next node: a follower
 }
 find_leader
 log "triarch: keyspace key led by n$LEADER (RESP $LPORT); follower on $FPORT"
@@ -173,6 +184,12 @@ for round in $(seq 1 "$ROUNDS"); do
   rb "$LPORT" "triarch pb, to leader"
   log "round $round/$ROUNDS: triarch (follower)"
   rb "$FPORT" "triarch pb, via follower"
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    find_leader "$BBASE"
+    log "round $round/$ROUNDS: triarch BASELINE (leader n$LEADER)"
+    rb "$LPORT" "triarch pb BASELINE, to leader"
+    rb "$FPORT" "triarch pb BASELINE, via follower"
+  fi
   log "round $round/$ROUNDS: etcd"
   etcd_run put SET
   etcd_run get GET
@@ -187,6 +204,7 @@ GROUPS_SEEN=$(for i in 0 1 2; do redis-cli -p $((TBASE + i)) INFO | tr -d '\r' |
 echo
 echo "# bench_pb.sh $(date -u +%FT%TZ): $(nproc) cores, $CLIENTS clients, $SIZE B values, $KEYS keys, medians of $ROUNDS rounds"
 echo "# redis-benchmark -n $N; etcd-load ${ETCD_SECS} s per run; triarch: keyspace 'key' primary-backup, N=3"
+echo "# triarch binary: $BIN${BASELINE_BIN:+; baseline binary: $BASELINE_BIN}"
 echo "# disk before: $FSYNC_BEFORE; after: $FSYNC_AFTER"
 python3 - "$RESULTS" <<'EOF'
 import sys, statistics
@@ -197,11 +215,11 @@ for line in open(sys.argv[1]):
 def med(xs):
     xs = [float(x) for x in xs if x not in ("FAILED", "-")]
     return statistics.median(xs) if xs else None
-print(f"{'system':<28} {'op':<4} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8}  rounds")
+print(f"{'system':<34} {'op':<4} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8}  rounds")
 for (system, op), runs in rows.items():
     ops, p50, p99 = (med([r[i] for r in runs]) for i in range(3))
     f = lambda v, fmt: (fmt % v) if v is not None else "FAILED"
-    print(f"{system:<28} {op:<4} {f(ops, '%.0f'):>9} {f(p50, '%.3f'):>8} {f(p99, '%.3f'):>8}  "
+    print(f"{system:<34} {op:<4} {f(ops, '%.0f'):>9} {f(p50, '%.3f'):>8} {f(p99, '%.3f'):>8}  "
           + " ".join(r[0] for r in runs))
 EOF
 echo "# triarch after the run:"

@@ -62,6 +62,15 @@ pub struct RaftConfig {
     /// The last index the application's durable state already reflects (0 if its state is
     /// volatile and rebuilt from snapshot and log). Raft emits committed entries after it.
     pub applied_index: LogIndex,
+    /// Snapshots on demand: the application compacts the log without copying its state
+    /// ([`crate::Raft::compact`] with empty data, which then means "not materialized", never
+    /// "empty state"), and materializes one only when a leader needs it for a follower that lags
+    /// behind the compacted log: Raft then emits [`crate::Output::SnapshotWanted`] and the
+    /// application answers with `compact` at its applied index, state included. Compaction then
+    /// costs O(entries dropped) instead of O(state) at every interval. Requires an application
+    /// whose state is durable (`applied_index` never behind the snapshot at start) and whose
+    /// materialized state is never empty bytes.
+    pub snapshots_on_demand: bool,
     /// PLANTED BUG for checker tests: the leader commits entries it alone holds. Never set
     /// outside tests.
     pub bug_commit_without_majority: bool,
@@ -87,6 +96,7 @@ impl RaftConfig {
             lease_reads: false,
             lease_clock_drift_permille: 50,
             applied_index: LogIndex::ZERO,
+            snapshots_on_demand: false,
             bug_commit_without_majority: false,
         }
     }

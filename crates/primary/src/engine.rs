@@ -67,8 +67,10 @@ pub struct PrimaryConfig {
     /// How many members a request is forwarded to before the client is told the keyspace is
     /// unavailable.
     pub forward_attempts_max: u8,
-    /// Compact a group's log once this many entries were applied since its last snapshot (a
-    /// snapshot copies the keyspace's whole state, on the node's core task).
+    /// How many applied entries a group keeps in its log for followers that lag (a follower
+    /// further behind needs a snapshot); the log is compacted in steps of a hundredth of this.
+    /// Compaction does not copy the keyspace's state: a snapshot is materialized only when a
+    /// follower needs one ([`RaftConfig::snapshots_on_demand`]).
     pub compact_every: u64,
     /// Serve reads under the leader's lease when it holds one (no round of messages; see
     /// [`RaftConfig::lease_reads`] for what it assumes of clocks), else by ReadIndex.
@@ -385,6 +387,8 @@ pub struct PrimaryStats {
     pub aborted: u64,
     pub snapshots_restored: u64,
     pub compactions: u64,
+    /// Snapshots whose state was copied because a follower needed one.
+    pub snapshots_materialized: u64,
 }
 
 /// All primary-backup groups of one node.
@@ -459,6 +463,9 @@ impl Primary {
         raft_config.applied_index = machine.applied();
         raft_config.lease_reads = self.config.lease_reads || spec.lease_reads;
         raft_config.parallel_append = true;
+        // The machine's state is durable, at or past every snapshot it compacted, and never
+        // serializes to empty bytes (`Machine::snapshot`).
+        raft_config.snapshots_on_demand = true;
         let raft = Raft::new(raft_config, env.storage, self.rng.fork(), env.now)
             .map_err(|e| e.to_string())?;
         tracing::info!(node = %self.id, group = spec.name, ?voters, "raft group started");
@@ -1056,6 +1063,30 @@ impl Primary {
                         new_leader = leader;
                     }
                 }
+                RaftOutput::SnapshotWanted => {
+                    let applied = g.machine.applied();
+                    // Already materialized by an earlier request of this drain; or the machine
+                    // is behind the snapshot (a restore is on its way): a later probe asks again.
+                    if g.broken.is_some()
+                        || !g.raft.snapshot().data.is_empty()
+                        || applied < g.raft.snapshot().index
+                    {
+                        continue;
+                    }
+                    let data = match g.machine.snapshot(env.storage) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            tracing::error!(keyspace = name, error = %e, "snapshot failed");
+                            continue;
+                        }
+                    };
+                    match g.raft.compact(env, applied, data) {
+                        Ok(()) => self.stats.snapshots_materialized += 1,
+                        Err(e) => {
+                            tracing::warn!(keyspace = name, error = %e, "snapshot refused")
+                        }
+                    }
+                }
             }
         }
         if let Some(leader) = new_leader {
@@ -1081,7 +1112,14 @@ impl Primary {
             EntryData::Noop | EntryData::Membership { .. } => None,
         };
         let applied = match &proposal {
-            Some(p) => g.machine.apply(env.storage, index, p),
+            // Only this node's own requests and the proposals it made are answered from here.
+            Some(p)
+                if (p.origin.node == self.id && p.origin.incarnation == self.incarnation)
+                    || g.proposed.get(&index).is_some_and(|m| m.origin == p.origin) =>
+            {
+                g.machine.apply(env.storage, index, p)
+            }
+            Some(p) => g.machine.apply_unanswered(env.storage, index, p),
             None => {
                 if matches!(data, EntryData::Application(_)) {
                     tracing::error!(
@@ -1142,9 +1180,14 @@ impl Primary {
         let Some(g) = self.groups.get_mut(name) else {
             return;
         };
+        let keep = self.config.compact_every;
         let applied = g.machine.applied();
-        let since = applied.distance_from(g.raft.snapshot().index);
-        if g.broken.is_some() || since < self.config.compact_every {
+        let snapshot_index = g.raft.snapshot().index;
+        // Keep the last `keep` applied entries, and drop the rest a hundredth of `keep` at a
+        // time: each compaction deletes a bounded number of entries, so none stalls the core
+        // task (steps of a tenth, 10,000 deletes at once, showed in the p99 of writes).
+        let target = LogIndex(applied.0.saturating_sub(keep));
+        if g.broken.is_some() || target.distance_from(snapshot_index) < (keep / 100).max(1) {
             return;
         }
         // A leader keeps its log while a follower still needs entries from it: compacting them
@@ -1154,18 +1197,13 @@ impl Primary {
             .raft
             .follower_progress()
             .iter()
-            .any(|(_, matched)| *matched < applied);
-        if lagging && since < 4 * self.config.compact_every {
+            .any(|(_, matched)| *matched < target);
+        if lagging && applied.distance_from(snapshot_index) < 4 * keep {
             return;
         }
-        let data = match g.machine.snapshot(env.storage) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(keyspace = name, error = %e, "snapshot failed");
-                return;
-            }
-        };
-        match g.raft.compact(env, applied, data) {
+        // No state copied: a snapshot is materialized only when a follower needs one
+        // (`RaftOutput::SnapshotWanted`).
+        match g.raft.compact(env, target, Bytes::new()) {
             Ok(()) => self.stats.compactions += 1,
             Err(e) => tracing::warn!(keyspace = name, error = %e, "compaction refused"),
         }

@@ -28,6 +28,15 @@ pub enum RecoveryError {
     TermOutOfOrder { table: String, index: LogIndex },
     #[error("the application has applied up to {applied}, beyond the last log index {last}")]
     AppliedBeyondLog { applied: LogIndex, last: LogIndex },
+    /// With [`crate::RaftConfig::snapshots_on_demand`], the snapshot holds no state, so the
+    /// application must already reflect it.
+    #[error(
+        "the snapshot at {snapshot_index} was never materialized and the application has applied only up to {applied}"
+    )]
+    SnapshotNotMaterialized {
+        snapshot_index: LogIndex,
+        applied: LogIndex,
+    },
 }
 
 /// Why [`crate::Raft::propose`] did not append an entry.

@@ -20,7 +20,8 @@
 //!   the step stages its writes in.
 //! - **Outputs**: [`Raft::poll_output`] yields [`Output`]s: `Send { to, message }`,
 //!   `Committed { entry }` (apply, in order), `RestoreSnapshot { snapshot }`,
-//!   `ReadReady { ctx, index }`, `ReadFailed { ctx, leader }`, `LeaderChanged { term, leader }`.
+//!   `ReadReady { ctx, index }`, `ReadFailed { ctx, leader }`, `LeaderChanged { term, leader }`,
+//!   `SnapshotWanted` (only with [`RaftConfig::snapshots_on_demand`]).
 //!   [`Raft::poll_timeout`] says when to call [`Raft::handle_timeout`].
 //! - **Checks**: [`Raft::check_invariants`] asserts this member's invariants after each step.
 //!
@@ -53,7 +54,9 @@
 //! the entries it applies, together with the last applied index, which it passes back as
 //! `applied_index` at restart. To compact, it calls [`Raft::compact`] with an applied index and
 //! the bytes of its state at that index; Raft keeps the latest snapshot and sends it to
-//! followers that need entries it no longer has.
+//! followers that need entries it no longer has. A durable application may compact without
+//! copying its state ([`RaftConfig::snapshots_on_demand`]): it passes empty bytes, and provides
+//! the state, at its applied index, only when Raft asks for it (`SnapshotWanted`).
 //!
 //! # Embedding in a node
 //!

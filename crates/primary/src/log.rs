@@ -197,6 +197,21 @@ impl RaftLog {
         Ok(())
     }
 
+    /// Replaces the snapshot by one of the same index and term (the same prefix, its state
+    /// materialized).
+    pub fn replace_snapshot<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        table: &str,
+        snapshot: Snapshot,
+    ) -> Result<(), StorageError> {
+        assert_eq!(snapshot.index, self.snapshot.index);
+        assert_eq!(snapshot.term, self.snapshot.term);
+        persist::put_snapshot(storage, table, &snapshot)?;
+        self.snapshot = snapshot;
+        Ok(())
+    }
+
     /// Installs a leader's snapshot (§7, Figure 13): if this log holds the snapshot's last entry
     /// (same index and term) the entries after it are kept; otherwise the whole log is replaced.
     pub fn install<S: Storage>(

@@ -561,6 +561,29 @@ impl Machine {
         index: LogIndex,
         proposal: &Proposal,
     ) -> Result<Applied, StorageError> {
+        self.apply_inner(storage, index, proposal, true)
+    }
+
+    /// Applies the proposal committed at `index` on a member where nobody waits for its
+    /// results: it writes exactly what [`Machine::apply`] writes, but skips the reads that only
+    /// a result would show (the previous record of a `Set`'s key, a storage read per write on
+    /// every follower), and [`Applied::Done`] carries no results.
+    pub fn apply_unanswered<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        index: LogIndex,
+        proposal: &Proposal,
+    ) -> Result<Applied, StorageError> {
+        self.apply_inner(storage, index, proposal, false)
+    }
+
+    fn apply_inner<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        index: LogIndex,
+        proposal: &Proposal,
+        answers: bool,
+    ) -> Result<Applied, StorageError> {
         let origin = proposal.origin;
         let session = match self.sessions.get(&origin.node) {
             None => Session::first(origin),
@@ -616,6 +639,12 @@ impl Machine {
                 };
                 let current = match overlay.get(key) {
                     Some(r) => r.clone(),
+                    // What a `Set` writes does not depend on the previous record; only its
+                    // result does, and nobody reads it here.
+                    None if !answers && matches!(command, Command::Set { .. }) => Record {
+                        version: 0,
+                        value: None,
+                    },
                     None => self.record(storage, key)?,
                 };
                 let (result, write) = execute(command, &current);
@@ -634,6 +663,9 @@ impl Machine {
             redo.rows = rows.into_iter().collect();
         }
         self.write_redo(storage, &redo)?;
+        if !answers {
+            results.clear();
+        }
         Ok(if aborted {
             Applied::Aborted
         } else {
@@ -1025,6 +1057,61 @@ mod tests {
             other.snapshot(&other_disk).unwrap(),
             m.snapshot(&disk).unwrap()
         );
+    }
+
+    /// A follower applies without computing results (`apply_unanswered`); it must write the
+    /// very same rows as a member that answers, whatever the commands, or the voters diverge.
+    #[test]
+    fn applying_unanswered_writes_exactly_what_applying_writes() {
+        let del = |k: &str| Command::Delete { key: bytes(k) };
+        let incr = |k: &str, by| Command::IncrBy { key: bytes(k), by };
+        let cas = |k: &str, expected: Option<&str>, new: &str| Command::Cas {
+            key: bytes(k),
+            expected: expected.map(bytes),
+            new: bytes(new),
+        };
+        let proposals = [
+            proposal(1, 1, vec![set("a", "1"), set("b", "x")]),
+            proposal(1, 2, vec![del("a"), del("never"), set("c", "3")]),
+            proposal(2, 1, vec![incr("c", 4), set("c", "9"), incr("c", 1)]),
+            proposal(
+                2,
+                2,
+                vec![cas("b", Some("x"), "y"), cas("b", Some("x"), "z")],
+            ),
+            proposal(1, 2, vec![set("dup", "applied twice?")]),
+            Proposal {
+                origin: origin(1, 3),
+                watches: vec![(bytes("b"), 1)],
+                commands: vec![set("watched", "aborted")],
+            },
+            Proposal {
+                origin: origin(1, 4),
+                watches: vec![(bytes("b"), 4)],
+                commands: vec![set("a", "again"), get("a"), del("b")],
+            },
+            proposal(3, 1, vec![set("b", "reborn"), incr("b", 1)]),
+        ];
+        let mut answering_disk = SimDisk::new();
+        let mut answering = Machine::load(&answering_disk, "ks").unwrap();
+        let mut silent_disk = SimDisk::new();
+        let mut silent = Machine::load(&silent_disk, "ks").unwrap();
+        for (i, p) in proposals.iter().enumerate() {
+            let index = LogIndex(i as u64 + 1);
+            let answered = answering.apply(&mut answering_disk, index, p).unwrap();
+            let unanswered = silent.apply_unanswered(&mut silent_disk, index, p).unwrap();
+            match (&answered, &unanswered) {
+                (Applied::Done(results), Applied::Done(none)) => {
+                    assert_eq!(results.len(), p.commands.len());
+                    assert!(none.is_empty(), "no results where nobody waits");
+                }
+                (a, b) => assert_eq!(a, b, "entry {index}: same outcome"),
+            }
+        }
+        let rows = |disk: &SimDisk| disk.scan(&table_name("ks"), b"", usize::MAX).unwrap();
+        assert_eq!(rows(&silent_disk), rows(&answering_disk));
+        assert_eq!(silent.sessions, answering.sessions);
+        assert_eq!(silent.applied(), answering.applied());
     }
 
     #[test]

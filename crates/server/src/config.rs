@@ -104,7 +104,9 @@ pub struct PrimaryFileConfig {
     pub heartbeat_interval_ms: u64,
     /// How long a request may wait for its outcome before the client gets `TRYAGAIN`.
     pub request_timeout_ms: u64,
-    /// A group snapshots its state and compacts its log after this many applied entries.
+    /// A group keeps this many applied entries in its log for lagging followers and compacts
+    /// the older ones a tenth of this at a time (no state is copied: a snapshot is made only
+    /// when a follower needs one).
     pub compact_every_entries: u64,
     /// Leaders serve reads under a lease (no round of messages) rather than by ReadIndex;
     /// assumes clocks drift apart by less than 5% (docs/primary-backup.md).

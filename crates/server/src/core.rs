@@ -210,6 +210,9 @@ struct Core {
     waiting: Vec<Output>,
     /// Per-peer message batches being assembled while releasing outputs (reused buffers).
     outbound: BTreeMap<NodeId, Vec<Message>>,
+    /// Outputs that may leave before the sync, being released (a reused buffer: outputs are
+    /// large, and growing a fresh vector for every step showed in profiles).
+    early: Vec<Output>,
     batches: u64,
     syncs: u64,
     /// What the running sync covers, for `Node::synced` once it finishes.
@@ -238,6 +241,7 @@ pub async fn run(
         syncing: Vec::new(),
         waiting: Vec::new(),
         outbound: BTreeMap::new(),
+        early: Vec::new(),
         batches: 0,
         syncs: 0,
         sync_point: None,
@@ -262,8 +266,9 @@ pub async fn run(
                     core.node.synced(now, point);
                     core.collect_outputs();
                 }
-                let released = std::mem::take(&mut core.syncing);
-                core.release(released);
+                let mut released = std::mem::take(&mut core.syncing);
+                core.release(&mut released);
+                core.syncing = released;
                 sync_task = core.sync_or_release();
                 continue;
             }
@@ -319,7 +324,7 @@ impl Core {
     /// Takes the node's outputs: those that may precede the sync go at once, the others wait.
     fn collect_outputs(&mut self) {
         self.link_joined_members();
-        let mut early = Vec::new();
+        let mut early = std::mem::take(&mut self.early);
         while let Some(o) = self.node.poll_output() {
             if o.may_precede_sync() {
                 early.push(o);
@@ -328,8 +333,9 @@ impl Core {
             }
         }
         if !early.is_empty() {
-            self.release(early);
+            self.release(&mut early);
         }
+        self.early = early;
     }
 
     /// Starts links to members joined since last time (the metadata group decided their join).
@@ -354,12 +360,15 @@ impl Core {
             Ok(true) => {
                 // Everything staged is in the engine now, so in the sync about to start.
                 self.sync_point = Some(self.node.sync_point());
-                self.syncing = std::mem::take(&mut self.waiting);
+                // `syncing` is empty (released when the previous sync ended): swap the buffers.
+                debug_assert!(self.syncing.is_empty());
+                std::mem::swap(&mut self.syncing, &mut self.waiting);
                 Some(self.start_sync())
             }
             Ok(false) => {
-                let released = std::mem::take(&mut self.waiting);
-                self.release(released);
+                let mut released = std::mem::take(&mut self.waiting);
+                self.release(&mut released);
+                self.waiting = released;
                 None
             }
             Err(e) => fatal(&e.to_string()),
@@ -447,8 +456,9 @@ impl Core {
     }
 
     /// Carries out outputs whose writes are durable: replies to clients, one batch per peer.
-    fn release(&mut self, outputs: Vec<Output>) {
-        for output in outputs {
+    /// Empties `outputs`, keeping its capacity for reuse.
+    fn release(&mut self, outputs: &mut Vec<Output>) {
+        for output in outputs.drain(..) {
             match output {
                 Output::Reply {
                     request,

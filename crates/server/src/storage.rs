@@ -64,10 +64,10 @@ impl NodeStorage {
                 key.len()
             )));
         }
-        if !self.staged.contains_key(table) {
-            self.staged.insert(table.to_string(), BTreeMap::new());
-        }
-        let t = self.staged.get_mut(table).expect("inserted above");
+        let t = match self.staged.get_mut(table) {
+            Some(t) => t,
+            None => self.staged.entry(table.to_string()).or_default(),
+        };
         t.insert(key.to_vec(), value.map(<[u8]>::to_vec));
         self.dirty = true;
         Ok(())

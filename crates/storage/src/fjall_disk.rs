@@ -109,9 +109,17 @@ impl FjallStorage {
         writes: impl IntoIterator<Item = (&'a str, &'a [u8], Option<&'a [u8]>)>,
     ) -> Result<(), StorageError> {
         let mut batch = self.db.batch();
+        // Writes come grouped by table: look each table up once per run, not once per write.
+        let mut current: Option<(&'a str, Keyspace)> = None;
         for (table, key, value) in writes {
             let key = encode_key(key)?;
-            let keyspace = self.table(table)?.clone();
+            let keyspace = match &current {
+                Some((name, keyspace)) if *name == table => keyspace,
+                _ => {
+                    let keyspace = self.table(table)?.clone();
+                    &current.insert((table, keyspace)).1
+                }
+            };
             match value {
                 Some(v) => {
                     if u32::try_from(v.len()).is_err() {
@@ -120,9 +128,9 @@ impl FjallStorage {
                             v.len()
                         )));
                     }
-                    batch.insert(&keyspace, key, v);
+                    batch.insert(keyspace, key, v);
                 }
-                None => batch.remove(&keyspace, key),
+                None => batch.remove(keyspace, key),
             }
         }
         batch.commit().map_err(engine)

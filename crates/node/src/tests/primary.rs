@@ -507,3 +507,67 @@ fn a_session_read_sees_the_client_s_own_write_wherever_it_is_served() {
         value("mine")
     );
 }
+
+/// Compaction copies no state (snapshots on demand): a follower cut off while the leader
+/// compacts past what it holds gets a snapshot the leader materializes only then, and serves
+/// what it restored from it.
+#[test]
+fn a_follower_behind_the_compacted_log_is_sent_a_snapshot_materialized_on_demand() {
+    let mut c = Cluster::new(3);
+    c.tune = |config| config.primary.compact_every = 20;
+    for id in 1..=3 {
+        c.crash(id);
+        c.start(id);
+    }
+    c.call(
+        1,
+        Request::CreateKeyspace(spec("balance", Model::PrimaryBackup)),
+    );
+    let leader = settle_on_preferred(&mut c, "balance");
+    let follower = (1..=3).map(NodeId).find(|id| *id != leader).unwrap();
+    let stats = |c: &Cluster, id: NodeId| {
+        c.nodes[id.0 as usize - 1]
+            .as_ref()
+            .unwrap()
+            .primary()
+            .stats()
+    };
+    c.partition(&[follower.0]);
+    // Long enough for the leader's CheckQuorum round to notice the follower is silent.
+    c.run(30);
+    for i in 0..100 {
+        c.set(leader.0, &format!("balance:k{i}"), &i.to_string());
+    }
+    assert!(stats(&c, leader).compactions >= 1);
+    assert_eq!(
+        stats(&c, leader).snapshots_materialized,
+        0,
+        "no state copied"
+    );
+    c.heal();
+    c.set(leader.0, "balance:last", "after");
+    c.run(50);
+    assert!(stats(&c, leader).snapshots_materialized >= 1);
+    assert!(stats(&c, follower).snapshots_restored >= 1);
+    let session = ReadPolicy::Session;
+    for (key, want) in [
+        ("balance:k7", "7"),
+        ("balance:k99", "99"),
+        ("balance:last", "after"),
+    ] {
+        let leader_index = c.nodes[leader.0 as usize - 1]
+            .as_ref()
+            .unwrap()
+            .primary()
+            .applied_index("balance")
+            .unwrap();
+        assert_eq!(
+            get_with(&mut c, follower.0, key, session, Some(leader_index.0)),
+            value(want)
+        );
+    }
+    assert!(
+        fresh_reads(&c, follower) >= 3,
+        "served by the follower itself"
+    );
+}

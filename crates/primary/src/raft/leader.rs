@@ -192,6 +192,18 @@ impl Raft {
         }
         let prev_index = pr.next_index.prev();
         let (kind, more) = match self.log.term_at(prev_index) {
+            None if self.config.snapshots_on_demand && self.log.snapshot().data.is_empty() => {
+                // The entries this follower needs are compacted and the snapshot holds no
+                // state yet: ask the application for it, if the follower answers at all (a
+                // member that is down would make the leader copy its state at every
+                // compaction for nothing); the probe resumes once it is there
+                // (`Raft::compact`), or at the next heartbeat.
+                pr.mode = Mode::Probe { paused: true };
+                if pr.recently_active {
+                    self.outputs.push_back(Output::SnapshotWanted);
+                }
+                return false;
+            }
             None => {
                 // The entries this follower needs are compacted: send the snapshot (§7).
                 let snapshot = self.log.snapshot().clone();

@@ -61,6 +61,11 @@ pub enum Output {
     },
     /// The leader this server knows changed (None: unknown, e.g. during an election).
     LeaderChanged { term: Term, leader: Option<NodeId> },
+    /// With [`RaftConfig::snapshots_on_demand`]: a follower needs entries that were compacted
+    /// away and the snapshot holds no state yet. Call [`Raft::compact`] at the application's
+    /// applied index with its state; the snapshot goes out then. Harmless to ignore or to answer
+    /// twice (a later probe asks again).
+    SnapshotWanted,
 }
 
 /// What a sync that starts now will make durable of this server's log, for
@@ -243,6 +248,12 @@ impl Raft {
         let commit = snapshot_index.max(config.applied_index);
         let mut outputs = VecDeque::new();
         if config.applied_index < snapshot_index {
+            if config.snapshots_on_demand && log.snapshot().data.is_empty() {
+                return Err(RecoveryError::SnapshotNotMaterialized {
+                    snapshot_index,
+                    applied: config.applied_index,
+                });
+            }
             outputs.push_back(Output::RestoreSnapshot {
                 snapshot: log.snapshot().clone(),
             });
@@ -609,6 +620,10 @@ impl Raft {
 
     /// Replaces the log up to `index` (which the application has applied) by a snapshot whose
     /// application state is `data` (§7). Followers too far behind receive it.
+    ///
+    /// With [`RaftConfig::snapshots_on_demand`], empty `data` compacts without the state (it is
+    /// asked for with [`Output::SnapshotWanted`] when a follower needs it), and non-empty `data`
+    /// at the snapshot's own index materializes the snapshot in place.
     pub fn compact<S: Storage>(
         &mut self,
         env: &mut Env<'_, S>,
@@ -621,6 +636,20 @@ impl Raft {
                 index,
                 applied: self.applied,
             });
+        }
+        let materializes = self.config.snapshots_on_demand
+            && index == self.log.snapshot().index
+            && self.log.snapshot().data.is_empty()
+            && !data.is_empty();
+        if materializes {
+            let mut snapshot = self.log.snapshot().clone();
+            snapshot.data = data;
+            let result = self
+                .log
+                .replace_snapshot(env.storage, &self.table, snapshot);
+            self.poison_on_error(result)?;
+            self.snapshot_ready();
+            return Ok(());
         }
         if index <= self.log.snapshot().index {
             return Err(CompactError::AlreadyCompacted {
@@ -639,13 +668,31 @@ impl Raft {
             voters,
             data,
         };
+        let materialized = !snapshot.data.is_empty();
         let result = self.log.compact(env.storage, &self.table, snapshot);
         self.poison_on_error(result)?;
         self.refresh_voters();
+        if materialized {
+            self.snapshot_ready();
+        }
         tracing::debug!(
             node = %self.id, group = self.config.group, index = index.0, "log compacted"
         );
         Ok(())
+    }
+
+    /// The snapshot now holds the state: probes that stopped for want of it go out at the next
+    /// flush (they would otherwise wait for the next heartbeat).
+    fn snapshot_ready(&mut self) {
+        let Some(lead) = &mut self.lead else {
+            return;
+        };
+        for pr in lead.progress.values_mut() {
+            if pr.mode == (Mode::Probe { paused: true }) {
+                pr.mode = Mode::Probe { paused: false };
+                lead.replicate_pending = true;
+            }
+        }
     }
 
     /// Asserts this server's invariants; the simulator calls it after every step.

@@ -1006,6 +1006,95 @@ fn snapshot_7_a_server_restarts_from_its_snapshot_and_the_log_after_it() {
     assert_eq!(c.app(2), c.app(1));
 }
 
+/// Snapshots on demand (`RaftConfig::snapshots_on_demand`): compacting without the state costs
+/// nothing of the application; a follower that needs the compacted entries makes the leader ask
+/// for the state (`SnapshotWanted`) instead of receiving an empty snapshot, and gets the state
+/// once the application provides it, then the rest of the log.
+#[test]
+fn snapshot_7_on_demand_a_lagging_follower_gets_the_state_materialized_when_it_needs_it() {
+    let mut c = Cluster::with(3, |config| config.snapshots_on_demand = true);
+    c.elect(1);
+    c.isolate(3);
+    for k in 0..10 {
+        c.propose(1, &format!("{k}"));
+    }
+    c.deliver_all();
+    let index = c.raft(1).commit_index();
+    c.step(1, |raft, env| {
+        raft.compact(env, index, Bytes::new()).unwrap()
+    });
+    assert_eq!(c.raft(1).snapshot().index, index);
+    assert!(c.raft(1).snapshot().data.is_empty(), "no state copied");
+    c.propose(1, "after");
+    c.deliver_all();
+    c.heal();
+    let wanted = |c: &Cluster| {
+        events_of(c, 1)
+            .iter()
+            .filter(|o| **o == Output::SnapshotWanted)
+            .count()
+    };
+    // The appends lost to the partition are re-sent after two heartbeats without progress.
+    for _ in 0..3 {
+        c.heartbeat(1);
+        c.deliver_all();
+    }
+    assert!(wanted(&c) >= 1, "the leader asks for the state");
+    assert!(
+        !c.in_flight
+            .iter()
+            .any(|e| matches!(e.message.kind, MessageKind::InstallSnapshot { .. })),
+        "no snapshot without its state leaves the leader"
+    );
+    assert_eq!(
+        c.raft(3).commit_index(),
+        LogIndex(1),
+        "server 3 is still behind"
+    );
+    // The application materializes the snapshot in place (same index), and the probe resumes.
+    let data = c.app(1).snapshot_data(index);
+    c.step(1, |raft, env| raft.compact(env, index, data).unwrap());
+    assert!(!c.raft(1).snapshot().data.is_empty());
+    c.deliver_all();
+    c.heartbeat(1);
+    assert_eq!(c.raft(3).snapshot().index, index);
+    assert_eq!(c.app(3), c.app(1));
+    assert_eq!(c.app(3).commands().last().unwrap(), "after");
+    // A compaction without state replaces the materialized snapshot again.
+    let last = c.raft(1).commit_index();
+    c.step(1, |raft, env| {
+        raft.compact(env, last, Bytes::new()).unwrap()
+    });
+    assert!(c.raft(1).snapshot().data.is_empty());
+}
+
+/// With snapshots on demand a snapshot without state is no state to restore: a server whose
+/// application is behind such a snapshot at start refuses to start rather than wipe it.
+#[test]
+fn snapshot_7_on_demand_a_restart_behind_an_unmaterialized_snapshot_is_refused() {
+    let mut c = Cluster::with(3, |config| config.snapshots_on_demand = true);
+    c.elect(1);
+    for k in 0..3 {
+        c.propose(1, &format!("{k}"));
+    }
+    c.deliver_all();
+    let index = c.raft(1).commit_index();
+    c.step(1, |raft, env| {
+        raft.compact(env, index, Bytes::new()).unwrap()
+    });
+    let member = &c.members[&n(1)];
+    let mut config = member.raft().config().clone();
+    let mut disk = member.disk.clone();
+    config.applied_index = index;
+    assert!(Raft::new(config.clone(), &mut disk, DetRng::seed_from_u64(1), c.now).is_ok());
+    config.applied_index = LogIndex(1);
+    let refused = Raft::new(config, &mut disk, DetRng::seed_from_u64(1), c.now);
+    assert!(matches!(
+        refused,
+        Err(RecoveryError::SnapshotNotMaterialized { .. })
+    ));
+}
+
 // ----- Thesis §4.1 single-server membership changes -----
 
 /// Thesis §4.1: a new server joins by a configuration entry adding it; "a server always uses the

@@ -262,7 +262,9 @@ impl Sim {
                         "read index not applied"
                     );
                 }
-                Output::ReadFailed { .. } | Output::LeaderChanged { .. } => {}
+                Output::ReadFailed { .. }
+                | Output::LeaderChanged { .. }
+                | Output::SnapshotWanted => {}
             }
         }
         Ok(())
