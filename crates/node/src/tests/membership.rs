@@ -53,15 +53,7 @@ impl Load {
             },
         );
         self.in_flight.push((request, key, value));
-        let mut still = Vec::new();
-        for (request, key, value) in std::mem::take(&mut self.in_flight) {
-            match c.reply_to(request) {
-                Some(Reply::Written { .. }) => self.acked.push((key, value)),
-                Some(_) => {}
-                None => still.push((request, key, value)),
-            }
-        }
-        self.in_flight = still;
+        self.tick_answers(c);
     }
 
     /// Waits for every write in flight to be answered.
@@ -72,6 +64,7 @@ impl Load {
         }
     }
 
+    /// Keeps the writes that were acknowledged; drops those that failed.
     fn tick_answers(&mut self, c: &mut Cluster) {
         let mut still = Vec::new();
         for (request, key, value) in std::mem::take(&mut self.in_flight) {
