@@ -1013,7 +1013,7 @@ impl Leaderless {
         let message = Message::Forward {
             op,
             sent: env.hlc.now(env.now.wall_ms),
-            keyspace: keyspace.clone(),
+            keyspace: Box::new(keyspace.clone()),
             key,
             operation,
             r,
@@ -2125,7 +2125,7 @@ impl Leaderless {
                 operation,
                 r,
                 w,
-            } => self.on_forward(env, from, op, sent, keyspace, key, operation, r, w),
+            } => self.on_forward(env, from, op, sent, *keyspace, key, operation, r, w),
             Message::ForwardReply { op, outcome, clock } => {
                 let _ = env.hlc.observe(clock, env.now.wall_ms);
                 if let Some(Pending::Forward(p)) = self.pending.get(&op)

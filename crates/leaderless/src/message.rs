@@ -76,11 +76,12 @@ pub enum Message {
     /// for me (only replicas issue dots; see `crate::state`). `sent` is the forwarder's hybrid
     /// logical clock when it sent this: unique per forwarder, and what the replica uses to run
     /// each forward at most once (`crate::forward`). The keyspace travels with the operation so
-    /// that a replica whose catalog lags still applies the forwarder's settings.
+    /// that a replica whose catalog lags still applies the forwarder's settings (boxed: the
+    /// largest field of any message, it would size every message).
     Forward {
         op: OpId,
         sent: HlcTimestamp,
-        keyspace: KeyspaceConfig,
+        keyspace: Box<KeyspaceConfig>,
         key: Bytes,
         operation: Operation,
         r: u8,
