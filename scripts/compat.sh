@@ -138,6 +138,21 @@ fi
 echo "$OUT"
 redis-benchmark -p "$P3" -n 5000 -c 50 -q INCR balance:bench 2>&1 | tr '\r' '\n' | grep 'requests per second'
 [ "$(redis-cli -p "$P1" GET balance:bench)" = "5000" ] || { echo "compat: INCR count $(redis-cli -p "$P1" GET balance:bench), expected 5000"; exit 1; }
+echo "== a primary-backup keyspace placed in a home region (redis-cli)"
+# Three regions of one node: HOME r2 puts the leader on n2 (the voters are filled up from the
+# other regions); a region with no member is refused and creates nothing.
+[ "$(redis-cli -p "$P1" TRIARCH.KEYSPACE CREATE homed MODEL primary-backup HOME r2)" = "OK" ]
+redis-cli -p "$P3" TRIARCH.KEYSPACE INFO homed | grep -qx 'r2' || { echo "compat: INFO homed shows no home r2"; exit 1; }
+redis-cli -p "$P1" TRIARCH.KEYSPACE CREATE nowhere MODEL primary-backup HOME r9 | grep -q 'no member is in region "r9"' || { echo "compat: HOME r9 was not refused"; exit 1; }
+redis-cli -p "$P1" TRIARCH.KEYSPACE LIST | grep -qx nowhere && { echo "compat: a refused keyspace exists"; exit 1; }
+led=""
+for _ in $(seq 1 100); do  # the preferred member (in r2) takes leadership once caught up
+  redis-cli -p "$P1" INFO | grep -q '^keyspace_homed:.*leader=n2' && { led=1; break; }
+  sleep 0.1
+done
+[ -n "$led" ] || { echo "compat: homed's leader is not n2: $(redis-cli -p "$P1" INFO | grep '^keyspace_homed:')"; exit 1; }
+[ "$(redis-cli -p "$P3" SET homed:k v)" = "OK" ] && [ "$(redis-cli -p "$P1" GET homed:k)" = "v" ]
+echo "home region: ok"
 echo "== redis-py SET NX (a compare-and-set against absence) on primary-backup and leaderless keys"
 python3 - "$P2" <<'PY'
 import sys, redis

@@ -28,6 +28,7 @@ pub fn canonical_keyspaces(nodes: u32, regions: u32) -> Vec<KeyspaceFileConfig> 
             merge: None,
             read: None,
             quorum: None,
+            home: None,
         },
         KeyspaceFileConfig {
             name: "cart".into(),
@@ -38,6 +39,7 @@ pub fn canonical_keyspaces(nodes: u32, regions: u32) -> Vec<KeyspaceFileConfig> 
             merge: Some(MergePolicy::Set),
             read: None,
             quorum: None,
+            home: None,
         },
         KeyspaceFileConfig {
             name: "prefs".into(),
@@ -48,6 +50,7 @@ pub fn canonical_keyspaces(nodes: u32, regions: u32) -> Vec<KeyspaceFileConfig> 
             merge: Some(MergePolicy::Lww),
             read: None,
             quorum: None,
+            home: None,
         },
     ]
 }

@@ -56,7 +56,7 @@ enum Cmd {
     Sim(SimArgs),
     /// Compare the replication models on one workload shape in the simulator: latency per
     /// region, conflicts, repairs, availability while a region is cut off, checker verdicts.
-    Explore(ExploreArgs),
+    Explore(Box<ExploreArgs>),
     /// Recommend a replication model and settings for a workload's shape, with the reasons,
     /// then run the explorer on that shape for the numbers.
     Advise(AdviseArgs),
@@ -134,6 +134,10 @@ struct ExploreArgs {
     /// The one-way latency between every two regions, ms (default: drawn per pair, 20-60).
     #[arg(long)]
     region_ms: Option<u64>,
+    /// Place primary-backup keyspaces in this region (r1, r2, ...): every voter and the leader
+    /// there, so writes commit inside it (default: voters spread over the regions).
+    #[arg(long)]
+    primary_home: Option<String>,
     /// The multi-leader balance's merge policy: lww (transfers SET the balances read) or
     /// counter (transfers increment them).
     #[arg(long, default_value = "lww")]
@@ -221,7 +225,7 @@ fn main() -> Result<()> {
             triarch_cli::demo::run(&dir)
         }
         Cmd::Sim(args) => sim(args),
-        Cmd::Explore(args) => explore(args),
+        Cmd::Explore(args) => explore(*args),
         Cmd::Advise(args) => advise(args),
     }
 }
@@ -497,6 +501,16 @@ fn explore(args: ExploreArgs) -> Result<()> {
             })?),
         },
         region_ms: args.region_ms,
+        primary_home: match &args.primary_home {
+            None => None,
+            Some(name) => Some(
+                name.strip_prefix('r')
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--primary-home {name}: a region r1, r2, ...")
+                    })?,
+            ),
+        },
         mix: explore::CustomMix {
             reads: args.reads,
             keys: args.keys,

@@ -132,6 +132,7 @@ fn a_node_joins_and_is_decommissioned_under_load_without_losing_a_write() {
         merge: None,
         read: None,
         quorum: None,
+        home: None,
     };
     let mut c = LocalCluster::configure(dir.path(), 3, 1, base, vec![prefs])
         .unwrap()

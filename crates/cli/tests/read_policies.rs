@@ -155,6 +155,7 @@ fn read_policies_session_tokens_and_quorum_modes_through_real_nodes() {
         merge: None,
         read: Some(ReadPolicy::Session),
         quorum: None,
+        home: None,
     });
     let dir = tempfile::tempdir().unwrap();
     let base = free_base_port(3).unwrap();

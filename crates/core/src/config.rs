@@ -195,7 +195,7 @@ impl fmt::Display for ReadPolicy {
 }
 
 /// The settings a user may give when creating a keyspace; `None` takes the default.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyspaceSettings {
     pub n: Option<u8>,
@@ -206,6 +206,8 @@ pub struct KeyspaceSettings {
     pub read: Option<ReadPolicy>,
     /// Leaderless only.
     pub quorum: Option<QuorumMode>,
+    /// Primary-backup only: the region the group's voters and leader are placed in.
+    pub home: Option<String>,
 }
 
 /// A keyspace's definition, as stored in the catalog and replicated to every node.
@@ -224,6 +226,12 @@ pub struct KeyspaceConfig {
     pub read: ReadPolicy,
     /// Whether fallbacks holding hints count towards W (leaderless only).
     pub quorum: QuorumMode,
+    /// Primary-backup only: the region whose members hold the group's voters first (as many
+    /// as it has, up to N) and its preferred leader. `None`: voters spread over the cluster by
+    /// the keyspace's name. With a majority of voters in the home region a write commits there:
+    /// clients in other regions pay one round trip to it, not two, and the keyspace is down
+    /// while that region is cut off (docs/primary-backup.md, "Placement").
+    pub home: Option<String>,
 }
 
 impl KeyspaceConfig {
@@ -241,6 +249,7 @@ impl KeyspaceConfig {
             merge: MergePolicy::Lww,
             read: ReadPolicy::Linearizable,
             quorum: QuorumMode::Strict,
+            home: None,
         }
     }
 
@@ -269,6 +278,7 @@ impl KeyspaceConfig {
             merge: settings.merge.unwrap_or(MergePolicy::Lww),
             read: settings.read.unwrap_or_default(),
             quorum: settings.quorum.unwrap_or_default(),
+            home: settings.home,
         }
     }
 
@@ -315,6 +325,24 @@ impl KeyspaceConfig {
                 reason: "read policies apply to primary-backup keyspaces only".into(),
             });
         }
+        if let Some(home) = &self.home {
+            if self.model != Model::PrimaryBackup {
+                return Err(ConfigError::Invalid {
+                    setting: "HOME",
+                    reason: "a home region places a primary-backup group; other models keep \
+                             copies in every region"
+                        .into(),
+                });
+            }
+            if !is_region_name(home) {
+                return Err(ConfigError::Invalid {
+                    setting: "HOME",
+                    reason: format!(
+                        "{home:?} is not a region name (1 to {REGION_NAME_BYTES_MAX} letters, digits, '_' or '-')"
+                    ),
+                });
+            }
+        }
         if self.model == Model::PrimaryBackup && self.merge != MergePolicy::Lww {
             return Err(ConfigError::Invalid {
                 setting: "MERGE",
@@ -329,6 +357,18 @@ impl KeyspaceConfig {
     pub fn quorums_overlap(&self) -> bool {
         u16::from(self.r) + u16::from(self.w) > u16::from(self.n)
     }
+}
+
+/// The longest region name: regions name INFO fields and metric labels.
+pub const REGION_NAME_BYTES_MAX: usize = 32;
+
+/// Region names: 1 to [`REGION_NAME_BYTES_MAX`] bytes of `[A-Za-z0-9_-]`.
+pub fn is_region_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= REGION_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Keyspace names: 1 to 64 bytes of `[A-Za-z0-9_-]`, so that `name:key` routing is unambiguous.
@@ -407,7 +447,7 @@ mod tests {
             (Model::PrimaryBackup, settings(None, sloppy)),
             (Model::MultiLeader, settings(None, sloppy)),
         ] {
-            assert!(ok(model, s).is_err(), "{model:?} {s:?}");
+            assert!(ok(model, s.clone()).is_err(), "{model:?} {s:?}");
         }
     }
 

@@ -34,12 +34,7 @@ impl Regions {
         }
         let mut actors: BTreeMap<ActorId, &str> = BTreeMap::new();
         for (name, nodes) in &mut by_region {
-            let ok = !name.is_empty()
-                && name.len() <= 32
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-            if !ok {
+            if !triarch_core::config::is_region_name(name) {
                 return Err(RegionError::BadName(name.clone()));
             }
             if let Some(other) = actors.insert(actor_of(name), name) {

@@ -15,8 +15,10 @@ use triarch_storage::{Storage, StorageError};
 /// The storage table holding the catalog.
 pub const META_TABLE: &str = "meta";
 const ENTRY_PREFIX: &[u8] = b"keyspace/";
-/// Format 1 (versions were clock timestamps, before the metadata group) is refused.
+/// Format 1 (versions were clock timestamps, before the metadata group) is refused; format 2
+/// (before home regions) is read as keyspaces without one.
 const ENTRY_FORMAT_V2: u8 = 2;
+const ENTRY_FORMAT_V3: u8 = 3;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogEntry {
@@ -100,13 +102,71 @@ impl Catalog {
 }
 
 pub(crate) fn encode_entry(entry: &CatalogEntry) -> Vec<u8> {
-    postcard::to_extend(entry, vec![ENTRY_FORMAT_V2]).expect("encoding into a Vec cannot fail")
+    postcard::to_extend(entry, vec![ENTRY_FORMAT_V3]).expect("encoding into a Vec cannot fail")
+}
+
+/// A keyspace's definition as catalog format 2 and metadata command format 1 stored it: before
+/// home regions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct KeyspaceConfigV2 {
+    name: String,
+    model: triarch_core::Model,
+    n: u8,
+    r: u8,
+    w: u8,
+    merge: triarch_core::MergePolicy,
+    read: triarch_core::ReadPolicy,
+    quorum: triarch_core::QuorumMode,
+}
+
+#[cfg(test)]
+impl From<&KeyspaceConfig> for KeyspaceConfigV2 {
+    fn from(c: &KeyspaceConfig) -> Self {
+        KeyspaceConfigV2 {
+            name: c.name.clone(),
+            model: c.model,
+            n: c.n,
+            r: c.r,
+            w: c.w,
+            merge: c.merge,
+            read: c.read,
+            quorum: c.quorum,
+        }
+    }
+}
+
+impl From<KeyspaceConfigV2> for KeyspaceConfig {
+    fn from(v: KeyspaceConfigV2) -> Self {
+        KeyspaceConfig {
+            name: v.name,
+            model: v.model,
+            n: v.n,
+            r: v.r,
+            w: v.w,
+            merge: v.merge,
+            read: v.read,
+            quorum: v.quorum,
+            home: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct CatalogEntryV2 {
+    config: KeyspaceConfigV2,
+    version: u64,
 }
 
 pub(crate) fn decode_entry(bytes: &[u8]) -> Result<CatalogEntry, StorageError> {
+    let corrupt = |e: postcard::Error| StorageError::Engine(format!("corrupt catalog entry: {e}"));
     match bytes.split_first() {
-        Some((&ENTRY_FORMAT_V2, rest)) => postcard::from_bytes(rest)
-            .map_err(|e| StorageError::Engine(format!("corrupt catalog entry: {e}"))),
+        Some((&ENTRY_FORMAT_V3, rest)) => postcard::from_bytes(rest).map_err(corrupt),
+        Some((&ENTRY_FORMAT_V2, rest)) => postcard::from_bytes::<CatalogEntryV2>(rest)
+            .map(|old| CatalogEntry {
+                config: old.config.into(),
+                version: old.version,
+            })
+            .map_err(corrupt),
         Some((&1, _)) => Err(StorageError::Engine(
             "the data directory holds a catalog from before the metadata group (format 1); start from an empty directory".into(),
         )),
@@ -142,5 +202,35 @@ mod tests {
         let reloaded = Catalog::load(&disk).unwrap();
         assert_eq!(reloaded.get("a").unwrap().n, 2);
         assert_eq!(reloaded.len(), 301);
+    }
+
+    /// Entries written before home regions (format 2) still load, as keyspaces without one.
+    #[test]
+    fn format_2_entries_load_without_a_home_region() {
+        let mut pb =
+            KeyspaceConfig::with_defaults("balance", triarch_core::Model::PrimaryBackup, 3);
+        let old = KeyspaceConfigV2::from(&pb);
+        let mut bytes = vec![ENTRY_FORMAT_V2];
+        postcard::to_io(&(old, 7u64), &mut bytes).unwrap();
+        let entry = decode_entry(&bytes).unwrap();
+        assert_eq!(
+            entry,
+            CatalogEntry {
+                config: pb.clone(),
+                version: 7
+            }
+        );
+        pb.home = Some("r2".into());
+        let now = CatalogEntry {
+            config: pb,
+            version: 8,
+        };
+        assert_eq!(decode_entry(&encode_entry(&now)).unwrap(), now);
+        assert!(
+            decode_entry(&[1, 0])
+                .unwrap_err()
+                .to_string()
+                .contains("format 1")
+        );
     }
 }

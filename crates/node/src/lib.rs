@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 use triarch_core::causal::ActorId;
 use triarch_core::limits::{KEY_BYTES_MAX, KEYSPACES_MAX, VALUE_BYTES_MAX_DEFAULT};
-use triarch_core::{DetRng, Hlc, Instant, KeyspaceConfig, MergePolicy, Model, NodeId};
+use triarch_core::{ConfigError, DetRng, Hlc, Instant, KeyspaceConfig, MergePolicy, Model, NodeId};
 use triarch_core::{Now, RequestId};
 pub use triarch_leaderless::KeyspaceStats;
 use triarch_leaderless::state::Refusal;
@@ -70,8 +70,8 @@ const HLC_CEILING_KEY: &[u8] = b"hlc/ceiling";
 /// Version 2 added the messages of the `siblings`, `counter`, `set` and `map` merge policies;
 /// version 3 the primary-backup model's; version 4 sloppy quorums, hinted handoff and
 /// anti-entropy; version 5 the multi-leader model's; version 6 the metadata group's (catalog
-/// entries versioned by its log index).
-pub const WIRE_VERSION: u8 = 6;
+/// entries versioned by its log index); version 7 keyspace home regions.
+pub const WIRE_VERSION: u8 = 7;
 
 /// Everything nodes say to each other.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -376,7 +376,7 @@ impl<S: Storage> Node<S> {
             seeded.push(default);
         }
         for ks in seeded {
-            ks.validate(members.len())?;
+            check_keyspace(&ks, &config.members)?;
             if catalog.get(&ks.name).is_none() {
                 // Seeded from configuration: the lowest version, so that any explicit CREATE wins.
                 catalog.merge(
@@ -857,8 +857,8 @@ impl<S: Storage> Node<S> {
             ));
         }
         let nodes = self.config.members.len();
-        let config = KeyspaceConfig::from_settings(&spec.name, spec.model, spec.settings, nodes);
         let (r, w) = (spec.settings.r, spec.settings.w);
+        let config = KeyspaceConfig::from_settings(&spec.name, spec.model, spec.settings, nodes);
         if spec.model != Model::Leaderless && (r.is_some() || w.is_some()) {
             return Err(RequestError::InvalidConfig(
                 triarch_core::ConfigError::Invalid {
@@ -867,7 +867,7 @@ impl<S: Storage> Node<S> {
                 },
             ));
         }
-        config.validate(nodes)?;
+        check_keyspace(&config, &self.config.members)?;
         self.propose_create(now, request, config);
         Ok(())
     }
@@ -900,7 +900,7 @@ impl<S: Storage> Node<S> {
             Message::Catalog(CatalogMessage::Entries(entries)) => {
                 let mut changed = false;
                 for entry in entries {
-                    if entry.config.validate(self.config.members.len()).is_err() {
+                    if check_keyspace(&entry.config, &self.config.members).is_err() {
                         tracing::warn!(%from, keyspace = entry.config.name, "invalid catalog entry dropped");
                         continue;
                     }
@@ -1009,9 +1009,13 @@ impl<S: Storage> Node<S> {
         }
     }
 
-    /// Every member's id, this node's included.
-    pub(crate) fn member_ids(&self) -> Vec<NodeId> {
-        self.config.members.iter().map(|m| m.id).collect()
+    /// Every member's id and region: what primary-backup placement ranks.
+    pub(crate) fn placed_members(&self) -> Vec<triarch_primary::engine::Placed<'_>> {
+        self.config
+            .members
+            .iter()
+            .map(|m| (m.id, m.region.as_str()))
+            .collect()
     }
 
     /// What the leaderless engine's failure detector thinks of each peer.
@@ -1206,4 +1210,25 @@ pub fn fuzz_decode_frame(data: &[u8]) {
         let round = decode_messages(&again).expect("a re-encoded frame decodes");
         assert_eq!(round, messages);
     }
+}
+
+/// A keyspace's definition checked against the cluster's founding `members`: its settings, and
+/// that its home region (if any) has a member to place the group on.
+fn check_keyspace(ks: &KeyspaceConfig, members: &[Member]) -> Result<(), ConfigError> {
+    ks.validate(members.len())?;
+    if let Some(home) = &ks.home
+        && !members.iter().any(|m| &m.region == home)
+    {
+        let mut regions: Vec<&str> = members.iter().map(|m| m.region.as_str()).collect();
+        regions.sort_unstable();
+        regions.dedup();
+        return Err(ConfigError::Invalid {
+            setting: "HOME",
+            reason: format!(
+                "no member is in region {home:?} (regions: {})",
+                regions.join(", ")
+            ),
+        });
+    }
+    Ok(())
 }

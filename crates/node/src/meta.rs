@@ -56,7 +56,9 @@ pub const META_GROUP: &str = ".meta";
 /// Voters of the metadata group: five tolerate two failures, and more would only slow commits.
 pub const META_VOTERS_MAX: usize = 5;
 
+/// Format 1: before home regions (its `Create` is read as a keyspace without one).
 const COMMAND_FORMAT_V1: u8 = 1;
+const COMMAND_FORMAT_V2: u8 = 2;
 const KEYSPACE_ROW_PREFIX: &[u8] = b"k/";
 const COUNT_ROW: &[u8] = b"n";
 const MEMBERSHIP_ROW: &[u8] = b"m";
@@ -125,13 +127,52 @@ pub enum MetaCommand {
 
 impl MetaCommand {
     pub fn encode(&self) -> Bytes {
-        Bytes::from(postcard::to_extend(self, vec![COMMAND_FORMAT_V1]).expect("Vec cannot fail"))
+        Bytes::from(postcard::to_extend(self, vec![COMMAND_FORMAT_V2]).expect("Vec cannot fail"))
     }
 
     fn decode(bytes: &[u8]) -> Option<MetaCommand> {
         match bytes.split_first() {
-            Some((&COMMAND_FORMAT_V1, rest)) => postcard::from_bytes(rest).ok(),
+            Some((&COMMAND_FORMAT_V2, rest)) => postcard::from_bytes(rest).ok(),
+            Some((&COMMAND_FORMAT_V1, rest)) => postcard::from_bytes::<MetaCommandV1>(rest)
+                .ok()
+                .map(MetaCommand::from),
             _ => None,
+        }
+    }
+}
+
+/// [`MetaCommand`] as format 1 encoded it (variant for variant; only `Create` differs).
+#[derive(Serialize, Deserialize)]
+enum MetaCommandV1 {
+    Create(crate::catalog::KeyspaceConfigV2),
+    Join {
+        member: Joined,
+        founders: Vec<NodeId>,
+    },
+    Decommission {
+        id: NodeId,
+        founders: Vec<NodeId>,
+    },
+    Begun {
+        started: u64,
+        node: NodeId,
+    },
+    HandedOff {
+        started: u64,
+        node: NodeId,
+    },
+}
+
+impl From<MetaCommandV1> for MetaCommand {
+    fn from(v: MetaCommandV1) -> Self {
+        match v {
+            MetaCommandV1::Create(config) => MetaCommand::Create(config.into()),
+            MetaCommandV1::Join { member, founders } => MetaCommand::Join { member, founders },
+            MetaCommandV1::Decommission { id, founders } => {
+                MetaCommand::Decommission { id, founders }
+            }
+            MetaCommandV1::Begun { started, node } => MetaCommand::Begun { started, node },
+            MetaCommandV1::HandedOff { started, node } => MetaCommand::HandedOff { started, node },
         }
     }
 }
@@ -839,13 +880,7 @@ fn check_member(member: &Joined) -> Result<(), RequestError> {
             reason,
         }))
     };
-    let region_ok = !member.region.is_empty()
-        && member.region.len() <= 32
-        && member
-            .region
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !region_ok {
+    if !triarch_core::config::is_region_name(&member.region) {
         return invalid("region", "1 to 32 letters, digits, '_' or '-'".into());
     }
     if member.peer_addr.is_empty() || member.peer_addr.len() > 255 {
@@ -976,7 +1011,26 @@ mod tests {
     #[test]
     fn commands_and_answers_round_trip_and_garbage_is_refused() {
         let c = MetaCommand::Create(KeyspaceConfig::leaderless("prefs"));
-        assert_eq!(MetaCommand::decode(&c.encode()), Some(c));
+        assert_eq!(MetaCommand::decode(&c.encode()), Some(c.clone()));
+        // Format 1 (before home regions), as a log written by an older node holds it.
+        let MetaCommand::Create(config) = &c else {
+            unreachable!()
+        };
+        let old = MetaCommandV1::Create(crate::catalog::KeyspaceConfigV2::from(config));
+        let v1 = postcard::to_extend(&old, vec![COMMAND_FORMAT_V1]).unwrap();
+        assert_eq!(MetaCommand::decode(&v1), Some(c));
+        let join = MetaCommandV1::Begun {
+            started: 4,
+            node: NodeId(2),
+        };
+        let v1 = postcard::to_extend(&join, vec![COMMAND_FORMAT_V1]).unwrap();
+        assert_eq!(
+            MetaCommand::decode(&v1),
+            Some(MetaCommand::Begun {
+                started: 4,
+                node: NodeId(2)
+            })
+        );
         assert_eq!(MetaCommand::decode(b"\x09junk"), None);
         let a = MetaAnswer::Exists;
         assert_eq!(MetaAnswer::decode(&a.encode()), Some(a));

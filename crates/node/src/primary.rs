@@ -47,7 +47,7 @@ impl<S: Storage> Node<S> {
             .map(|e| e.config.clone())
             .collect();
         for keyspace in keyspaces {
-            let spec = GroupSpec::primary_backup(&keyspace, &self.member_ids());
+            let spec = GroupSpec::primary_backup(&keyspace, &self.placed_members());
             let mut env = Env {
                 now: now.instant,
                 storage: &mut self.storage,
@@ -208,7 +208,7 @@ impl<S: Storage> Node<S> {
     ) {
         self.pb_shapes
             .insert(request, (shape, keyspace.name.clone()));
-        let spec = GroupSpec::primary_backup(keyspace, &self.member_ids());
+        let spec = GroupSpec::primary_backup(keyspace, &self.placed_members());
         let mut env = Env {
             now: now.instant,
             storage: &mut self.storage,

@@ -343,7 +343,7 @@ mod frames {
             Message::Leaderless(L::Forward {
                 op: OpId(9),
                 sent: HlcTimestamp::MIN,
-                keyspace: cart,
+                keyspace: Box::new(cart),
                 key: Bytes::from_static(b"cart:alice"),
                 operation: Operation::SetRemove(vec![Bytes::from_static(b"book")]),
                 r: 2,

@@ -112,20 +112,37 @@ pub fn ranked(name: &str, members: &[NodeId]) -> Vec<NodeId> {
     ranked.into_iter().map(|(_, m)| m).collect()
 }
 
-/// The `n` voters of a primary-backup keyspace among `members`: the first `n` of the
-/// keyspace's rendezvous ranking.
-pub fn voters_of(keyspace: &KeyspaceConfig, members: &[NodeId]) -> BTreeSet<NodeId> {
-    ranked(&keyspace.name, members)
+/// A cluster member as placement sees it: its id and its region.
+pub type Placed<'a> = (NodeId, &'a str);
+
+/// `members` in the order a primary-backup keyspace's group takes them: the keyspace's
+/// rendezvous ranking, with the members of its home region (if it has one) first.
+fn placement_order(keyspace: &KeyspaceConfig, members: &[Placed<'_>]) -> Vec<NodeId> {
+    let ids: Vec<NodeId> = members.iter().map(|(id, _)| *id).collect();
+    let mut order = ranked(&keyspace.name, &ids);
+    if let Some(home) = &keyspace.home {
+        let away = |id: &NodeId| members.iter().any(|(m, r)| m == id && r != home);
+        // Stable: each side keeps the ranking's order.
+        order.sort_by_key(away);
+    }
+    order
+}
+
+/// The `n` voters of a primary-backup keyspace among `members`: the first `n` of its
+/// placement order (the home region's members first, then the rest of the ranking).
+pub fn voters_of(keyspace: &KeyspaceConfig, members: &[Placed<'_>]) -> BTreeSet<NodeId> {
+    placement_order(keyspace, members)
         .into_iter()
         .take(usize::from(keyspace.n).max(1))
         .collect()
 }
 
 /// The member a keyspace's leadership is handed to when it is healthy and caught up: the first
-/// of the keyspace's ranking. Different keyspaces prefer different members, which spreads their
-/// leaders (and so their write load) across the cluster.
-pub fn preferred_leader(keyspace: &KeyspaceConfig, members: &[NodeId]) -> NodeId {
-    ranked(&keyspace.name, members)[0]
+/// of its placement order. Different keyspaces prefer different members, which spreads their
+/// leaders (and so their write load) across the cluster; a keyspace with a home region prefers
+/// a member there.
+pub fn preferred_leader(keyspace: &KeyspaceConfig, members: &[Placed<'_>]) -> NodeId {
+    placement_order(keyspace, members)[0]
 }
 
 /// One Raft group this engine runs: a primary-backup keyspace, or one region of a multi-leader
@@ -145,7 +162,7 @@ pub struct GroupSpec {
 
 impl GroupSpec {
     /// The group of primary-backup keyspace `keyspace` among the cluster's `members`.
-    pub fn primary_backup(keyspace: &KeyspaceConfig, members: &[NodeId]) -> GroupSpec {
+    pub fn primary_backup(keyspace: &KeyspaceConfig, members: &[Placed<'_>]) -> GroupSpec {
         GroupSpec {
             name: keyspace.name.clone(),
             voters: voters_of(keyspace, members),
@@ -1273,5 +1290,56 @@ fn read_outcome<S: Storage>(machine: &Machine, storage: &S, read: &Read) -> Outc
             })
             .collect::<Result<Vec<_>, StorageError>>()
             .map_or_else(|e| Outcome::Storage(e.to_string()), Outcome::Rows),
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::*;
+
+    fn members() -> Vec<(NodeId, &'static str)> {
+        (1..=9u32)
+            .map(|i| (NodeId(i), ["r1", "r2", "r3"][((i - 1) % 3) as usize]))
+            .collect()
+    }
+
+    #[test]
+    fn a_home_region_holds_the_voters_and_the_preferred_leader() {
+        let members = members();
+        let region = |id: NodeId| members.iter().find(|(m, _)| *m == id).unwrap().1;
+        for name in ["balance", "accounts", "ledger", "k1", "k2", "k3"] {
+            let spread = KeyspaceConfig::with_defaults(name, triarch_core::Model::PrimaryBackup, 9);
+            for home in ["r1", "r2", "r3"] {
+                let ks = KeyspaceConfig {
+                    home: Some(home.into()),
+                    ..spread.clone()
+                };
+                let voters = voters_of(&ks, &members);
+                assert_eq!(voters.len(), 3);
+                assert!(voters.iter().all(|v| region(*v) == home), "{name} {home}");
+                assert_eq!(region(preferred_leader(&ks, &members)), home);
+                assert!(voters.contains(&preferred_leader(&ks, &members)));
+            }
+            // Without a home the ranking alone decides (the placement every node agrees on).
+            let ids: Vec<NodeId> = members.iter().map(|(id, _)| *id).collect();
+            let ranking = ranked(name, &ids);
+            assert_eq!(
+                voters_of(&spread, &members),
+                ranking[..3].iter().copied().collect()
+            );
+            assert_eq!(preferred_leader(&spread, &members), ranking[0]);
+        }
+    }
+
+    #[test]
+    fn a_small_home_region_is_filled_up_from_the_ranking() {
+        // One member per region: the home region's one member leads, the ranking adds two.
+        let members = [(NodeId(1), "r1"), (NodeId(2), "r2"), (NodeId(3), "r3")];
+        let ks = KeyspaceConfig {
+            home: Some("r3".into()),
+            ..KeyspaceConfig::with_defaults("balance", triarch_core::Model::PrimaryBackup, 3)
+        };
+        assert_eq!(voters_of(&ks, &members).len(), 3);
+        assert_eq!(preferred_leader(&ks, &members), NodeId(3));
     }
 }

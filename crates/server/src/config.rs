@@ -180,6 +180,9 @@ pub struct KeyspaceFileConfig {
     /// Leaderless only: `"strict"` or `"sloppy"`.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "quorum_text")]
     pub quorum: Option<QuorumMode>,
+    /// Primary-backup only: the region that holds the group's voters and leader (`"r1"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
 }
 
 /// `read = "bounded:200"`: the text `ReadPolicy::parse` reads and `Display` writes (the same as
@@ -219,15 +222,6 @@ mod quorum_text {
         let text = String::deserialize(d)?;
         text.parse().map(Some).map_err(serde::de::Error::custom)
     }
-}
-
-/// Region names: 1 to 32 of `[A-Za-z0-9_-]` (they name INFO fields and metric labels).
-fn valid_region(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 32
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn default_region() -> String {
@@ -308,7 +302,7 @@ impl ServerConfig {
             return invalid("request_timeout_ms must be at least 1".into());
         }
         for region in std::iter::once(&self.region).chain(self.members.iter().map(|m| &m.region)) {
-            if !valid_region(region) {
+            if !triarch_core::config::is_region_name(region) {
                 return invalid(format!(
                     "region {region:?} must be 1 to 32 characters of letters, digits, '_' or '-'"
                 ));
@@ -344,6 +338,7 @@ impl ServerConfig {
             merge: k.merge,
             read: k.read,
             quorum: k.quorum,
+            home: k.home.clone(),
         };
         KeyspaceConfig::from_settings(&k.name, k.model, settings, self.members.len())
     }

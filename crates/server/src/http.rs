@@ -5,7 +5,7 @@
 //! | `GET /v1/kv/{keyspace}/{key}[?r=R][?read=policy]` | the value as the body (`application/octet-stream`); 404 if absent |
 //! | `PUT /v1/kv/{keyspace}/{key}[?w=W]` | the body is the value; 204 |
 //! | `DELETE /v1/kv/{keyspace}/{key}[?w=W]` | `{"deleted": bool}` |
-//! | `GET /v1/keyspaces`, `POST /v1/keyspaces` | list; create from `{"name","model","n","r","w","merge","read","quorum"}` |
+//! | `GET /v1/keyspaces`, `POST /v1/keyspaces` | list; create from `{"name","model","n","r","w","merge","read","quorum","home"}` |
 //! | `GET /v1/cluster` | this node, its members and peer links |
 //! | `GET /metrics` | Prometheus text format |
 //!
@@ -438,12 +438,18 @@ async fn delete_key(
     }
 }
 
-/// A keyspace's settings; `read` on primary-backup keyspaces, `quorum` on leaderless ones.
+/// A keyspace's settings; `read` (and `home` if set) on primary-backup keyspaces, `quorum` on
+/// leaderless ones.
 fn keyspace_json(k: &KeyspaceConfig) -> serde_json::Value {
     let mut v =
         json!({ "name": k.name, "model": k.model, "n": k.n, "r": k.r, "w": k.w, "merge": k.merge });
     match k.model {
-        Model::PrimaryBackup => v["read"] = json!(k.read.to_string()),
+        Model::PrimaryBackup => {
+            v["read"] = json!(k.read.to_string());
+            if let Some(home) = &k.home {
+                v["home"] = json!(home);
+            }
+        }
         Model::Leaderless => v["quorum"] = json!(k.quorum.as_str()),
         Model::MultiLeader => {}
     }
@@ -474,6 +480,8 @@ struct CreateBody {
     read: Option<String>,
     /// `"strict"` or `"sloppy"` (leaderless only).
     quorum: Option<String>,
+    /// The region holding the group's voters and leader (primary-backup only).
+    home: Option<String>,
 }
 
 impl CreateBody {
@@ -490,6 +498,7 @@ impl CreateBody {
                 .as_deref()
                 .map(str::parse::<QuorumMode>)
                 .transpose()?,
+            home: self.home.clone(),
         })
     }
 }

@@ -553,6 +553,7 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                     field("model", c.model.to_string()),
                     field("n", c.n.to_string()),
                     field("read", c.read.to_string()),
+                    field("home", c.home.clone().unwrap_or_else(|| "none".into())),
                     members,
                 ];
                 let Some(g) = &info.group else {
@@ -1443,12 +1444,12 @@ fn membership_reply(status: &triarch_node::meta::MembershipStatus) -> Reply {
 }
 
 /// `TRIARCH.KEYSPACE CREATE <name> MODEL <model> [N n] [R r] [W w] [MERGE policy]
-/// [READ policy] [QUORUM strict|sloppy] | LIST | INFO <name>`. Whether a setting applies to
+/// [READ policy] [QUORUM strict|sloppy] [HOME region] | LIST | INFO <name>`. Whether a setting applies to
 /// the model is the node's to say (`KeyspaceConfig::validate`).
 fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
     let usage = || {
         Reply::error(
-            "ERR usage: TRIARCH.KEYSPACE CREATE <name> MODEL <leaderless|primary-backup|multi-leader> [N n] [R r] [W w] [MERGE policy] [READ linearizable|lease|bounded:<ms>|session] [QUORUM strict|sloppy] | LIST | INFO <name>",
+            "ERR usage: TRIARCH.KEYSPACE CREATE <name> MODEL <leaderless|primary-backup|multi-leader> [N n] [R r] [W w] [MERGE policy] [READ linearizable|lease|bounded:<ms>|session] [QUORUM strict|sloppy] [HOME region] | LIST | INFO <name>",
         )
     };
     let sub = args.get(1).map(upper).ok_or_else(usage)?;
@@ -1496,6 +1497,9 @@ fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
                             .parse()
                             .map_err(|e| Reply::error(format!("ERR {e}")))?;
                         spec.settings.quorum = Some(q);
+                    }
+                    "HOME" => {
+                        spec.settings.home = Some(String::from_utf8_lossy(value).into_owned());
                     }
                     other => {
                         return Err(Reply::error(format!(
@@ -1877,6 +1881,8 @@ mod tests {
         assert_eq!((s.read, s.n), (Some(ReadPolicy::Session), Some(3)));
         let s = create(&["MODEL", "leaderless", "QUORUM", "sloppy", "W", "1"]).unwrap();
         assert_eq!((s.quorum, s.w), (Some(QuorumMode::Sloppy), Some(1)));
+        let s = create(&["MODEL", "primary-backup", "home", "eu-west"]).unwrap();
+        assert_eq!(s.home.as_deref(), Some("eu-west"));
         // Bad values: the core's error, naming the setting.
         let e = error_text(create(&["MODEL", "primary-backup", "READ", "stale"]).unwrap_err());
         assert!(

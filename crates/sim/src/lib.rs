@@ -197,6 +197,9 @@ pub struct RegionOptions {
     /// A bug the simulator plants (the checkers must catch it); [`SimOptions::planted_bug`] is
     /// the engines' own planted bugs and means nothing to the multi-leader workloads.
     pub planted: Option<RegionBug>,
+    /// The primary-backup workloads' keyspace is placed in this region (`r2`): every voter and
+    /// the preferred leader ([`triarch_core::KeyspaceConfig::home`]). `None`: spread.
+    pub primary_home: Option<String>,
 }
 
 impl RegionOptions {
@@ -205,6 +208,7 @@ impl RegionOptions {
         RegionOptions {
             regions: 1,
             planted: None,
+            primary_home: None,
         }
     }
 
@@ -213,6 +217,7 @@ impl RegionOptions {
         RegionOptions {
             regions: 3,
             planted: None,
+            primary_home: None,
         }
     }
 }

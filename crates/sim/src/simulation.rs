@@ -19,7 +19,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::time::Duration;
-use triarch_core::{DetRng, Instant, NodeId, Now, RequestId};
+use triarch_core::{DetRng, Instant, KeyspaceConfig, NodeId, Now, RequestId};
 use triarch_leaderless::record::Record;
 use triarch_leaderless::ring::{self, Ring};
 use triarch_leaderless::state::State;
@@ -173,6 +173,9 @@ struct InFlight {
 /// The clients of a run of a CRDT workload ([`crate::merged`]), in place of the registers'.
 struct MergedRun {
     clients: MergedClients,
+    /// The keyspace the workload runs in: [`MergedWorkload::keyspace`], placed in
+    /// [`RegionOptions::primary_home`] if it is primary-backup.
+    keyspace: KeyspaceConfig,
     history: MergedHistory,
     requests: BTreeMap<RequestId, ProcessId>,
     states: Option<ReplicaStates>,
@@ -497,7 +500,12 @@ impl Simulation {
                 if let Some(mix) = mix {
                     clients = clients.with_mix(mix, regions.regions);
                 }
+                let mut keyspace = clients.workload.keyspace();
+                if keyspace.model == triarch_core::Model::PrimaryBackup {
+                    keyspace.home = regions.primary_home.clone();
+                }
                 let run = MergedRun {
+                    keyspace,
                     clients,
                     history: MergedHistory::new(),
                     requests: BTreeMap::new(),
@@ -729,11 +737,15 @@ impl Simulation {
         let Some(run) = &self.merged else {
             return ReplicaTables::new();
         };
-        let keyspace = run.clients.workload.keyspace();
-        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        let keyspace = &run.keyspace;
+        let members: Vec<(NodeId, &str)> = self
+            .members
+            .iter()
+            .map(|m| (m.id, m.region.as_str()))
+            .collect();
         let table = triarch_primary::machine::table_name(&keyspace.name);
         let mut out = ReplicaTables::new();
-        for node in triarch_primary::engine::voters_of(&keyspace, &ids) {
+        for node in triarch_primary::engine::voters_of(keyspace, &members) {
             let host = &self.hosts[index(node)];
             let rows = match &host.state {
                 HostState::Up(n) => n.storage().scan(&table, &[], usize::MAX),
@@ -966,7 +978,7 @@ impl Simulation {
             config.leaderless.anti_entropy.enabled = false;
         }
         if let Some(run) = &self.merged {
-            config.keyspaces.push(run.clients.workload.keyspace());
+            config.keyspaces.push(run.keyspace.clone());
         }
         config
     }

@@ -317,8 +317,12 @@ fn write_latency_by_model_and_region() {
             ));
         }
     }
-    let ids: Vec<triarch_core::NodeId> = (1..=options.nodes).map(triarch_core::NodeId).collect();
-    let voters = triarch_primary::engine::voters_of(&MergedWorkload::Registers.keyspace(), &ids);
+    let regions = ["r1", "r2", "r3"];
+    let members: Vec<(triarch_core::NodeId, &str)> = (1..=options.nodes)
+        .map(|i| (triarch_core::NodeId(i), regions[((i - 1) % 3) as usize]))
+        .collect();
+    let voters =
+        triarch_primary::engine::voters_of(&MergedWorkload::Registers.keyspace(), &members);
     let placed: Vec<String> = voters
         .iter()
         .map(|v| format!("{v} (r{})", (v.0 - 1) % 3 + 1))

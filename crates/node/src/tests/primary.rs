@@ -30,7 +30,11 @@ fn settle_on_preferred(c: &mut Cluster, name: &str) -> NodeId {
         .get(name)
         .unwrap()
         .clone();
-    let members: Vec<NodeId> = (1..=c.size).map(NodeId).collect();
+    let members: Vec<(NodeId, &str)> = c
+        .members
+        .iter()
+        .map(|m| (m.id, m.region.as_str()))
+        .collect();
     let preferred = triarch_primary::engine::preferred_leader(&keyspace, &members);
     let deadline = c.now_micros + 30_000_000;
     while c.elect(name) != preferred {
@@ -570,4 +574,73 @@ fn a_follower_behind_the_compacted_log_is_sent_a_snapshot_materialized_on_demand
         fresh_reads(&c, follower) >= 3,
         "served by the follower itself"
     );
+}
+
+#[test]
+fn a_home_region_places_every_voter_and_the_leader_there_and_must_exist() {
+    // Six nodes in two regions: r1 = n1, n3, n5 and r2 = n2, n4, n6.
+    let mut c = Cluster::with_regions(6, 2);
+    let home = |name: &str, region: &str, model| KeyspaceSpec {
+        settings: KeyspaceSettings {
+            home: Some(region.into()),
+            ..KeyspaceSettings::default()
+        },
+        ..spec(name, model)
+    };
+    for region in ["r1", "r2"] {
+        let name = format!("home-{region}");
+        assert_eq!(
+            c.call(
+                1,
+                Request::CreateKeyspace(home(&name, region, Model::PrimaryBackup))
+            ),
+            Reply::Created
+        );
+        let leader = settle_on_preferred(&mut c, &name);
+        let members = c.members.clone();
+        let in_region = |id: NodeId| members.iter().any(|m| m.id == id && m.region == region);
+        assert!(
+            in_region(leader),
+            "{name}: leader {leader} outside {region}"
+        );
+        let voters = c
+            .node(leader)
+            .unwrap()
+            .primary()
+            .info(&name)
+            .unwrap()
+            .voters;
+        assert_eq!(voters.len(), 3);
+        assert!(
+            voters.iter().all(|v| in_region(*v)),
+            "{name}: voters {voters:?}"
+        );
+        assert_eq!(
+            c.set(2, &format!("{name}:k"), "v"),
+            Reply::Written { existed: false }
+        );
+    }
+    // A region without members, and a home on a model that keeps copies everywhere: refused,
+    // and nothing is created.
+    for (name, region, model, expect) in [
+        (
+            "nowhere",
+            "r9",
+            Model::PrimaryBackup,
+            "no member is in region \"r9\"",
+        ),
+        (
+            "lhome",
+            "r1",
+            Model::Leaderless,
+            "home region places a primary-backup group",
+        ),
+        ("bad", "r 1", Model::PrimaryBackup, "not a region name"),
+    ] {
+        match c.call(1, Request::CreateKeyspace(home(name, region, model))) {
+            Reply::Error(e) => assert!(e.to_string().contains(expect), "{name}: {e}"),
+            other => panic!("{name}: {other:?}"),
+        }
+        assert!(c.node(NodeId(1)).unwrap().catalog().get(name).is_none());
+    }
 }

@@ -52,7 +52,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
-use triarch_core::{Instant, Model, NodeId, QuorumMode};
+use triarch_core::{Instant, KeyspaceConfig, Model, NodeId, QuorumMode};
 use triarch_leaderless::LeaderlessConfig;
 
 /// Writes and reads invoked before this are left out of the latencies (first elections).
@@ -153,6 +153,10 @@ pub struct ExploreOptions {
     /// The one-way latency between every two regions (ms); `None`: drawn per pair by the
     /// seed, 20 to 60 ms.
     pub region_ms: Option<u64>,
+    /// Primary-backup keyspaces are placed in this region (1-based): every voter and the
+    /// preferred leader ([`triarch_core::KeyspaceConfig::home`]). `None`: voters spread over
+    /// the regions by the keyspace's name.
+    pub primary_home: Option<u32>,
 }
 
 /// The latency distribution kinds, by index (`--latency`): inside a region sub-millisecond of
@@ -277,6 +281,7 @@ impl Default for ExploreOptions {
             sloppy: false,
             latency: None,
             region_ms: None,
+            primary_home: None,
         }
     }
 }
@@ -300,6 +305,14 @@ impl ExploreOptions {
             .is_some_and(|k| k >= LATENCY_KINDS.len() as u64)
         {
             return Err("latency kind out of range".into());
+        }
+        if let Some(home) = self.primary_home
+            && !(1..=self.regions).contains(&home)
+        {
+            return Err(format!(
+                "the primary-backup home region must be r1 to r{}, not r{home}",
+                self.regions
+            ));
         }
         if self.region_ms.is_some_and(|ms| !(1..=400).contains(&ms)) {
             return Err(format!(
@@ -340,6 +353,11 @@ impl ExploreOptions {
 
     /// Where a write of `model` becomes authoritative in these runs.
     pub fn authoritative(&self, model: Model) -> &'static str {
+        if model == Model::PrimaryBackup && self.primary_home.is_some() {
+            return "once a majority of the keyspace's one Raft group (every voter in its home \
+                    region) holds it, ordered by the one leader there; clients elsewhere send \
+                    it there and wait for the answer";
+        }
         if model == Model::Leaderless && self.sloppy {
             return "once W=2 of the key's N=3 owners are covered, by themselves or by fallback \
                     nodes holding a hint for a suspected owner (sloppy quorum); readers \
@@ -543,6 +561,7 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
     let regions = RegionOptions {
         regions: options.regions,
         planted: None,
+        primary_home: options.primary_home.map(|r| format!("r{r}")),
     };
     let mut cell = Cell {
         seeds_passed: Some(0),
@@ -576,6 +595,7 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
             if !faults.is_empty() {
                 sim = sim.with_nemesis_faults(faults);
             }
+
             if options.latency.is_some() || options.region_ms.is_some() {
                 sim = sim.with_network(&crate::NetworkSpec {
                     kind: options.latency,
@@ -966,14 +986,23 @@ pub fn explore_with_progress(
             });
         }
     }
-    let ids: Vec<NodeId> = (1..=options.regions * NODES_PER_REGION)
-        .map(NodeId)
+    let region_names: Vec<String> = (1..=options.regions).map(|r| format!("r{r}")).collect();
+    let members: Vec<(NodeId, &str)> = (1..=options.regions * NODES_PER_REGION)
+        .map(|i| {
+            (
+                NodeId(i),
+                region_names[((i - 1) % options.regions) as usize].as_str(),
+            )
+        })
         .collect();
     let primary_voters = [MergedWorkload::Registers, MergedWorkload::Bank]
         .into_iter()
         .map(|w| {
-            let keyspace = w.keyspace();
-            let voters: Vec<String> = triarch_primary::engine::voters_of(&keyspace, &ids)
+            let keyspace = KeyspaceConfig {
+                home: options.primary_home.map(|r| format!("r{r}")),
+                ..w.keyspace()
+            };
+            let voters: Vec<String> = triarch_primary::engine::voters_of(&keyspace, &members)
                 .into_iter()
                 .map(|v| format!("{v} (r{})", (v.0 - 1) % options.regions + 1))
                 .collect();
@@ -1284,7 +1313,7 @@ impl Report {
                 "{{\"workload\":{},\"model\":{},\"run\":{},\"note\":{},\"authoritative\":{},\
                  \"regions\":{},\"first_seed\":{},\"seeds\":{},\"partition\":{},\
                  \"crash\":{},\"skew\":{},\"sloppy\":{},\"balance_merge\":{},\"latency\":{},\"region_ms\":{},\
-                 \"seeds_passed\":{},\"failed_checkers\":[{}],\"events\":{},\
+                 \"primary_home\":{},\"seeds_passed\":{},\"failed_checkers\":[{}],\"events\":{},\
                  \"write_latency_ms\":{},\"read_latency_ms\":{},\"conflicts\":{},\"merged\":{},\
                  \"lww_discarded\":{},\"read_repairs\":{},\"hinted_writes\":{},\
                  \"aborted_transfers\":{},\"writes_while_cut_off\":{{{}}},\
@@ -1306,6 +1335,7 @@ impl Report {
                 json_str(if o.counter_balance { "counter" } else { "lww" }),
                 json_opt_str(o.latency.map(|k| LATENCY_KINDS[k as usize])),
                 json_count(o.region_ms),
+                json_opt_str(o.primary_home.map(|r| format!("r{r}")).as_deref()),
                 json_count(c.seeds_passed),
                 failed.join(","),
                 c.events,
@@ -1426,5 +1456,53 @@ mod tests {
         assert!(ml_attempted > 0 && pb_attempted > 0, "{report}");
         assert_eq!(ml_ok, ml_attempted, "{report}");
         assert!(pb_ok * 10 < pb_attempted, "{report}");
+    }
+
+    /// The issue's latency lesson, measured: with three regions 40 ms apart (round trip),
+    /// primary-backup's writes from outside the leader's region pay two round trips above
+    /// multi-leader's when its voters are spread (to the leader, then to a majority), and one
+    /// when the keyspace has a home region holding every voter (to the leader and back); inside
+    /// the home region they cost what multi-leader's do.
+    #[test]
+    fn a_home_region_makes_primary_backup_writes_one_round_trip_from_elsewhere() {
+        let rtt = 40.0;
+        let options = |home| ExploreOptions {
+            region_ms: Some(20),
+            latency: Some(0),
+            primary_home: home,
+            ..small(
+                vec![Workload::Prefs],
+                vec![Model::PrimaryBackup, Model::MultiLeader],
+            )
+        };
+        let above_ml = |report: &Report, region: &str| {
+            let pb = report.cell(Workload::Prefs, Model::PrimaryBackup).unwrap();
+            let ml = report.cell(Workload::Prefs, Model::MultiLeader).unwrap();
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            ms(pb.write_p50(region).unwrap()) - ms(ml.write_p50(region).unwrap())
+        };
+        let home = explore(&options(Some(1)));
+        assert!(above_ml(&home, "r1") < 5.0, "{home}");
+        for region in ["r2", "r3"] {
+            let extra = above_ml(&home, region) / rtt;
+            assert!(
+                (0.8..1.3).contains(&extra),
+                "{region}: {extra} round trips\n{home}"
+            );
+        }
+        // Spread: two of the three regions are outside the leader's, at two round trips.
+        let spread = explore(&options(None));
+        let two = ["r1", "r2", "r3"]
+            .into_iter()
+            .filter(|r| (1.8..2.3).contains(&(above_ml(&spread, r) / rtt)))
+            .count();
+        assert!(two >= 2, "{spread}");
+        let e = ExploreOptions {
+            primary_home: Some(4),
+            ..ExploreOptions::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("r1 to r3"), "{e}");
     }
 }
