@@ -308,3 +308,37 @@ fn learner_4_2_1_a_learner_whose_messages_are_delayed_does_not_block_commits() {
     c.heartbeat(1);
     assert_eq!(c.app(4), c.app(1));
 }
+
+/// Thesis §4.1, "servers process incoming RPC requests without consulting their current
+/// configurations": a learner promoted by an entry it has not received yet still answers vote
+/// requests, so a candidate whose log holds the promotion (and which needs the new voter's
+/// vote) can win. etcd's raft allows learners to vote for the same reason.
+#[test]
+fn learner_4_1_a_promoted_learner_that_does_not_know_it_yet_still_answers_vote_requests() {
+    let mut c = with_learner(|_| {});
+    change(&mut c, 1, MembershipChange::PromoteLearner(n(4))).unwrap();
+    // Only n2 receives the promotion; then n1 crashes.
+    let to_n2 = |e: &Envelope| e.from == n(1) && e.to == n(2);
+    c.deliver_while(to_n2);
+    c.crash(1);
+    c.drop_where(|e| involves(e, 1));
+    assert_eq!(c.raft(2).voters(), &ids(&[1, 2, 3, 4]));
+    assert!(c.raft(4).is_learner(), "n4 has not heard of its promotion");
+    // n2 needs 3 votes of 4: its own, n3's and the learner's.
+    c.fire(2);
+    c.deliver_while(|e| {
+        !matches!(e.message.kind, MessageKind::VoteResponse { .. }) || e.from != n(4)
+    });
+    assert_eq!(
+        c.role(2),
+        Role::Candidate,
+        "n2 and n3 are not a majority of four"
+    );
+    c.deliver_all();
+    assert!(c.raft(2).is_leader());
+    assert!(
+        !c.raft(4).is_learner(),
+        "n4 learnt of its promotion from the new leader"
+    );
+    assert!(c.raft(4).poll_timeout().is_some());
+}
