@@ -342,3 +342,55 @@ fn learner_4_1_a_promoted_learner_that_does_not_know_it_yet_still_answers_vote_r
     );
     assert!(c.raft(4).poll_timeout().is_some());
 }
+
+/// Thesis §4.2.1 with §6.4, §6.4.1 and §6.2: learners count toward no quorum at all. With both
+/// other voters cut off and only the learner answering, a ReadIndex read is never confirmed, the
+/// lease is not renewed past the rounds the voters acknowledged, and CheckQuorum makes the
+/// leader step down.
+#[test]
+fn learner_4_2_1_a_learner_counts_toward_no_read_lease_or_check_quorum() {
+    let config = |config: &mut RaftConfig| {
+        config.check_quorum = true;
+        config.pre_vote = true;
+        config.lease_reads = true;
+    };
+    let mut c = Cluster::with(3, config);
+    c.add_joiner(4, config);
+    // Nobody votes during the first minimum election timeout after a start (leases).
+    c.advance(std::time::Duration::from_millis(100));
+    c.elect(1);
+    change(&mut c, 1, MembershipChange::AddLearner(n(4))).unwrap();
+    c.deliver_all();
+    c.heartbeat(1);
+    assert!(
+        c.raft(1).lease_read(c.now).is_some(),
+        "the voters renewed the lease"
+    );
+    let cut_at = c.now;
+    c.isolate(2);
+    c.isolate(3);
+    c.read_index(1, 7);
+    let lease = c.raft(1).config().election_timeout_min;
+    let mut beats = 0;
+    while c.raft(1).is_leader() {
+        c.heartbeat(1);
+        beats += 1;
+        assert!(beats <= 20, "CheckQuorum makes the leader step down");
+        assert!(
+            c.raft(1).lease_read(c.now).is_none() || c.now < cut_at + lease,
+            "the learner's acknowledgements renew no lease"
+        );
+    }
+    let read = c.events.iter().find_map(|(id, o)| match o {
+        crate::Output::ReadReady { ctx, .. } | crate::Output::ReadFailed { ctx, .. }
+            if *id == n(1) && ctx.0 == 7 =>
+        {
+            Some(o.clone())
+        }
+        _ => None,
+    });
+    assert!(
+        matches!(read, Some(crate::Output::ReadFailed { .. })),
+        "the read was never confirmed: {read:?}"
+    );
+}
