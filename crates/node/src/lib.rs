@@ -70,7 +70,8 @@ const HLC_CEILING_KEY: &[u8] = b"hlc/ceiling";
 /// Version 2 added the messages of the `siblings`, `counter`, `set` and `map` merge policies;
 /// version 3 the primary-backup model's; version 4 sloppy quorums, hinted handoff and
 /// anti-entropy; version 5 the multi-leader model's; version 6 the metadata group's (catalog
-/// entries versioned by its log index); version 7 keyspace home regions.
+/// entries versioned by its log index); version 7 keyspace home regions and Raft learners
+/// (configurations in membership entries and snapshots carry learners).
 pub const WIRE_VERSION: u8 = 7;
 
 /// Everything nodes say to each other.

@@ -71,9 +71,16 @@ pub struct RaftConfig {
     /// whose state is durable (`applied_index` never behind the snapshot at start) and whose
     /// materialized state is never empty bytes.
     pub snapshots_on_demand: bool,
+    /// A learner may be promoted to voter only while it holds the leader's log up to at most
+    /// this many entries behind the leader's last index, as the leader last heard (thesis
+    /// §4.2.1: a new voter that must catch up first would stall commits of a small group).
+    pub learner_promotion_lag_entries_max: u64,
     /// PLANTED BUG for checker tests: the leader commits entries it alone holds. Never set
     /// outside tests.
     pub bug_commit_without_majority: bool,
+    /// PLANTED BUG for checker tests: the leader counts learners toward its commit quorum as if
+    /// they were voters. Never set outside tests.
+    pub bug_learner_counts_toward_commit: bool,
 }
 
 impl RaftConfig {
@@ -97,7 +104,9 @@ impl RaftConfig {
             lease_clock_drift_permille: 50,
             applied_index: LogIndex::ZERO,
             snapshots_on_demand: false,
+            learner_promotion_lag_entries_max: 64,
             bug_commit_without_majority: false,
+            bug_learner_counts_toward_commit: false,
         }
     }
 

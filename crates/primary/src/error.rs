@@ -68,6 +68,9 @@ pub enum TransferError {
     AlreadyLeader(NodeId),
     #[error("{0} is not a voter")]
     NotAVoter(NodeId),
+    /// A learner has no vote (thesis §4.2.1): promote it first.
+    #[error("{0} is a learner: it cannot be elected; promote it first")]
+    ToLearner(NodeId),
 }
 
 /// Why [`crate::Raft::change_membership`] did not append a configuration entry.
@@ -94,6 +97,26 @@ pub enum MembershipError {
     LastVoter,
     #[error("{voters} voters, at most {max}")]
     TooManyVoters { voters: usize, max: usize },
+    #[error("{members} members (voters and learners), at most {max}")]
+    TooManyMembers { members: usize, max: usize },
+    #[error("{0} is already a learner")]
+    AlreadyLearner(NodeId),
+    #[error("{0} is not a learner")]
+    NotALearner(NodeId),
+    /// Adding a voter directly would stall commits while it catches up (thesis §4.2.1).
+    #[error("{0} is a learner: promote it instead of adding it as a voter")]
+    IsLearner(NodeId),
+    /// Thesis §4.2.1: a learner is promoted only once it holds nearly all of the leader's log,
+    /// so that the new configuration's quorums do not wait for it to catch up.
+    #[error(
+        "learner {learner} is not caught up: it holds the log up to {match_index}, the leader up to {last_index} (at most {lag_max} entries behind allowed)"
+    )]
+    LearnerBehind {
+        learner: NodeId,
+        match_index: LogIndex,
+        last_index: LogIndex,
+        lag_max: u64,
+    },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }

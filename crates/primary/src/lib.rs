@@ -3,7 +3,7 @@
 //! [`Raft`] is one member of one Raft group, written from the Raft paper (Ongaro & Ousterhout,
 //! extended version; section numbers `§5.x` below refer to it) and Ongaro's thesis (PreVote
 //! §9.6, CheckQuorum §6.2, leadership transfer §3.10, ReadIndex §6.4, single-server membership
-//! changes §4.1), in the shape of raft-rs's `RawNode`/`Ready` and quinn-proto: it never reads a
+//! changes §4.1 with learners that catch up before they vote §4.2.1), in the shape of raft-rs's `RawNode`/`Ready` and quinn-proto: it never reads a
 //! clock, draws randomness only from the injected [`triarch_core::DetRng`] (election timeout
 //! jitter), and touches no socket or file.
 //!
@@ -15,7 +15,9 @@
 //! - **Inputs**: [`Raft::handle_message`]`(env, from, message)`, [`Raft::handle_timeout`]`(env)`,
 //!   [`Raft::propose`]`(env, data) -> Result<LogIndex, ProposeError>`,
 //!   [`Raft::read_index`]`(now, ctx)`, [`Raft::transfer_leadership`]`(now, to)`,
-//!   [`Raft::change_membership`]`(env, AddVoter | RemoveVoter)`,
+//!   [`Raft::change_membership`]`(env, AddLearner | PromoteLearner | RemoveLearner | AddVoter |
+//!   RemoveVoter)` (see [`MembershipChange`]; [`Raft::voters`], [`Raft::learners`],
+//!   [`Raft::learner_progress`] show the configuration and how far each learner caught up),
 //!   [`Raft::compact`]`(env, index, snapshot_bytes)`. An [`Env`] carries `now` and the storage
 //!   the step stages its writes in.
 //! - **Outputs**: [`Raft::poll_output`] yields [`Output`]s: `Send { to, message }`,
@@ -79,16 +81,20 @@
 //! every step, then checks that a healed cluster commits again; a bounded model checker
 //! explores every interleaving of a three-server cluster. A planted bug
 //! ([`RaftConfig::bug_commit_without_majority`]) shows both the simulation's checker and the
-//! model checker fail when they should. `TRIARCH_RAFT_SEED=<n>` replays one simulation seed;
+//! model checker fail when they should; another
+//! ([`RaftConfig::bug_learner_counts_toward_commit`]) shows the simulation's seeds that add
+//! servers as learners catch a learner counted toward a commit. `TRIARCH_RAFT_SEED=<n>` replays one simulation seed;
 //! `TRIARCH_MODEL_DEPTH` (and friends, see `tests/model.rs`) deepens the model checker.
 //!
 //! # Not built yet
 //!
 //! - Snapshots are sent whole in one message and held in memory; no chunking, no streaming
 //!   from the application's own tables.
-//! - New voters are added without a catch-up phase (thesis §4.2.1) and there are no
-//!   non-voting learners; a removed server is not told it was removed (the node should stop
-//!   its member when a committed configuration excludes it).
+//! - Learners are promoted on the leader's word that they are within
+//!   [`RaftConfig::learner_promotion_lag_entries_max`] entries of its log, not after the
+//!   thesis's timed catch-up rounds (§4.2.1); the node does not yet add servers as learners.
+//!   A removed server is not told it was removed (the node should stop its member when a
+//!   committed configuration excludes it).
 //! - Only the leader serves reads (`read_index`, or `lease_read` with
 //!   [`RaftConfig::lease_reads`]); no follower reads.
 //! - With [`RaftConfig::parallel_append`] (what the node runs), appends leave before the

@@ -160,22 +160,27 @@ impl RaftLog {
 
     /// The latest configuration in the log, committed or not (thesis §4.1), with the index of
     /// the entry that set it (the snapshot's index if none after it did).
-    pub fn latest_voters(&self) -> (LogIndex, &BTreeSet<NodeId>) {
-        self.voters_at(self.last_index())
+    pub fn latest_config(&self) -> (LogIndex, &BTreeSet<NodeId>, &BTreeSet<NodeId>) {
+        self.config_at(self.last_index())
     }
 
-    /// The configuration in force at `index` (at or after the snapshot).
-    pub fn voters_at(&self, index: LogIndex) -> (LogIndex, &BTreeSet<NodeId>) {
+    /// The configuration in force at `index` (at or after the snapshot): the index of the entry
+    /// that set it, its voters and its learners.
+    pub fn config_at(&self, index: LogIndex) -> (LogIndex, &BTreeSet<NodeId>, &BTreeSet<NodeId>) {
         assert!(index >= self.snapshot.index && index <= self.last_index());
         let end = self.position(index).map_or(0, |p| p + 1);
         self.entries[..end]
             .iter()
             .rev()
             .find_map(|e| match &e.data {
-                EntryData::Membership { voters } => Some((e.index, voters)),
+                EntryData::Membership { voters, learners } => Some((e.index, voters, learners)),
                 _ => None,
             })
-            .unwrap_or((self.snapshot.index, &self.snapshot.voters))
+            .unwrap_or((
+                self.snapshot.index,
+                &self.snapshot.voters,
+                &self.snapshot.learners,
+            ))
     }
 
     /// Replaces the prefix up to `snapshot.index` (which this log holds) by `snapshot` (§7).
@@ -355,6 +360,7 @@ mod tests {
             index: LogIndex(index),
             term: Term(term),
             voters: [NodeId(1)].into(),
+            learners: Default::default(),
             data: bytes::Bytes::new(),
         };
         log.install(&mut disk, T, snapshot(2, 1)).unwrap();

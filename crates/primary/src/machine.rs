@@ -1033,6 +1033,7 @@ mod tests {
             index: LogIndex(3000),
             term: crate::Term(1),
             voters: [NodeId(1)].into(),
+            learners: Default::default(),
             data,
         };
         let mut other_disk = SimDisk::new();

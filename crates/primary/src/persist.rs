@@ -3,11 +3,18 @@
 //! | key | value |
 //! |---|---|
 //! | `h` | hard state: current term and vote (§5.1, Figure 2 "persistent state") |
-//! | `s` | the latest snapshot: index, term, voters, application bytes (§7) |
+//! | `s` | the latest snapshot: index, term, voters, learners, application bytes (§7) |
 //! | `e` + index (8 bytes, big-endian) | one log entry: term and data |
 //!
 //! Every value starts with [`FORMAT_VERSION`]. Big-endian indexes make a key-order scan a
 //! log-order scan.
+//!
+//! ## Versions
+//!
+//! - 1: configurations were voter sets only.
+//! - 2: configurations carry learners too (a snapshot's `learners`, a membership entry's
+//!   `learners`). Values written by version 1 are still read, as configurations without
+//!   learners; values are always written in the current version.
 //!
 //! ## Crash consistency
 //!
@@ -22,11 +29,14 @@
 use crate::error::RecoveryError;
 use crate::types::{Entry, EntryData, LogIndex, Snapshot, Term};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use std::collections::BTreeSet;
 use triarch_core::NodeId;
 use triarch_storage::{Storage, StorageError};
 
 /// The version byte in front of every stored value. Changing the layout means a new version.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+/// The version before learners: still decoded (see the module documentation).
+const FORMAT_VERSION_VOTERS_ONLY: u8 = 1;
 
 const HARD_STATE_KEY: &[u8] = b"h";
 const SNAPSHOT_KEY: &[u8] = b"s";
@@ -54,27 +64,85 @@ fn entry_key(index: LogIndex) -> [u8; 9] {
     key
 }
 
+/// Version 1's entry data: a membership entry held voters only.
+#[derive(Deserialize)]
+enum EntryDataV1 {
+    Noop,
+    Application(bytes::Bytes),
+    Membership { voters: BTreeSet<NodeId> },
+}
+
+#[derive(Deserialize)]
+struct StoredEntryV1 {
+    term: Term,
+    data: EntryDataV1,
+}
+
+/// Version 1's snapshot: no learners.
+#[derive(Deserialize)]
+struct SnapshotV1 {
+    index: LogIndex,
+    term: Term,
+    voters: BTreeSet<NodeId>,
+    data: bytes::Bytes,
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_extend(value, vec![FORMAT_VERSION]).expect("raft records always encode")
 }
 
-fn decode<T: DeserializeOwned>(table: &str, key: &[u8], bytes: &[u8]) -> Result<T, RecoveryError> {
+/// Decodes a value written in the current version as `T`, or in version 1 as `V1` converted by
+/// `upgrade`.
+fn decode_versioned<T: DeserializeOwned, V1: DeserializeOwned>(
+    table: &str,
+    key: &[u8],
+    bytes: &[u8],
+    upgrade: impl FnOnce(V1) -> T,
+) -> Result<T, RecoveryError> {
+    let undecodable = || RecoveryError::Undecodable {
+        table: table.to_string(),
+        key: key.to_vec(),
+    };
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, rest)) => {
-            postcard::from_bytes(rest).map_err(|_| RecoveryError::Undecodable {
-                table: table.to_string(),
-                key: key.to_vec(),
-            })
-        }
+        Some((&FORMAT_VERSION, rest)) => postcard::from_bytes(rest).map_err(|_| undecodable()),
+        Some((&FORMAT_VERSION_VOTERS_ONLY, rest)) => postcard::from_bytes(rest)
+            .map(upgrade)
+            .map_err(|_| undecodable()),
         Some((&version, _)) => Err(RecoveryError::UnknownFormat {
             table: table.to_string(),
             version,
         }),
-        None => Err(RecoveryError::Undecodable {
-            table: table.to_string(),
-            key: key.to_vec(),
-        }),
+        None => Err(undecodable()),
     }
+}
+
+/// For values whose layout did not change between versions.
+fn decode<T: DeserializeOwned>(table: &str, key: &[u8], bytes: &[u8]) -> Result<T, RecoveryError> {
+    decode_versioned(table, key, bytes, |same: T| same)
+}
+
+fn decode_snapshot(table: &str, key: &[u8], bytes: &[u8]) -> Result<Snapshot, RecoveryError> {
+    decode_versioned(table, key, bytes, |old: SnapshotV1| Snapshot {
+        index: old.index,
+        term: old.term,
+        voters: old.voters,
+        learners: BTreeSet::new(),
+        data: old.data,
+    })
+}
+
+fn decode_entry(table: &str, key: &[u8], bytes: &[u8]) -> Result<StoredEntry, RecoveryError> {
+    decode_versioned(table, key, bytes, |old: StoredEntryV1| StoredEntry {
+        term: old.term,
+        data: match old.data {
+            EntryDataV1::Noop => EntryData::Noop,
+            EntryDataV1::Application(data) => EntryData::Application(data),
+            EntryDataV1::Membership { voters } => EntryData::Membership {
+                voters,
+                learners: BTreeSet::new(),
+            },
+        },
+    })
 }
 
 pub(crate) fn put_hard_state<S: Storage>(
@@ -130,7 +198,7 @@ pub(crate) fn load<S: Storage>(storage: &S, table: &str) -> Result<Recovered, Re
         None => HardState::default(),
     };
     let snapshot: Option<Snapshot> = match storage.get(table, SNAPSHOT_KEY)? {
-        Some(bytes) => Some(decode(table, SNAPSHOT_KEY, &bytes)?),
+        Some(bytes) => Some(decode_snapshot(table, SNAPSHOT_KEY, &bytes)?),
         None => None,
     };
     let (snapshot_index, snapshot_term) = snapshot
@@ -153,7 +221,7 @@ pub(crate) fn load<S: Storage>(storage: &S, table: &str) -> Result<Recovered, Re
                     key: key.clone(),
                 })?;
             let index = LogIndex(u64::from_be_bytes(raw));
-            let stored: StoredEntry = decode(table, key, value)?;
+            let stored = decode_entry(table, key, value)?;
             if index <= snapshot_index {
                 stale.push(index);
                 continue;
@@ -230,6 +298,7 @@ mod tests {
             index: LogIndex(2),
             term: Term(1),
             voters: [NodeId(1)].into(),
+            learners: [NodeId(4)].into(),
             data: Bytes::from_static(b"state"),
         };
         put_snapshot(&mut d, T, &snapshot).unwrap();
@@ -278,5 +347,59 @@ mod tests {
             load(&d, T),
             Err(RecoveryError::UnknownFormat { version: 99, .. })
         ));
+    }
+
+    #[test]
+    fn version_1_values_are_read_as_configurations_without_learners() {
+        #[derive(Serialize)]
+        enum EntryDataV1Out {
+            _Noop,
+            _Application(Bytes),
+            Membership { voters: BTreeSet<NodeId> },
+        }
+        #[derive(Serialize)]
+        struct SnapshotV1Out {
+            index: LogIndex,
+            term: Term,
+            voters: BTreeSet<NodeId>,
+            data: Bytes,
+        }
+        fn v1<V: Serialize>(value: &V) -> Vec<u8> {
+            postcard::to_extend(value, vec![1]).unwrap()
+        }
+        let mut d = SimDisk::new();
+        let hard = v1(&HardState {
+            term: Term(2),
+            voted_for: None,
+        });
+        d.put(T, HARD_STATE_KEY, &hard).unwrap();
+        let voters: BTreeSet<NodeId> = [NodeId(1), NodeId(2)].into();
+        let snapshot = SnapshotV1Out {
+            index: LogIndex(1),
+            term: Term(1),
+            voters: voters.clone(),
+            data: Bytes::from_static(b"state"),
+        };
+        d.put(T, SNAPSHOT_KEY, &v1(&snapshot)).unwrap();
+        let entry = (
+            Term(2),
+            EntryDataV1Out::Membership {
+                voters: voters.clone(),
+            },
+        );
+        d.put(T, &entry_key(LogIndex(2)), &v1(&entry)).unwrap();
+        let r = load(&d, T).unwrap();
+        let s = r.snapshot.unwrap();
+        assert_eq!(
+            (s.index, &s.voters, s.learners.len()),
+            (LogIndex(1), &voters, 0)
+        );
+        assert_eq!(
+            r.entries[0].data,
+            EntryData::Membership {
+                voters,
+                learners: BTreeSet::new()
+            }
+        );
     }
 }

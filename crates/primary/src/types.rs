@@ -71,9 +71,14 @@ pub enum EntryData {
     Noop,
     /// An application command, opaque to Raft.
     Application(Bytes),
-    /// A new voter set differing from the previous one by exactly one server (thesis §4.1). It
-    /// takes effect as soon as it is in a server's log, committed or not.
-    Membership { voters: BTreeSet<NodeId> },
+    /// A new configuration differing from the previous one by exactly one server (thesis §4.1):
+    /// one voter or learner added or removed, or one learner promoted to voter. It takes effect
+    /// as soon as it is in a server's log, committed or not. Learners (thesis §4.2.1) receive
+    /// the log but never count toward a quorum; the two sets are disjoint.
+    Membership {
+        voters: BTreeSet<NodeId>,
+        learners: BTreeSet<NodeId>,
+    },
 }
 
 impl EntryData {
@@ -82,7 +87,9 @@ impl EntryData {
         match self {
             EntryData::Noop => 0,
             EntryData::Application(data) => data.len(),
-            EntryData::Membership { voters } => voters.len() * std::mem::size_of::<NodeId>(),
+            EntryData::Membership { voters, learners } => {
+                (voters.len() + learners.len()) * std::mem::size_of::<NodeId>()
+            }
         }
     }
 }
@@ -96,12 +103,13 @@ pub struct Entry {
 }
 
 /// The application's state at `index` (§7), with what Raft needs to continue the log after it:
-/// the term of the entry at `index` and the voter set in force there.
+/// the term of the entry at `index` and the configuration (voters and learners) in force there.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Snapshot {
     pub index: LogIndex,
     pub term: Term,
     pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
     /// Produced and consumed by the application; opaque to Raft.
     pub data: Bytes,
 }
@@ -113,6 +121,7 @@ impl Snapshot {
             index: LogIndex::ZERO,
             term: Term::ZERO,
             voters,
+            learners: BTreeSet::new(),
             data: Bytes::new(),
         }
     }

@@ -61,6 +61,11 @@ impl Raft {
     ) -> Result<(), StorageError> {
         // §5.2: one vote per term, first come first served; never for a candidate in a term
         // whose leader is known. §5.4.1: only for a candidate whose log is up to date.
+        // A learner answers too (thesis §4.1: servers answer without consulting their
+        // configuration): it may have been promoted without knowing yet, and a candidate that
+        // knows may need its vote (etcd's raft does the same). A candidate never asks, nor
+        // counts, a server that is a learner in its own configuration, so a learner's vote
+        // never elects anyone while it is a learner.
         let can_vote = self.voted_for == Some(from)
             || (self.voted_for.is_none() && self.term_leader.is_none());
         let granted = can_vote && self.log_up_to_date(last_index, last_term);

@@ -18,11 +18,20 @@ const ROUNDS_MAX: usize = 64;
 
 impl Raft {
     /// The largest value that a quorum of voters has reached: `own` for this server (if it
-    /// votes), `of(progress)` for the others.
+    /// votes), `of(progress)` for the others. Learners never count (thesis §4.2.1).
     pub(super) fn quorum_agreed<T: Ord + Copy>(&self, own: T, of: impl Fn(&Progress) -> T) -> T {
+        self.quorum_agreed_among(&self.voters, own, of)
+    }
+
+    /// [`Raft::quorum_agreed`] over `members`, with a majority of the voters as the quorum.
+    fn quorum_agreed_among<T: Ord + Copy>(
+        &self,
+        members: &std::collections::BTreeSet<NodeId>,
+        own: T,
+        of: impl Fn(&Progress) -> T,
+    ) -> T {
         let lead = self.lead.as_ref().expect("only a leader counts quorums");
-        let mut values: Vec<T> = self
-            .voters
+        let mut values: Vec<T> = members
             .iter()
             .map(|v| {
                 if *v == self.id {
@@ -42,7 +51,7 @@ impl Raft {
             return;
         };
         let Some(pr) = lead.progress.get_mut(&from) else {
-            return; // no longer a voter
+            return; // no longer a member
         };
         pr.recently_active = true;
         match outcome {
@@ -288,6 +297,10 @@ impl Raft {
         };
         let candidate = if self.config.bug_commit_without_majority {
             last_index
+        } else if self.config.bug_learner_counts_toward_commit {
+            // PLANTED BUG: learners' copies count as if they were voters' copies.
+            let members = self.voters.union(&self.learners).copied().collect();
+            self.quorum_agreed_among(&members, own, |pr| pr.match_index)
         } else {
             self.quorum_agreed(own, |pr| pr.match_index)
         };

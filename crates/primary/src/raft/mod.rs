@@ -78,11 +78,22 @@ pub struct SyncPoint {
     epoch: u64,
 }
 
-/// A single-server configuration change (thesis §4.1).
+/// A single-server configuration change (thesis §4.1), one at a time.
+///
+/// New servers should join as learners (thesis §4.2.1, "catching up new servers"): a learner
+/// receives the log (appends, heartbeats, snapshots) and applies it, but never campaigns and
+/// never counts toward an election, a commit, a ReadIndex round, a lease or CheckQuorum. Once it
+/// is caught up ([`RaftConfig::learner_promotion_lag_entries_max`]) it is promoted to voter; a
+/// voter added directly with an empty log would make a small group's commits wait for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MembershipChange {
+    /// Adds a voter directly (refused for a current learner: promote it instead).
     AddVoter(NodeId),
     RemoveVoter(NodeId),
+    AddLearner(NodeId),
+    /// Turns a learner into a voter; refused unless it is caught up.
+    PromoteLearner(NodeId),
+    RemoveLearner(NodeId),
 }
 
 /// How a leader replicates to one follower.
@@ -143,7 +154,7 @@ struct Transfer {
 /// State only a leader has.
 #[derive(Clone, Debug)]
 struct LeaderState {
-    /// One per voter other than this server.
+    /// One per voter and learner other than this server.
     progress: BTreeMap<NodeId, Progress>,
     heartbeat_deadline: Instant,
     check_quorum_deadline: Option<Instant>,
@@ -205,8 +216,10 @@ pub struct Raft {
     /// crashed, and has forgotten when; it refuses votes until this instant, one minimum
     /// election timeout after its start, as if it had just heard from that leader.
     votes_refused_until: Option<Instant>,
-    /// The latest configuration in the log, and the index of the entry that set it.
+    /// The latest configuration in the log (voters and learners, disjoint), and the index of
+    /// the entry that set it.
     voters: BTreeSet<NodeId>,
+    learners: BTreeSet<NodeId>,
     voters_index: LogIndex,
     /// Votes (or pre-votes) granted to this server's current campaign.
     votes: BTreeSet<NodeId>,
@@ -259,8 +272,8 @@ impl Raft {
             });
         }
         let log_last_index = log.last_index();
-        let (voters_index, voters) = log.latest_voters();
-        let (voters_index, voters) = (voters_index, voters.clone());
+        let (voters_index, voters, learners) = log.latest_config();
+        let (voters_index, voters, learners) = (voters_index, voters.clone(), learners.clone());
         let mut raft = Raft {
             id: config.id,
             table,
@@ -284,6 +297,7 @@ impl Raft {
                 .lease_reads
                 .then(|| now + config.election_timeout_min),
             voters,
+            learners,
             voters_index,
             votes: BTreeSet::new(),
             election_deadline: None,
@@ -327,13 +341,24 @@ impl Raft {
         self.leader
     }
 
-    /// On a leader, each follower's matched index (empty on other roles).
+    /// On a leader, each other voter's matched index (empty on other roles).
     pub fn follower_progress(&self) -> Vec<(NodeId, LogIndex)> {
+        self.progress_of(&self.voters)
+    }
+
+    /// On a leader, each learner's matched index (empty on other roles): how far it has caught
+    /// up, what [`MembershipChange::PromoteLearner`] checks.
+    pub fn learner_progress(&self) -> Vec<(NodeId, LogIndex)> {
+        self.progress_of(&self.learners)
+    }
+
+    fn progress_of(&self, members: &BTreeSet<NodeId>) -> Vec<(NodeId, LogIndex)> {
         self.lead
             .as_ref()
             .map(|lead| {
                 lead.progress
                     .iter()
+                    .filter(|(id, _)| members.contains(id))
                     .map(|(id, p)| (*id, p.match_index))
                     .collect()
             })
@@ -386,9 +411,20 @@ impl Raft {
         self.log.snapshot()
     }
 
-    /// The configuration in force: the latest in the log, committed or not (thesis §4.1).
+    /// The voters of the configuration in force: the latest in the log, committed or not
+    /// (thesis §4.1).
     pub fn voters(&self) -> &BTreeSet<NodeId> {
         &self.voters
+    }
+
+    /// The learners of the configuration in force (disjoint from the voters).
+    pub fn learners(&self) -> &BTreeSet<NodeId> {
+        &self.learners
+    }
+
+    /// Whether this server is a learner in the configuration it knows: it then never campaigns.
+    pub fn is_learner(&self) -> bool {
+        self.learners.contains(&self.id)
     }
 
     // ----- Outputs -----
@@ -462,8 +498,8 @@ impl Raft {
         Ok(index)
     }
 
-    /// Adds or removes one voter (thesis §4.1). The new configuration is in force as soon as it
-    /// is appended; another change may start once it is committed.
+    /// Adds, removes or promotes one server (thesis §4.1, §4.2.1). The new configuration is in
+    /// force as soon as it is appended; another change may start once it is committed.
     pub fn change_membership<S: Storage>(
         &mut self,
         env: &mut Env<'_, S>,
@@ -487,16 +523,14 @@ impl Raft {
             return Err(MembershipError::LeaderNotReady);
         }
         let mut voters = self.voters.clone();
+        let mut learners = self.learners.clone();
         match change {
             MembershipChange::AddVoter(id) => {
+                if learners.contains(&id) {
+                    return Err(MembershipError::IsLearner(id));
+                }
                 if !voters.insert(id) {
                     return Err(MembershipError::AlreadyVoter(id));
-                }
-                if voters.len() > NODES_MAX {
-                    return Err(MembershipError::TooManyVoters {
-                        voters: voters.len(),
-                        max: NODES_MAX,
-                    });
                 }
             }
             MembershipChange::RemoveVoter(id) => {
@@ -507,9 +541,53 @@ impl Raft {
                     return Err(MembershipError::LastVoter);
                 }
             }
+            MembershipChange::AddLearner(id) => {
+                if voters.contains(&id) {
+                    return Err(MembershipError::AlreadyVoter(id));
+                }
+                if !learners.insert(id) {
+                    return Err(MembershipError::AlreadyLearner(id));
+                }
+            }
+            MembershipChange::RemoveLearner(id) => {
+                if !learners.remove(&id) {
+                    return Err(MembershipError::NotALearner(id));
+                }
+            }
+            MembershipChange::PromoteLearner(id) => {
+                if !learners.remove(&id) {
+                    return Err(MembershipError::NotALearner(id));
+                }
+                // Thesis §4.2.1: promote only a learner that holds nearly all of the log, as
+                // acknowledged to this leader (a new leader knows nothing until it hears back).
+                let match_index = lead.progress[&id].match_index;
+                let last_index = self.log.last_index();
+                let lag_max = self.config.learner_promotion_lag_entries_max;
+                if last_index.distance_from(match_index) > lag_max {
+                    return Err(MembershipError::LearnerBehind {
+                        learner: id,
+                        match_index,
+                        last_index,
+                        lag_max,
+                    });
+                }
+                voters.insert(id);
+            }
+        }
+        if voters.len() > NODES_MAX {
+            return Err(MembershipError::TooManyVoters {
+                voters: voters.len(),
+                max: NODES_MAX,
+            });
+        }
+        if voters.len() + learners.len() > NODES_MAX {
+            return Err(MembershipError::TooManyMembers {
+                members: voters.len() + learners.len(),
+                max: NODES_MAX,
+            });
         }
         lead.replicate_pending = true;
-        let result = self.append_own(env, EntryData::Membership { voters });
+        let result = self.append_own(env, EntryData::Membership { voters, learners });
         let index = self.poison_on_error(result)?;
         tracing::info!(
             node = %self.id, group = self.config.group, term = self.term.0, index = index.0,
@@ -594,6 +672,9 @@ impl Raft {
         if to == self.id {
             return Err(TransferError::AlreadyLeader(to));
         }
+        if self.learners.contains(&to) {
+            return Err(TransferError::ToLearner(to));
+        }
         let Some(pr) = lead.progress.get_mut(&to) else {
             return Err(TransferError::NotAVoter(to));
         };
@@ -661,11 +742,12 @@ impl Raft {
             .log
             .term_at(index)
             .expect("applied entries are in the log");
-        let voters = self.log.voters_at(index).1.clone();
+        let (_, voters, learners) = self.log.config_at(index);
         let snapshot = Snapshot {
             index,
             term,
-            voters,
+            voters: voters.clone(),
+            learners: learners.clone(),
             data,
         };
         let materialized = !snapshot.data.is_empty();
@@ -721,9 +803,17 @@ impl Raft {
             self.applied, self.commit,
             "committed entries are emitted at once"
         );
-        let (voters_index, voters) = self.log.latest_voters();
+        let (voters_index, voters, learners) = self.log.latest_config();
         assert_eq!(voters_index, self.voters_index);
         assert_eq!(voters, &self.voters, "the latest configuration is in force");
+        assert_eq!(
+            learners, &self.learners,
+            "the latest configuration is in force"
+        );
+        assert!(
+            self.voters.is_disjoint(&self.learners),
+            "a server is a voter or a learner, not both"
+        );
         if let Some(leader) = self.leader {
             assert_eq!(self.term_leader, Some(leader));
         }
@@ -737,10 +827,14 @@ impl Raft {
                 let expected: BTreeSet<NodeId> = self
                     .voters
                     .iter()
+                    .chain(&self.learners)
                     .copied()
                     .filter(|v| *v != self.id)
                     .collect();
-                assert_eq!(followers, expected, "progress is tracked for every voter");
+                assert_eq!(
+                    followers, expected,
+                    "progress is tracked for every voter and learner"
+                );
                 for pr in lead.progress.values() {
                     assert!(pr.match_index <= last_index);
                     assert!(pr.match_index < pr.next_index);
@@ -801,7 +895,7 @@ impl Raft {
             self.applied,
         )
             .hash(h);
-        (&self.voters, self.voters_index, &self.votes).hash(h);
+        (&self.voters, &self.learners, self.voters_index, &self.votes).hash(h);
         (
             self.election_deadline.is_some(),
             self.leader_contact.is_some(),
@@ -1082,9 +1176,11 @@ impl Raft {
         self.election_deadline = None;
         self.votes.clear();
         let next = self.log.last_index().next();
+        // Learners get the log too (thesis §4.2.1), but count toward nothing.
         let progress = self
             .other_voters()
             .into_iter()
+            .chain(self.learners.iter().copied())
             .map(|v| (v, Progress::new(next)))
             .collect();
         self.lead = Some(LeaderState {
@@ -1286,22 +1382,26 @@ impl Raft {
     }
 
     /// Rebuilds the configuration in force from the log (after it changed) and adjusts the
-    /// leader's followers and the election timer to it.
+    /// leader's followers and the election timer to it. A server that finds itself a learner
+    /// (or removed) stops campaigning: no election timer.
     fn refresh_voters(&mut self) {
-        let (index, voters) = self.log.latest_voters();
+        let (index, voters, learners) = self.log.latest_config();
         self.voters_index = index;
-        if *voters == self.voters {
+        if *voters == self.voters && *learners == self.learners {
             return;
         }
         self.voters = voters.clone();
+        self.learners = learners.clone();
         tracing::debug!(
             node = %self.id, group = self.config.group, voters = ?self.voters,
-            "configuration changed"
+            learners = ?self.learners, "configuration changed"
         );
         if let Some(lead) = &mut self.lead {
             let next = self.log.last_index().next();
-            lead.progress.retain(|v, _| self.voters.contains(v));
-            for v in &self.voters {
+            // A promoted learner keeps its progress: it is caught up.
+            lead.progress
+                .retain(|v, _| self.voters.contains(v) || self.learners.contains(v));
+            for v in self.voters.iter().chain(&self.learners) {
                 if *v != self.id {
                     lead.progress
                         .entry(*v)

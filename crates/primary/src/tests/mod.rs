@@ -4,6 +4,7 @@
 //! its disk, and the cluster-wide safety checker.
 
 mod cluster;
+mod learners;
 mod model;
 mod paper;
 mod sim;

@@ -4,7 +4,9 @@
 //! message latency (hence reordering), loss and duplication, partitions (one-way too), crashes
 //! that lose unsynced writes (keeping a random prefix of them, as fjall's journal may), restarts,
 //! and a client that proposes, reads, compacts, changes membership and transfers leadership.
-//! Five servers exist; three start as voters and two as joiners that membership changes may add.
+//! Five servers exist; three start as voters and two as joiners that membership changes may add:
+//! on half the seeds directly as voters, on the other half as learners (thesis §4.2.1) that are
+//! then promoted (once caught up) or removed, so that a voter can be removed in turn.
 //!
 //! The driver follows persist-then-send exactly: a step's outputs wait for the next sync of its
 //! server's disk (one sync covers every step before it: group commit); a crash drops them with
@@ -31,6 +33,16 @@ const SAFETY_EVENTS: usize = 20_000;
 const CRASH_AT_SYNC_CHANCE: f64 = 0.002;
 /// Virtual time the healed cluster gets to commit a command everywhere.
 const LIVENESS_BOUND: Duration = Duration::from_secs(30);
+
+/// A deliberately broken Raft, to show that the checkers catch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Planted {
+    None,
+    /// `RaftConfig::bug_commit_without_majority`.
+    CommitWithoutMajority,
+    /// `RaftConfig::bug_learner_counts_toward_commit` (the seed always uses learners).
+    LearnerCountsTowardCommit,
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Faults {
@@ -81,10 +93,13 @@ struct Sim {
     reads: u64,
     steps: u64,
     membership_changes: u64,
+    /// New servers join as learners, then are promoted.
+    learners: bool,
+    promotions: u64,
 }
 
 impl Sim {
-    fn new(seed: u64, bug: bool) -> Sim {
+    fn new(seed: u64, planted: Planted) -> Sim {
         let mut rng = DetRng::seed_from_u64(seed);
         let pre_vote = rng.chance(0.5);
         let check_quorum = rng.chance(0.5);
@@ -98,6 +113,9 @@ impl Sim {
             crashes: rng.chance(0.7),
             partitions: rng.chance(0.7),
         };
+        let learners = rng.chance(0.5) || planted == Planted::LearnerCountsTowardCommit;
+        // How far behind a learner may be promoted: 0 refuses most promotions under load.
+        let learner_promotion_lag_entries_max = [0, 8, 64][rng.below(3) as usize];
         let servers = (1..=SERVERS)
             .map(|id| {
                 let voters = if INITIAL_VOTERS.contains(&id) {
@@ -114,7 +132,10 @@ impl Sim {
                 config.entries_per_append_max = entries_per_append_max;
                 config.appends_in_flight_max = appends_in_flight_max;
                 config.append_bytes_max = append_bytes_max;
-                config.bug_commit_without_majority = bug;
+                config.learner_promotion_lag_entries_max = learner_promotion_lag_entries_max;
+                config.bug_commit_without_majority = planted == Planted::CommitWithoutMajority;
+                config.bug_learner_counts_toward_commit =
+                    planted == Planted::LearnerCountsTowardCommit;
                 let server = Server {
                     member: Member::new(config, rng.fork(), Instant::ZERO),
                     held: Vec::new(),
@@ -141,6 +162,8 @@ impl Sim {
             reads: 0,
             steps: 0,
             membership_changes: 0,
+            learners,
+            promotions: 0,
         }
     }
 
@@ -337,10 +360,20 @@ impl Sim {
                 })?;
             }
         } else if roll < 94 {
-            let voters = self.servers[&target].member.raft().voters().clone();
+            let raft = self.servers[&target].member.raft();
+            let voters = raft.voters().clone();
+            let learners = raft.learners().clone();
             let node = NodeId(self.rng.between(1, u64::from(SERVERS)) as u32);
             let change = if voters.contains(&node) {
                 (voters.len() > 3).then_some(MembershipChange::RemoveVoter(node))
+            } else if learners.contains(&node) {
+                Some(if self.rng.chance(0.8) {
+                    MembershipChange::PromoteLearner(node)
+                } else {
+                    MembershipChange::RemoveLearner(node)
+                })
+            } else if self.learners {
+                Some(MembershipChange::AddLearner(node))
             } else {
                 Some(MembershipChange::AddVoter(node))
             };
@@ -348,7 +381,10 @@ impl Sim {
                 let done = self.step(target, |raft, env| {
                     raft.change_membership(env, change).is_ok()
                 })?;
-                self.membership_changes += u64::from(done == Some(true));
+                let done = done == Some(true);
+                self.membership_changes += u64::from(done);
+                self.promotions +=
+                    u64::from(done && matches!(change, MembershipChange::PromoteLearner(_)));
             }
         } else {
             let to = NodeId(self.rng.between(1, u64::from(SERVERS)) as u32);
@@ -510,7 +546,8 @@ impl Sim {
         let Some(leader) = self.up().find(|r| r.is_leader()) else {
             return false;
         };
-        leader.voters().iter().all(|id| {
+        // Learners too: they must catch up once the faults stop.
+        leader.voters().iter().chain(leader.learners()).all(|id| {
             self.servers[id]
                 .member
                 .app
@@ -543,9 +580,9 @@ fn seeds(default: std::ops::Range<u64>) -> Vec<u64> {
 /// cluster commits again (liveness).
 #[test]
 fn sim_random_faults_never_break_safety_and_a_healed_cluster_makes_progress() {
-    let mut totals = (0, 0, 0);
+    let mut totals = (0, 0, 0, 0);
     for seed in seeds(0..100) {
-        let mut sim = Sim::new(seed, false);
+        let mut sim = Sim::new(seed, Planted::None);
         let faults = sim.faults;
         if let Err(violation) = sim.run(SAFETY_EVENTS) {
             panic!(
@@ -553,22 +590,29 @@ fn sim_random_faults_never_break_safety_and_a_healed_cluster_makes_progress() {
             );
         }
         eprintln!(
-            "seed {seed}: applied {} steps {} commands {} reads {} membership {} virtual {:?} faults {:?}",
+            "seed {seed}: applied {} steps {} commands {} reads {} membership {} (learners {}, promotions {}) virtual {:?} faults {:?}",
             sim.checker.applied_count(),
             sim.steps,
             sim.commands,
             sim.reads,
             sim.membership_changes,
+            sim.learners,
+            sim.promotions,
             Duration::from_micros(sim.now.as_micros()),
             faults
         );
         totals.0 += sim.checker.applied_count();
         totals.1 += sim.membership_changes;
         totals.2 += sim.steps;
+        totals.3 += sim.promotions;
     }
-    // The runs did something: entries were applied and configurations changed.
-    assert!(totals.0 > 1_000, "applied {totals:?}");
-    assert!(totals.1 > 10, "membership changes {totals:?}");
+    // The runs did something: entries were applied, configurations changed, learners were
+    // promoted (in a replay of one seed, any of these may be zero).
+    if seeds(0..100).len() > 1 {
+        assert!(totals.0 > 1_000, "applied {totals:?}");
+        assert!(totals.1 > 10, "membership changes {totals:?}");
+        assert!(totals.3 > 5, "promotions {totals:?}");
+    }
 }
 
 /// A test must be able to fail: with the planted bug (a leader commits what it alone holds),
@@ -577,13 +621,34 @@ fn sim_random_faults_never_break_safety_and_a_healed_cluster_makes_progress() {
 fn sim_the_checker_catches_a_planted_commit_without_majority_bug() {
     let mut caught = Vec::new();
     for seed in 0..20 {
-        let mut sim = Sim::new(seed, true);
+        let mut sim = Sim::new(seed, Planted::CommitWithoutMajority);
         match sim.run(SAFETY_EVENTS) {
             Err(v @ Violation::NoProgress { .. }) => panic!("seed {seed}: unexpected {v}"),
             Err(v) => caught.push((seed, v)),
             Ok(()) => {}
         }
         if caught.len() >= 3 {
+            return;
+        }
+    }
+    panic!("the planted bug went unnoticed; caught: {caught:?}");
+}
+
+/// A test must be able to fail, with learners too: with the planted bug (a leader counts
+/// learners' copies toward its commit quorum), some seed that runs membership changes through
+/// learners breaks a safety property the checker sees.
+#[test]
+fn sim_the_checker_catches_a_planted_learner_counted_toward_commit_bug() {
+    let mut caught = Vec::new();
+    for seed in 0..50 {
+        let mut sim = Sim::new(seed, Planted::LearnerCountsTowardCommit);
+        match sim.run(SAFETY_EVENTS) {
+            Err(v @ Violation::NoProgress { .. }) => panic!("seed {seed}: unexpected {v}"),
+            Err(v) => caught.push((seed, v)),
+            Ok(()) => {}
+        }
+        if caught.len() >= 2 {
+            eprintln!("caught: {caught:?}");
             return;
         }
     }
