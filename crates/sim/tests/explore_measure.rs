@@ -235,6 +235,37 @@ mod explore {
         assert!(a.to_string().contains("anti-entropy keys repaired"));
         let off = explore(&base);
         assert_eq!(off.cells[0].anti_entropy_keys_repaired, None);
+        // Anti-entropy reaches the leaderless runs only, and a read policy the
+        // primary-backup ones only: the other models' cells stay as they were.
+        let every = ExploreOptions {
+            models: Model::ALL.to_vec(),
+            ..base.clone()
+        };
+        let plain = explore(&every);
+        let with_ae = explore(&ExploreOptions {
+            anti_entropy: true,
+            ..every.clone()
+        });
+        let with_read = explore(&ExploreOptions {
+            read: Some(ReadPolicy::Lease),
+            ..every
+        });
+        for model in [Model::PrimaryBackup, Model::MultiLeader] {
+            assert_eq!(
+                plain.cell(Workload::Prefs, model),
+                with_ae.cell(Workload::Prefs, model)
+            );
+        }
+        for model in [Model::Leaderless, Model::MultiLeader] {
+            assert_eq!(
+                plain.cell(Workload::Prefs, model),
+                with_read.cell(Workload::Prefs, model)
+            );
+        }
+        assert_ne!(
+            plain.cell(Workload::Prefs, Model::Leaderless),
+            with_ae.cell(Workload::Prefs, Model::Leaderless)
+        );
         assert!(
             off.json_lines()
                 .contains("\"anti_entropy_keys_repaired\":null")

@@ -20,7 +20,11 @@
 //! | `prefs` | L (registers) | MR (`lww`) | A (single-writer `lww` registers) |
 //! | `custom` | L + [`CustomMix`] | MR + mix | LR + mix |
 //!
-//! A (model, workload) pair that runs in two rows (L) runs once.
+//! A (model, workload) pair that runs in two rows (L) runs once. The leaderless keyspaces'
+//! N/R/W, the register keyspaces' merge policy, the primary-backup read policy and
+//! anti-entropy are options ([`ExploreOptions::n`], [`ExploreOptions::merge`],
+//! [`ExploreOptions::read`], [`ExploreOptions::anti_entropy`]), each reaching only the runs of
+//! its model.
 //!
 //! ## What is measured
 //!
@@ -28,7 +32,10 @@
 //! region (after a 1 s warm-up), messages sent per acknowledged write, conflicts, merges and
 //! LWW discards, aborted transactions, read repairs and hinted writes, stale reads
 //! ([`staleness`]), the balance's anomalies ([`anomalies`]), writes that succeeded through a
-//! cut-off region and elsewhere meanwhile, checker verdicts; for the HTML report ([`html`]),
+//! cut-off region and elsewhere meanwhile, checker verdicts, reads answered with siblings
+//! (`--merge siblings`), the time from the final heal until every replica agrees
+//! ([`crate::ExploreSettings`], [`Simulation::time_to_converge`]), anti-entropy keys repaired
+//! and bytes sent (`--anti-entropy`); for the HTML report ([`html`]),
 //! every latency and the first seed's availability timeline and fault windows.
 //!
 //! [`Report`]'s `Display` is the terminal table, [`Report::json_lines`] one JSON object per
