@@ -19,6 +19,9 @@ use triarch_storage::Storage;
 /// this resolution.
 pub const CONVERGENCE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Per host: (incarnation, syncs, staged writes) ([`Simulation::disks_fingerprint`]).
+type DisksFingerprint = Vec<(u64, u64, usize)>;
+
 /// The settings of an explorer run. `Default`: the keyspaces' own settings, anti-entropy off.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExploreSettings {
@@ -47,7 +50,7 @@ pub(super) struct ExploreRun {
     pub(super) checks: u64,
     /// What every disk looked like at the last check ([`Simulation::disks_fingerprint`]) and
     /// whether the replicas agreed then: unchanged disks need no new comparison.
-    pub(super) last_check: Option<(Vec<(u64, u64, usize)>, bool)>,
+    pub(super) last_check: Option<(DisksFingerprint, bool)>,
 }
 
 impl ExploreSettings {
@@ -168,7 +171,7 @@ impl Simulation {
     /// (staged writes included) change only by a write, which adds a staged write until a sync
     /// (counted) takes them all, or by a crash (a new incarnation): equal fingerprints, equal
     /// contents.
-    fn disks_fingerprint(&self) -> Vec<(u64, u64, usize)> {
+    fn disks_fingerprint(&self) -> DisksFingerprint {
         self.hosts
             .iter()
             .map(|h| {
