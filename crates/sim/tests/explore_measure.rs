@@ -152,6 +152,11 @@ mod explore {
         assert_eq!(stale(&linearizable), 0, "{linearizable}");
         assert!(stale(&bounded) > 0, "{bounded}");
         assert!(bounded.json_lines().contains("\"read\":\"bounded:2000\""));
+        let again = explore(&ExploreOptions {
+            read: Some(ReadPolicy::Bounded { max_lag_ms: 2_000 }),
+            ..only(Workload::Custom, Model::PrimaryBackup)
+        });
+        assert_eq!(again.to_string(), explore(&again.options).to_string());
     }
 
     /// Under `siblings`, concurrent writes to a key leave siblings that reads then return; under
@@ -166,6 +171,11 @@ mod explore {
             merge: Some(MergePolicy::Siblings),
             ..base.clone()
         });
+        let again = explore(&ExploreOptions {
+            merge: Some(MergePolicy::Siblings),
+            ..base.clone()
+        });
+        assert_eq!(siblings.json_lines(), again.json_lines());
         let n = siblings.cells[0].siblings_returned;
         assert!(n.is_some_and(|n| n > 0), "{siblings}");
         assert!(siblings.to_string().contains("siblings returned"));
