@@ -22,6 +22,9 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once per process: the explorer's many flags make its variant large, and that costs
+// nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one node from its configuration file.
@@ -145,6 +148,27 @@ struct ExploreArgs {
     /// Leaderless keyspaces use sloppy quorums (hinted handoff) instead of strict ones.
     #[arg(long)]
     sloppy: bool,
+    /// Leaderless keyspaces: replicas per key (default 3).
+    #[arg(long)]
+    n: Option<u8>,
+    /// Leaderless keyspaces: replies a read waits for (default: a majority of N).
+    #[arg(long)]
+    r: Option<u8>,
+    /// Leaderless keyspaces: acknowledgements a write waits for (default: a majority of N).
+    #[arg(long)]
+    w: Option<u8>,
+    /// The leaderless register keyspaces' merge policy (balance and custom workloads): lww or
+    /// siblings (default lww).
+    #[arg(long)]
+    merge: Option<String>,
+    /// Primary-backup keyspaces' read policy: linearizable, lease, session or bounded:<ms>
+    /// (default: linearizable, by leases on odd seeds and ReadIndex on even ones).
+    #[arg(long)]
+    read: Option<String>,
+    /// Leaderless keyspaces run Merkle anti-entropy (every node compares each range with each
+    /// peer at most once a second); off by default.
+    #[arg(long)]
+    anti_entropy: bool,
     /// Also crash a node (sometimes two) in fault windows; it restarts over its disk.
     #[arg(long)]
     crash: bool,
@@ -511,6 +535,25 @@ fn explore(args: ExploreArgs) -> Result<()> {
                     })?,
             ),
         },
+        n: args.n,
+        r: args.r,
+        w: args.w,
+        merge: match &args.merge {
+            None => None,
+            Some(name) => Some(explore::parse_merge(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--merge {name}: lww or siblings (the register keyspaces' policies)"
+                )
+            })?),
+        },
+        read: match &args.read {
+            None => None,
+            Some(text) => Some(
+                triarch_core::ReadPolicy::parse(text)
+                    .map_err(|e| anyhow::anyhow!("--read {text}: {e}"))?,
+            ),
+        },
+        anti_entropy: args.anti_entropy,
         mix: explore::CustomMix {
             reads: args.reads,
             keys: args.keys,

@@ -119,8 +119,8 @@ pub use merged::{MergedFunction, MergedHistory, MergedWorkload, ReadResult};
 pub use nemesis::{Fault, FaultWindow};
 pub use network::NetworkSpec;
 pub use simulation::{
-    CLIENT_TIMEOUT, FINAL_READ_SETTLE, RegionStats, SETTLE, Simulation, WALL_CLOCK_START_MS,
-    key_bytes,
+    CLIENT_TIMEOUT, CONVERGENCE_CHECK_INTERVAL, ExploreSettings, FINAL_READ_SETTLE, RegionStats,
+    SETTLE, Simulation, WALL_CLOCK_START_MS, key_bytes,
 };
 
 use std::fmt;

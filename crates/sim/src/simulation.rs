@@ -50,7 +50,10 @@ const DISK_SYNC_MICROS_MAX: u64 = 500;
 /// A run that processes more events than this is livelocked (a timer that never advances).
 const EVENTS_MAX: u64 = 20_000_000;
 
+mod explore_run;
 mod regions;
+
+pub use explore_run::{CONVERGENCE_CHECK_INTERVAL, ExploreSettings};
 
 pub use regions::RegionStats;
 
@@ -121,6 +124,8 @@ enum Event {
     FinalHeal,
     FinalReads,
     Finish,
+    /// Explorer runs: compare the replicas ([`ExploreSettings`]).
+    ConvergenceCheck,
 }
 
 /// An event in the queue. Ordered by (time, sequence number): ties between events due at the
@@ -233,6 +238,8 @@ pub struct Simulation {
     windows: Vec<FaultWindow>,
     /// Messages nodes sent during the main phase (for [`crate::explore`]).
     messages_main: u64,
+    /// Explorer runs only ([`Simulation::for_explore_with`]).
+    explore: Option<explore_run::ExploreRun>,
 }
 
 impl Simulation {
@@ -406,8 +413,52 @@ impl Simulation {
         Simulation::build(seed, options, workload, leaderless, false, regions, mix)
     }
 
+    /// [`Simulation::for_explore`] with the explorer's keyspace settings (`settings`), a count
+    /// of reads answered with siblings ([`Simulation::siblings_reads`]) and the replicas
+    /// compared after the final heal ([`Simulation::time_to_converge`]).
+    pub fn for_explore_with(
+        seed: u64,
+        options: &SimOptions,
+        workload: Option<MergedWorkload>,
+        regions: &RegionOptions,
+        mix: Option<&Mix>,
+        leaderless: Option<LeaderlessConfig>,
+        settings: ExploreSettings,
+    ) -> Self {
+        let mut sim =
+            Simulation::build_unstarted(seed, options, workload, leaderless, false, regions, mix);
+        sim.explore = Some(explore_run::ExploreRun {
+            settings,
+            ..Default::default()
+        });
+        sim.start()
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn build(
+        seed: u64,
+        options: &SimOptions,
+        merged: Option<MergedWorkload>,
+        leaderless_config: Option<LeaderlessConfig>,
+        anti_entropy_only: bool,
+        regions: &RegionOptions,
+        mix: Option<&Mix>,
+    ) -> Self {
+        Simulation::build_unstarted(
+            seed,
+            options,
+            merged,
+            leaderless_config,
+            anti_entropy_only,
+            regions,
+            mix,
+        )
+        .start()
+    }
+
+    /// [`Simulation::build`] up to starting the nodes and scheduling the run.
+    #[allow(clippy::too_many_arguments)]
+    fn build_unstarted(
         seed: u64,
         options: &SimOptions,
         merged: Option<MergedWorkload>,
@@ -516,7 +567,7 @@ impl Simulation {
                 (idle, Some(run))
             }
         };
-        let mut sim = Simulation {
+        Simulation {
             seed,
             options: options.clone(),
             now: Instant::ZERO,
@@ -546,24 +597,31 @@ impl Simulation {
             regional,
             windows: Vec::new(),
             messages_main: 0,
-        };
-        let network = sim.network.describe();
-        sim.log(format!("start: {} nodes, {network}", options.nodes));
-        for id in ids {
-            sim.start_node(id);
+            explore: None,
         }
-        let starts = match &mut sim.merged {
+    }
+
+    /// Starts the nodes and the clients and schedules the run (the end of [`Simulation::build`]).
+    fn start(mut self) -> Self {
+        let network = self.network.describe();
+        let nodes = self.options.nodes;
+        self.log(format!("start: {nodes} nodes, {network}"));
+        let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
+        for id in ids {
+            self.start_node(id);
+        }
+        let starts = match &mut self.merged {
             Some(run) => run.clients.start(),
-            None => sim.workload.start(),
+            None => self.workload.start(),
         };
         for (process, delay) in starts {
-            sim.schedule(delay, Event::ClientWake { process });
+            self.schedule(delay, Event::ClientWake { process });
         }
-        if !sim.nemesis.is_idle() {
-            sim.schedule(QUIET_START, Event::FaultsOn);
+        if !self.nemesis.is_idle() {
+            self.schedule(QUIET_START, Event::FaultsOn);
         }
-        sim.schedule(options.duration, Event::FinalHeal);
-        sim
+        self.schedule(self.options.duration, Event::FinalHeal);
+        self
     }
 
     pub fn seed(&self) -> u64 {
@@ -768,7 +826,9 @@ impl Simulation {
         };
         let ids: Vec<NodeId> = self.members.iter().map(|m| m.id).collect();
         let ring = Ring::new(&ids, ring::VNODES_PER_NODE_DEFAULT);
-        let keyspace = run.clients.workload.keyspace();
+        let keyspace = self
+            .data_keyspace()
+            .unwrap_or_else(|| run.clients.workload.keyspace());
         let table = table_name(&keyspace.name);
         let mut out = ReplicaStates::new();
         for key in 0..self.options.keys {
@@ -869,8 +929,10 @@ impl Simulation {
                 self.network.make_reliable();
                 self.log("final heal: network reliable from now on".into());
                 self.schedule(SETTLE, Event::FinalReads);
+                self.explore_final_heal();
             }
             Event::FinalReads => self.final_reads(),
+            Event::ConvergenceCheck => self.convergence_check(),
             Event::Finish => {
                 self.history.close_open(self.now, "run ended");
                 let workload = self.merged.as_ref().map(|run| run.clients.workload);
@@ -948,7 +1010,9 @@ impl Simulation {
             request_timeout: CLIENT_TIMEOUT,
             compact_every: 500,
             // Half the seeds read under leader leases, half by ReadIndex.
-            lease_reads: self.seed % 2 == 1,
+            // (An explorer run that names a read policy: the keyspace's policy decides.)
+            lease_reads: self.seed % 2 == 1
+                && self.explore_settings().is_none_or(|s| s.read.is_none()),
             bug_local_reads: bug
                 && self.merged.as_ref().map(|m| m.clients.workload)
                     == Some(MergedWorkload::Registers),
@@ -977,8 +1041,16 @@ impl Simulation {
         if !self.anti_entropy_only {
             config.leaderless.anti_entropy.enabled = false;
         }
-        if let Some(run) = &self.merged {
-            config.keyspaces.push(run.keyspace.clone());
+        // Explorer runs may turn it on ([`ExploreSettings::anti_entropy_interval`]).
+        if let Some(interval) = self
+            .explore_settings()
+            .and_then(|s| s.anti_entropy_interval)
+        {
+            config.leaderless.anti_entropy.enabled = true;
+            config.leaderless.anti_entropy.exchange_interval = interval;
+        }
+        if let Some(keyspace) = self.data_keyspace() {
+            config.keyspaces.push(keyspace);
         }
         config
     }
@@ -1265,6 +1337,7 @@ impl Simulation {
         let Some(InFlight { process, f, value }) = self.requests.remove(&request) else {
             return; // the client gave up already: its operation is recorded as info
         };
+        self.note_reply(&reply);
         let (kind, value, error) = match (f, reply) {
             (Function::Write, Reply::Written { .. }) => (EventType::Ok, value, None),
             (Function::Read, Reply::Value(v)) => (EventType::Ok, v.map(|b| parse(&b)), None),
@@ -1393,6 +1466,7 @@ impl Simulation {
     }
 
     fn on_merged_reply(&mut self, process: ProcessId, reply: Reply) {
+        self.note_reply(&reply);
         let run = self.merged.as_ref().expect("a CRDT run");
         let f = run
             .clients

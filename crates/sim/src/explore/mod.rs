@@ -20,7 +20,11 @@
 //! | `prefs` | L (registers) | MR (`lww`) | A (single-writer `lww` registers) |
 //! | `custom` | L + [`CustomMix`] | MR + mix | LR + mix |
 //!
-//! A (model, workload) pair that runs in two rows (L) runs once.
+//! A (model, workload) pair that runs in two rows (L) runs once. The leaderless keyspaces'
+//! N/R/W, the register keyspaces' merge policy, the primary-backup read policy and
+//! anti-entropy are options ([`ExploreOptions::n`], [`ExploreOptions::merge`],
+//! [`ExploreOptions::read`], [`ExploreOptions::anti_entropy`]), each reaching only the runs of
+//! its model.
 //!
 //! ## What is measured
 //!
@@ -28,7 +32,10 @@
 //! region (after a 1 s warm-up), messages sent per acknowledged write, conflicts, merges and
 //! LWW discards, aborted transactions, read repairs and hinted writes, stale reads
 //! ([`staleness`]), the balance's anomalies ([`anomalies`]), writes that succeeded through a
-//! cut-off region and elsewhere meanwhile, checker verdicts; for the HTML report ([`html`]),
+//! cut-off region and elsewhere meanwhile, checker verdicts, reads answered with siblings
+//! (`--merge siblings`), the time from the final heal until every replica agrees
+//! ([`crate::ExploreSettings`], [`Simulation::time_to_converge`]), anti-entropy keys repaired
+//! and bytes sent (`--anti-entropy`); for the HTML report ([`html`]),
 //! every latency and the first seed's availability timeline and fault windows.
 //!
 //! [`Report`]'s `Display` is the terminal table, [`Report::json_lines`] one JSON object per
@@ -52,7 +59,7 @@ use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::Duration;
-use triarch_core::{Instant, KeyspaceConfig, Model, NodeId, QuorumMode};
+use triarch_core::{Instant, KeyspaceConfig, MergePolicy, Model, NodeId, QuorumMode, ReadPolicy};
 use triarch_leaderless::LeaderlessConfig;
 
 /// Writes and reads invoked before this are left out of the latencies (first elections).
@@ -157,6 +164,35 @@ pub struct ExploreOptions {
     /// preferred leader ([`triarch_core::KeyspaceConfig::home`]). `None`: voters spread over
     /// the regions by the keyspace's name.
     pub primary_home: Option<u32>,
+    /// The leaderless keyspaces' N, R and W (`--n`, `--r`, `--w`); `None`: N=3, and R and W a
+    /// majority of N ([`ExploreOptions::quorums`]).
+    pub n: Option<u8>,
+    pub r: Option<u8>,
+    pub w: Option<u8>,
+    /// The leaderless register keyspaces' merge policy (`--merge`): `lww` (default) or
+    /// `siblings`; it applies where clients GET and SET (the balance's LB and the custom
+    /// workload's LR); the cart keeps `set`, and workload A its `lww`.
+    pub merge: Option<MergePolicy>,
+    /// The primary-backup keyspaces' read policy (`--read`); `None`: linearizable, under
+    /// leader leases on odd seeds and by ReadIndex on even ones.
+    pub read: Option<ReadPolicy>,
+    /// Leaderless Merkle anti-entropy on, every [`ANTI_ENTROPY_INTERVAL`] (`--anti-entropy`);
+    /// off by default.
+    pub anti_entropy: bool,
+}
+
+/// How often, with `--anti-entropy`, each node compares each range with each peer at most: a
+/// tenth of the main phase, so that exchanges happen during the run (the engine's default,
+/// 10 s, is a whole main phase).
+pub const ANTI_ENTROPY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `--merge` values: the policies a register keyspace (GET and SET) can have.
+pub fn parse_merge(name: &str) -> Option<MergePolicy> {
+    match name {
+        "lww" => Some(MergePolicy::Lww),
+        "siblings" => Some(MergePolicy::Siblings),
+        _ => None,
+    }
 }
 
 /// The latency distribution kinds, by index (`--latency`): inside a region sub-millisecond of
@@ -282,6 +318,12 @@ impl Default for ExploreOptions {
             latency: None,
             region_ms: None,
             primary_home: None,
+            n: None,
+            r: None,
+            w: None,
+            merge: None,
+            read: None,
+            anti_entropy: false,
         }
     }
 }
@@ -321,7 +363,116 @@ impl ExploreOptions {
                 self.region_ms
             ));
         }
+        self.validate_keyspaces()
+    }
+
+    /// The keyspace settings (`--n/--r/--w`, `--merge`, `--read`, `--anti-entropy`): each must
+    /// reach a keyspace that runs, and make a valid one.
+    fn validate_keyspaces(&self) -> Result<(), String> {
+        let leaderless = self.models.contains(&Model::Leaderless);
+        let quorums_given = self.n.is_some() || self.r.is_some() || self.w.is_some();
+        if quorums_given {
+            if !leaderless {
+                return Err(
+                    "--n, --r and --w set leaderless keyspaces: add leaderless to --models".into(),
+                );
+            }
+            let (n, r, w) = self.quorums();
+            let nodes = (self.regions * NODES_PER_REGION) as usize;
+            let keyspace = KeyspaceConfig {
+                n,
+                r,
+                w,
+                ..KeyspaceConfig::leaderless("explore")
+            };
+            keyspace
+                .validate(nodes)
+                .map_err(|e| format!("N={n} R={r} W={w}: {e}"))?;
+        }
+        if let Some(merge) = self.merge {
+            if !matches!(merge, MergePolicy::Lww | MergePolicy::Siblings) {
+                return Err(format!(
+                    "--merge {merge}: the register keyspaces take lww or siblings (the cart keeps set)"
+                ));
+            }
+            let applies = self
+                .workloads
+                .iter()
+                .any(|w| matches!(w, Workload::Balance | Workload::Custom));
+            if !leaderless || !applies {
+                return Err(
+                    "--merge sets the leaderless register keyspaces of the balance and custom workloads: \
+                     run leaderless and one of them"
+                        .into(),
+                );
+            }
+        }
+        if self.read.is_some() && !self.models.contains(&Model::PrimaryBackup) {
+            return Err(
+                "--read sets primary-backup keyspaces: add primary-backup to --models".into(),
+            );
+        }
+        if self.anti_entropy && !leaderless {
+            return Err(
+                "--anti-entropy runs in leaderless keyspaces: add leaderless to --models".into(),
+            );
+        }
         Ok(())
+    }
+
+    /// The leaderless keyspaces' (N, R, W): as given, N=3 otherwise, R and W a majority of N
+    /// otherwise (as `TRIARCH.KEYSPACE CREATE` defaults them).
+    pub fn quorums(&self) -> (u8, u8, u8) {
+        let n = self.n.unwrap_or(3);
+        let majority = n / 2 + 1;
+        (n, self.r.unwrap_or(majority), self.w.unwrap_or(majority))
+    }
+
+    /// What the simulator is told of the keyspace settings.
+    fn settings(&self) -> crate::ExploreSettings {
+        let quorums_given = self.n.is_some() || self.r.is_some() || self.w.is_some();
+        crate::ExploreSettings {
+            quorums: quorums_given.then(|| self.quorums()),
+            merge: self.merge,
+            read: self.read,
+            anti_entropy_interval: self.anti_entropy.then_some(ANTI_ENTROPY_INTERVAL),
+        }
+    }
+
+    /// [`ExploreOptions::settings`] for a run of `model`: anti-entropy and the read policy
+    /// only where they apply (the nodes of every run host the leaderless `default` keyspace
+    /// and run the primary-backup engine, so that either would change other models' runs).
+    fn settings_for(&self, model: Model) -> crate::ExploreSettings {
+        let mut settings = self.settings();
+        if model != Model::Leaderless {
+            settings.anti_entropy_interval = None;
+        }
+        if model != Model::PrimaryBackup {
+            settings.read = None;
+        }
+        settings
+    }
+
+    /// The keyspace settings in words, for the report's header.
+    pub fn describe_keyspaces(&self) -> String {
+        let (n, r, w) = self.quorums();
+        let read = self.read.map_or_else(
+            || "linearizable (leases on odd seeds, ReadIndex on even)".to_string(),
+            |p| p.to_string(),
+        );
+        let placed = self.primary_home.map_or_else(
+            || "voters spread over the regions".to_string(),
+            |r| format!("home region r{r}"),
+        );
+        format!(
+            "leaderless N={n} R={r} W={w}, register merge {}, anti-entropy {}; primary-backup reads {read}, {placed}",
+            self.merge.unwrap_or(MergePolicy::Lww),
+            if self.anti_entropy {
+                format!("every {} s", ANTI_ENTROPY_INTERVAL.as_secs())
+            } else {
+                "off".to_string()
+            }
+        )
     }
 
     fn sim_options(&self) -> SimOptions {
@@ -351,19 +502,28 @@ impl ExploreOptions {
         faults
     }
 
-    /// Where a write of `model` becomes authoritative in these runs.
-    pub fn authoritative(&self, model: Model) -> &'static str {
-        if model == Model::PrimaryBackup && self.primary_home.is_some() {
-            return "once a majority of the keyspace's one Raft group (every voter in its home \
-                    region) holds it, ordered by the one leader there; clients elsewhere send \
-                    it there and wait for the answer";
+    /// Where a write of `model` becomes authoritative in these runs (leaderless: at the
+    /// chosen N, R and W; primary-backup: in its home region if it has one).
+    pub fn authoritative(&self, model: Model) -> String {
+        let (n, r, w) = self.quorums();
+        match model {
+            Model::PrimaryBackup if self.primary_home.is_some() => {
+                "once a majority of the keyspace's one Raft group (every voter in its home \
+                 region) holds it, ordered by the one leader there; clients elsewhere send it \
+                 there and wait for the answer"
+                    .to_string()
+            }
+            Model::Leaderless if self.sloppy => format!(
+                "once W={w} of the key's N={n} owners are covered, by themselves or by fallback \
+                 nodes holding a hint for a suspected owner (sloppy quorum); readers \
+                 reconcile R={r} owners' copies and repair"
+            ),
+            Model::Leaderless => format!(
+                "once W={w} of the key's N={n} replicas (wherever the ring put them) hold it; \
+                 readers reconcile R={r} copies and repair"
+            ),
+            _ => authoritative(model).to_string(),
         }
-        if model == Model::Leaderless && self.sloppy {
-            return "once W=2 of the key's N=3 owners are covered, by themselves or by fallback \
-                    nodes holding a hint for a suspected owner (sloppy quorum); readers \
-                    reconcile R=2 owners' copies and repair";
-        }
-        authoritative(model)
     }
 
     /// The fault schedule in words.
@@ -429,7 +589,9 @@ fn plan(
         (Workload::Balance, Model::Leaderless) => Ok((
             Run::Merged(W::LwwBank),
             "LB",
-            Some("no transactions here: read both balances, then SET both; merge lww"),
+            Some(
+                "no transactions here: read both balances, then SET both; merge as the header's register merge",
+            ),
         )),
         (Workload::Prefs, Model::MultiLeader) => Ok((Run::Merged(W::MlRegisters), "MR", None)),
         (Workload::Prefs, Model::Leaderless) => Ok((Run::Registers, "A", None)),
@@ -439,7 +601,7 @@ fn plan(
         (Workload::Custom, Model::Leaderless) => Ok((
             Run::Mixed(W::LwwRegisters),
             "LR+mix",
-            Some("registers in an lww keyspace, N=3 R=2 W=2"),
+            Some("registers in a leaderless keyspace, N/R/W and merge as the header says"),
         )),
     }
 }
@@ -523,6 +685,17 @@ pub struct Cell {
     /// ok only when they completed before the heal.
     pub timeline_cut_off: Vec<Availability>,
     pub windows: Vec<(Duration, Duration, String)>,
+    /// Leaderless `siblings` keyspaces: main-phase reads answered with more than one
+    /// concurrent value (siblings), over every seed; `None` where the keyspace keeps none.
+    pub siblings_returned: Option<u64>,
+    /// Per seed that ran, how long after the final heal every replica of every key came to
+    /// agree and kept agreeing ([`Simulation::time_to_converge`]); `None`: not by the end of
+    /// the run (the final heal plus [`crate::SETTLE`] plus [`crate::FINAL_READ_SETTLE`]).
+    pub converge_after_heal: Vec<Option<Duration>>,
+    /// With `--anti-entropy`, leaderless: keys anti-entropy repaired and bytes it sent, every
+    /// node's counters over every seed; `None` otherwise.
+    pub anti_entropy_keys_repaired: Option<u64>,
+    pub anti_entropy_bytes_sent: Option<u64>,
 }
 
 /// The availability timeline's resolution.
@@ -589,8 +762,15 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
                 Run::Registers => (None, None),
                 Run::Mixed(w) => (Some(w), Some(&mix)),
             };
-            let mut sim =
-                Simulation::for_explore(seed, &sim_options, workload, &regions, mix, leaderless);
+            let mut sim = Simulation::for_explore_with(
+                seed,
+                &sim_options,
+                workload,
+                &regions,
+                mix,
+                leaderless,
+                options.settings_for(model),
+            );
             let faults = options.faults();
             if !faults.is_empty() {
                 sim = sim.with_nemesis_faults(faults);
@@ -613,6 +793,7 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
             continue;
         };
         cell.events += report.events;
+        cell.converge_after_heal.push(sim.time_to_converge());
         if report.passed() {
             cell.seeds_passed = cell.seeds_passed.map(|n| n + 1);
         }
@@ -738,7 +919,22 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
                         add(&mut cell.lww_discarded, s.lww_discarded);
                         add(&mut cell.read_repairs, s.read_repairs);
                         add(&mut cell.hinted_writes, s.hinted_writes);
+                        if options.anti_entropy {
+                            add(
+                                &mut cell.anti_entropy_keys_repaired,
+                                s.anti_entropy_keys_repaired,
+                            );
+                            add(&mut cell.anti_entropy_bytes_sent, s.anti_entropy_bytes_sent);
+                        }
                     }
+                }
+                let workload = match run {
+                    Run::Merged(w) | Run::Mixed(w) => Some(w),
+                    Run::Registers => None,
+                };
+                let keyspace = options.settings().keyspace(workload);
+                if keyspace.is_some_and(|k| k.merge == MergePolicy::Siblings) {
+                    add(&mut cell.siblings_returned, sim.siblings_reads());
                 }
             }
             Model::PrimaryBackup => {
@@ -1052,6 +1248,42 @@ fn stale_line(st: &Staleness) -> String {
     line
 }
 
+/// Times to converge after the final heal over the seeds that did: (p50, max), and how many.
+fn converge_summary(
+    per_seed: &[Option<Duration>],
+) -> (Option<Percentiles>, Option<Duration>, usize) {
+    let converged: Vec<Duration> = per_seed.iter().flatten().copied().collect();
+    let max = converged.iter().max().copied();
+    let n = converged.len();
+    (percentiles(converged), max, n)
+}
+
+/// `converged p50/max 0.0/150.0 ms after the final heal (5 of 5 seeds; checked every 50 ms)`.
+fn converge_line(per_seed: &[Option<Duration>]) -> String {
+    let (p, max, n) = converge_summary(per_seed);
+    let times = match (p, max) {
+        (Some(p), Some(max)) => {
+            format!("p50/max {}/{} ms after the final heal", ms(p.p50), ms(max))
+        }
+        _ => "never, to the end of the run,".to_string(),
+    };
+    format!(
+        "replicas agreed {times} ({n} of {} seeds; checked every {} ms)",
+        per_seed.len(),
+        crate::CONVERGENCE_CHECK_INTERVAL.as_millis()
+    )
+}
+
+fn json_converge(per_seed: &[Option<Duration>]) -> String {
+    let (p, max, n) = converge_summary(per_seed);
+    format!(
+        "{{\"seeds\":{},\"converged\":{n},\"p50\":{},\"max\":{}}}",
+        per_seed.len(),
+        p.map_or_else(|| "null".to_string(), |p| json_ms(p.p50)),
+        max.map_or_else(|| "null".to_string(), json_ms)
+    )
+}
+
 /// (mean, max) versions a stale read missed.
 fn versions(st: &Staleness) -> (f64, u64) {
     let max = st.versions.iter().copied().max().unwrap_or(0);
@@ -1101,6 +1333,7 @@ impl fmt::Display for Report {
                 "leaderless keyspaces use sloppy quorums (hinted handoff)"
             )?;
         }
+        writeln!(f, "keyspaces: {}", o.describe_keyspaces())?;
         writeln!(
             f,
             "primary-backup voters: {}; latencies p50/p99 in ms by the client's region",
@@ -1132,7 +1365,7 @@ impl fmt::Display for Report {
                     cell.messages_per_write()
                 )?;
                 writeln!(f, "  read p50/p99    {}", latencies(&cell.read_latency))?;
-                writeln!(
+                write!(
                     f,
                     "  after write     conflicts {}, merged {}, lww-discarded {}, aborted transfers {}",
                     count(cell.conflicts),
@@ -1140,12 +1373,28 @@ impl fmt::Display for Report {
                     count(cell.lww_discarded),
                     count(cell.aborted_transfers)
                 )?;
+                if let Some(n) = cell.siblings_returned {
+                    write!(f, ", siblings returned {n}")?;
+                }
+                writeln!(f)?;
                 writeln!(
+                    f,
+                    "  after heal      {}",
+                    converge_line(&cell.converge_after_heal)
+                )?;
+                write!(
                     f,
                     "  read/repair     read repairs {}, hinted writes {}",
                     count(cell.read_repairs),
                     count(cell.hinted_writes)
                 )?;
+                if let (Some(keys), Some(bytes)) = (
+                    cell.anti_entropy_keys_repaired,
+                    cell.anti_entropy_bytes_sent,
+                ) {
+                    write!(f, ", anti-entropy keys repaired {keys}, bytes sent {bytes}")?;
+                }
+                writeln!(f)?;
                 if let Some(st) = &cell.staleness {
                     writeln!(f, "  stale reads     {}", stale_line(st))?;
                 }
@@ -1299,6 +1548,7 @@ impl Report {
     /// One JSON object per line, one per (workload, model) (fields: the module documentation).
     pub fn json_lines(&self) -> String {
         let o = &self.options;
+        let (n, r, w) = o.quorums();
         let mut out = String::new();
         for c in &self.cells {
             let model = c.model.expect("every cell names its model");
@@ -1319,12 +1569,15 @@ impl Report {
                  \"aborted_transfers\":{},\"writes_while_cut_off\":{{{}}},\
                  \"writes_elsewhere_while_cut\":{},\"stale_reads\":{},\"anomalies\":{},\
                  \"messages\":{},\"writes_ok\":{},\"messages_per_write\":{:.2},\
-                 \"not_linearizable_keys\":{},\"keys_checked_linearizable\":{}}}",
+                 \"not_linearizable_keys\":{},\"keys_checked_linearizable\":{},\
+                 \"n\":{},\"r\":{},\"w\":{},\"merge\":{},\"read\":{},\"anti_entropy\":{},\
+                 \"siblings_returned\":{},\"converge_after_heal_ms\":{},\
+                 \"anti_entropy_keys_repaired\":{},\"anti_entropy_bytes_sent\":{}}}",
                 json_opt_str(c.workload.map(Workload::as_str)),
                 json_str(model.as_str()),
                 json_opt_str(c.run),
                 json_opt_str(c.note),
-                json_str(o.authoritative(model)),
+                json_str(&o.authoritative(model)),
                 o.regions,
                 o.first_seed,
                 o.seeds,
@@ -1356,6 +1609,16 @@ impl Report {
                 c.messages_per_write(),
                 json_count(c.linearizable.map(|(v, _)| v)),
                 json_count(c.linearizable.map(|(_, k)| k)),
+                n,
+                r,
+                w,
+                json_str(&o.merge.unwrap_or(MergePolicy::Lww).to_string()),
+                json_opt_str(o.read.map(|p| p.to_string()).as_deref()),
+                o.anti_entropy,
+                json_count(c.siblings_returned),
+                json_converge(&c.converge_after_heal),
+                json_count(c.anti_entropy_keys_repaired),
+                json_count(c.anti_entropy_bytes_sent),
             );
         }
         out
