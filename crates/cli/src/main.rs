@@ -466,13 +466,12 @@ fn advise(args: AdviseArgs) -> Result<()> {
     let advice = advise::advise(&shape);
     println!("{advice}");
     println!();
-    let options = ExploreOptions {
+    let options = advice.explore_options(ExploreOptions {
         regions: args.regions,
         first_seed: args.seed,
         seeds: args.seeds,
-        workloads: vec![advice.workload],
         ..ExploreOptions::default()
-    };
+    });
     options.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let report = run_explore(&options);
     print!("{report}");

@@ -24,8 +24,8 @@
 //! the leader there (their writes then cross no region boundary); multi-leader writers in one
 //! region make conflicts rare.
 
-use super::Workload;
-use triarch_core::Model;
+use super::{ExploreOptions, Workload};
+use triarch_core::{Model, ReadPolicy};
 
 /// How much a wrong conflict resolution costs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -174,7 +174,7 @@ pub fn advise(shape: &Shape) -> Advice {
                      there and those writes cross no region boundary"
                         .to_string(),
                 );
-                settings.push("place the voters' majority in the writers' region".to_string());
+                settings.push("HOME <the writers' region>".to_string());
             }
             Model::MultiLeader => reasons.push(
                 "writes are local to one region: concurrent writes from two regions, and so \
@@ -199,6 +199,31 @@ pub fn advise(shape: &Shape) -> Advice {
     }
 }
 
+impl Advice {
+    /// The explorer run that shows the advice's numbers: its workload, every model, with the
+    /// recommended settings wherever the explorer has them (N, R, W, sloppy quorums, the read
+    /// policy; a home region becomes `r1`, where a third of the explorer's clients are).
+    pub fn explore_options(&self, base: ExploreOptions) -> ExploreOptions {
+        let mut o = ExploreOptions {
+            workloads: vec![self.workload],
+            ..base
+        };
+        for setting in &self.settings {
+            let mut words = setting.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("N"), Some(v)) => o.n = v.parse().ok(),
+                (Some("R"), Some(v)) => o.r = v.parse().ok(),
+                (Some("W"), Some(v)) => o.w = v.parse().ok(),
+                (Some("QUORUM"), Some("sloppy")) => o.sloppy = true,
+                (Some("READ"), Some(policy)) => o.read = ReadPolicy::parse(policy).ok(),
+                (Some("HOME"), Some(_)) => o.primary_home = Some(1),
+                _ => {}
+            }
+        }
+        o
+    }
+}
+
 impl std::fmt::Display for Advice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "recommendation: {}", self.model.as_str())?;
@@ -209,7 +234,8 @@ impl std::fmt::Display for Advice {
         }
         write!(
             f,
-            "the numbers: the explorer's `{}` workload, every model, below",
+            "the numbers: the explorer's `{}` workload, every model, with these settings where \
+             the explorer has them, below",
             self.workload
         )
     }
@@ -287,5 +313,31 @@ mod tests {
         let a = advise(&pb_local);
         assert!(a.reasons.iter().any(|r| r.contains("leader")), "{a}");
         assert!(a.to_string().starts_with("recommendation: primary-backup"));
+        let o = a.explore_options(ExploreOptions::default());
+        assert_eq!(o.primary_home, Some(1));
+        assert_eq!(o.read, Some(ReadPolicy::Linearizable));
+        assert_eq!(o.workloads, vec![Workload::Balance]);
+        o.validate().unwrap();
+    }
+
+    /// The explorer runs what was recommended, not its defaults.
+    #[test]
+    fn the_numbers_come_from_the_recommended_settings() {
+        let prefs = advise(&Shape {
+            latency_sensitive: true,
+            ..shape()
+        });
+        let o = prefs.explore_options(ExploreOptions::default());
+        assert_eq!((o.n, o.r, o.w, o.sloppy), (Some(3), Some(1), Some(1), true));
+        assert_eq!(o.primary_home, None);
+        o.validate().unwrap();
+        assert!(o.authoritative(Model::Leaderless).contains("W=1"));
+        let simple = advise(&Shape {
+            simple_ops: true,
+            ..shape()
+        });
+        let o = simple.explore_options(ExploreOptions::default());
+        assert_eq!(o.read, Some(ReadPolicy::Lease));
+        assert_eq!((o.n, o.sloppy), (None, false));
     }
 }
