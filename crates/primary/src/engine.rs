@@ -504,7 +504,17 @@ impl Primary {
         }
         // A removal interrupted by a crash is finished before anything else.
         finish_forgetting(env.storage, &spec.name).map_err(|e| e.to_string())?;
-        if !spec.voters.contains(&self.id) {
+        // Outside the target, a member restarts only from a copy it holds: a re-placed group
+        // may still count it as a voter (it stops once the leader says it was removed).
+        let holds_copy = || -> Result<bool, String> {
+            let table = RaftConfig::new(self.id, spec.name.clone(), BTreeSet::new()).table();
+            let first = env
+                .storage
+                .scan(&table, &[], 1)
+                .map_err(|e| e.to_string())?;
+            Ok(!first.is_empty())
+        };
+        if !spec.voters.contains(&self.id) && !(spec.moved && holds_copy()?) {
             return Ok(());
         }
         // A re-placed group's bootstrap configuration is not `spec.voters`: a member started
@@ -1159,23 +1169,22 @@ impl Primary {
         if !g.moved || g.broken.is_some() {
             return;
         }
-        if !g.target.contains(&me) {
-            if g.asked_removed_at
+        if !g.target.contains(&me)
+            && g.asked_removed_at
                 .is_none_or(|t| env.now.saturating_since(t) >= ask_every)
-            {
-                g.asked_removed_at = Some(env.now);
-                let mut ask: BTreeSet<NodeId> = g.target.clone();
-                ask.extend(g.raft.leader());
-                ask.extend(g.raft.voters().iter().copied());
-                ask.remove(&me);
-                for to in ask {
-                    self.effects.push_back(Effect::Send {
-                        to,
-                        message: Message::StillMember {
-                            group: name.to_string(),
-                        },
-                    });
-                }
+        {
+            g.asked_removed_at = Some(env.now);
+            let mut ask: BTreeSet<NodeId> = g.target.clone();
+            ask.extend(g.raft.leader());
+            ask.extend(g.raft.voters().iter().copied());
+            ask.remove(&me);
+            for to in ask {
+                self.effects.push_back(Effect::Send {
+                    to,
+                    message: Message::StillMember {
+                        group: name.to_string(),
+                    },
+                });
             }
         }
         let raft = &g.raft;
@@ -1206,17 +1215,15 @@ impl Primary {
             .find(|t| !voters.contains(t) && !learners.contains(t));
         let learning = learners.iter().any(|l| target.contains(l));
         let may_remove = voters.len() > target.len() || bug_remove_first;
-        let change = if let Some(id) = caught_up_learner {
-            Some(MembershipChange::PromoteLearner(id))
-        } else if let Some(id) = unwanted_learner {
-            Some(MembershipChange::RemoveLearner(id))
-        } else if let Some(id) = unwanted_voter.filter(|_| may_remove) {
-            Some(MembershipChange::RemoveVoter(id))
-        } else if let Some(id) = missing.filter(|_| !learning) {
-            Some(MembershipChange::AddLearner(id))
-        } else {
-            None
-        };
+        let change = caught_up_learner
+            .map(MembershipChange::PromoteLearner)
+            .or(unwanted_learner.map(MembershipChange::RemoveLearner))
+            .or(unwanted_voter
+                .filter(|_| may_remove)
+                .map(MembershipChange::RemoveVoter))
+            .or(missing
+                .filter(|_| !learning)
+                .map(MembershipChange::AddLearner));
         if let Some(change) = change {
             match g.raft.change_membership(env, change) {
                 Ok(index) => {
