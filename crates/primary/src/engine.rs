@@ -281,9 +281,14 @@ pub enum Message {
     /// configuration? Only a leader whose committed configuration leaves the sender out answers
     /// ([`Message::Removed`]); the others stay silent.
     StillMember { group: String },
-    /// The leader's committed configuration of `group` leaves the receiver out: its member may
-    /// stop and delete its copy of the group.
-    Removed { group: String },
+    /// The leader's committed configuration of `group`, set by the entry at `configuration`,
+    /// leaves the receiver out: its member may stop and delete its copy of the group, unless
+    /// its own log holds a later configuration (it was added again since: this answer is
+    /// stale).
+    Removed {
+        group: String,
+        configuration: LogIndex,
+    },
 }
 
 impl Message {
@@ -1022,20 +1027,28 @@ impl Primary {
                     && !g.raft.voters().contains(&from)
                     && !g.raft.learners().contains(&from)
                 {
+                    let configuration = g.raft.configuration_index();
                     self.effects.push_back(Effect::Send {
                         to: from,
-                        message: Message::Removed { group },
+                        message: Message::Removed {
+                            group,
+                            configuration,
+                        },
                     });
                 }
             }
-            Message::Removed { group } => {
-                // Only a member the catalog moved away stops (a stale answer to a member that
-                // is back in the target is ignored; the leader re-adds it as a learner).
-                if self
-                    .groups
-                    .get(&group)
-                    .is_some_and(|g| g.moved && !g.target.contains(&self.id))
-                {
+            Message::Removed {
+                group,
+                configuration,
+            } => {
+                // Only a member the catalog moved away stops. An answer older than the
+                // configuration its own log holds is stale: the member was added again since
+                // (its catalog may not show it yet) and may vote.
+                if self.groups.get(&group).is_some_and(|g| {
+                    g.moved
+                        && !g.target.contains(&self.id)
+                        && g.raft.configuration_index() <= configuration
+                }) {
                     self.stop_group(env, &group);
                 }
             }

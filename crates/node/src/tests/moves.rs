@@ -61,15 +61,21 @@ struct Moved {
     writes: BTreeMap<String, bool>,
 }
 
-/// Asks (through n2) for `balance` to move to r2, then keeps writing a fresh key through each
-/// node in turn while stepping the cluster, until the group's leader is in r2 with the voters
-/// n2, n4, n6 only and every old voter has stopped its member; then lets every write finish.
-fn move_to_r2_under_load(c: &mut Cluster) -> Moved {
+/// Asks (through n2) for `balance` to move to region `to` (r1: n1, n3, n5; r2: n2, n4, n6),
+/// then keeps writing a fresh key through each node in turn while stepping the cluster, until
+/// the group's leader is in `to`, its voters are that region's three nodes only, and every
+/// other node has stopped its member; then lets every write finish.
+fn move_under_load(c: &mut Cluster, to: &str) -> Moved {
+    let (new, old) = if to == "r2" {
+        ([2, 4, 6], [1, 3, 5])
+    } else {
+        ([1, 3, 5], [2, 4, 6])
+    };
     let home = c.submit(
         2,
         Request::SetHome {
             name: NAME.into(),
-            home: Some("r2".into()),
+            home: Some(to.into()),
         },
     );
     let mut pending: BTreeMap<RequestId, String> = BTreeMap::new();
@@ -79,7 +85,7 @@ fn move_to_r2_under_load(c: &mut Cluster) -> Moved {
     let deadline = c.now_micros + 120_000_000;
     for i in 0u32.. {
         assert!(c.now_micros < deadline, "the move did not finish");
-        let key = format!("{NAME}:w{i}");
+        let key = format!("{NAME}:{to}w{i}");
         let request = c.submit(
             i % 6 + 1,
             Request::Set {
@@ -101,8 +107,8 @@ fn move_to_r2_under_load(c: &mut Cluster) -> Moved {
         let done = matches!(
             configuration(c),
             Some((leader, voters, learners))
-                if region(leader) == "r2" && voters == ids(&[2, 4, 6]) && learners.is_empty()
-        ) && [1, 3, 5]
+                if region(leader) == to && voters == ids(&new) && learners.is_empty()
+        ) && old
             .into_iter()
             .all(|id| c.node(NodeId(id)).unwrap().primary().info(NAME).is_none());
         if done && home_answered {
@@ -148,7 +154,7 @@ fn a_keyspace_moves_to_its_new_home_one_voter_at_a_time_while_it_serves() {
             Reply::Written { existed: false }
         );
     }
-    let moved = move_to_r2_under_load(&mut c);
+    let moved = move_under_load(&mut c, "r2");
     assert!(
         moved.voters_min >= 3,
         "the group ran with {} voters during the move",
@@ -191,7 +197,7 @@ fn a_keyspace_moves_to_its_new_home_one_voter_at_a_time_while_it_serves() {
             );
         }
         for (key, ok) in &moved.writes {
-            let i = key.trim_start_matches("balance:w");
+            let i = key.rsplit('w').next().unwrap();
             let read = c.get(reader, key);
             if *ok {
                 assert_eq!(
@@ -216,6 +222,27 @@ fn a_keyspace_moves_to_its_new_home_one_voter_at_a_time_while_it_serves() {
         c.get(3, &format!("{NAME}:after")),
         Reply::Value(Some(b("a")))
     );
+    // And back home: the old voters, whose copies were deleted, join again as new members.
+    let back = move_under_load(&mut c, "r1");
+    assert!(
+        back.voters_min >= 3,
+        "{} voters moving back",
+        back.voters_min
+    );
+    assert!(
+        back.writes.values().all(|ok| *ok),
+        "writes refused moving back"
+    );
+    for reader in [2, 5] {
+        for key in moved.writes.keys().chain(back.writes.keys()) {
+            let i = key.rsplit('w').next().unwrap();
+            assert_eq!(
+                c.get(reader, key),
+                Reply::Value(Some(b(&format!("v{i}")))),
+                "{key} via n{reader} after moving back"
+            );
+        }
+    }
 }
 
 /// The control for the test above: with the planted bug (the leader removes a leaving voter
@@ -228,7 +255,7 @@ fn the_planted_bug_removes_voters_before_adding_and_the_voter_check_sees_it() {
         c.set(2, &format!("{NAME}:k"), "v"),
         Reply::Written { existed: false }
     );
-    let moved = move_to_r2_under_load(&mut c);
+    let moved = move_under_load(&mut c, "r2");
     assert!(
         moved.voters_min < 3,
         "the planted bug went unnoticed: never fewer than {} voters",
