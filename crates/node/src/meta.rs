@@ -574,7 +574,7 @@ impl<S: Storage> Node<S> {
             return;
         }
         for entry in &new {
-            tracing::info!(node = %self.config.id, keyspace = entry.config.name, version = entry.version, "keyspace created");
+            tracing::info!(node = %self.config.id, keyspace = entry.config.name, version = entry.version, home = ?entry.config.home, "keyspace created or re-placed");
         }
         if leads {
             for &to in &self.peers {
@@ -1121,5 +1121,23 @@ mod tests {
         assert_eq!(MetaCommand::decode(b"\x09junk"), None);
         let a = MetaAnswer::Exists;
         assert_eq!(MetaAnswer::decode(&a.encode()), Some(a));
+        // SetHome came last: the commands before it keep their format 2 bytes (variant tags by
+        // position), so logs written before it still decode.
+        let home = MetaCommand::SetHome {
+            name: "balance".into(),
+            home: Some("r2".into()),
+        };
+        assert_eq!(MetaCommand::decode(&home.encode()), Some(home));
+        let handed_off = MetaCommand::HandedOff {
+            started: 4,
+            node: NodeId(2),
+        };
+        assert_eq!(&handed_off.encode()[..], &[COMMAND_FORMAT_V2, 4, 4, 2]);
+        let moved = MetaAnswer::Moved(CatalogEntry {
+            config: KeyspaceConfig::leaderless("prefs"),
+            version: 9,
+            created: 3,
+        });
+        assert_eq!(MetaAnswer::decode(&moved.encode()), Some(moved));
     }
 }
