@@ -1581,6 +1581,18 @@ mod tests {
         assert!(format!("{e:?}").contains("unknown keyspace setting 'Q'"));
         assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "x", "N", "3"])).is_err());
         assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE"])).is_err());
+        for (region, home) in [("r2", Some("r2")), ("none", None), ("NONE", None)] {
+            let (_, r) =
+                keyspace_command(&args(&["TRIARCH.KEYSPACE", "HOME", "balance", region])).unwrap();
+            assert_eq!(
+                r,
+                Request::SetHome {
+                    name: "balance".into(),
+                    home: home.map(String::from)
+                }
+            );
+        }
+        assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE", "HOME", "balance"])).is_err());
     }
 
     #[test]
