@@ -519,7 +519,8 @@ impl Primary {
                 .map_err(|e| e.to_string())?;
             Ok(!first.is_empty())
         };
-        if !spec.voters.contains(&self.id) && !(spec.moved && holds_copy()?) {
+        let runs_here = spec.voters.contains(&self.id) || (spec.moved && holds_copy()?);
+        if !runs_here {
             return Ok(());
         }
         // A re-placed group's bootstrap configuration is not `spec.voters`: a member started

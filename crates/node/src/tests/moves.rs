@@ -352,9 +352,9 @@ fn move_under_faults(seed: u64) {
     let mut pending: BTreeMap<RequestId, (String, u32)> = BTreeMap::new();
     let mut writes: BTreeMap<String, bool> = BTreeMap::new();
     let mut crashed: Option<u32> = None;
-    let mut answered = |c: &mut Cluster,
-                        pending: &mut BTreeMap<RequestId, (String, u32)>,
-                        writes: &mut BTreeMap<String, bool>| {
+    let answered = |c: &mut Cluster,
+                    pending: &mut BTreeMap<RequestId, (String, u32)>,
+                    writes: &mut BTreeMap<String, bool>| {
         let done: Vec<RequestId> = pending
             .keys()
             .copied()
