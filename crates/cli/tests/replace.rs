@@ -88,12 +88,16 @@ fn a_keyspace_moves_to_another_region_through_resp_and_http() {
         set(&mut writer, &format!("acct:k{i}"), &format!("v{i}"));
     }
     // Refusals: other models, unknown keyspaces, regions without members.
-    for (name, region) in [("prefs", "r2"), ("nope", "r2"), ("acct", "r9")] {
+    for (name, region, expect) in [
+        ("prefs", "r2", "needs a primary-backup keyspace"),
+        ("nope", "r2", "unknown keyspace 'nope'"),
+        ("acct", "r9", "no member is in region \"r9\""),
+    ] {
         match admin
             .call(&["TRIARCH.KEYSPACE", "HOME", name, region])
             .unwrap()
         {
-            Value::Error(e) => eprintln!("HOME {name} {region}: {e}"),
+            Value::Error(e) => assert!(e.contains(expect), "HOME {name} {region}: {e}"),
             other => panic!("HOME {name} {region} answered {other:?}"),
         }
     }
