@@ -6,6 +6,7 @@
 //! | `PUT /v1/kv/{keyspace}/{key}[?w=W]` | the body is the value; 204 |
 //! | `DELETE /v1/kv/{keyspace}/{key}[?w=W]` | `{"deleted": bool}` |
 //! | `GET /v1/keyspaces`, `POST /v1/keyspaces` | list; create from `{"name","model","n","r","w","merge","read","quorum","home"}` |
+//! | `PUT /v1/keyspaces/{name}/home` | re-place a primary-backup keyspace from `{"home": "r2"}` (or `null`); `{"home": ...}` |
 //! | `GET /v1/cluster` | this node, its members and peer links |
 //! | `GET /metrics` | Prometheus text format |
 //!
