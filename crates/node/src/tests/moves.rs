@@ -485,3 +485,13 @@ fn move_under_faults(seed: u64) {
         }
     }
 }
+
+/// Without the preferred-leader hand-over (`spread_leaders` off), the leaving leader hands
+/// leadership to a caught-up voter of the target itself once it is the last voter to remove.
+#[test]
+fn a_leaving_leader_hands_over_by_itself_when_leaders_are_not_spread() {
+    let mut c = placed_in_r1(|config| config.primary.spread_leaders = false);
+    let moved = move_under_load(&mut c, "r2");
+    assert!(moved.voters_min >= 3, "{} voters", moved.voters_min);
+    assert!(moved.writes.values().all(|ok| *ok), "writes refused");
+}
