@@ -105,6 +105,7 @@ pub fn region_group(
             record_bytes_max,
         })),
         lease_reads: false,
+        moved: false,
         name,
     }
 }

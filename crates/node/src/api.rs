@@ -162,6 +162,14 @@ pub enum Request {
     KeyspaceInfo {
         name: String,
     },
+    /// Re-place primary-backup keyspace `name` in region `home` (`None`: no home region): the
+    /// metadata group records it, then the group's leader moves its voters one server at a
+    /// time. Reply: [`Reply::Created`] once the new placement is decided (the move itself goes
+    /// on in the background; `KeyspaceInfo` shows its voters, learners and target).
+    SetHome {
+        name: String,
+        home: Option<String>,
+    },
 }
 
 /// A keyspace as a client asks for it: settings left out take the model's defaults.

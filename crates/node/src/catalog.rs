@@ -4,8 +4,9 @@
 //! every node's copy of the decisions: a map from keyspace name to definition, durable in the
 //! node's `meta` table, merged from the group's answers, its leader's broadcasts and periodic
 //! gossip (one random peer per interval, so that a node that was down catches up). An entry's
-//! version is the metadata log index that created it (0: seeded from the configuration file), so
-//! merging keeps the higher version and every node ends with the group's decisions.
+//! version is the metadata log index that created it (0: seeded from the configuration file) or
+//! last changed it (`TRIARCH.KEYSPACE HOME`), so merging keeps the higher version and every node
+//! ends with the group's decisions.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,15 +17,38 @@ use triarch_storage::{Storage, StorageError};
 pub const META_TABLE: &str = "meta";
 const ENTRY_PREFIX: &[u8] = b"keyspace/";
 /// Format 1 (versions were clock timestamps, before the metadata group) is refused; format 2
-/// (before home regions) is read as keyspaces without one.
+/// (before home regions) is read as keyspaces without one; format 3 (before re-placing, no
+/// `created`) as keyspaces never re-placed.
 const ENTRY_FORMAT_V2: u8 = 2;
 const ENTRY_FORMAT_V3: u8 = 3;
+const ENTRY_FORMAT_V4: u8 = 4;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogEntry {
     pub config: KeyspaceConfig,
-    /// The metadata log index that created the keyspace (0: seeded from configuration).
+    /// The metadata log index that created the keyspace (0: seeded from configuration), or
+    /// that last re-placed it.
     pub version: u64,
+    /// The metadata log index that created the keyspace. `version != created`: the keyspace
+    /// was re-placed since, so its group's bootstrap configuration is no longer the one its
+    /// placement gives (see [`CatalogEntry::moved`]).
+    pub created: u64,
+}
+
+impl CatalogEntry {
+    /// An entry as a `CREATE` (or the configuration file) makes it.
+    pub fn new(config: KeyspaceConfig, version: u64) -> CatalogEntry {
+        CatalogEntry {
+            config,
+            version,
+            created: version,
+        }
+    }
+
+    /// Whether the keyspace was re-placed since it was created.
+    pub fn moved(&self) -> bool {
+        self.version != self.created
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +126,7 @@ impl Catalog {
 }
 
 pub(crate) fn encode_entry(entry: &CatalogEntry) -> Vec<u8> {
-    postcard::to_extend(entry, vec![ENTRY_FORMAT_V3]).expect("encoding into a Vec cannot fail")
+    postcard::to_extend(entry, vec![ENTRY_FORMAT_V4]).expect("encoding into a Vec cannot fail")
 }
 
 /// A keyspace's definition as catalog format 2 and metadata command format 1 stored it: before
@@ -152,6 +176,12 @@ impl From<KeyspaceConfigV2> for KeyspaceConfig {
 }
 
 #[derive(Deserialize)]
+struct CatalogEntryV3 {
+    config: KeyspaceConfig,
+    version: u64,
+}
+
+#[derive(Deserialize)]
 struct CatalogEntryV2 {
     config: KeyspaceConfigV2,
     version: u64,
@@ -160,12 +190,12 @@ struct CatalogEntryV2 {
 pub(crate) fn decode_entry(bytes: &[u8]) -> Result<CatalogEntry, StorageError> {
     let corrupt = |e: postcard::Error| StorageError::Engine(format!("corrupt catalog entry: {e}"));
     match bytes.split_first() {
-        Some((&ENTRY_FORMAT_V3, rest)) => postcard::from_bytes(rest).map_err(corrupt),
+        Some((&ENTRY_FORMAT_V4, rest)) => postcard::from_bytes(rest).map_err(corrupt),
+        Some((&ENTRY_FORMAT_V3, rest)) => postcard::from_bytes::<CatalogEntryV3>(rest)
+            .map(|old| CatalogEntry::new(old.config, old.version))
+            .map_err(corrupt),
         Some((&ENTRY_FORMAT_V2, rest)) => postcard::from_bytes::<CatalogEntryV2>(rest)
-            .map(|old| CatalogEntry {
-                config: old.config.into(),
-                version: old.version,
-            })
+            .map(|old| CatalogEntry::new(old.config.into(), old.version))
             .map_err(corrupt),
         Some((&1, _)) => Err(StorageError::Engine(
             "the data directory holds a catalog from before the metadata group (format 1); start from an empty directory".into(),
@@ -184,7 +214,7 @@ mod tests {
     fn entry(name: &str, n: u8, version: u64) -> CatalogEntry {
         let mut config = KeyspaceConfig::leaderless(name);
         config.n = n;
-        CatalogEntry { config, version }
+        CatalogEntry::new(config, version)
     }
 
     #[test]
@@ -213,18 +243,20 @@ mod tests {
         let mut bytes = vec![ENTRY_FORMAT_V2];
         postcard::to_io(&(old, 7u64), &mut bytes).unwrap();
         let entry = decode_entry(&bytes).unwrap();
-        assert_eq!(
-            entry,
-            CatalogEntry {
-                config: pb.clone(),
-                version: 7
-            }
-        );
+        assert_eq!(entry, CatalogEntry::new(pb.clone(), 7));
+        // Format 3 (before re-placing): an entry never re-placed.
+        let mut bytes = vec![ENTRY_FORMAT_V3];
+        postcard::to_io(&(pb.clone(), 9u64), &mut bytes).unwrap();
+        let entry = decode_entry(&bytes).unwrap();
+        assert_eq!(entry, CatalogEntry::new(pb.clone(), 9));
+        assert!(!entry.moved());
         pb.home = Some("r2".into());
         let now = CatalogEntry {
             config: pb,
-            version: 8,
+            version: 12,
+            created: 8,
         };
+        assert!(now.moved());
         assert_eq!(decode_entry(&encode_entry(&now)).unwrap(), now);
         assert!(
             decode_entry(&[1, 0])

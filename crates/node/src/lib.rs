@@ -380,13 +380,7 @@ impl<S: Storage> Node<S> {
             check_keyspace(&ks, &config.members)?;
             if catalog.get(&ks.name).is_none() {
                 // Seeded from configuration: the lowest version, so that any explicit CREATE wins.
-                catalog.merge(
-                    &mut storage,
-                    CatalogEntry {
-                        config: ks,
-                        version: 0,
-                    },
-                )?;
+                catalog.merge(&mut storage, CatalogEntry::new(ks, 0))?;
             }
         }
         let mut hlc = Hlc::new(config.id, config.clock_forward_bound_ms);
@@ -600,6 +594,7 @@ impl<S: Storage> Node<S> {
             Request::CreateKeyspace(_)
                 | Request::ListKeyspaces
                 | Request::KeyspaceInfo { .. }
+                | Request::SetHome { .. }
                 | Request::Join(_)
                 | Request::Decommission { .. }
                 | Request::Membership
@@ -636,6 +631,7 @@ impl<S: Storage> Node<S> {
                     self.fail(request, e);
                 }
             }
+            Request::SetHome { name, home } => self.propose_home(now, request, name, home),
             Request::Join(member) => {
                 self.propose_change(now, request, meta::MembershipRequest::Join(member))
             }
@@ -1215,7 +1211,7 @@ pub fn fuzz_decode_frame(data: &[u8]) {
 
 /// A keyspace's definition checked against the cluster's founding `members`: its settings, and
 /// that its home region (if any) has a member to place the group on.
-fn check_keyspace(ks: &KeyspaceConfig, members: &[Member]) -> Result<(), ConfigError> {
+pub(crate) fn check_keyspace(ks: &KeyspaceConfig, members: &[Member]) -> Result<(), ConfigError> {
     ks.validate(members.len())?;
     if let Some(home) = &ks.home
         && !members.iter().any(|m| &m.region == home)

@@ -103,6 +103,7 @@ pub fn meta_group(members: &[NodeId]) -> GroupSpec {
         preferred: ranking[0],
         extension: Some(Arc::new(MetaMachine)),
         lease_reads: false,
+        moved: false,
     }
 }
 
@@ -123,6 +124,9 @@ pub enum MetaCommand {
     Begun { started: u64, node: NodeId },
     /// `node` handed off everything it holds for the move started at `started`.
     HandedOff { started: u64, node: NodeId },
+    /// Re-place primary-backup keyspace `name` in region `home` (`None`: no home region). Last
+    /// in the enum: postcard numbers variants by position, and format 2 logs must still decode.
+    SetHome { name: String, home: Option<String> },
 }
 
 impl MetaCommand {
@@ -190,8 +194,10 @@ pub enum MetaAnswer {
     Undecodable,
     /// A membership change was decided; the membership is now this.
     Membership(Membership),
-    /// A membership change was refused, for this reason.
+    /// A membership change or a re-placement was refused, for this reason.
     Refused(String),
+    /// The keyspace was re-placed; its entry is now this.
+    Moved(CatalogEntry),
 }
 
 impl MetaAnswer {
@@ -414,13 +420,37 @@ impl MetaMachine {
         if count as usize >= KEYSPACES_MAX {
             return MetaAnswer::Full;
         }
-        let entry = CatalogEntry {
-            config,
-            version: index.0,
-        };
+        let entry = CatalogEntry::new(config, index.0);
         rows.put(&row, crate::catalog::encode_entry(&entry));
         rows.put(COUNT_ROW, (count + 1).to_be_bytes().to_vec());
         MetaAnswer::Created(entry)
+    }
+
+    /// Re-places primary-backup keyspace `name` in `home` (the proposer checked that the
+    /// region has members). The entry's version becomes this index; `created` is kept.
+    fn set_home(
+        rows: &mut Rows<'_>,
+        index: LogIndex,
+        name: &str,
+        home: Option<String>,
+    ) -> MetaAnswer {
+        let row = Self::keyspace_row(name);
+        let Some(mut entry) = rows
+            .get(&row)
+            .and_then(|b| crate::catalog::decode_entry(&b).ok())
+        else {
+            return MetaAnswer::Refused(format!("unknown keyspace '{name}'"));
+        };
+        if entry.config.model != triarch_core::Model::PrimaryBackup {
+            return MetaAnswer::Refused(format!(
+                "keyspace '{name}' is {}: only a primary-backup keyspace has a home region",
+                entry.config.model
+            ));
+        }
+        entry.config.home = home;
+        entry.version = index.0;
+        rows.put(&row, crate::catalog::encode_entry(&entry));
+        MetaAnswer::Moved(entry)
     }
 }
 
@@ -445,6 +475,7 @@ impl Extension for MetaMachine {
             Some(MetaCommand::HandedOff { started, node }) => {
                 Self::membership(rows, index, &[], |m| Ok(m.report(started, node, true)))
             }
+            Some(MetaCommand::SetHome { name, home }) => Self::set_home(rows, index, &name, home),
             None => MetaAnswer::Undecodable,
         };
         answer.encode()
@@ -543,7 +574,7 @@ impl<S: Storage> Node<S> {
             return;
         }
         for entry in &new {
-            tracing::info!(node = %self.config.id, keyspace = entry.config.name, version = entry.version, "keyspace created");
+            tracing::info!(node = %self.config.id, keyspace = entry.config.name, version = entry.version, home = ?entry.config.home, "keyspace created or re-placed");
         }
         if leads {
             for &to in &self.peers {
@@ -580,6 +611,43 @@ impl<S: Storage> Node<S> {
     pub(crate) fn propose_create(&mut self, now: Now, request: RequestId, config: KeyspaceConfig) {
         let pending = MetaPending::Create(config.name.clone());
         self.propose_meta(now, request, pending, MetaCommand::Create(config));
+    }
+
+    /// A `TRIARCH.KEYSPACE HOME`, checked here (the keyspace exists and is primary-backup, the
+    /// region has members), then decided by the metadata group (which checks the first two
+    /// again against its own rows).
+    pub(crate) fn propose_home(
+        &mut self,
+        now: Now,
+        request: RequestId,
+        name: String,
+        home: Option<String>,
+    ) {
+        let Some(config) = self.catalog.get(&name).cloned() else {
+            return self.fail(request, RequestError::UnknownKeyspace(name));
+        };
+        if config.model != triarch_core::Model::PrimaryBackup {
+            return self.fail(
+                request,
+                RequestError::NeedsPrimaryBackup {
+                    keyspace: name,
+                    model: config.model,
+                },
+            );
+        }
+        let placed = KeyspaceConfig {
+            home: home.clone(),
+            ..config
+        };
+        if let Err(e) = crate::check_keyspace(&placed, &self.config.members) {
+            return self.fail(request, RequestError::InvalidConfig(e));
+        }
+        self.propose_meta(
+            now,
+            request,
+            MetaPending::Home(name.clone()),
+            MetaCommand::SetHome { name, home },
+        );
     }
 
     /// A client's membership change ([`Request::Join`], [`Request::Decommission`]).
@@ -809,6 +877,23 @@ impl<S: Storage> Node<S> {
                             Ok(other) => Reply::Error(unexpected(&other)),
                             Err(e) => Reply::Error(e),
                         },
+                        (Some(MetaPending::Home(name)), answer) => match answer {
+                            Ok(MetaAnswer::Moved(entry)) => {
+                                tracing::info!(node = %self.config.id, keyspace = name, home = ?entry.config.home, version = entry.version, "keyspace re-placed");
+                                if self.merge_entry(entry) {
+                                    self.catalog_changed(now);
+                                }
+                                Reply::Created
+                            }
+                            Ok(MetaAnswer::Refused(reason)) => {
+                                Reply::Error(RequestError::InvalidConfig(ConfigError::Invalid {
+                                    setting: "HOME",
+                                    reason,
+                                }))
+                            }
+                            Ok(other) => Reply::Error(unexpected(&other)),
+                            Err(e) => Reply::Error(e),
+                        },
                         (Some(MetaPending::Report), answer) => {
                             self.report_in_flight = None;
                             if let Ok(MetaAnswer::Membership(m)) = answer {
@@ -856,6 +941,8 @@ pub struct MembershipStatus {
 #[derive(Clone, Debug)]
 pub(crate) enum MetaPending {
     Create(String),
+    /// A re-placement of this keyspace.
+    Home(String),
     Change,
     Report,
 }
@@ -1034,5 +1121,23 @@ mod tests {
         assert_eq!(MetaCommand::decode(b"\x09junk"), None);
         let a = MetaAnswer::Exists;
         assert_eq!(MetaAnswer::decode(&a.encode()), Some(a));
+        // SetHome came last: the commands before it keep their format 2 bytes (variant tags by
+        // position), so logs written before it still decode.
+        let home = MetaCommand::SetHome {
+            name: "balance".into(),
+            home: Some("r2".into()),
+        };
+        assert_eq!(MetaCommand::decode(&home.encode()), Some(home));
+        let handed_off = MetaCommand::HandedOff {
+            started: 4,
+            node: NodeId(2),
+        };
+        assert_eq!(&handed_off.encode()[..], &[COMMAND_FORMAT_V2, 4, 4, 2]);
+        let moved = MetaAnswer::Moved(CatalogEntry {
+            config: KeyspaceConfig::leaderless("prefs"),
+            version: 9,
+            created: 3,
+        });
+        assert_eq!(MetaAnswer::decode(&moved.encode()), Some(moved));
     }
 }

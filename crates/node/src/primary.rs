@@ -38,16 +38,21 @@ pub(crate) enum PbShape {
 }
 
 impl<S: Storage> Node<S> {
-    /// Starts this node's member of every primary-backup keyspace's group it is a voter of.
+    /// Starts this node's member of every primary-backup keyspace's group it is a voter of (in
+    /// the catalog's placement), and tells the members it runs where their groups are placed
+    /// (a re-placed group's leader moves it there).
     pub(crate) fn ensure_primary_groups(&mut self, now: Now) {
-        let keyspaces: Vec<KeyspaceConfig> = self
+        let keyspaces: Vec<(KeyspaceConfig, bool)> = self
             .catalog
             .entries()
             .filter(|e| e.config.model == Model::PrimaryBackup)
-            .map(|e| e.config.clone())
+            .map(|e| (e.config.clone(), e.moved()))
             .collect();
-        for keyspace in keyspaces {
-            let spec = GroupSpec::primary_backup(&keyspace, &self.placed_members());
+        for (keyspace, moved) in keyspaces {
+            let spec = GroupSpec {
+                moved,
+                ..GroupSpec::primary_backup(&keyspace, &self.placed_members())
+            };
             let mut env = Env {
                 now: now.instant,
                 storage: &mut self.storage,

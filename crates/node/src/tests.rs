@@ -301,10 +301,7 @@ mod frames {
     #[test]
     fn real_frames_survive_the_fuzz_body() {
         let mut buf = Vec::new();
-        let entry = catalog::CatalogEntry {
-            config: KeyspaceConfig::leaderless("prefs"),
-            version: 0,
-        };
+        let entry = catalog::CatalogEntry::new(KeyspaceConfig::leaderless("prefs"), 0);
         encode_messages(
             &[Message::Catalog(CatalogMessage::Entries(vec![entry]))],
             &mut buf,
@@ -373,5 +370,6 @@ mod frames {
 mod cluster;
 mod commands;
 mod membership;
+mod moves;
 mod multileader;
 mod primary;

@@ -45,7 +45,7 @@
 use crate::config::RaftConfig;
 use crate::machine::{Applied, Command, Extension, Machine, Origin, Proposal, Record};
 use crate::message::Message as RaftMessage;
-use crate::raft::{Output as RaftOutput, Raft, Role};
+use crate::raft::{MembershipChange, Output as RaftOutput, Raft, Role};
 use crate::types::{EntryData, LogIndex, Term};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -82,6 +82,10 @@ pub struct PrimaryConfig {
     /// asking whether it leads or confirming with a quorum (ReadIndex), so a deposed leader or
     /// a lagging follower answers stale values. Never set outside tests.
     pub bug_local_reads: bool,
+    /// PLANTED BUG for move tests: when a group's voters move, the leader removes a voter that
+    /// leaves before the voter that replaces it has been added and caught up, so the group runs
+    /// with fewer voters than it should (a smaller majority to lose). Never set outside tests.
+    pub bug_move_remove_first: bool,
 }
 
 impl Default for PrimaryConfig {
@@ -96,6 +100,7 @@ impl Default for PrimaryConfig {
             lease_reads: false,
             spread_leaders: true,
             bug_local_reads: false,
+            bug_move_remove_first: false,
         }
     }
 }
@@ -158,6 +163,12 @@ pub struct GroupSpec {
     pub extension: Option<Arc<dyn Extension>>,
     /// Keep a leader lease (for lease reads), whatever [`PrimaryConfig::lease_reads`] says.
     pub lease_reads: bool,
+    /// The group was re-placed since it was created (`TRIARCH.KEYSPACE HOME`), so `voters` is a
+    /// target, not the bootstrap configuration: a member this node starts now starts with no
+    /// configuration (it never campaigns until the leader's log tells it it votes), and the
+    /// group's leader moves the configuration to `voters` one server at a time (see
+    /// [`Primary::handle_timeout`]).
+    pub moved: bool,
 }
 
 impl GroupSpec {
@@ -169,6 +180,7 @@ impl GroupSpec {
             preferred: preferred_leader(keyspace, members),
             extension: None,
             lease_reads: keyspace.read == triarch_core::ReadPolicy::Lease,
+            moved: false,
         }
     }
 }
@@ -265,6 +277,18 @@ pub enum Message {
         outcome: Outcome,
         early: bool,
     },
+    /// From a member that is no longer in group `group`'s target: is it still in the
+    /// configuration? Only a leader whose committed configuration leaves the sender out answers
+    /// ([`Message::Removed`]); the others stay silent.
+    StillMember { group: String },
+    /// The leader's committed configuration of `group`, set by the entry at `configuration`,
+    /// leaves the receiver out: its member may stop and delete its copy of the group, unless
+    /// its own log holds a later configuration (it was added again since: this answer is
+    /// stale).
+    Removed {
+        group: String,
+        configuration: LogIndex,
+    },
 }
 
 impl Message {
@@ -279,6 +303,7 @@ impl Message {
             Message::Raft { message, .. } => message.may_precede_sync_parallel(),
             Message::Forward { .. } => false,
             Message::ForwardReply { early, .. } => *early,
+            Message::StillMember { .. } | Message::Removed { .. } => false,
         }
     }
 }
@@ -359,7 +384,15 @@ struct Group {
     handed_over_in: Option<Term>,
     raft: Raft,
     machine: Machine,
-    voters: BTreeSet<NodeId>,
+    /// The voters the catalog places the group on (the bootstrap configuration unless
+    /// `moved`); the configuration in force is the Raft member's.
+    target: BTreeSet<NodeId>,
+    /// See [`GroupSpec::moved`].
+    moved: bool,
+    /// When this member, as leader, last handed leadership away because it leaves the group.
+    leaving_transfer_at: Option<Instant>,
+    /// When this member, outside the target, last asked whether it was removed.
+    asked_removed_at: Option<Instant>,
     /// Entries this member proposed, until applied or overwritten.
     proposed: BTreeMap<LogIndex, Proposed>,
     /// The origins of `proposed`, to refuse a duplicate forward without a scan.
@@ -381,7 +414,11 @@ pub struct GroupInfo {
     pub applied_index: LogIndex,
     pub last_index: LogIndex,
     pub snapshot_index: LogIndex,
+    /// The configuration in force on this member: its voters and learners.
     pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+    /// The voters the catalog places the group on (where a move is taking it).
+    pub target: BTreeSet<NodeId>,
     /// On the leader: each follower's matched index and its lag in entries.
     pub followers: Vec<(NodeId, LogIndex, u64)>,
 }
@@ -463,13 +500,37 @@ impl Primary {
         env: &mut Env<'_, S>,
         spec: &GroupSpec,
     ) -> Result<(), String> {
-        if self.groups.contains_key(&spec.name) {
+        if let Some(g) = self.groups.get_mut(&spec.name) {
+            // The catalog changed (a new home): the leader moves the group toward it.
+            g.target = spec.voters.clone();
+            g.preferred = spec.preferred;
+            g.moved = spec.moved;
             return Ok(());
         }
-        let voters = spec.voters.clone();
-        if !voters.contains(&self.id) {
+        // A removal interrupted by a crash is finished before anything else.
+        finish_forgetting(env.storage, &spec.name).map_err(|e| e.to_string())?;
+        // Outside the target, a member restarts only from a copy it holds: a re-placed group
+        // may still count it as a voter (it stops once the leader says it was removed).
+        let holds_copy = || -> Result<bool, String> {
+            let table = RaftConfig::new(self.id, spec.name.clone(), BTreeSet::new()).table();
+            let first = env
+                .storage
+                .scan(&table, &[], 1)
+                .map_err(|e| e.to_string())?;
+            Ok(!first.is_empty())
+        };
+        let runs_here = spec.voters.contains(&self.id) || (spec.moved && holds_copy()?);
+        if !runs_here {
             return Ok(());
         }
+        // A re-placed group's bootstrap configuration is not `spec.voters`: a member started
+        // now knows no configuration (it never campaigns) until the leader's log or snapshot
+        // gives it one. What storage holds takes precedence either way.
+        let voters = if spec.moved {
+            BTreeSet::new()
+        } else {
+            spec.voters.clone()
+        };
         let machine = Machine::recover(env.storage, &spec.name)
             .map_err(|e| e.to_string())?
             .with_extension(spec.extension.clone());
@@ -493,7 +554,10 @@ impl Primary {
                 handed_over_in: None,
                 raft,
                 machine,
-                voters,
+                target: spec.voters.clone(),
+                moved: spec.moved,
+                leaving_transfer_at: None,
+                asked_removed_at: None,
                 proposed: BTreeMap::new(),
                 proposed_origins: BTreeSet::new(),
                 reads: BTreeMap::new(),
@@ -518,7 +582,9 @@ impl Primary {
             applied_index: g.machine.applied(),
             last_index: last,
             snapshot_index: raft.snapshot().index,
-            voters: g.voters.clone(),
+            voters: raft.voters().clone(),
+            learners: raft.learners().clone(),
+            target: g.target.clone(),
             followers: raft
                 .follower_progress()
                 .into_iter()
@@ -566,9 +632,8 @@ impl Primary {
     ) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        if !self.voters.contains_key(&group.name) {
-            self.voters.insert(group.name.clone(), group.voters.clone());
-        }
+        // The catalog's latest placement: whom a node outside the group asks first.
+        self.voters.insert(group.name.clone(), group.voters.clone());
         self.pending.insert(
             seq,
             Pending {
@@ -618,18 +683,24 @@ impl Primary {
         let op = p.op.clone();
         let local_read =
             self.config.bug_local_reads && matches!(op, Op::Read { .. } | Op::ReadRows { .. });
-        let target = match self.groups.get(&name) {
+        let member = self.groups.get(&name);
+        let target = match member {
             Some(g) if g.raft.is_leader() || local_read => None,
-            Some(g) => match g.raft.leader() {
+            Some(g) if !outsider(g, self.id) && g.raft.leader().is_some() => g.raft.leader(),
+            Some(g) if !outsider(g, self.id) => {
+                // A voter learns of the next leader itself: wait for the election.
+                p.parked = true;
+                return;
+            }
+            // A member joining or leaving a group that moves, whose view of the leader may be
+            // missing or stale: the latest guess first, like a node outside the group.
+            _ => match self
+                .hints
+                .get(&name)
+                .copied()
+                .or(member.and_then(|g| g.raft.leader()))
+            {
                 Some(l) => Some(l),
-                None => {
-                    // A voter learns of the next leader itself: wait for the election.
-                    p.parked = true;
-                    return;
-                }
-            },
-            None => match self.hints.get(&name) {
-                Some(&l) => Some(l),
                 None => {
                     // Not a voter and no guess: ask a voter.
                     let voters: Vec<NodeId> = self
@@ -856,7 +927,11 @@ impl Primary {
                 match leader {
                     // A new guess: try it now.
                     Some(l) if l != self.id && Some(l) != tried => {
-                        if !self.groups.contains_key(&p.group) {
+                        if self
+                            .groups
+                            .get(&p.group)
+                            .is_none_or(|g| outsider(g, self.id))
+                        {
                             self.hints.insert(p.group.clone(), l);
                         }
                         self.route(env, seq);
@@ -922,7 +997,12 @@ impl Primary {
                 match self.groups.get(&group) {
                     Some(g) if g.raft.is_leader() => self.serve(env, &group, asker, origin, op),
                     Some(g) => {
-                        let leader = g.raft.leader();
+                        let hint = self.hints.get(&group).copied();
+                        let leader = if outsider(g, self.id) {
+                            hint.or(g.raft.leader())
+                        } else {
+                            g.raft.leader()
+                        };
                         self.respond(env, &group, asker, Outcome::NotLeader { leader });
                     }
                     None => {
@@ -941,6 +1021,67 @@ impl Primary {
                     self.local_outcome(env, seq, outcome, early);
                 }
             }
+            Message::StillMember { group } => {
+                if let Some(g) = self.groups.get(&group)
+                    && g.raft.is_leader()
+                    && g.raft.configuration_index() <= g.raft.commit_index()
+                    && !g.raft.voters().contains(&from)
+                    && !g.raft.learners().contains(&from)
+                {
+                    let configuration = g.raft.configuration_index();
+                    self.effects.push_back(Effect::Send {
+                        to: from,
+                        message: Message::Removed {
+                            group,
+                            configuration,
+                        },
+                    });
+                }
+            }
+            Message::Removed {
+                group,
+                configuration,
+            } => {
+                // Only a member the catalog moved away stops. An answer older than the
+                // configuration its own log holds is stale: the member was added again since
+                // (its catalog may not show it yet) and may vote.
+                if self.groups.get(&group).is_some_and(|g| {
+                    g.moved
+                        && !g.target.contains(&self.id)
+                        && g.raft.configuration_index() <= configuration
+                }) {
+                    self.stop_group(env, &group);
+                }
+            }
+        }
+    }
+
+    /// Stops this node's member of `name`, removed from the group's committed configuration,
+    /// and deletes its copy of the group (log, hard state, snapshot and data): a member that
+    /// came back later from that stale copy could campaign with a configuration the group left
+    /// long ago. Whoever waited on it is told to look for the leader elsewhere.
+    fn stop_group<S: Storage>(&mut self, env: &mut Env<'_, S>, name: &str) {
+        let Some(g) = self.groups.remove(name) else {
+            return;
+        };
+        tracing::info!(node = %self.id, group = name, "removed from the group: member stopped");
+        for (_, p) in g.proposed {
+            self.respond(env, name, p.asker, Outcome::NotLeader { leader: None });
+        }
+        for (_, r) in g.reads {
+            self.respond(env, name, r.asker, Outcome::NotLeader { leader: None });
+        }
+        if let Err(e) = forget(env.storage, name) {
+            tracing::error!(node = %self.id, group = name, error = %e, "deleting a removed group's copy failed");
+        }
+        let waiting: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.group == name)
+            .map(|(seq, _)| *seq)
+            .collect();
+        for seq in waiting {
+            self.route(env, seq);
         }
     }
 
@@ -976,6 +1117,10 @@ impl Primary {
                     tracing::info!(keyspace = name, to = %g.preferred, "handing leadership to the preferred member");
                 }
             }
+            self.drive_move(env, name);
+            let Some(g) = self.groups.get_mut(name) else {
+                continue;
+            };
             // Bookkeeping of requests whose askers have long given up.
             let stale = env.now.as_micros().saturating_sub(
                 2 * u64::try_from(self.config.request_timeout.as_micros()).unwrap_or(u64::MAX),
@@ -1009,6 +1154,132 @@ impl Primary {
         for (seq, group) in unanswered {
             self.hints.remove(&group);
             self.route(env, seq);
+        }
+    }
+
+    /// Moves a re-placed group toward its target, one step per call (thesis §4.1: one
+    /// single-server change at a time, each committed before the next; §4.2.1: new servers
+    /// catch up as learners first). On the leader:
+    ///
+    /// 1. promote a learner of the target once it is caught up;
+    /// 2. remove a learner the target does not want;
+    /// 3. remove a voter the target does not want (not itself), but only while the group has
+    ///    more voters than the target: a voter leaves only after its replacement was added
+    ///    and caught up, so the group never has fewer voters than it is meant to;
+    /// 4. add one member of the target that is not in the configuration, as a learner;
+    /// 5. when only the leader itself is left to remove, hand leadership to a caught-up voter
+    ///    of the target, which then removes it.
+    ///
+    /// A member outside the target asks the group, now and then, whether its removal is
+    /// committed ([`Message::StillMember`]); once told, it stops.
+    fn drive_move<S: Storage>(&mut self, env: &mut Env<'_, S>, name: &str) {
+        let me = self.id;
+        let ask_every = self.config.election_timeout_min;
+        let retry_transfer_after = self.config.election_timeout_max;
+        let bug_remove_first = self.config.bug_move_remove_first;
+        let Some(g) = self.groups.get_mut(name) else {
+            return;
+        };
+        if !g.moved || g.broken.is_some() {
+            return;
+        }
+        if !g.target.contains(&me)
+            && g.asked_removed_at
+                .is_none_or(|t| env.now.saturating_since(t) >= ask_every)
+        {
+            g.asked_removed_at = Some(env.now);
+            let mut ask: BTreeSet<NodeId> = g.target.clone();
+            ask.extend(g.raft.leader());
+            ask.extend(g.raft.voters().iter().copied());
+            ask.remove(&me);
+            for to in ask {
+                self.effects.push_back(Effect::Send {
+                    to,
+                    message: Message::StillMember {
+                        group: name.to_string(),
+                    },
+                });
+            }
+        }
+        let raft = &g.raft;
+        if !raft.is_leader() || raft.configuration_index() > raft.commit_index() {
+            return;
+        }
+        let voters = raft.voters();
+        let learners = raft.learners();
+        let target = &g.target;
+        if voters == target && learners.is_empty() {
+            return;
+        }
+        let last = raft.last_index();
+        let lag_max = raft.config().learner_promotion_lag_entries_max;
+        let caught_up_learner = raft
+            .learner_progress()
+            .into_iter()
+            .find(|(id, matched)| target.contains(id) && last.distance_from(*matched) <= lag_max)
+            .map(|(id, _)| id);
+        let unwanted_learner = learners.iter().copied().find(|l| !target.contains(l));
+        let unwanted_voter = voters
+            .iter()
+            .copied()
+            .find(|v| !target.contains(v) && *v != me);
+        let missing = target
+            .iter()
+            .copied()
+            .find(|t| !voters.contains(t) && !learners.contains(t));
+        let learning = learners.iter().any(|l| target.contains(l));
+        let may_remove = voters.len() > target.len() || bug_remove_first;
+        let change = caught_up_learner
+            .map(MembershipChange::PromoteLearner)
+            .or(unwanted_learner.map(MembershipChange::RemoveLearner))
+            .or(unwanted_voter
+                .filter(|_| may_remove)
+                .map(MembershipChange::RemoveVoter))
+            .or(missing
+                .filter(|_| !learning)
+                .map(MembershipChange::AddLearner));
+        if let Some(change) = change {
+            match g.raft.change_membership(env, change) {
+                Ok(index) => {
+                    tracing::info!(node = %me, group = name, ?change, index = index.0, "moving the group's voters");
+                }
+                Err(crate::MembershipError::Storage(e)) => {
+                    tracing::error!(keyspace = name, error = %e, "raft step failed; group stopped");
+                    g.broken = Some(e.to_string());
+                }
+                Err(e) => {
+                    tracing::debug!(node = %me, group = name, ?change, error = %e, "membership change not made yet");
+                }
+            }
+            return;
+        }
+        if !target.contains(&me)
+            && unwanted_voter.is_none()
+            && g.leaving_transfer_at
+                .is_none_or(|t| env.now.saturating_since(t) >= retry_transfer_after)
+        {
+            let progress = raft.follower_progress();
+            let caught_up = |id: &NodeId| {
+                progress
+                    .iter()
+                    .any(|(v, matched)| v == id && *matched == last)
+            };
+            let to = if caught_up(&g.preferred) {
+                Some(g.preferred)
+            } else {
+                target.iter().copied().find(|t| caught_up(t))
+            };
+            if let Some(to) = to {
+                g.leaving_transfer_at = Some(env.now);
+                match g.raft.transfer_leadership(env.now, to) {
+                    Ok(()) => {
+                        tracing::info!(node = %me, group = name, %to, "leaving the group: handing leadership over")
+                    }
+                    Err(e) => {
+                        tracing::debug!(node = %me, group = name, error = %e, "hand-over refused")
+                    }
+                }
+            }
         }
     }
 
@@ -1251,6 +1522,52 @@ impl Primary {
             "a pending request was never numbered"
         );
     }
+}
+
+/// Where a removal in progress is recorded: the group's name, until its copy is deleted.
+const FORGETTING_TABLE: &str = "primary.forgetting";
+const DELETE_CHUNK: usize = 1024;
+
+/// Deletes this node's copy of group `name` (its Raft table and its data table). The marker is
+/// staged first and deleted last, so a crash that keeps any prefix of these writes either
+/// deleted nothing or left the marker, and [`finish_forgetting`] completes the deletion at the
+/// next start.
+fn forget<S: Storage>(storage: &mut S, name: &str) -> Result<(), StorageError> {
+    storage.put(FORGETTING_TABLE, name.as_bytes(), b"")?;
+    finish_forgetting(storage, name)
+}
+
+/// Completes a deletion [`forget`] started, if there is one.
+fn finish_forgetting<S: Storage>(storage: &mut S, name: &str) -> Result<(), StorageError> {
+    if storage.get(FORGETTING_TABLE, name.as_bytes())?.is_none() {
+        return Ok(());
+    }
+    let raft_table = RaftConfig::new(NodeId(0), name, BTreeSet::new()).table();
+    for table in [raft_table, crate::machine::table_name(name)] {
+        // Resume each scan after the last key deleted: staged deletes would otherwise be
+        // scanned again.
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let chunk = storage.scan(&table, &from, DELETE_CHUNK)?;
+            let Some((last, _)) = chunk.last() else {
+                break;
+            };
+            from = last.clone();
+            from.push(0);
+            for (k, _) in chunk {
+                storage.delete(&table, &k)?;
+            }
+        }
+    }
+    storage.delete(FORGETTING_TABLE, name.as_bytes())
+}
+
+/// Whether this node's member `g` is on its way in or out of a group that moves: not a voter
+/// of the configuration it knows, or not in the group's target. Its view of the leader may be
+/// missing (a new member not yet added) or stale (a removed one, which hears from no leader),
+/// so requests routed through it follow the guesses other members give.
+fn outsider(g: &Group, me: NodeId) -> bool {
+    !g.raft.voters().contains(&me) || !g.target.contains(&me)
 }
 
 /// Whether member `g` may serve a read of `freshness` from its own applied state now.

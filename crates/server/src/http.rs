@@ -6,6 +6,7 @@
 //! | `PUT /v1/kv/{keyspace}/{key}[?w=W]` | the body is the value; 204 |
 //! | `DELETE /v1/kv/{keyspace}/{key}[?w=W]` | `{"deleted": bool}` |
 //! | `GET /v1/keyspaces`, `POST /v1/keyspaces` | list; create from `{"name","model","n","r","w","merge","read","quorum","home"}` |
+//! | `PUT /v1/keyspaces/{name}/home` | re-place a primary-backup keyspace from `{"home": "r2"}` (or `null`); `{"home": ...}` |
 //! | `GET /v1/cluster` | this node, its members and peer links |
 //! | `GET /metrics` | Prometheus text format |
 //!
@@ -75,6 +76,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
             get(get_key).put(put_key).delete(delete_key),
         )
         .route("/v1/keyspaces", get(list_keyspaces).post(create_keyspace))
+        .route("/v1/keyspaces/{name}/home", axum::routing::put(set_home))
         .route("/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -527,6 +529,36 @@ async fn create_keyspace(State(shared): State<Arc<Shared>>, body: Bytes) -> Resp
         Reply::Created => {
             (StatusCode::CREATED, axum::Json(json!({ "created": true }))).into_response()
         }
+        Reply::Error(e) => error_response(&e),
+        other => unexpected(other),
+    }
+}
+
+/// `PUT /v1/keyspaces/{name}/home` with `{"home": "r2"}` (or `null`): re-places a
+/// primary-backup keyspace (`TRIARCH.KEYSPACE HOME`).
+#[derive(Deserialize)]
+struct HomeBody {
+    home: Option<String>,
+}
+
+async fn set_home(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let b: HomeBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": e.to_string(), "code": "ERR" })),
+            )
+                .into_response();
+        }
+    };
+    let home = b.home.clone();
+    match call(&shared, Request::SetHome { name, home: b.home }).await {
+        Reply::Created => axum::Json(json!({ "home": home })).into_response(),
         Reply::Error(e) => error_response(&e),
         other => unexpected(other),
     }

@@ -108,6 +108,7 @@ impl OpMetrics {
             Request::CreateKeyspace(_)
             | Request::ListKeyspaces
             | Request::KeyspaceInfo { .. }
+            | Request::SetHome { .. }
             | Request::Join(_)
             | Request::Decommission { .. }
             | Request::Membership => (None, Op::Admin),

@@ -570,6 +570,14 @@ fn admin_reply(kind: AdminKind, r: NodeReply) -> Reply {
                         list(g.voters.iter().map(|v| v.to_string()).collect()),
                     ),
                     field(
+                        "learners",
+                        list(g.learners.iter().map(|v| v.to_string()).collect()),
+                    ),
+                    field(
+                        "target_voters",
+                        list(g.target.iter().map(|v| v.to_string()).collect()),
+                    ),
+                    field(
                         "follower_lag",
                         list(
                             g.followers
@@ -1449,12 +1457,18 @@ fn membership_reply(status: &triarch_node::meta::MembershipStatus) -> Reply {
 fn keyspace_command(args: &[Bytes]) -> Result<(AdminKind, Request), Reply> {
     let usage = || {
         Reply::error(
-            "ERR usage: TRIARCH.KEYSPACE CREATE <name> MODEL <leaderless|primary-backup|multi-leader> [N n] [R r] [W w] [MERGE policy] [READ linearizable|lease|bounded:<ms>|session] [QUORUM strict|sloppy] [HOME region] | LIST | INFO <name>",
+            "ERR usage: TRIARCH.KEYSPACE CREATE <name> MODEL <leaderless|primary-backup|multi-leader> [N n] [R r] [W w] [MERGE policy] [READ linearizable|lease|bounded:<ms>|session] [QUORUM strict|sloppy] [HOME region] | HOME <name> <region|none> | LIST | INFO <name>",
         )
     };
     let sub = args.get(1).map(upper).ok_or_else(usage)?;
     match sub.as_str() {
         "LIST" if args.len() == 2 => Ok((AdminKind::List, Request::ListKeyspaces)),
+        "HOME" if args.len() == 4 => {
+            let name = String::from_utf8_lossy(&args[2]).into_owned();
+            let region = String::from_utf8_lossy(&args[3]).into_owned();
+            let home = (!region.eq_ignore_ascii_case("none")).then_some(region);
+            Ok((AdminKind::Create, Request::SetHome { name, home }))
+        }
         "INFO" if args.len() == 3 => {
             let name = String::from_utf8_lossy(&args[2]).into_owned();
             Ok((AdminKind::Info, Request::KeyspaceInfo { name }))
@@ -1567,6 +1581,18 @@ mod tests {
         assert!(format!("{e:?}").contains("unknown keyspace setting 'Q'"));
         assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE", "CREATE", "x", "N", "3"])).is_err());
         assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE"])).is_err());
+        for (region, home) in [("r2", Some("r2")), ("none", None), ("NONE", None)] {
+            let (_, r) =
+                keyspace_command(&args(&["TRIARCH.KEYSPACE", "HOME", "balance", region])).unwrap();
+            assert_eq!(
+                r,
+                Request::SetHome {
+                    name: "balance".into(),
+                    home: home.map(String::from)
+                }
+            );
+        }
+        assert!(keyspace_command(&args(&["TRIARCH.KEYSPACE", "HOME", "balance"])).is_err());
     }
 
     #[test]

@@ -422,6 +422,13 @@ impl Raft {
         &self.learners
     }
 
+    /// The index of the entry that set the configuration in force (0: the bootstrap one). Once
+    /// [`Raft::commit_index`] reaches it, the configuration is committed and another change may
+    /// start.
+    pub fn configuration_index(&self) -> LogIndex {
+        self.voters_index
+    }
+
     /// Whether this server is a learner in the configuration it knows: it then never campaigns.
     pub fn is_learner(&self) -> bool {
         self.learners.contains(&self.id)
