@@ -22,9 +22,6 @@ struct Cli {
     command: Cmd,
 }
 
-// Parsed once per process: the explorer's many flags make its variant large, and that costs
-// nothing here.
-#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run one node from its configuration file.

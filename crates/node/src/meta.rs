@@ -126,7 +126,14 @@ pub enum MetaCommand {
     HandedOff { started: u64, node: NodeId },
     /// Re-place primary-backup keyspace `name` in region `home` (`None`: no home region). Last
     /// in the enum: postcard numbers variants by position, and format 2 logs must still decode.
-    SetHome { name: String, home: Option<String> },
+    /// `seeded`: the proposer's definition of a keyspace its configuration file defines (catalog
+    /// version 0), which the group never decided and so holds no row of: the machine records it
+    /// with its new home.
+    SetHome {
+        name: String,
+        home: Option<String>,
+        seeded: Option<KeyspaceConfig>,
+    },
 }
 
 impl MetaCommand {
@@ -433,12 +440,18 @@ impl MetaMachine {
         index: LogIndex,
         name: &str,
         home: Option<String>,
+        seeded: Option<KeyspaceConfig>,
     ) -> MetaAnswer {
         let row = Self::keyspace_row(name);
-        let Some(mut entry) = rows
+        let decided = rows
             .get(&row)
-            .and_then(|b| crate::catalog::decode_entry(&b).ok())
-        else {
+            .and_then(|b| crate::catalog::decode_entry(&b).ok());
+        // A keyspace of the configuration file (every node's, version 0) has no row until its
+        // first re-placement records it.
+        let seeded = seeded
+            .filter(|c| c.name == name)
+            .map(|config| CatalogEntry::new(config, 0));
+        let Some(mut entry) = decided.or(seeded) else {
             return MetaAnswer::Refused(format!("unknown keyspace '{name}'"));
         };
         if entry.config.model != triarch_core::Model::PrimaryBackup {
@@ -475,7 +488,9 @@ impl Extension for MetaMachine {
             Some(MetaCommand::HandedOff { started, node }) => {
                 Self::membership(rows, index, &[], |m| Ok(m.report(started, node, true)))
             }
-            Some(MetaCommand::SetHome { name, home }) => Self::set_home(rows, index, &name, home),
+            Some(MetaCommand::SetHome { name, home, seeded }) => {
+                Self::set_home(rows, index, &name, home, seeded)
+            }
             None => MetaAnswer::Undecodable,
         };
         answer.encode()
@@ -626,6 +641,11 @@ impl<S: Storage> Node<S> {
         let Some(config) = self.catalog.get(&name).cloned() else {
             return self.fail(request, RequestError::UnknownKeyspace(name));
         };
+        let seeded = self
+            .catalog
+            .entries()
+            .find(|e| e.config.name == name && e.version == 0)
+            .map(|e| e.config.clone());
         if config.model != triarch_core::Model::PrimaryBackup {
             return self.fail(
                 request,
@@ -646,7 +666,7 @@ impl<S: Storage> Node<S> {
             now,
             request,
             MetaPending::Home(name.clone()),
-            MetaCommand::SetHome { name, home },
+            MetaCommand::SetHome { name, home, seeded },
         );
     }
 
@@ -1126,6 +1146,11 @@ mod tests {
         let home = MetaCommand::SetHome {
             name: "balance".into(),
             home: Some("r2".into()),
+            seeded: Some(KeyspaceConfig::with_defaults(
+                "balance",
+                triarch_core::Model::PrimaryBackup,
+                3,
+            )),
         };
         assert_eq!(MetaCommand::decode(&home.encode()), Some(home));
         let handed_off = MetaCommand::HandedOff {

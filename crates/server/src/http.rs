@@ -505,16 +505,19 @@ impl CreateBody {
     }
 }
 
+/// The 400 for a request body that is not the JSON a route takes.
+fn bad_json(e: &serde_json::Error) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        axum::Json(json!({ "error": e.to_string(), "code": "ERR" })),
+    )
+        .into_response()
+}
+
 async fn create_keyspace(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let b: CreateBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({ "error": e.to_string(), "code": "ERR" })),
-            )
-                .into_response();
-        }
+        Err(e) => return bad_json(&e),
     };
     let settings = match b.settings() {
         Ok(settings) => settings,
@@ -548,13 +551,7 @@ async fn set_home(
 ) -> Response {
     let b: HomeBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                axum::Json(json!({ "error": e.to_string(), "code": "ERR" })),
-            )
-                .into_response();
-        }
+        Err(e) => return bad_json(&e),
     };
     let home = b.home.clone();
     match call(&shared, Request::SetHome { name, home: b.home }).await {

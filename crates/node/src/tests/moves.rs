@@ -124,6 +124,28 @@ fn move_under_load(c: &mut Cluster, to: &str) -> Moved {
     Moved { voters_min, writes }
 }
 
+/// Every write of `writes` (key `...w<i>`, value `v<i>`) read through node `reader`: an
+/// acknowledged one reads back its value; one whose outcome is unknown reads back some value or
+/// none, but no error.
+fn reads_back(c: &mut Cluster, reader: u32, writes: &BTreeMap<String, bool>, context: &str) {
+    for (key, ok) in writes {
+        let i = key.rsplit('w').next().unwrap();
+        let read = c.get(reader, key);
+        if *ok {
+            assert_eq!(
+                read,
+                Reply::Value(Some(b(&format!("v{i}")))),
+                "{context}acknowledged {key} via n{reader}"
+            );
+        } else {
+            assert!(
+                matches!(read, Reply::Value(_)),
+                "{context}{key} via n{reader}: {read:?}"
+            );
+        }
+    }
+}
+
 fn collect(
     c: &mut Cluster,
     pending: &mut BTreeMap<RequestId, String>,
@@ -196,22 +218,7 @@ fn a_keyspace_moves_to_its_new_home_one_voter_at_a_time_while_it_serves() {
                 "read via n{reader}"
             );
         }
-        for (key, ok) in &moved.writes {
-            let i = key.rsplit('w').next().unwrap();
-            let read = c.get(reader, key);
-            if *ok {
-                assert_eq!(
-                    read,
-                    Reply::Value(Some(b(&format!("v{i}")))),
-                    "{key} via n{reader}"
-                );
-            } else {
-                assert!(
-                    matches!(read, Reply::Value(_)),
-                    "{key} via n{reader}: {read:?}"
-                );
-            }
-        }
+        reads_back(&mut c, reader, &moved.writes, "");
     }
     // And the keyspace keeps serving from its new home.
     assert_eq!(
@@ -467,22 +474,7 @@ fn move_under_faults(seed: u64) {
         "seed {seed}: the faults missed the move"
     );
     for reader in 1..=6 {
-        for (key, ok) in &writes {
-            let i = key.rsplit('w').next().unwrap();
-            let read = c.get(reader, key);
-            if *ok {
-                assert_eq!(
-                    read,
-                    Reply::Value(Some(b(&format!("v{i}")))),
-                    "seed {seed}: acknowledged {key} via n{reader}"
-                );
-            } else {
-                assert!(
-                    matches!(read, Reply::Value(_)),
-                    "seed {seed}: {key} via n{reader}: {read:?}"
-                );
-            }
-        }
+        reads_back(&mut c, reader, &writes, &format!("seed {seed}: "));
     }
 }
 
@@ -494,4 +486,30 @@ fn a_leaving_leader_hands_over_by_itself_when_leaders_are_not_spread() {
     let moved = move_under_load(&mut c, "r2");
     assert!(moved.voters_min >= 3, "{} voters", moved.voters_min);
     assert!(moved.writes.values().all(|ok| *ok), "writes refused");
+}
+
+/// A keyspace of the configuration file (never created through the metadata group, so it has no
+/// row there) moves too: the proposer's definition travels with the command.
+#[test]
+fn a_keyspace_of_the_configuration_file_moves_too() {
+    let mut c = Cluster::with_regions(6, 2);
+    c.tune = |config| {
+        config.keyspaces.push(KeyspaceConfig {
+            home: Some("r1".into()),
+            ..KeyspaceConfig::with_defaults(NAME, Model::PrimaryBackup, 6)
+        })
+    };
+    for id in 1..=6 {
+        c.crash(id);
+        c.start(id);
+    }
+    let deadline = c.now_micros + 30_000_000;
+    while region(c.elect(NAME)) != "r1" {
+        assert!(c.now_micros < deadline, "no leader in r1");
+        c.step();
+    }
+    let moved = move_under_load(&mut c, "r2");
+    assert!(moved.voters_min >= 3, "{} voters", moved.voters_min);
+    assert!(moved.writes.values().all(|ok| *ok), "writes refused");
+    reads_back(&mut c, 5, &moved.writes, "");
 }
