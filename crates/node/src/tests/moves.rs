@@ -280,16 +280,15 @@ fn a_new_home_is_refused_for_unknown_or_non_primary_keyspaces_and_empty_regions(
         Reply::Created
     );
     c.run(5);
-    let before: Vec<_> = (1..=6)
-        .map(|id| {
-            c.node(NodeId(id))
-                .unwrap()
-                .catalog()
-                .entries()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let catalogs = |c: &mut Cluster| -> Vec<Vec<_>> {
+        (1..=6)
+            .map(|id| {
+                let node = c.node(NodeId(id)).unwrap();
+                node.catalog().entries().cloned().collect()
+            })
+            .collect()
+    };
+    let before = catalogs(&mut c);
     for (name, home, expect) in [
         ("nope", Some("r2"), "nope"),
         ("prefs", Some("r2"), "primary-backup"),
@@ -306,16 +305,7 @@ fn a_new_home_is_refused_for_unknown_or_non_primary_keyspaces_and_empty_regions(
         }
     }
     c.run(20);
-    let after: Vec<_> = (1..=6)
-        .map(|id| {
-            c.node(NodeId(id))
-                .unwrap()
-                .catalog()
-                .entries()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let after = catalogs(&mut c);
     assert_eq!(before, after, "a refused re-placement changed a catalog");
     let (leader, voters, _) = configuration(&mut c).unwrap();
     assert_eq!(region(leader), "r1");
