@@ -149,7 +149,8 @@ pub struct AntiEntropyConfig {
     /// Bytes of stored values per message (`KeyDiff`, `KeyValues`); a single larger value still
     /// goes, alone.
     pub value_bytes_per_message_max: usize,
-    /// An exchange whose peer stays silent this long is abandoned (compared again next interval).
+    /// An exchange whose peer stays silent this long is abandoned (compared again next
+    /// interval), freeing its slot among `exchanges_in_flight_max`.
     pub exchange_timeout: Duration,
     /// Keys scanned per keyspace per maintenance step while rebuilding the index after a start.
     pub build_keys_per_step: usize,
@@ -193,7 +194,13 @@ impl Default for AntiEntropyConfig {
             exchanges_in_flight_max: 2,
             keys_per_message_max: 256,
             value_bytes_per_message_max: 1024 * 1024,
-            exchange_timeout: Duration::from_secs(5),
+            // The coordinator's request timeout and the failure detector's silence bound: a
+            // healthy replica answers each step well within it (answers carrying values wait
+            // for one group-committed sync). An exchange stalled on a peer that was cut off or
+            // stopped holds one of the few slots in flight until then: at 5 s, after a
+            // partition healed, such exchanges kept every slot busy for up to 5 s and
+            // replicas converged that much later (docs/explore.md, "--anti-entropy").
+            exchange_timeout: Duration::from_secs(1),
             build_keys_per_step: 10_000,
             tombstone_collection: true,
             // Far beyond a request timeout or an exchange's; the hint age limit (3 h by
