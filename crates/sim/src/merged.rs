@@ -18,6 +18,16 @@
 //! positive amount (1 to 10) to a random counter through a random node; reader processes read
 //! random counters (GET).
 //!
+//! ## Workload V: siblings
+//!
+//! `keys` documents in keyspace `docs` (`MERGE siblings`, N=3, R=2, W=2). Writer processes
+//! write globally unique values through a random node: most often
+//! ([`OBSERVED_WRITE_PROBABILITY`]) they first read the key (`TRIARCH.GETV`: its concurrent
+//! values and a causal context) and then write with that context (`TRIARCH.SETV`), which
+//! supersedes exactly what the read showed; otherwise they write blind (an empty context),
+//! adding a sibling beside whatever is there. Reader processes read random keys.
+//! [`crate::checker::siblings`] judges it.
+//!
 //! ## Workload L: linearizable registers
 //!
 //! `keys` registers in keyspace `regs` (primary-backup, N=3: with five nodes, two of them are
@@ -73,6 +83,8 @@ pub enum MergedWorkload {
     Set,
     /// Workload C: increments of `counter` keys.
     Counter,
+    /// Workload V: reads and context-carrying writes of `siblings` keys.
+    Siblings,
     /// Workload L: reads, writes and compare-and-sets of primary-backup registers.
     Registers,
     /// Workload B: transfers between primary-backup accounts with WATCH/MULTI/EXEC.
@@ -129,9 +141,10 @@ pub fn balance_of(value: Option<u64>) -> (u64, i64) {
 
 impl MergedWorkload {
     /// The workloads of the single-region runs (`tests/merged_seeds.rs`).
-    pub const ALL: [MergedWorkload; 4] = [
+    pub const ALL: [MergedWorkload; 5] = [
         MergedWorkload::Set,
         MergedWorkload::Counter,
+        MergedWorkload::Siblings,
         MergedWorkload::Registers,
         MergedWorkload::Bank,
     ];
@@ -159,6 +172,7 @@ impl MergedWorkload {
         let (name, merge) = match self {
             MergedWorkload::Set => ("cart", MergePolicy::Set),
             MergedWorkload::Counter => ("hits", MergePolicy::Counter),
+            MergedWorkload::Siblings => ("docs", MergePolicy::Siblings),
             MergedWorkload::LwwBank => ("llbank", MergePolicy::Lww),
             MergedWorkload::LwwRegisters => ("llreg", MergePolicy::Lww),
             MergedWorkload::MlCart
@@ -209,6 +223,7 @@ impl MergedWorkload {
         match self {
             MergedWorkload::Set => "set",
             MergedWorkload::Counter => "counter",
+            MergedWorkload::Siblings => "siblings",
             MergedWorkload::Registers => "registers",
             MergedWorkload::Bank => "bank",
             MergedWorkload::MlCart => "cart",
@@ -241,6 +256,13 @@ pub enum MergedFunction {
     CounterAdd { amount: i64 },
     /// GET of the counter.
     CounterRead,
+    /// `TRIARCH.GETV`: the key's concurrent values and a context covering them.
+    SiblingsRead,
+    /// `TRIARCH.SETV` of `value` (unique over the whole run). `observed`: with the context of
+    /// the same process's previous operation, an `ok` [`MergedFunction::SiblingsRead`] of the
+    /// same key, so it supersedes the values that read returned; otherwise blind (an empty
+    /// context: a new sibling).
+    SiblingsWrite { value: u64, observed: bool },
     /// GET of a register.
     RegisterRead,
     /// SET of a register to `value` (unique over the whole run).
@@ -269,6 +291,7 @@ impl MergedFunction {
             self,
             MergedFunction::SetRead
                 | MergedFunction::CounterRead
+                | MergedFunction::SiblingsRead
                 | MergedFunction::RegisterRead
                 | MergedFunction::BankRead
                 | MergedFunction::BankPrepare { .. }
@@ -294,6 +317,11 @@ impl fmt::Display for MergedFunction {
             MergedFunction::SetRead => f.write_str("read"),
             MergedFunction::CounterAdd { amount } => write!(f, "incr {amount}"),
             MergedFunction::CounterRead | MergedFunction::RegisterRead => f.write_str("read"),
+            MergedFunction::SiblingsRead => f.write_str("getv"),
+            MergedFunction::SiblingsWrite { value, observed } => {
+                let how = if *observed { "with context" } else { "blind" };
+                write!(f, "setv {value} {how}")
+            }
             MergedFunction::RegisterWrite { value } => write!(f, "write {value}"),
             MergedFunction::RegisterCas { expected, new } => write!(f, "cas {expected}->{new}"),
             MergedFunction::BankSetup => f.write_str("setup"),
@@ -314,6 +342,8 @@ pub enum ReadResult {
     Members(BTreeSet<u64>),
     /// A counter never written reads as 0.
     Count(i128),
+    /// The concurrent values of a `siblings` key (none: never written).
+    Siblings(BTreeSet<u64>),
     /// A register's value (`None`: never written).
     Register(Option<u64>),
     /// Whether a compare-and-set wrote (for workload B's setup: whether this attempt set the
@@ -326,7 +356,7 @@ pub enum ReadResult {
 impl fmt::Display for ReadResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReadResult::Members(m) => {
+            ReadResult::Members(m) | ReadResult::Siblings(m) => {
                 let shown: Vec<String> = m.iter().map(u64::to_string).collect();
                 write!(f, "{{{}}}", shown.join(" "))
             }
@@ -586,6 +616,10 @@ impl MergedHistory {
                 MergedFunction::RegisterRead => (6, 0),
                 MergedFunction::RegisterWrite { value } => (7, value),
                 MergedFunction::RegisterCas { expected, new } => (8, expected << 32 ^ new),
+                MergedFunction::SiblingsRead => (13, 0),
+                MergedFunction::SiblingsWrite { value, observed } => {
+                    (14, value << 1 | u64::from(observed))
+                }
                 MergedFunction::BankSetup => (9, 0),
                 MergedFunction::BankRead => (10, 0),
                 MergedFunction::BankPrepare { from, to, amount } => {
@@ -608,6 +642,7 @@ impl MergedHistory {
             match &e.result {
                 None => add(u64::MAX),
                 Some(ReadResult::Members(m)) => m.iter().for_each(|&x| add(x ^ 0x55)),
+                Some(ReadResult::Siblings(m)) => m.iter().for_each(|&x| add(x ^ 0x33)),
                 Some(ReadResult::Count(c)) => add(*c as u64),
                 Some(ReadResult::Register(v)) => add(v.map_or(u64::MAX - 1, |v| v ^ 0x77)),
                 Some(ReadResult::Swapped(b)) => add(u64::from(*b) + 0x99),
@@ -658,6 +693,10 @@ impl fmt::Display for MergedHistory {
 /// as common as adds once processes own elements.
 const REMOVE_PROBABILITY: f64 = 0.4;
 const CAS_PROBABILITY: f64 = 0.5;
+/// Workload V: how often a write first reads the key and carries the read's context (else it
+/// is blind and adds a sibling). Mostly observed, so siblings are created and resolved alike
+/// and keys keep a handful of values.
+pub const OBSERVED_WRITE_PROBABILITY: f64 = 0.7;
 /// Workload MC: how often an add re-adds an element of the cart instead of a fresh one.
 pub const READD_PROBABILITY: f64 = 0.3;
 
@@ -968,6 +1007,27 @@ impl MergedClients {
             (Role::Reader, MergedWorkload::Set | MergedWorkload::MlCart) => {
                 (MergedFunction::SetRead, self.rng.below(self.keys))
             }
+            (Role::Reader, MergedWorkload::Siblings) => {
+                (MergedFunction::SiblingsRead, self.rng.below(self.keys))
+            }
+            (Role::Writer, MergedWorkload::Siblings) => {
+                let process = self.processes.get_mut(&id).expect("looked up above");
+                if let Some((_, key)) = process.queued.pop() {
+                    // The write that follows its read, numbered now.
+                    let value = self.next_element;
+                    self.next_element += 1;
+                    let observed = true;
+                    (MergedFunction::SiblingsWrite { value, observed }, key)
+                } else if self.rng.chance(OBSERVED_WRITE_PROBABILITY) {
+                    (MergedFunction::SiblingsRead, self.rng.below(self.keys))
+                } else {
+                    let value = self.next_element;
+                    self.next_element += 1;
+                    let observed = false;
+                    let key = self.rng.below(self.keys);
+                    (MergedFunction::SiblingsWrite { value, observed }, key)
+                }
+            }
             (Role::Writer, MergedWorkload::MlCounterBank) => {
                 let process = self.processes.get_mut(&id).expect("looked up above");
                 if process.queued.is_empty() {
@@ -1133,6 +1193,12 @@ impl MergedClients {
                     _ => {}
                 }
             }
+            (MergedFunction::SiblingsRead, EventType::Ok) if process.role == Role::Writer => {
+                // The value is numbered when the write is invoked.
+                let observed = true;
+                let f = MergedFunction::SiblingsWrite { value: 0, observed };
+                process.queued = vec![(f, key)];
+            }
             (MergedFunction::CounterRead, EventType::Ok)
                 if self.workload == MergedWorkload::MlCounterBank =>
             {
@@ -1221,6 +1287,7 @@ impl MergedClients {
     pub fn final_read(&mut self, id: ProcessId, key: u64) -> MergedFunction {
         let f = match self.workload {
             MergedWorkload::Set | MergedWorkload::MlCart => MergedFunction::SetRead,
+            MergedWorkload::Siblings => MergedFunction::SiblingsRead,
             MergedWorkload::Counter | MergedWorkload::MlCounter | MergedWorkload::MlCounterBank => {
                 MergedFunction::CounterRead
             }

@@ -3,7 +3,7 @@
 //! durability model.
 
 use crate::checker::convergence::{self, ReplicaRecords, ReplicaStates, ReplicaTables};
-use crate::checker::{bank_history, counter, leader, registers, set, single_writer};
+use crate::checker::{bank_history, counter, leader, registers, set, siblings, single_writer};
 use crate::history::{EventType, Function, History, ProcessId};
 use crate::merged::{
     BANK_INITIAL_BALANCE, MergedClients, MergedFunction, MergedHistory, MergedWorkload, Mix,
@@ -19,6 +19,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::time::Duration;
+use triarch_core::causal::VersionVector;
 use triarch_core::{DetRng, Instant, KeyspaceConfig, NodeId, Now, RequestId};
 use triarch_leaderless::record::Record;
 use triarch_leaderless::ring::{self, Ring};
@@ -183,6 +184,8 @@ struct MergedRun {
     keyspace: KeyspaceConfig,
     history: MergedHistory,
     requests: BTreeMap<RequestId, ProcessId>,
+    /// Workload V: the context of each process's last `ok` read, which its next write carries.
+    contexts: BTreeMap<ProcessId, VersionVector>,
     states: Option<ReplicaStates>,
     /// Workload L: each voter's data table at the end.
     tables: Option<ReplicaTables>,
@@ -560,6 +563,7 @@ impl Simulation {
                     clients,
                     history: MergedHistory::new(),
                     requests: BTreeMap::new(),
+                    contexts: BTreeMap::new(),
                     states: None,
                     tables: None,
                     leaders_after_heal: None,
@@ -683,12 +687,12 @@ impl Simulation {
             ),
             Some(run) => {
                 let checkers = match run.clients.workload {
-                    MergedWorkload::Set | MergedWorkload::Counter => {
+                    MergedWorkload::Set | MergedWorkload::Counter | MergedWorkload::Siblings => {
                         let states = run.states.as_ref().expect("snapshot taken at Finish");
-                        let semantics = if run.clients.workload == MergedWorkload::Set {
-                            set::check(&run.history)
-                        } else {
-                            counter::check(&run.history)
+                        let semantics = match run.clients.workload {
+                            MergedWorkload::Set => set::check(&run.history),
+                            MergedWorkload::Siblings => siblings::check(&run.history),
+                            _ => counter::check(&run.history),
                         };
                         vec![semantics, convergence::check_states(states)]
                     }
@@ -938,7 +942,7 @@ impl Simulation {
                 let workload = self.merged.as_ref().map(|run| run.clients.workload);
                 let states = matches!(
                     workload,
-                    Some(MergedWorkload::Set | MergedWorkload::Counter)
+                    Some(MergedWorkload::Set | MergedWorkload::Counter | MergedWorkload::Siblings)
                 )
                 .then(|| self.replica_states());
                 let tables = matches!(
@@ -986,7 +990,7 @@ impl Simulation {
                 bug_remove_unobserved: bug,
                 ..LeaderlessConfig::default()
             },
-            Some(MergedWorkload::Counter) => LeaderlessConfig {
+            Some(MergedWorkload::Counter | MergedWorkload::Siblings) => LeaderlessConfig {
                 bug_shared_actor: bug,
                 ..LeaderlessConfig::default()
             },
@@ -1399,7 +1403,22 @@ impl Simulation {
             MergedFunction::SetAdd { element: e } => apply(Operation::SetAdd(element(e))),
             MergedFunction::SetRemove { element: e } => apply(Operation::SetRemove(element(e))),
             MergedFunction::CounterAdd { amount } => apply(Operation::CounterAdd(amount)),
-            MergedFunction::SetRead | MergedFunction::CounterRead => Request::Read {
+            MergedFunction::SiblingsWrite { value, observed } => {
+                let context = if observed {
+                    run.contexts
+                        .remove(&process)
+                        .expect("an observed write follows its ok read")
+                } else {
+                    VersionVector::new()
+                };
+                apply(Operation::SiblingsWrite {
+                    context,
+                    value: Some(Bytes::from(value.to_string())),
+                })
+            }
+            MergedFunction::SetRead
+            | MergedFunction::CounterRead
+            | MergedFunction::SiblingsRead => Request::Read {
                 key: key.clone(),
                 r: None,
             },
@@ -1503,6 +1522,12 @@ impl Simulation {
             Reply::State(View::Set(members)) => {
                 let members = members.iter().map(|m| parse(m)).collect();
                 (EventType::Ok, Some(ReadResult::Members(members)), None)
+            }
+            Reply::State(View::Siblings(view)) => {
+                let values = view.values.iter().map(|v| parse(v)).collect();
+                let run = self.merged.as_mut().expect("a CRDT run");
+                run.contexts.insert(process, view.context);
+                (EventType::Ok, Some(ReadResult::Siblings(values)), None)
             }
             Reply::State(View::Counter(value)) => {
                 (EventType::Ok, Some(ReadResult::Count(value)), None)

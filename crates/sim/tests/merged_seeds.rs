@@ -1,4 +1,5 @@
-//! Seeded simulation of the CRDT keyspaces (`set` carts and `counter`s) under every fault the
+//! Seeded simulation of the CRDT and `siblings` keyspaces (`set` carts, `counter`s, `siblings`
+//! documents) and of primary-backup registers and bank transfers under every fault the
 //! nemesis knows: partitions, loss, duplication, crashes that lose unsynced writes, clock skew.
 //!
 //! - `TRIARCH_SIM_SEEDS=N` runs N seeds of each workload instead of 1,000.
@@ -7,11 +8,12 @@
 //! - `TRIARCH_SIM_PLANTED_BUG=1` runs the workload's planted bug (`run_merged_seed`), to look
 //!   at what the checkers report (the test then fails, as it should).
 
-use triarch_sim::checker::{bank_history, convergence, counter, registers, set};
+use std::collections::BTreeMap;
+use triarch_sim::checker::{bank_history, convergence, counter, registers, set, siblings};
 use triarch_sim::testing::{blamed_keys, describe, env_u64, stopwatch};
 use triarch_sim::{
-    MergedWorkload, SeedReport, SimOptions, Simulation, merged_replay_command, run_merged_seed,
-    run_merged_seeds,
+    EventType, MergedFunction, MergedWorkload, ReadResult, SeedReport, SimOptions, Simulation,
+    merged_replay_command, run_merged_seed, run_merged_seeds,
 };
 
 fn options() -> SimOptions {
@@ -92,6 +94,11 @@ fn counter_seeds() {
 }
 
 #[test]
+fn siblings_seeds() {
+    seeds(MergedWorkload::Siblings);
+}
+
+#[test]
 fn registers_seeds() {
     seeds(MergedWorkload::Registers);
 }
@@ -146,6 +153,56 @@ fn planted_shared_actor_bug_is_caught_by_the_counter_checker() {
 
 /// Voters that serve reads from their own applied state, without ReadIndex, answer stale values
 /// while they lag or after they were deposed.
+/// The siblings seeds judge what they claim to: concurrent values are read as siblings, and
+/// writes carrying a read's context resolve them (every final read shows fewer values than
+/// were written to its key).
+#[test]
+fn siblings_seeds_make_and_resolve_siblings() {
+    let (mut multi_value_reads, mut observed_ok, mut resolved_keys) = (0, 0, 0);
+    for seed in 0..5 {
+        let mut sim =
+            Simulation::new_merged(seed, &SimOptions::default(), MergedWorkload::Siblings);
+        let report = sim.run();
+        assert!(report.passed(), "{}", describe(&report));
+        let history = sim.merged_history().expect("a merged run");
+        let final_start = history.final_phase_start().expect("final reads");
+        let mut written: BTreeMap<u64, usize> = BTreeMap::new();
+        let mut last_final: BTreeMap<u64, usize> = BTreeMap::new();
+        for op in history.ops() {
+            match (op.f, op.outcome, &op.result) {
+                (MergedFunction::SiblingsWrite { observed, .. }, EventType::Ok, _) => {
+                    *written.entry(op.key).or_default() += 1;
+                    observed_ok += usize::from(observed);
+                }
+                (MergedFunction::SiblingsRead, EventType::Ok, Some(ReadResult::Siblings(v))) => {
+                    multi_value_reads += usize::from(v.len() >= 2);
+                    if op.invoke_index >= final_start {
+                        last_final.insert(op.key, v.len());
+                    }
+                }
+                _ => {}
+            }
+        }
+        resolved_keys += last_final
+            .iter()
+            .filter(|(k, n)| written.get(k).is_some_and(|w| **n < *w))
+            .count();
+    }
+    eprintln!(
+        "{multi_value_reads} reads returned siblings, {observed_ok} observed writes acknowledged, {resolved_keys} keys resolved"
+    );
+    assert!(multi_value_reads > 100, "{multi_value_reads}");
+    assert!(observed_ok > 400, "{observed_ok}");
+    assert!(resolved_keys > 20, "{resolved_keys}");
+}
+
+/// Coordinators sharing one actor issue the same dot for concurrent writes through different
+/// replicas: one acknowledged sibling replaces the other.
+#[test]
+fn planted_shared_actor_bug_is_caught_by_the_siblings_checker() {
+    planted_bug_is_caught(MergedWorkload::Siblings, siblings::NAME);
+}
+
 #[test]
 fn planted_local_reads_are_caught_by_the_linearizability_checker() {
     planted_bug_is_caught(MergedWorkload::Registers, registers::NAME);

@@ -16,6 +16,7 @@ pub mod linearizable;
 pub mod regional;
 pub mod registers;
 pub mod set;
+pub mod siblings;
 pub mod single_writer;
 
 use std::fmt;

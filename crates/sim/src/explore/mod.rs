@@ -746,7 +746,12 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
     ) = Default::default();
     let model = match run {
         Run::Registers
-        | Run::Merged(MergedWorkload::Set | MergedWorkload::Counter | MergedWorkload::LwwBank)
+        | Run::Merged(
+            MergedWorkload::Set
+            | MergedWorkload::Counter
+            | MergedWorkload::Siblings
+            | MergedWorkload::LwwBank,
+        )
         | Run::Mixed(MergedWorkload::LwwRegisters) => Model::Leaderless,
         Run::Merged(w) | Run::Mixed(w) if w.is_multileader() => Model::MultiLeader,
         Run::Merged(_) | Run::Mixed(_) => Model::PrimaryBackup,
