@@ -258,6 +258,17 @@ fn sloppy_quorum_writes_survive_two_dead_replicas_and_hints_reach_them() {
         }
         None
     });
+    // The detector's view is in /metrics too.
+    for id in [survivor, outsider] {
+        let text = metrics(c.node(id).http);
+        for d in dead {
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_end() == format!("triarch_peer_suspected{{peer=\"n{d}\"}} 1")),
+                "n{id} /metrics does not show n{d} suspected:\n{text}"
+            );
+        }
+    }
     eprintln!(
         "suspected {:?} after the kill; first sloppy write acknowledged after {first_ok:?}; {attempts} attempts",
         killed.elapsed()

@@ -418,6 +418,7 @@ impl Core {
                 // `/metrics` asks for a snapshot before rendering: publish the exact figures.
                 crate::metrics::publish_multileader(&multileader, multileader_stats);
                 crate::metrics::publish_primary(&self.node);
+                crate::metrics::publish_peer_health(&self.node);
                 let _ = tx.send(Snapshot {
                     node: self.node.id(),
                     keyspaces: self

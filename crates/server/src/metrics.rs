@@ -383,6 +383,20 @@ pub fn record_sync(elapsed: Duration, batch_outputs: usize) {
     histogram!("triarch_sync_batch_outputs").record(batch_outputs as f64);
 }
 
+/// The failure detector's view of each peer (the same as INFO's `peer_<id>_health`):
+/// whether it is suspected now, requests sent to it since it was last heard from, and how many
+/// times it became suspected since this node started.
+pub fn publish_peer_health<S: Storage>(node: &Node<S>) {
+    for (peer, h) in node.peer_health() {
+        let peer = peer.to_string();
+        let suspected = h.suspected_since.is_some();
+        gauge!("triarch_peer_suspected", "peer" => peer.clone())
+            .set(f64::from(u8::from(suspected)));
+        gauge!("triarch_peer_unanswered_requests", "peer" => peer.clone()).set(h.unanswered as f64);
+        counter!("triarch_peer_suspicions_total", "peer" => peer).absolute(h.suspicions);
+    }
+}
+
 pub fn peer_link(peer: NodeId, up: bool) {
     gauge!("triarch_peer_connected", "peer" => peer.to_string()).set(if up { 1.0 } else { 0.0 });
 }
