@@ -28,6 +28,14 @@
 //! adding a sibling beside whatever is there. Reader processes read random keys.
 //! [`crate::checker::siblings`] judges it.
 //!
+//! ## Workload H: maps
+//!
+//! `keys` maps in keyspace `profiles` (`MERGE map`, N=3, R=2, W=2), each of [`MAP_FIELDS`]
+//! fields. Writer processes set a random field of a random map to a globally unique value
+//! (`HSET`, which reads the map at R and stamps past what it saw); reader processes read whole
+//! maps (`HGETALL`). Each field is a last-writer-wins register: [`crate::checker::map`]
+//! judges every field as a register read and written by many processes.
+//!
 //! ## Workload L: linearizable registers
 //!
 //! `keys` registers in keyspace `regs` (primary-backup, N=3: with five nodes, two of them are
@@ -85,6 +93,8 @@ pub enum MergedWorkload {
     Counter,
     /// Workload V: reads and context-carrying writes of `siblings` keys.
     Siblings,
+    /// Workload H: field writes and whole reads of `map` keys.
+    Map,
     /// Workload L: reads, writes and compare-and-sets of primary-backup registers.
     Registers,
     /// Workload B: transfers between primary-backup accounts with WATCH/MULTI/EXEC.
@@ -141,10 +151,11 @@ pub fn balance_of(value: Option<u64>) -> (u64, i64) {
 
 impl MergedWorkload {
     /// The workloads of the single-region runs (`tests/merged_seeds.rs`).
-    pub const ALL: [MergedWorkload; 5] = [
+    pub const ALL: [MergedWorkload; 6] = [
         MergedWorkload::Set,
         MergedWorkload::Counter,
         MergedWorkload::Siblings,
+        MergedWorkload::Map,
         MergedWorkload::Registers,
         MergedWorkload::Bank,
     ];
@@ -173,6 +184,7 @@ impl MergedWorkload {
             MergedWorkload::Set => ("cart", MergePolicy::Set),
             MergedWorkload::Counter => ("hits", MergePolicy::Counter),
             MergedWorkload::Siblings => ("docs", MergePolicy::Siblings),
+            MergedWorkload::Map => ("profiles", MergePolicy::Map),
             MergedWorkload::LwwBank => ("llbank", MergePolicy::Lww),
             MergedWorkload::LwwRegisters => ("llreg", MergePolicy::Lww),
             MergedWorkload::MlCart
@@ -224,6 +236,7 @@ impl MergedWorkload {
             MergedWorkload::Set => "set",
             MergedWorkload::Counter => "counter",
             MergedWorkload::Siblings => "siblings",
+            MergedWorkload::Map => "map",
             MergedWorkload::Registers => "registers",
             MergedWorkload::Bank => "bank",
             MergedWorkload::MlCart => "cart",
@@ -263,6 +276,10 @@ pub enum MergedFunction {
     /// same key, so it supersedes the values that read returned; otherwise blind (an empty
     /// context: a new sibling).
     SiblingsWrite { value: u64, observed: bool },
+    /// `HSET` of field `field` to `value` (unique over the whole run).
+    MapSet { field: u8, value: u64 },
+    /// `HGETALL`.
+    MapRead,
     /// GET of a register.
     RegisterRead,
     /// SET of a register to `value` (unique over the whole run).
@@ -292,6 +309,7 @@ impl MergedFunction {
             MergedFunction::SetRead
                 | MergedFunction::CounterRead
                 | MergedFunction::SiblingsRead
+                | MergedFunction::MapRead
                 | MergedFunction::RegisterRead
                 | MergedFunction::BankRead
                 | MergedFunction::BankPrepare { .. }
@@ -318,6 +336,8 @@ impl fmt::Display for MergedFunction {
             MergedFunction::CounterAdd { amount } => write!(f, "incr {amount}"),
             MergedFunction::CounterRead | MergedFunction::RegisterRead => f.write_str("read"),
             MergedFunction::SiblingsRead => f.write_str("getv"),
+            MergedFunction::MapSet { field, value } => write!(f, "hset f{field} {value}"),
+            MergedFunction::MapRead => f.write_str("hgetall"),
             MergedFunction::SiblingsWrite { value, observed } => {
                 let how = if *observed { "with context" } else { "blind" };
                 write!(f, "setv {value} {how}")
@@ -344,6 +364,8 @@ pub enum ReadResult {
     Count(i128),
     /// The concurrent values of a `siblings` key (none: never written).
     Siblings(BTreeSet<u64>),
+    /// A map's live fields and their values.
+    Fields(BTreeMap<u8, u64>),
     /// A register's value (`None`: never written).
     Register(Option<u64>),
     /// Whether a compare-and-set wrote (for workload B's setup: whether this attempt set the
@@ -358,6 +380,10 @@ impl fmt::Display for ReadResult {
         match self {
             ReadResult::Members(m) | ReadResult::Siblings(m) => {
                 let shown: Vec<String> = m.iter().map(u64::to_string).collect();
+                write!(f, "{{{}}}", shown.join(" "))
+            }
+            ReadResult::Fields(m) => {
+                let shown: Vec<String> = m.iter().map(|(k, v)| format!("f{k}={v}")).collect();
                 write!(f, "{{{}}}", shown.join(" "))
             }
             ReadResult::Count(c) => write!(f, "{c}"),
@@ -617,6 +643,8 @@ impl MergedHistory {
                 MergedFunction::RegisterWrite { value } => (7, value),
                 MergedFunction::RegisterCas { expected, new } => (8, expected << 32 ^ new),
                 MergedFunction::SiblingsRead => (13, 0),
+                MergedFunction::MapSet { field, value } => (15, value << 8 | u64::from(field)),
+                MergedFunction::MapRead => (16, 0),
                 MergedFunction::SiblingsWrite { value, observed } => {
                     (14, value << 1 | u64::from(observed))
                 }
@@ -643,6 +671,9 @@ impl MergedHistory {
                 None => add(u64::MAX),
                 Some(ReadResult::Members(m)) => m.iter().for_each(|&x| add(x ^ 0x55)),
                 Some(ReadResult::Siblings(m)) => m.iter().for_each(|&x| add(x ^ 0x33)),
+                Some(ReadResult::Fields(m)) => m
+                    .iter()
+                    .for_each(|(&k, &v)| add(v << 8 ^ u64::from(k) ^ 0x11)),
                 Some(ReadResult::Count(c)) => add(*c as u64),
                 Some(ReadResult::Register(v)) => add(v.map_or(u64::MAX - 1, |v| v ^ 0x77)),
                 Some(ReadResult::Swapped(b)) => add(u64::from(*b) + 0x99),
@@ -697,6 +728,8 @@ const CAS_PROBABILITY: f64 = 0.5;
 /// is blind and adds a sibling). Mostly observed, so siblings are created and resolved alike
 /// and keys keep a handful of values.
 pub const OBSERVED_WRITE_PROBABILITY: f64 = 0.7;
+/// Workload H: fields per map (few, so that writers meet on the same field).
+pub const MAP_FIELDS: u8 = 4;
 /// Workload MC: how often an add re-adds an element of the cart instead of a fresh one.
 pub const READD_PROBABILITY: f64 = 0.3;
 
@@ -1010,6 +1043,16 @@ impl MergedClients {
             (Role::Reader, MergedWorkload::Siblings) => {
                 (MergedFunction::SiblingsRead, self.rng.below(self.keys))
             }
+            (Role::Reader, MergedWorkload::Map) => {
+                (MergedFunction::MapRead, self.rng.below(self.keys))
+            }
+            (Role::Writer, MergedWorkload::Map) => {
+                let value = self.next_element;
+                self.next_element += 1;
+                let field = self.rng.below(u64::from(MAP_FIELDS)) as u8;
+                let key = self.rng.below(self.keys);
+                (MergedFunction::MapSet { field, value }, key)
+            }
             (Role::Writer, MergedWorkload::Siblings) => {
                 let process = self.processes.get_mut(&id).expect("looked up above");
                 if let Some((_, key)) = process.queued.pop() {
@@ -1288,6 +1331,7 @@ impl MergedClients {
         let f = match self.workload {
             MergedWorkload::Set | MergedWorkload::MlCart => MergedFunction::SetRead,
             MergedWorkload::Siblings => MergedFunction::SiblingsRead,
+            MergedWorkload::Map => MergedFunction::MapRead,
             MergedWorkload::Counter | MergedWorkload::MlCounter | MergedWorkload::MlCounterBank => {
                 MergedFunction::CounterRead
             }

@@ -3,7 +3,7 @@
 //! durability model.
 
 use crate::checker::convergence::{self, ReplicaRecords, ReplicaStates, ReplicaTables};
-use crate::checker::{bank_history, counter, leader, registers, set, siblings, single_writer};
+use crate::checker::{bank_history, counter, leader, map, registers, set, siblings, single_writer};
 use crate::history::{EventType, Function, History, ProcessId};
 use crate::merged::{
     BANK_INITIAL_BALANCE, MergedClients, MergedFunction, MergedHistory, MergedWorkload, Mix,
@@ -687,11 +687,15 @@ impl Simulation {
             ),
             Some(run) => {
                 let checkers = match run.clients.workload {
-                    MergedWorkload::Set | MergedWorkload::Counter | MergedWorkload::Siblings => {
+                    MergedWorkload::Set
+                    | MergedWorkload::Counter
+                    | MergedWorkload::Siblings
+                    | MergedWorkload::Map => {
                         let states = run.states.as_ref().expect("snapshot taken at Finish");
                         let semantics = match run.clients.workload {
                             MergedWorkload::Set => set::check(&run.history),
                             MergedWorkload::Siblings => siblings::check(&run.history),
+                            MergedWorkload::Map => map::check(&run.history),
                             _ => counter::check(&run.history),
                         };
                         vec![semantics, convergence::check_states(states)]
@@ -942,7 +946,12 @@ impl Simulation {
                 let workload = self.merged.as_ref().map(|run| run.clients.workload);
                 let states = matches!(
                     workload,
-                    Some(MergedWorkload::Set | MergedWorkload::Counter | MergedWorkload::Siblings)
+                    Some(
+                        MergedWorkload::Set
+                            | MergedWorkload::Counter
+                            | MergedWorkload::Siblings
+                            | MergedWorkload::Map
+                    )
                 )
                 .then(|| self.replica_states());
                 let tables = matches!(
@@ -982,7 +991,7 @@ impl Simulation {
         let mut config = NodeConfig::new(id, self.configured_members());
         let bug = self.options.planted_bug;
         config.leaderless = match self.merged.as_ref().map(|m| m.clients.workload) {
-            None => LeaderlessConfig {
+            None | Some(MergedWorkload::Map) => LeaderlessConfig {
                 bug_ack_before_quorum: bug,
                 ..LeaderlessConfig::default()
             },
@@ -1416,9 +1425,14 @@ impl Simulation {
                     value: Some(Bytes::from(value.to_string())),
                 })
             }
+            MergedFunction::MapSet { field, value } => apply(Operation::MapSet(vec![(
+                Bytes::from(format!("f{field}")),
+                Bytes::from(value.to_string()),
+            )])),
             MergedFunction::SetRead
             | MergedFunction::CounterRead
-            | MergedFunction::SiblingsRead => Request::Read {
+            | MergedFunction::SiblingsRead
+            | MergedFunction::MapRead => Request::Read {
                 key: key.clone(),
                 r: None,
             },
@@ -1528,6 +1542,19 @@ impl Simulation {
                 let run = self.merged.as_mut().expect("a CRDT run");
                 run.contexts.insert(process, view.context);
                 (EventType::Ok, Some(ReadResult::Siblings(values)), None)
+            }
+            Reply::State(View::Map(fields)) => {
+                let fields = fields
+                    .iter()
+                    .map(|(f, v)| {
+                        let field = std::str::from_utf8(f)
+                            .ok()
+                            .and_then(|f| f.strip_prefix('f')?.parse().ok())
+                            .unwrap_or_else(|| panic!("a field the workload never writes: {f:?}"));
+                        (field, parse(v))
+                    })
+                    .collect();
+                (EventType::Ok, Some(ReadResult::Fields(fields)), None)
             }
             Reply::State(View::Counter(value)) => {
                 (EventType::Ok, Some(ReadResult::Count(value)), None)

@@ -1,5 +1,5 @@
 //! Seeded simulation of the CRDT and `siblings` keyspaces (`set` carts, `counter`s, `siblings`
-//! documents) and of primary-backup registers and bank transfers under every fault the
+//! documents, `map` profiles) and of primary-backup registers and bank transfers under every fault the
 //! nemesis knows: partitions, loss, duplication, crashes that lose unsynced writes, clock skew.
 //!
 //! - `TRIARCH_SIM_SEEDS=N` runs N seeds of each workload instead of 1,000.
@@ -9,7 +9,7 @@
 //!   at what the checkers report (the test then fails, as it should).
 
 use std::collections::BTreeMap;
-use triarch_sim::checker::{bank_history, convergence, counter, registers, set, siblings};
+use triarch_sim::checker::{bank_history, convergence, counter, map, registers, set, siblings};
 use triarch_sim::testing::{blamed_keys, describe, env_u64, stopwatch};
 use triarch_sim::{
     EventType, MergedFunction, MergedWorkload, ReadResult, SeedReport, SimOptions, Simulation,
@@ -96,6 +96,11 @@ fn counter_seeds() {
 #[test]
 fn siblings_seeds() {
     seeds(MergedWorkload::Siblings);
+}
+
+#[test]
+fn map_seeds() {
+    seeds(MergedWorkload::Map);
 }
 
 #[test]
@@ -201,6 +206,13 @@ fn siblings_seeds_make_and_resolve_siblings() {
 #[test]
 fn planted_shared_actor_bug_is_caught_by_the_siblings_checker() {
     planted_bug_is_caught(MergedWorkload::Siblings, siblings::NAME);
+}
+
+/// Coordinators acknowledging a field write once the first replica holds it: a read at R
+/// that misses that replica returns an older value.
+#[test]
+fn planted_early_acknowledgement_is_caught_by_the_map_checker() {
+    planted_bug_is_caught(MergedWorkload::Map, map::NAME);
 }
 
 #[test]

@@ -13,6 +13,7 @@ pub mod convergence;
 pub mod counter;
 pub mod leader;
 pub mod linearizable;
+pub mod map;
 pub mod regional;
 pub mod registers;
 pub mod set;

@@ -750,6 +750,7 @@ fn measure(run: Run, options: &ExploreOptions, progress: &mut dyn FnMut()) -> Ce
             MergedWorkload::Set
             | MergedWorkload::Counter
             | MergedWorkload::Siblings
+            | MergedWorkload::Map
             | MergedWorkload::LwwBank,
         )
         | Run::Mixed(MergedWorkload::LwwRegisters) => Model::Leaderless,
