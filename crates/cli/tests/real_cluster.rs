@@ -311,11 +311,33 @@ fn wait_for_progress(acked: &AtomicU64, by: u64, timeout: Duration, what: &str) 
     }
 }
 
+/// `redis-benchmark` SETting random `balance:bench:*` keys through `addr` with 20 clients until
+/// killed, if it is installed (`.ci/run` installs it; without it the test's own clients are the
+/// only load, and it says so).
+fn redis_benchmark_load(addr: SocketAddr) -> Option<std::process::Child> {
+    let spawned = std::process::Command::new("redis-benchmark")
+        .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+        .args(["-c", "20", "-n", "100000000", "-r", "100000", "-q"])
+        .args(["SET", "balance:bench:__rand_int__", "0123456789abcdef"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(child) => Some(child),
+        Err(e) => {
+            eprintln!("redis-benchmark not run ({e}): the test's own clients are the only load");
+            None
+        }
+    }
+}
+
 /// Primary-backup failover with real processes (issue 5's acceptance): six clients write through
-/// all three nodes; kill -9 of the `balance` leader mid-load; a new leader within three election
-/// timeouts (3 x 2 s, `PrimaryConfig`'s maximum); the killed node restarted; then every
-/// acknowledged write is there, read through every node: the counter lies between the
-/// acknowledged and the attempted increments, every acknowledged SET is readable.
+/// all three nodes while `redis-benchmark` SETs through a follower; kill -9 of the `balance`
+/// leader mid-load; a new leader within three election timeouts (3 x 2 s, `PrimaryConfig`'s
+/// maximum); the killed node restarted; then every acknowledged write is there, read through
+/// every node: the counter lies between the acknowledged and the attempted increments, every
+/// acknowledged SET is readable. (redis-benchmark reports no per-request outcome, so the
+/// acknowledged writes checked are the test's own clients'.)
 #[test]
 fn primary_backup_failover_loses_no_acknowledged_write() {
     const ELECTION_TIMEOUT_MAX: Duration = Duration::from_secs(2);
@@ -343,6 +365,33 @@ fn primary_backup_failover_loses_no_acknowledged_write() {
             .parse()
             .unwrap()
     };
+    let follower = (1..=3).find(|&id| id != leader).expect("three nodes");
+    let mut benchmark = redis_benchmark_load(c.node(follower).resp);
+    // Entries proposed by whichever node led (every node's counter, summed).
+    let proposals = |c: &LocalCluster| -> u64 {
+        (1..=3)
+            .map(|id| {
+                let info = http_get(c.node(id).http, "/metrics");
+                info.lines()
+                    .find_map(|l| l.strip_prefix("triarch_primary_proposals_total "))
+                    .map_or(0, |v| v.trim().parse().unwrap())
+            })
+            .sum()
+    };
+    if benchmark.is_some() {
+        // Under the benchmark's load: it adds at least 100 writes to the test's own.
+        let (before, acked_before) = (proposals(&c), acked.load(Ordering::Relaxed));
+        wait_for_progress(&acked, 300, Duration::from_secs(20), "with redis-benchmark");
+        let proposed = proposals(&c) - before;
+        let own = acked.load(Ordering::Relaxed) - acked_before;
+        assert!(
+            proposed >= own + 100,
+            "redis-benchmark adds no load: {proposed} proposals, {own} of the test's own"
+        );
+        eprintln!(
+            "with redis-benchmark: {proposed} entries proposed while the test's clients had {own} writes acknowledged"
+        );
+    }
     let old_term = term(&c, leader);
     let killed_at = Instant::now();
     c.kill(leader).unwrap();
@@ -361,6 +410,16 @@ fn primary_backup_failover_loses_no_acknowledged_write() {
     wait_for_progress(&acked, 300, Duration::from_secs(10), "after the restart");
     stop.store(true, Ordering::Relaxed);
     let reports: Vec<LoadReport> = clients.into_iter().map(|t| t.join().unwrap()).collect();
+    if let Some(b) = &mut benchmark {
+        // It may have stopped at an error reply during the failover (redis-benchmark exits at
+        // the first one); it ran through the kill either way.
+        let survived = b.try_wait().unwrap().is_none();
+        let _ = b.kill();
+        let _ = b.wait();
+        eprintln!(
+            "redis-benchmark through n{follower} still running after the failover: {survived}"
+        );
+    }
 
     let incr_attempted: u64 = reports.iter().map(|r| r.incr_attempted).sum();
     let incr_acked: u64 = reports.iter().map(|r| r.incr_acked).sum();
