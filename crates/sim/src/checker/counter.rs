@@ -133,30 +133,21 @@ pub fn check_scoped(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::ProcessId;
-    use triarch_core::{Instant, NodeId};
+    use crate::checker::TestHistory;
 
     struct Builder {
-        h: MergedHistory,
-        t: u64,
+        h: TestHistory,
     }
 
     impl Builder {
         fn new() -> Self {
             Builder {
-                h: MergedHistory::new(),
-                t: 0,
+                h: TestHistory::new(),
             }
         }
 
         fn op(&mut self, p: u64, f: MergedFunction, kind: EventType, value: Option<i128>) {
-            self.t += 1;
-            self.h
-                .invoke(ProcessId(p), f, 0, NodeId(1), Instant(self.t));
-            self.t += 1;
-            let result = value.map(ReadResult::Count);
-            self.h
-                .complete(ProcessId(p), kind, result, Instant(self.t), None);
+            self.h.op(p, f, kind, value.map(ReadResult::Count));
         }
 
         fn incr(&mut self, amount: i64, kind: EventType) {
@@ -168,14 +159,12 @@ mod tests {
         }
 
         fn final_read(&mut self, value: i128) {
-            if self.h.final_phase_start().is_none() {
-                self.h.mark_final_phase();
-            }
+            self.h.final_phase();
             self.read(value);
         }
 
         fn kinds(&self) -> Vec<ViolationKind> {
-            check(&self.h).violations.iter().map(|v| v.kind).collect()
+            check(&self.h.h).violations.iter().map(|v| v.kind).collect()
         }
     }
 
@@ -189,7 +178,7 @@ mod tests {
         b.read(5);
         b.final_read(8);
         b.final_read(5);
-        assert!(check(&b.h).is_ok(), "{}", check(&b.h));
+        assert!(check(&b.h.h).is_ok(), "{}", check(&b.h.h));
     }
 
     #[test]
@@ -222,7 +211,7 @@ mod tests {
         // The increment went through n1; every read through n1 too, so "another region" here
         // is the closure's say-so.
         let elsewhere = |_: &MergedOp, _: &MergedOp, is_final: bool| is_final;
-        let kinds: Vec<ViolationKind> = check_scoped(&b.h, elsewhere)
+        let kinds: Vec<ViolationKind> = check_scoped(&b.h.h, elsewhere)
             .violations
             .iter()
             .map(|v| v.kind)

@@ -158,34 +158,27 @@ pub fn check(history: &MergedHistory) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::ProcessId;
-    use triarch_core::{Instant, NodeId};
+    use crate::checker::TestHistory;
 
     /// Builds histories; operations may overlap (invoke and complete separately).
     struct Builder {
-        h: MergedHistory,
-        t: u64,
+        h: TestHistory,
     }
 
     impl Builder {
         fn new() -> Self {
             Builder {
-                h: MergedHistory::new(),
-                t: 0,
+                h: TestHistory::new(),
             }
         }
 
         fn invoke(&mut self, p: u64, f: MergedFunction) {
-            self.t += 1;
-            self.h
-                .invoke(ProcessId(p), f, 0, NodeId(1), Instant(self.t));
+            self.h.invoke(p, f);
         }
 
         fn complete(&mut self, p: u64, kind: EventType, read: Option<&[(u8, u64)]>) {
-            self.t += 1;
             let result = read.map(|f| ReadResult::Fields(f.iter().copied().collect()));
-            self.h
-                .complete(ProcessId(p), kind, result, Instant(self.t), None);
+            self.h.complete(p, kind, result);
         }
 
         fn set(&mut self, field: u8, value: u64, kind: EventType) {
@@ -199,14 +192,12 @@ mod tests {
         }
 
         fn final_read(&mut self, fields: &[(u8, u64)]) {
-            if self.h.final_phase_start().is_none() {
-                self.h.mark_final_phase();
-            }
+            self.h.final_phase();
             self.read(fields);
         }
 
         fn kinds(&self) -> Vec<ViolationKind> {
-            check(&self.h).violations.iter().map(|v| v.kind).collect()
+            check(&self.h.h).violations.iter().map(|v| v.kind).collect()
         }
     }
 
@@ -225,7 +216,7 @@ mod tests {
         b.set(0, 5, EventType::Ok);
         b.set(2, 6, EventType::Fail);
         b.final_read(&[(0, 4), (1, 3)]);
-        assert!(check(&b.h).is_ok(), "{}", check(&b.h));
+        assert!(check(&b.h.h).is_ok(), "{}", check(&b.h.h));
     }
 
     #[test]

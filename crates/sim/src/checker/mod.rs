@@ -2,7 +2,7 @@
 //! to the violations found. Each is trusted only because its unit tests feed it a broken input
 //! and see it fail, and because `tests/leaderless_seeds.rs` shows it catching the leaderless
 //! engine's planted acknowledge-before-quorum bug (`tests/merged_seeds.rs` does the same for
-//! [`set`] and [`counter`] with their own planted bugs; `tests/multileader.rs` for [`cart`],
+//! [`set`], [`counter`], [`siblings`] and [`map`] with their own planted bugs; `tests/multileader.rs` for [`cart`],
 //! [`regional`] and the multi-leader use of [`counter`], with bugs the simulator plants in the
 //! shipping between regions and in the cluster's configuration).
 
@@ -113,5 +113,66 @@ pub struct Violation {
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{}] key {}: {}", self.kind, self.key, self.detail)
+    }
+}
+
+/// Builds [`crate::merged::MergedHistory`]s for the checkers' tests: every operation on key 0
+/// through n1, events at increasing times, operations one at a time ([`TestHistory::op`]) or
+/// overlapping ([`TestHistory::invoke`], then [`TestHistory::complete`]).
+#[cfg(test)]
+pub(crate) struct TestHistory {
+    pub h: crate::merged::MergedHistory,
+    t: u64,
+}
+
+#[cfg(test)]
+impl TestHistory {
+    pub fn new() -> Self {
+        TestHistory {
+            h: crate::merged::MergedHistory::new(),
+            t: 0,
+        }
+    }
+
+    pub fn invoke(&mut self, process: u64, f: crate::merged::MergedFunction) {
+        self.t += 1;
+        let (p, at) = (
+            crate::history::ProcessId(process),
+            triarch_core::Instant(self.t),
+        );
+        self.h.invoke(p, f, 0, triarch_core::NodeId(1), at);
+    }
+
+    pub fn complete(
+        &mut self,
+        process: u64,
+        kind: crate::history::EventType,
+        result: Option<crate::merged::ReadResult>,
+    ) {
+        self.t += 1;
+        let (p, at) = (
+            crate::history::ProcessId(process),
+            triarch_core::Instant(self.t),
+        );
+        self.h.complete(p, kind, result, at, None);
+    }
+
+    /// One operation, invoked and completed.
+    pub fn op(
+        &mut self,
+        process: u64,
+        f: crate::merged::MergedFunction,
+        kind: crate::history::EventType,
+        result: Option<crate::merged::ReadResult>,
+    ) {
+        self.invoke(process, f);
+        self.complete(process, kind, result);
+    }
+
+    /// Marks the final phase, once: operations from here on are final.
+    pub fn final_phase(&mut self) {
+        if self.h.final_phase_start().is_none() {
+            self.h.mark_final_phase();
+        }
     }
 }

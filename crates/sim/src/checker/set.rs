@@ -152,33 +152,25 @@ pub fn check(history: &MergedHistory) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::ProcessId;
+    use crate::checker::TestHistory;
     use std::collections::BTreeSet;
-    use triarch_core::{Instant, NodeId};
 
     /// Builds histories step by step; each call is one operation, invoked and completed.
     struct Builder {
-        h: MergedHistory,
-        t: u64,
+        h: TestHistory,
     }
 
     impl Builder {
         fn new() -> Self {
             Builder {
-                h: MergedHistory::new(),
-                t: 0,
+                h: TestHistory::new(),
             }
         }
 
         fn op(&mut self, p: u64, f: MergedFunction, kind: EventType, read: Option<&[u64]>) {
-            self.t += 1;
-            self.h
-                .invoke(ProcessId(p), f, 0, NodeId(1), Instant(self.t));
-            self.t += 1;
             let result =
                 read.map(|m| ReadResult::Members(m.iter().copied().collect::<BTreeSet<_>>()));
-            self.h
-                .complete(ProcessId(p), kind, result, Instant(self.t), None);
+            self.h.op(p, f, kind, result);
         }
 
         fn add(&mut self, element: u64, kind: EventType) {
@@ -194,14 +186,12 @@ mod tests {
         }
 
         fn final_read(&mut self, members: &[u64]) {
-            if self.h.final_phase_start().is_none() {
-                self.h.mark_final_phase();
-            }
+            self.h.final_phase();
             self.read(members);
         }
 
         fn kinds(&self) -> Vec<ViolationKind> {
-            check(&self.h).violations.iter().map(|v| v.kind).collect()
+            check(&self.h.h).violations.iter().map(|v| v.kind).collect()
         }
     }
 
@@ -218,7 +208,7 @@ mod tests {
         b.remove(4, EventType::Ok);
         b.final_read(&[2]);
         b.final_read(&[]);
-        assert!(check(&b.h).is_ok(), "{}", check(&b.h));
+        assert!(check(&b.h.h).is_ok(), "{}", check(&b.h.h));
     }
 
     #[test]

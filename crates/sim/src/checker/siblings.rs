@@ -178,30 +178,23 @@ pub fn check(history: &MergedHistory) -> CheckerResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use triarch_core::{Instant, NodeId};
+    use crate::checker::TestHistory;
 
     /// Builds histories step by step; each call is one operation, invoked and completed.
     struct Builder {
-        h: MergedHistory,
-        t: u64,
+        h: TestHistory,
     }
 
     impl Builder {
         fn new() -> Self {
             Builder {
-                h: MergedHistory::new(),
-                t: 0,
+                h: TestHistory::new(),
             }
         }
 
         fn op(&mut self, p: u64, f: MergedFunction, kind: EventType, read: Option<&[u64]>) {
-            self.t += 1;
-            self.h
-                .invoke(ProcessId(p), f, 0, NodeId(1), Instant(self.t));
-            self.t += 1;
             let result = read.map(|v| ReadResult::Siblings(v.iter().copied().collect()));
-            self.h
-                .complete(ProcessId(p), kind, result, Instant(self.t), None);
+            self.h.op(p, f, kind, result);
         }
 
         fn blind(&mut self, value: u64, kind: EventType) {
@@ -231,14 +224,12 @@ mod tests {
         }
 
         fn final_read(&mut self, values: &[u64]) {
-            if self.h.final_phase_start().is_none() {
-                self.h.mark_final_phase();
-            }
+            self.h.final_phase();
             self.read(values);
         }
 
         fn kinds(&self) -> Vec<ViolationKind> {
-            check(&self.h).violations.iter().map(|v| v.kind).collect()
+            check(&self.h.h).violations.iter().map(|v| v.kind).collect()
         }
     }
 
@@ -255,7 +246,7 @@ mod tests {
         // An observed write of unknown outcome may have superseded 3.
         b.observed(&[3, 4], 6, EventType::Info);
         b.final_read(&[6]);
-        assert!(check(&b.h).is_ok(), "{}", check(&b.h));
+        assert!(check(&b.h.h).is_ok(), "{}", check(&b.h.h));
     }
 
     #[test]
