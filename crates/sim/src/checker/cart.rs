@@ -258,12 +258,7 @@ fn judge(
             .flat_map(|e| &e.adds)
             .any(|a| a.outcome != EventType::Fail);
         if any_add && !verified {
-            violations.push(Violation {
-                kind: ViolationKind::Unverified,
-                key,
-                index: None,
-                detail: "no final read succeeded: lost adds cannot be ruled out".into(),
-            });
+            violations.push(Violation::unverified(key, "lost adds"));
         }
     }
     let result = CheckerResult {

@@ -116,12 +116,7 @@ pub fn check_scoped(
         }
         let any_add = adds.iter().any(|(a, _)| a.outcome != EventType::Fail);
         if any_add && !verified {
-            violations.push(Violation {
-                kind: ViolationKind::Unverified,
-                key,
-                index: None,
-                detail: "no final read succeeded: lost increments cannot be ruled out".into(),
-            });
+            violations.push(Violation::unverified(key, "lost increments"));
         }
     }
     CheckerResult {

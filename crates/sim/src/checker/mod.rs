@@ -110,6 +110,19 @@ pub struct Violation {
     pub detail: String,
 }
 
+impl Violation {
+    /// A key that some operation may have changed but that no final read read: `what` (lost
+    /// adds, lost writes, ...) cannot be ruled out, which is not a pass.
+    pub fn unverified(key: u64, what: &str) -> Violation {
+        Violation {
+            kind: ViolationKind::Unverified,
+            key,
+            index: None,
+            detail: format!("no final read succeeded: {what} cannot be ruled out"),
+        }
+    }
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{}] key {}: {}", self.kind, self.key, self.detail)

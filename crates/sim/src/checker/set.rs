@@ -135,12 +135,7 @@ pub fn check(history: &MergedHistory) -> CheckerResult {
             .values()
             .any(|e| e.add.is_some_and(|a| a.outcome != EventType::Fail));
         if any_add && !verified {
-            violations.push(Violation {
-                kind: ViolationKind::Unverified,
-                key,
-                index: None,
-                detail: "no final read succeeded: lost adds cannot be ruled out".into(),
-            });
+            violations.push(Violation::unverified(key, "lost adds"));
         }
     }
     CheckerResult {

@@ -161,12 +161,7 @@ pub fn check(history: &MergedHistory) -> CheckerResult {
         }
         let any_write = key.writes.values().any(|w| w.outcome != EventType::Fail);
         if any_write && !verified {
-            violations.push(Violation {
-                kind: ViolationKind::Unverified,
-                key: k,
-                index: None,
-                detail: "no final read succeeded: lost writes cannot be ruled out".into(),
-            });
+            violations.push(Violation::unverified(k, "lost writes"));
         }
     }
     CheckerResult {
