@@ -1,6 +1,7 @@
-//! Workloads and histories for keyspaces other than the default registers: two whose merge
-//! policy is a CRDT, a `set` keyspace (the shopping cart) and a `counter` keyspace, and a
-//! primary-backup keyspace of linearizable registers.
+//! Workloads and histories for keyspaces other than the default registers: leaderless
+//! keyspaces whose merge policy is not `lww` (a `set` for the shopping cart, a `counter`, a
+//! `siblings` and a `map` keyspace), primary-backup registers and bank accounts, and the
+//! multi-leader and explorer workloads below.
 //!
 //! The histories have the same Jepsen shape as [`crate::history`] (invoke, then `ok`, `fail` or
 //! `info`; a process retires after `info`), with the operations these types have.
@@ -55,7 +56,7 @@
 //! if either account changed in between). Reader processes read every balance at once (one
 //! `WATCH` of every account: one linearizable snapshot).
 //!
-//! All four end like the register workload: final heal, settle, then one read of every key through
+//! All six end like the register workload: final heal, settle, then one read of every key through
 //! every node (whose read repair makes every replica equal), then a snapshot of every replica.
 //!
 //! ## Multi-leader workloads: MC, MN, MR
