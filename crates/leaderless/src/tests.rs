@@ -263,6 +263,12 @@ fn a_later_write_through_a_node_with_a_slow_clock_is_restamped_not_lost() {
         c.nodes[&NodeId(3)].engine.stats()["default"].write_restamps,
         1
     );
+    // Each replica that refused the first stamp of "second" (it held "first", stamped later)
+    // counted it as a last-writer-wins loser.
+    let discarded: Vec<u64> = (1..=3)
+        .map(|i| c.nodes[&NodeId(i)].engine.stats()["default"].lww_discarded)
+        .collect();
+    assert_eq!(discarded, vec![1, 0, 1], "node 2 was down");
 }
 
 #[test]
